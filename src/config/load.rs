@@ -1,0 +1,286 @@
+//! Reading a config: YAML text → `${ENV}` expansion → `MCP_GATEWAY_*` overrides →
+//! typed tree → semantic validation. Every problem is collected with its path.
+
+use super::yaml::{ConfigError, Errors, FromYaml, Path};
+use super::Config;
+use crate::mcp::session::SessionKeys;
+use crate::upstream::target::Target;
+use serde_yaml_ng::Value;
+use std::collections::HashSet;
+
+/// Paths the gateway answers itself on the proxy port; routes may not take them.
+pub const RESERVED_PATHS: [&str; 3] = ["/health", "/readiness", "/liveness"];
+
+/// Largest server weight (keeps the smooth round-robin schedule small).
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// Read and validate a config file.
+pub fn load_file(path: &str) -> Result<Config, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            path: path.to_string(),
+            message: format!("cannot read config file: {e}"),
+        }]
+    })?;
+    load_str(&text, &|k| std::env::var(k).ok())
+}
+
+/// The embedded default config, with env overrides applied.
+pub fn resolve_default() -> Result<Config, Vec<ConfigError>> {
+    load_str(super::DEFAULT_CONFIG, &|k| std::env::var(k).ok())
+}
+
+/// Parse and validate config text; `env` looks up environment variables.
+pub fn load_str(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
+    let mut errs = Errors::default();
+    let mut root: Value = match serde_yaml_ng::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let at = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "(file)".into());
+            return Err(vec![ConfigError {
+                path: at,
+                message: format!("invalid YAML: {e}"),
+            }]);
+        }
+    };
+    expand_env(&mut root, &Path::root(), env, &mut errs);
+    apply_overrides(&mut root, env, &mut errs);
+    let config = Config::from_yaml(&root, &Path::root(), &mut errs).unwrap_or_default();
+    if errs.is_empty() {
+        validate(&config, &mut errs);
+    }
+    if errs.is_empty() {
+        Ok(config)
+    } else {
+        Err(errs.0)
+    }
+}
+
+/// Replace `${NAME}` (and `${NAME:-default}`) in every string value.
+fn expand_env(v: &mut Value, path: &Path, env: &dyn Fn(&str) -> Option<String>, errs: &mut Errors) {
+    match v {
+        Value::String(s) if s.contains("${") => match expand_str(s, env) {
+            Ok(x) => *s = x,
+            Err(m) => errs.push(path, m),
+        },
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_env(item, &path.index(i), env, errs);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, item) in m.iter_mut() {
+                let p = path.key(k.as_str().unwrap_or("?"));
+                expand_env(item, &p, env, errs);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated \"${{\" in {s:?}"))?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "invalid environment variable name {name:?} in {s:?}"
+            ));
+        }
+        match (env(name), default) {
+            (Some(val), _) => out.push_str(&val),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+                ))
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// `MCP_GATEWAY_HOST`, `MCP_GATEWAY_PORT` and `MCP_GATEWAY_LOG_LEVEL` win over the file.
+fn apply_overrides(root: &mut Value, env: &dyn Fn(&str) -> Option<String>, errs: &mut Errors) {
+    let overrides = [
+        ("MCP_GATEWAY_HOST", "server", "host"),
+        ("MCP_GATEWAY_PORT", "server", "port"),
+        ("MCP_GATEWAY_LOG_LEVEL", "logging", "level"),
+    ];
+    for (var, section, key) in overrides {
+        let Some(raw) = env(var) else { continue };
+        // Parse as a YAML scalar so "8080" becomes a number like it would in the file.
+        let value: Value = serde_yaml_ng::from_str(&raw).unwrap_or(Value::String(raw.clone()));
+        if root.is_null() {
+            *root = Value::Mapping(Default::default());
+        }
+        let Some(top) = root.as_mapping_mut() else {
+            return;
+        };
+        let entry = top
+            .entry(Value::String(section.into()))
+            .or_insert_with(|| Value::Mapping(Default::default()));
+        match entry.as_mapping_mut() {
+            Some(m) => {
+                m.insert(Value::String(key.into()), value);
+            }
+            None => errs.push(
+                &Path::root().key(section),
+                format!("expected a mapping (needed by {var})"),
+            ),
+        }
+    }
+}
+
+/// Checks that need more than one field or the outside world.
+fn validate(c: &Config, errs: &mut Errors) {
+    let root = Path::root();
+    let server = root.key("server");
+    if c.server.host.parse::<std::net::IpAddr>().is_err() {
+        errs.push(
+            &server.key("host"),
+            format!(
+                "{:?} is not an IP address (use e.g. 0.0.0.0, 127.0.0.1 or ::)",
+                c.server.host
+            ),
+        );
+    }
+    if c.server.port == 0 {
+        errs.push(&server.key("port"), "must be between 1 and 65535");
+    }
+    if c.server.threads == 0 {
+        errs.push(&server.key("threads"), "must be at least 1");
+    }
+
+    let groups = root.key("upstream").key("groups");
+    if c.upstream.groups.is_empty() {
+        errs.push(&groups, "at least one upstream group is required");
+    }
+    for (name, g) in &c.upstream.groups {
+        let gp = groups.key(name);
+        if g.servers.is_empty() {
+            errs.push(&gp.key("servers"), "a group needs at least one server");
+        }
+        if let Some(ca) = &g.tls.ca_file {
+            if let Err(e) = std::fs::metadata(ca) {
+                errs.push(
+                    &gp.key("tls").key("ca_file"),
+                    format!("cannot read {ca:?}: {e}"),
+                );
+            }
+        }
+        let mut ids = HashSet::new();
+        let mut addresses = HashSet::new();
+        for (i, s) in g.servers.iter().enumerate() {
+            let sp = gp.key("servers").index(i);
+            if s.id.is_empty() {
+                errs.push(&sp.key("id"), "is required");
+            } else if !ids.insert(s.id.as_str()) {
+                errs.push(
+                    &sp.key("id"),
+                    format!("duplicate server id {:?} in group {name:?}", s.id),
+                );
+            }
+            if s.url.is_empty() {
+                errs.push(&sp.key("url"), "is required");
+            } else {
+                match Target::from_url(&s.url) {
+                    Ok(t) if !addresses.insert(t.address.clone()) => errs.push(
+                        &sp.key("url"),
+                        format!("another server of group {name:?} has the same address; each replica needs its own"),
+                    ),
+                    Ok(_) => {}
+                    Err(e) => errs.push(&sp.key("url"), e),
+                }
+            }
+            if !(1..=MAX_WEIGHT).contains(&s.weight) {
+                errs.push(
+                    &sp.key("weight"),
+                    format!("must be between 1 and {MAX_WEIGHT}"),
+                );
+            }
+        }
+    }
+
+    let routes = root.key("routes");
+    let mut paths = HashSet::new();
+    for (i, r) in c.routes.iter().enumerate() {
+        let rp = routes.index(i);
+        if !r.path.starts_with('/') {
+            errs.push(&rp.key("path"), format!("{:?} must start with '/'", r.path));
+        } else if RESERVED_PATHS.contains(&r.path.as_str()) {
+            errs.push(
+                &rp.key("path"),
+                format!("{} is served by the gateway itself", r.path),
+            );
+        } else if !paths.insert(r.path.as_str()) {
+            errs.push(
+                &rp.key("path"),
+                format!("duplicate route path {:?}", r.path),
+            );
+        }
+        if r.group.is_empty() {
+            errs.push(&rp.key("group"), "is required");
+        } else if !c.upstream.groups.contains_key(&r.group) {
+            errs.push(
+                &rp.key("group"),
+                format!("no upstream group named {:?}", r.group),
+            );
+        }
+    }
+    if c.routes.is_empty()
+        && !c.upstream.groups.is_empty()
+        && !c.upstream.groups.contains_key("default")
+    {
+        errs.push(
+            &routes,
+            "no routes are configured, so /mcp goes to the group named \"default\", which does not exist (add routes or a \"default\" group)",
+        );
+    }
+
+    if c.limits.max_request_body.0 == 0 {
+        errs.push(
+            &root.key("limits").key("max_request_body"),
+            "must be greater than 0",
+        );
+    }
+    if c.timeouts.connect.0.is_zero() {
+        errs.push(
+            &root.key("timeouts").key("connect"),
+            "must be greater than 0",
+        );
+    }
+    if c.timeouts.stream_idle.0.is_zero() {
+        errs.push(
+            &root.key("timeouts").key("stream_idle"),
+            "must be greater than 0",
+        );
+    }
+    let keys = root.key("sessions").key("keys");
+    for (i, k) in c.sessions.keys.iter().enumerate() {
+        if k.trim().is_empty() {
+            continue;
+        }
+        if let Err(e) = SessionKeys::decode_key(k) {
+            errs.push(&keys.index(i), e);
+        }
+    }
+}

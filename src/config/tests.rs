@@ -1,0 +1,233 @@
+use super::*;
+use std::collections::HashMap;
+
+fn load_with(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<ConfigError>> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    load_str(text, &|k| env.get(k).cloned())
+}
+
+fn load(text: &str) -> Result<Config, Vec<ConfigError>> {
+    load_with(text, &[])
+}
+
+fn errors(text: &str) -> Vec<String> {
+    load(text)
+        .unwrap_err()
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
+const MINIMAL: &str = "
+upstream:
+  groups:
+    default:
+      servers:
+        - {id: a, url: http://127.0.0.1:3001/mcp}
+";
+
+#[test]
+fn issue_example_parses() {
+    let c = load(
+        "
+server:
+  host: 0.0.0.0
+  port: 8080
+  threads: 2
+upstream:
+  groups:
+    files:
+      strategy: round_robin
+      servers:
+        - id: files-1
+          url: http://127.0.0.1:3001/mcp
+          weight: 100
+        - id: files-2
+          url: http://127.0.0.1:3002/mcp
+routes:
+  - path: /mcp/files
+    group: files
+limits:
+  max_request_body: 4MiB
+logging:
+  level: info
+  format: json
+",
+    )
+    .unwrap();
+    assert_eq!(c.server.port, 8080);
+    assert_eq!(c.upstream.groups["files"].servers.len(), 2);
+    assert_eq!(c.upstream.groups["files"].servers[1].weight, 100);
+    assert_eq!(c.routes[0].path, "/mcp/files");
+    assert_eq!(c.limits.max_request_body.0, 4 << 20);
+    assert_eq!(c.logging.format, LogFormat::Json);
+}
+
+#[test]
+fn defaults() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.server.host, "0.0.0.0");
+    assert_eq!(c.server.port, 8080);
+    assert_eq!(c.limits.max_request_body.0, 4 << 20);
+    assert_eq!(c.timeouts.stream_idle, units::Dur::secs(300));
+    assert_eq!(c.upstream.groups["default"].strategy, Strategy::RoundRobin);
+    assert!(c.upstream.groups["default"].tls.verify);
+}
+
+#[test]
+fn every_error_is_reported_with_its_path() {
+    let errs = errors(
+        "
+server:
+  port: 99999
+  threads: 0
+  colour: blue
+upstream:
+  groups:
+    files:
+      strategy: fastest
+      servers:
+        - {id: f1, url: http://127.0.0.1:3001/mcp}
+        - {id: f1, url: ftp://127.0.0.1/mcp, weight: 0}
+routes:
+  - {path: mcp/files, group: files}
+  - {path: /mcp/web, group: web}
+limits:
+  max_request_body: 4 parsecs
+timeouts:
+  connect: soon
+",
+    );
+    let expect = [
+        "server.port:",
+        "server.colour: unknown key",
+        "upstream.groups.files.strategy: unknown variant `fastest`",
+        "limits.max_request_body: unknown size unit",
+        "timeouts.connect: invalid duration",
+    ];
+    for e in expect {
+        assert!(
+            errs.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    // Structural errors are reported together; semantic ones follow once they are fixed.
+    let errs = errors(
+        "
+server:
+  threads: 0
+upstream:
+  groups:
+    files:
+      servers:
+        - {id: f1, url: http://127.0.0.1:3001/mcp}
+        - {id: f1, url: ftp://127.0.0.1/mcp, weight: 0}
+        - {url: http://127.0.0.1:3001/mcp}
+    empty: {}
+routes:
+  - {path: mcp/files, group: files}
+  - {path: /mcp/web, group: web}
+  - {path: /health, group: files}
+",
+    );
+    let expect = [
+        "server.threads: must be at least 1",
+        "upstream.groups.files.servers[1].id: duplicate server id",
+        "upstream.groups.files.servers[1].url: \"ftp://127.0.0.1/mcp\": unsupported scheme",
+        "upstream.groups.files.servers[1].weight: must be between 1 and 10000",
+        "upstream.groups.files.servers[2].id: is required",
+        "upstream.groups.files.servers[2].url: another server",
+        "upstream.groups.empty.servers: a group needs at least one server",
+        "routes[0].path: \"mcp/files\" must start with '/'",
+        "routes[1].group: no upstream group named \"web\"",
+        "routes[2].path: /health is served by the gateway itself",
+    ];
+    for e in expect {
+        assert!(
+            errs.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+}
+
+#[test]
+fn no_routes_needs_a_default_group() {
+    let errs =
+        errors("upstream: {groups: {files: {servers: [{id: a, url: 'http://127.0.0.1:1/mcp'}]}}}");
+    assert!(
+        errs[0].starts_with("routes: no routes are configured"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn durations_accept_seconds_and_units() {
+    let c = load(&format!(
+        "{MINIMAL}\ntimeouts: {{connect: 2, stream_idle: 500ms}}"
+    ))
+    .unwrap();
+    assert_eq!(c.timeouts.connect, units::Dur::secs(2));
+    assert_eq!(c.timeouts.stream_idle.0.as_millis(), 500);
+    let c = load(&format!("{MINIMAL}\ntimeouts: {{connect: \"30s\"}}")).unwrap();
+    assert_eq!(c.timeouts.connect, units::Dur::secs(30));
+}
+
+#[test]
+fn env_expansion_and_overrides() {
+    let text = "
+server: {host: 127.0.0.1, port: 9000}
+upstream:
+  groups:
+    default:
+      servers:
+        - {id: a, url: 'http://${UP_HOST}:${UP_PORT:-3001}/mcp'}
+";
+    let c = load_with(
+        text,
+        &[
+            ("UP_HOST", "127.0.0.1"),
+            ("MCP_GATEWAY_PORT", "9100"),
+            ("MCP_GATEWAY_HOST", "::1"),
+            ("MCP_GATEWAY_LOG_LEVEL", "debug"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        c.upstream.groups["default"].servers[0].url,
+        "http://127.0.0.1:3001/mcp"
+    );
+    assert_eq!(c.server.port, 9100);
+    assert_eq!(c.server.host, "::1");
+    assert_eq!(c.logging.level, LogLevel::Debug);
+
+    let errs = load(text).unwrap_err();
+    assert_eq!(errs[0].path, "upstream.groups.default.servers[0].url");
+    assert!(errs[0].message.contains("UP_HOST is not set"));
+
+    let errs = load_with(MINIMAL, &[("MCP_GATEWAY_PORT", "http")]).unwrap_err();
+    assert_eq!(errs[0].path, "server.port");
+}
+
+#[test]
+fn invalid_yaml_names_the_line() {
+    let errs = load("server:\n  port: [1,\n").unwrap_err();
+    assert!(errs[0].path.starts_with("line "), "{errs:?}");
+    assert!(errs[0].message.contains("invalid YAML"));
+}
+
+#[test]
+fn session_keys_are_checked() {
+    let errs = load(&format!("{MINIMAL}\nsessions: {{keys: [short]}}")).unwrap_err();
+    assert_eq!(errs[0].path, "sessions.keys[0]");
+}
+
+#[test]
+fn default_config_is_valid() {
+    let c = load(DEFAULT_CONFIG).unwrap();
+    assert_eq!(c.server.host, "127.0.0.1");
+    assert!(c.upstream.groups.contains_key("default"));
+}

@@ -1,0 +1,136 @@
+//! The one error type at the edge: every response the gateway produces itself is a
+//! JSON-RPC error object, and this exhaustive `match` decides its HTTP status and code.
+
+use serde_json::value::RawValue;
+
+/// JSON-RPC / MCP error codes the gateway uses.
+pub mod code {
+    pub const PARSE_ERROR: i32 = -32700;
+    pub const INVALID_REQUEST: i32 = -32600;
+    pub const INTERNAL_ERROR: i32 = -32603;
+    /// MCP: routing headers disagree with the body.
+    pub const HEADER_MISMATCH: i32 = -32020;
+    /// What the SDKs answer for an unknown or ended session.
+    pub const SESSION_NOT_FOUND: i32 = -32001;
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GatewayError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    HeaderMismatch(String),
+    #[error("Content-Type must be application/json for an MCP POST, got {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("the request body exceeds the limit of {limit} bytes (limits.max_request_body)")]
+    PayloadTooLarge { limit: u64 },
+    #[error("no MCP endpoint at {0:?}")]
+    NoRoute(String),
+    #[error("HTTP method {0} is not allowed on an MCP endpoint (use POST, GET or DELETE)")]
+    MethodNotAllowed(String),
+    #[error("session not found: the Mcp-Session-Id is unknown, expired or was not issued by this gateway; start a new session with initialize")]
+    SessionNotFound,
+    #[error("the server that holds this session ({0}) is no longer part of the group; start a new session with initialize")]
+    SessionServerGone(String),
+    #[error("no server of upstream group {0:?} is available")]
+    NoUpstream(String),
+    #[error("upstream server {server} of group {group:?} failed: {detail}")]
+    UpstreamFailed {
+        group: String,
+        server: String,
+        detail: String,
+    },
+    #[error("upstream server {server} of group {group:?} timed out: {detail}")]
+    UpstreamTimeout {
+        group: String,
+        server: String,
+        detail: String,
+    },
+    #[error("reading the request body failed: {0}")]
+    BodyRead(String),
+    #[error("the client closed the connection before the response was complete")]
+    ClientClosed,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// The HTTP status and JSON-RPC code of this error.
+    pub fn status_and_code(&self) -> (u16, i32) {
+        use GatewayError::*;
+        match self {
+            Parse(_) => (400, code::PARSE_ERROR),
+            InvalidRequest(_) => (400, code::INVALID_REQUEST),
+            HeaderMismatch(_) => (400, code::HEADER_MISMATCH),
+            UnsupportedMediaType(_) => (415, code::INVALID_REQUEST),
+            PayloadTooLarge { .. } => (413, code::INVALID_REQUEST),
+            NoRoute(_) => (404, code::INVALID_REQUEST),
+            MethodNotAllowed(_) => (405, code::INVALID_REQUEST),
+            SessionNotFound | SessionServerGone(_) => (404, code::SESSION_NOT_FOUND),
+            NoUpstream(_) => (503, code::INTERNAL_ERROR),
+            UpstreamFailed { .. } => (502, code::INTERNAL_ERROR),
+            UpstreamTimeout { .. } => (504, code::INTERNAL_ERROR),
+            BodyRead(_) => (400, code::INVALID_REQUEST),
+            // Never sent (nobody is listening); 499 as nginx logs it.
+            ClientClosed => (499, code::INTERNAL_ERROR),
+            Internal(_) => (500, code::INTERNAL_ERROR),
+        }
+    }
+
+    /// A short, bounded label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            Parse(_) => "parse_error",
+            InvalidRequest(_) => "invalid_request",
+            HeaderMismatch(_) => "header_mismatch",
+            UnsupportedMediaType(_) => "unsupported_media_type",
+            PayloadTooLarge { .. } => "payload_too_large",
+            NoRoute(_) => "no_route",
+            MethodNotAllowed(_) => "method_not_allowed",
+            SessionNotFound => "session_not_found",
+            SessionServerGone(_) => "session_server_gone",
+            NoUpstream(_) => "no_upstream",
+            UpstreamFailed { .. } => "upstream_failed",
+            UpstreamTimeout { .. } => "upstream_timeout",
+            BodyRead(_) => "body_read",
+            ClientClosed => "client_closed",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// The JSON-RPC error body, echoing the request id when it is known.
+    pub fn to_body(&self, id: Option<&RawValue>) -> Vec<u8> {
+        let (_, code) = self.status_and_code();
+        let message =
+            serde_json::to_string(&self.to_string()).unwrap_or_else(|_| "\"error\"".into());
+        let id = id.map(|v| v.get()).unwrap_or("null");
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{message}}}}}"#)
+            .into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_a_jsonrpc_error() {
+        let id = RawValue::from_string("7".into()).unwrap();
+        let e = GatewayError::HeaderMismatch("Mcp-Method header \"a\" does not match".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.to_body(Some(&id))).unwrap();
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["error"]["code"], -32020);
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Mcp-Method"));
+        let v: serde_json::Value =
+            serde_json::from_slice(&GatewayError::SessionNotFound.to_body(None)).unwrap();
+        assert!(v["id"].is_null());
+        assert_eq!(e.status_and_code().0, 400);
+    }
+}

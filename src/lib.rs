@@ -1,0 +1,14 @@
+//! mcp-gateway: an edge proxy for the Model Context Protocol, built on Pingora.
+//!
+//! A newcomer's map: [`config`] (the YAML contract), [`app`] (config → Pingora server),
+//! [`proxy`] (the `ProxyHttp` hooks and the request pipeline), [`mcp`] (JSON-RPC
+//! envelopes, eras, MCP headers, sealed sessions), [`upstream`] (groups, selection),
+//! [`telemetry`] (logs), [`error`] (the one error type at the edge).
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod mcp;
+pub mod proxy;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,96 @@
+//! The `mcp-gateway` command: parse flags, load the config (printing every problem),
+//! then run the Pingora server.
+
+use clap::Parser;
+use mcp_gateway::app::{self, RunOptions};
+use mcp_gateway::config::{self, ConfigError, LogLevel};
+use std::process::ExitCode;
+
+/// Exit status for an unusable config (EX_DATAERR-like, as sysexits' EX_USAGE family).
+const EXIT_CONFIG: u8 = 64;
+
+/// mcp-gateway: a high-throughput edge proxy for Model Context Protocol servers.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// The YAML config file. Without it the embedded default config is used
+    /// (see --print-default-config).
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        env = "MCP_GATEWAY_CONFIG"
+    )]
+    config: Option<String>,
+
+    /// Check the config, print every problem with its path, and exit
+    /// (0 when valid, 64 when not).
+    #[arg(short = 't', long = "validate")]
+    validate: bool,
+
+    /// Log level, overriding logging.level and MCP_GATEWAY_LOG_LEVEL:
+    /// off, error, warn, info, debug or trace.
+    #[arg(long = "log-level", value_name = "LEVEL", value_parser = parse_level)]
+    log_level: Option<LogLevel>,
+
+    /// Run in the background (daemon); the PID goes to server.pid_file.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+
+    /// Zero-downtime upgrade: take over the listening sockets of the running instance
+    /// (send it SIGQUIT) through server.upgrade_sock.
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+
+    /// Print the embedded default config and exit.
+    #[arg(long = "print-default-config")]
+    print_default_config: bool,
+}
+
+fn parse_level(s: &str) -> Result<LogLevel, String> {
+    serde_yaml_ng::from_str::<LogLevel>(s)
+        .map_err(|_| format!("{s:?} is not a log level (off, error, warn, info, debug, trace)"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{}", config::DEFAULT_CONFIG);
+        return ExitCode::SUCCESS;
+    }
+    let source = cli.config.as_deref().unwrap_or("(embedded default config)");
+    let loaded = match &cli.config {
+        Some(path) => config::load_file(path),
+        None => config::resolve_default(),
+    };
+    let config = match loaded {
+        Ok(c) => c,
+        Err(errors) => {
+            report(source, &errors);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.validate {
+        println!("{source}: OK");
+        return ExitCode::SUCCESS;
+    }
+    mcp_gateway::telemetry::init_logger(&config.logging, cli.log_level.map(LogLevel::filter));
+    let opts = RunOptions {
+        daemon: cli.daemon,
+        upgrade: cli.upgrade,
+    };
+    match app::run(config, opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mcp-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(source: &str, errors: &[ConfigError]) {
+    eprintln!("{source}: {} problem(s) found:", errors.len());
+    for e in errors {
+        eprintln!("  {e}");
+    }
+}

@@ -1,0 +1,192 @@
+//! MCP's HTTP headers: names, and the modern era's rule that the routing headers
+//! (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`) agree with the body.
+
+use super::envelope::{Envelope, Kind};
+use base64::Engine;
+use http::HeaderMap;
+
+pub const MCP_SESSION_ID: &str = "mcp-session-id";
+pub const MCP_PROTOCOL_VERSION: &str = "mcp-protocol-version";
+pub const MCP_METHOD: &str = "mcp-method";
+pub const MCP_NAME: &str = "mcp-name";
+pub const LAST_EVENT_ID: &str = "last-event-id";
+
+/// Methods whose `Mcp-Name` header carries `params.name` or `params.uri`.
+fn has_name_header(method: &str) -> bool {
+    matches!(method, "tools/call" | "prompts/get" | "resources/read")
+}
+
+/// Decode a header value that may use the `=?base64?…?=` form for non-ASCII content.
+pub fn decode_value(raw: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(raw).ok()?.trim();
+    if let Some(inner) = s
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(inner)
+            .ok()?;
+        return String::from_utf8(bytes).ok();
+    }
+    Some(s.to_string())
+}
+
+/// Check a modern-era message's routing headers against its body.
+/// The error text says which header and what the body says, for the `-32020` message.
+pub fn check_modern(env: &Envelope, headers: &HeaderMap) -> Result<(), String> {
+    let body_version = env.protocol_version.as_deref().unwrap_or_default();
+    match headers.get(MCP_PROTOCOL_VERSION) {
+        None => {
+            return Err(format!(
+                "the MCP-Protocol-Version header is required and must be {body_version:?} (the body's _meta protocol version)"
+            ))
+        }
+        Some(h) if h.as_bytes() != body_version.as_bytes() => {
+            return Err(format!(
+                "MCP-Protocol-Version header {:?} does not match the body's protocol version {body_version:?}",
+                String::from_utf8_lossy(h.as_bytes())
+            ))
+        }
+        Some(_) => {}
+    }
+    if env.kind == Kind::Response {
+        return Ok(());
+    }
+    let method = env.method.as_deref().unwrap_or_default();
+    match headers.get(MCP_METHOD).map(|h| decode_value(h.as_bytes())) {
+        None => {
+            return Err(format!(
+                "the Mcp-Method header is required and must be {method:?}"
+            ))
+        }
+        Some(Some(h)) if h == method => {}
+        Some(h) => {
+            return Err(format!(
+                "Mcp-Method header {:?} does not match the body's method {method:?}",
+                h.unwrap_or_default()
+            ))
+        }
+    }
+    if has_name_header(method) {
+        let name = env.name.as_deref().unwrap_or_default();
+        match headers.get(MCP_NAME).map(|h| decode_value(h.as_bytes())) {
+            None => {
+                return Err(format!(
+                    "the Mcp-Name header is required for {method} and must be {name:?}"
+                ))
+            }
+            Some(Some(h)) if h == name => {}
+            Some(h) => {
+                return Err(format!(
+                    "Mcp-Name header {:?} does not match the body's {} {name:?}",
+                    h.unwrap_or_default(),
+                    if method == "resources/read" {
+                        "params.uri"
+                    } else {
+                        "params.name"
+                    }
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a batch body is allowed: only when the negotiated version is 2025-03-26
+/// (an absent `MCP-Protocol-Version` header means 2025-03-26).
+pub fn batch_allowed(headers: &HeaderMap) -> bool {
+    match headers.get(MCP_PROTOCOL_VERSION) {
+        None => true,
+        Some(v) => v.as_bytes() == super::envelope::BATCH_VERSION.as_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mcp::envelope::{inspect, Body};
+    use http::HeaderValue;
+
+    fn env(body: &str) -> Envelope {
+        match inspect(body.as_bytes()).unwrap() {
+            Body::Single(e) => e,
+            Body::Batch(_) => unreachable!(),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"héllo","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+
+    #[test]
+    fn matching_headers_pass_including_base64_names() {
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "=?base64?aMOpbGxv?="),
+        ]);
+        assert_eq!(check_modern(&env(CALL), &h), Ok(()));
+    }
+
+    #[test]
+    fn mismatches_are_named() {
+        let e = env(CALL);
+        let wrong_version = headers(&[
+            ("mcp-protocol-version", "2025-11-25"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "=?base64?aMOpbGxv?="),
+        ]);
+        assert!(check_modern(&e, &wrong_version)
+            .unwrap_err()
+            .contains("MCP-Protocol-Version"));
+        let wrong_method = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+            ("mcp-name", "=?base64?aMOpbGxv?="),
+        ]);
+        assert!(check_modern(&e, &wrong_method)
+            .unwrap_err()
+            .contains("Mcp-Method"));
+        let wrong_name = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "other"),
+        ]);
+        assert!(check_modern(&e, &wrong_name)
+            .unwrap_err()
+            .contains("Mcp-Name"));
+        let missing = headers(&[("mcp-protocol-version", "2026-07-28")]);
+        assert!(check_modern(&e, &missing).unwrap_err().contains("required"));
+    }
+
+    #[test]
+    fn list_needs_no_name() {
+        let e = env(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+        );
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+        ]);
+        assert_eq!(check_modern(&e, &h), Ok(()));
+    }
+
+    #[test]
+    fn batches_only_for_2025_03_26() {
+        assert!(batch_allowed(&headers(&[])));
+        assert!(batch_allowed(&headers(&[(
+            "mcp-protocol-version",
+            "2025-03-26"
+        )])));
+        assert!(!batch_allowed(&headers(&[(
+            "mcp-protocol-version",
+            "2025-06-18"
+        )])));
+    }
+}

@@ -1,0 +1,80 @@
+//! Per-request state carried through the Pingora phases.
+
+use crate::error::GatewayError;
+use crate::mcp::envelope::{Envelope, Era};
+use crate::upstream::{Group, InFlight, Server};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the gateway learned about the MCP message of this request.
+#[derive(Debug, Default)]
+pub struct McpInfo {
+    /// The single message's envelope (for a batch: the first message's).
+    pub envelope: Option<Envelope>,
+    /// Number of messages when the body was a batch.
+    pub batch_len: Option<usize>,
+}
+
+impl McpInfo {
+    pub fn era(&self) -> Option<Era> {
+        self.envelope.as_ref().map(Envelope::era)
+    }
+    pub fn method(&self) -> Option<&str> {
+        self.envelope.as_ref().and_then(|e| e.method.as_deref())
+    }
+    pub fn name(&self) -> Option<&str> {
+        self.envelope.as_ref().and_then(|e| e.name.as_deref())
+    }
+}
+
+pub struct RequestCtx {
+    pub started: Instant,
+    pub request_id: String,
+    /// The upstream group of the matched route.
+    pub group: Option<Arc<Group>>,
+    pub mcp: McpInfo,
+    /// The POST body as read from the client, forwarded as is.
+    pub body: Option<Bytes>,
+    /// The server a sealed session pins this request to.
+    pub pinned: Option<Arc<Server>>,
+    /// The upstream's own session id, unsealed from the client's `Mcp-Session-Id`.
+    pub upstream_session: Option<String>,
+    /// The server chosen for this request, counted as in flight until the request ends.
+    pub upstream: Option<InFlight>,
+    /// An error the gateway answered (or will answer) with.
+    pub error: Option<GatewayError>,
+    /// Status sent to the client, when the gateway answered itself.
+    pub local_status: Option<u16>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            group: None,
+            mcp: McpInfo::default(),
+            body: None,
+            pinned: None,
+            upstream_session: None,
+            upstream: None,
+            error: None,
+            local_status: None,
+        }
+    }
+
+    pub fn server(&self) -> Option<&Arc<Server>> {
+        self.upstream.as_ref().map(InFlight::server)
+    }
+
+    pub fn era(&self) -> Option<Era> {
+        self.mcp.era()
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,147 @@
+//! Choosing the upstream server and shaping the headers that cross the gateway.
+//! Shared by the Pingora proxy path and the large-body path so both behave the same.
+
+use super::ctx::RequestCtx;
+use super::respond::REQUEST_ID;
+use super::Gateway;
+use crate::error::GatewayError;
+use crate::mcp::envelope::Era;
+use crate::mcp::headers::MCP_SESSION_ID;
+use crate::upstream::InFlight;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+
+/// Pick the server (the session's, else by the group's strategy) and count it in flight.
+pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayError> {
+    let group = ctx
+        .group
+        .as_ref()
+        .ok_or_else(|| GatewayError::Internal("no route".into()))?;
+    let server = match &ctx.pinned {
+        Some(s) => s.clone(),
+        None => {
+            let key = client_ip(session);
+            group
+                .select(key.as_bytes())
+                .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?
+                .clone()
+        }
+    };
+    let peer = server.peer();
+    ctx.upstream = Some(InFlight::new(server));
+    Ok(peer)
+}
+
+fn client_ip(session: &Session) -> String {
+    match session.client_addr().and_then(|a| a.as_inet()) {
+        Some(a) => a.ip().to_string(),
+        None => String::new(),
+    }
+}
+
+/// The request as the upstream gets it: its own path and authority, forwarding headers,
+/// the unsealed session id, and an exact `Content-Length` for the body we read.
+pub fn upstream_request(
+    session: &Session,
+    req: &mut RequestHeader,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    let Some(server) = ctx.server() else {
+        return Ok(());
+    };
+    let target = &server.target;
+
+    // The upstream URL's path replaces the route's; the client's query string is kept
+    // unless the upstream URL has its own.
+    let client_query = req.uri.query().map(str::to_string);
+    let path_and_query = match (&client_query, target.path.contains('?')) {
+        (Some(q), false) => format!("{}?{q}", target.path),
+        _ => target.path.clone(),
+    };
+    let uri = http::Uri::builder()
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| Error::because(ErrorType::InternalError, "building the upstream URI", e))?;
+    req.set_uri(uri);
+
+    let preserve_host = ctx.group.as_ref().is_some_and(|g| g.preserve_host);
+    if !preserve_host {
+        req.insert_header(http::header::HOST, target.authority.as_str())?;
+    }
+
+    let client = client_ip(session);
+    let xff = match req
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) if !client.is_empty() => format!("{prev}, {client}"),
+        Some(prev) => prev.to_string(),
+        None => client,
+    };
+    if !xff.is_empty() {
+        req.insert_header("x-forwarded-for", xff)?;
+    }
+    req.insert_header("x-forwarded-proto", "http")?;
+    req.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+
+    match (&ctx.upstream_session, ctx.era()) {
+        (Some(s), _) => {
+            req.insert_header(MCP_SESSION_ID, s.as_str())?;
+        }
+        (None, Some(Era::Modern)) => {
+            // Ignored by modern servers; never forward a sealed id the upstream did not mint.
+            req.remove_header(MCP_SESSION_ID);
+        }
+        (None, _) => {}
+    }
+
+    if let Some(body) = &ctx.body {
+        req.remove_header(&http::header::TRANSFER_ENCODING);
+        req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    }
+    Ok(())
+}
+
+/// Hop-by-hop response fields not to pass on (Pingora owns framing: `Transfer-Encoding`,
+/// `Content-Length` and `Connection` are left to it).
+const HOP_BY_HOP_RESPONSE: [&str; 5] = [
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+];
+
+/// The response as the client gets it: the upstream session sealed, the request id added.
+pub fn client_response(gw: &Gateway, resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    for h in HOP_BY_HOP_RESPONSE {
+        resp.remove_header(h);
+    }
+    if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        resp.remove_header(&http::header::UPGRADE);
+    }
+    if let (Some(minted), Some(group), Some(server)) = (
+        resp.headers.get(MCP_SESSION_ID),
+        ctx.group.as_ref(),
+        ctx.server(),
+    ) {
+        if ctx.era() != Some(Era::Modern) {
+            let minted = String::from_utf8_lossy(minted.as_bytes()).into_owned();
+            let sealed = gw.state.sessions.seal(&group.name, &server.id, &minted);
+            resp.insert_header(MCP_SESSION_ID, sealed)?;
+        }
+    }
+    resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    let is_sse = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if is_sse {
+        // Tell any buffering proxy in front of us to pass events on at once.
+        resp.insert_header("x-accel-buffering", "no")?;
+    }
+    Ok(())
+}

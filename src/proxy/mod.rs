@@ -1,0 +1,190 @@
+//! The proxy service: `impl ProxyHttp for Gateway`. Each hook calls one function.
+//!
+//! Phase order for one request:
+//! 1. `request_filter` ([`request::filter`]): health probes; route → method →
+//!    body (bounded) → JSON-RPC inspection → modern header check → sealed session.
+//!    Bodies over 64 KiB are forwarded here by [`large_body`].
+//! 2. `upstream_peer` ([`forward::select`]): the session's server, else the group's strategy.
+//! 3. `upstream_request_filter` ([`forward::upstream_request`]): path, `Host`,
+//!    `X-Forwarded-*`, `X-Request-Id`, the upstream's own session id, `Content-Length`.
+//! 4. `response_filter` ([`forward::client_response`]): seal `Mcp-Session-Id`, add the
+//!    request id. Bodies (SSE included) stream through untouched.
+//! 5. `fail_to_proxy`: upstream failures become JSON-RPC errors (502/503/504).
+//! 6. `logging`: the access log line.
+
+pub mod ctx;
+pub mod forward;
+pub mod health;
+pub mod large_body;
+pub mod request;
+pub mod respond;
+pub mod routes;
+
+use crate::error::GatewayError;
+use crate::mcp::session::SessionKeys;
+use crate::upstream::Groups;
+use async_trait::async_trait;
+use ctx::RequestCtx;
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use routes::Routes;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Everything the request path reads, built once from the config.
+pub struct State {
+    pub routes: Routes,
+    pub groups: Groups,
+    pub sessions: SessionKeys,
+    pub max_request_body: u64,
+    pub access_log: bool,
+    /// True once the upstream groups are built.
+    pub ready: AtomicBool,
+}
+
+pub struct Gateway {
+    pub state: Arc<State>,
+    /// Upstream connections for the large-body path.
+    pub connector: Connector,
+}
+
+impl Gateway {
+    pub fn new(state: Arc<State>) -> Self {
+        Gateway {
+            state,
+            connector: Connector::new(None),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        request::filter(self, session, ctx).await
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        forward::select(session, ctx).map_err(|e| {
+            let status = e.status_and_code().0;
+            ctx.error = Some(e);
+            Error::new(ErrorType::HTTPStatus(status))
+        })
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        forward::upstream_request(session, req, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        forward::client_response(self, resp, ctx)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        if client_gone(e) {
+            ctx.error = Some(GatewayError::ClientClosed);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let err = ctx.error.take().unwrap_or_else(|| upstream_error(e, ctx));
+        let status = err.status_and_code().0;
+        if session.response_written().is_some() {
+            // Headers already went out: all we can do is end the response.
+            ctx.error = Some(err);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        if let Err(write_err) = respond::error(session, ctx, err).await {
+            log::debug!(
+                "request {}: could not send the error response: {write_err}",
+                ctx.request_id
+            );
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        // A client that hangs up is routine (and, in the modern era, a cancellation).
+        client_gone(e)
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if self.state.access_log {
+            crate::telemetry::access_log(session, e, ctx);
+        }
+    }
+}
+
+fn client_gone(e: &Error) -> bool {
+    matches!(e.esource(), ErrorSource::Downstream)
+        && matches!(
+            e.etype(),
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+        )
+}
+
+/// Turn a Pingora proxying error into the gateway's error, naming the group and server.
+fn upstream_error(e: &Error, ctx: &RequestCtx) -> GatewayError {
+    let group = ctx
+        .group
+        .as_ref()
+        .map(|g| g.name.clone())
+        .unwrap_or_default();
+    let server = ctx.server().map(|s| s.id.clone()).unwrap_or_default();
+    let detail = e.to_string();
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            GatewayError::UpstreamTimeout {
+                group,
+                server,
+                detail,
+            }
+        }
+        _ if matches!(e.esource(), ErrorSource::Upstream) => GatewayError::UpstreamFailed {
+            group,
+            server,
+            detail,
+        },
+        ErrorType::HTTPStatus(_) => GatewayError::UpstreamFailed {
+            group,
+            server,
+            detail,
+        },
+        _ if matches!(e.esource(), ErrorSource::Downstream) => GatewayError::BodyRead(detail),
+        _ => GatewayError::Internal(detail),
+    }
+}

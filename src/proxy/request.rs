@@ -1,0 +1,232 @@
+//! The request phase: route → method → body → JSON-RPC inspection → session.
+//!
+//! Returns `Ok(true)` when the gateway answered itself (an error or a health probe),
+//! `Ok(false)` to let Pingora proxy the request.
+
+use super::ctx::RequestCtx;
+use super::{large_body, respond, Gateway};
+use crate::error::GatewayError;
+use crate::mcp::envelope::{self, Body, Era, InspectError};
+use crate::mcp::headers::{self, MCP_SESSION_ID};
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+/// Pingora replays at most this much of a request body by itself (its retry buffer);
+/// larger bodies are forwarded by [`large_body`].
+pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
+
+pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    ctx.request_id = request_id(session);
+    let path = session.req_header().uri.path();
+    if let Some(answer) = super::health::answer(path, &gw.state) {
+        let (status, body) = answer;
+        respond::json(session, ctx, status, body).await?;
+        return Ok(true);
+    }
+    match check(gw, session, ctx).await {
+        Ok(Next::Proxy) => Ok(false),
+        Ok(Next::Answered) => Ok(true),
+        Err(e) => {
+            if matches!(
+                e,
+                GatewayError::PayloadTooLarge { .. } | GatewayError::BodyRead(_)
+            ) {
+                // The rest of the body was not read: the connection cannot be reused.
+                session.set_keepalive(None);
+            }
+            respond::error(session, ctx, e).await?;
+            Ok(true)
+        }
+    }
+}
+
+enum Next {
+    Proxy,
+    Answered,
+}
+
+async fn check(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Next, GatewayError> {
+    let req = session.req_header();
+    let path = req.uri.path();
+    let group = gw
+        .state
+        .routes
+        .get(path)
+        .ok_or_else(|| GatewayError::NoRoute(path.to_string()))?
+        .clone();
+    ctx.group = Some(group.clone());
+
+    let method = req.method.clone();
+    if method == Method::POST {
+        read_and_inspect(gw, session, ctx).await?;
+    } else if method != Method::GET && method != Method::DELETE {
+        return Err(GatewayError::MethodNotAllowed(method.to_string()));
+    }
+
+    // Sessions belong to the legacy era; modern servers ignore the header, so do we.
+    if ctx.era() != Some(Era::Modern) {
+        if let Some(sealed) = session.req_header().headers.get(MCP_SESSION_ID) {
+            let sealed = sealed.to_str().map_err(|_| GatewayError::SessionNotFound)?;
+            let opened = gw
+                .state
+                .sessions
+                .open(&group.name, sealed)
+                .ok_or(GatewayError::SessionNotFound)?;
+            let server = group
+                .server_by_id(&opened.server_id)
+                .ok_or_else(|| GatewayError::SessionServerGone(opened.server_id.clone()))?;
+            ctx.pinned = Some(server.clone());
+            ctx.upstream_session = Some(opened.upstream_session);
+        }
+    }
+
+    if ctx
+        .body
+        .as_ref()
+        .is_some_and(|b| b.len() > RETRY_BUFFER_LIMIT)
+    {
+        large_body::forward(gw, session, ctx).await?;
+        return Ok(Next::Answered);
+    }
+    Ok(Next::Proxy)
+}
+
+/// Read the whole POST body (bounded by `limits.max_request_body`) and inspect its envelope.
+async fn read_and_inspect(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
+    let headers = &session.req_header().headers;
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    if !is_json(&content_type) {
+        return Err(GatewayError::UnsupportedMediaType(content_type));
+    }
+    let limit = gw.state.max_request_body;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+
+    // Bodies up to the retry buffer's size are replayed upstream by Pingora itself.
+    session.enable_retry_buffering();
+    let body = read_body(session, limit, declared).await?;
+
+    let parsed = envelope::inspect(&body).map_err(|e| match e {
+        InspectError::Parse(m) => GatewayError::Parse(m),
+        InspectError::Invalid(m, id) => {
+            // Echo the id in the error when it could be read.
+            ctx.mcp.envelope = id.map(|id| envelope::Envelope {
+                kind: envelope::Kind::Request,
+                id: Some(id),
+                method: None,
+                name: None,
+                protocol_version: None,
+            });
+            GatewayError::InvalidRequest(m)
+        }
+    })?;
+    let headers = &session.req_header().headers;
+    match parsed {
+        Body::Single(env) => {
+            let era = env.era();
+            ctx.mcp.envelope = Some(env);
+            if era == Era::Modern {
+                let env = ctx.mcp.envelope.as_ref().expect("set above");
+                headers::check_modern(env, headers).map_err(GatewayError::HeaderMismatch)?;
+            }
+        }
+        Body::Batch(items) => {
+            if !headers::batch_allowed(headers) {
+                return Err(GatewayError::InvalidRequest(format!(
+                    "JSON-RPC batches are only allowed with protocol version {} (this request negotiated {})",
+                    envelope::BATCH_VERSION,
+                    String::from_utf8_lossy(
+                        headers.get(headers::MCP_PROTOCOL_VERSION).map(|v| v.as_bytes()).unwrap_or_default()
+                    )
+                )));
+            }
+            if items.iter().any(|e| e.era() == Era::Modern) {
+                return Err(GatewayError::InvalidRequest(
+                    "JSON-RPC batches are not allowed in protocol version 2026-07-28 and later"
+                        .into(),
+                ));
+            }
+            ctx.mcp.batch_len = Some(items.len());
+            ctx.mcp.envelope = items.into_iter().next();
+        }
+    }
+    ctx.body = Some(body);
+    Ok(())
+}
+
+async fn read_body(
+    session: &mut Session,
+    limit: u64,
+    declared: Option<u64>,
+) -> Result<Bytes, GatewayError> {
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit) as usize);
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if (buf.len() + chunk.len()) as u64 > limit {
+                    return Err(GatewayError::PayloadTooLarge { limit });
+                }
+                if buf.is_empty() && declared == Some(chunk.len() as u64) {
+                    // The whole body in one read: keep it without copying.
+                    return Ok(chunk);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => return Err(GatewayError::BodyRead(e.to_string())),
+        }
+    }
+}
+
+/// `application/json`, with optional parameters (`; charset=utf-8`).
+fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .map(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        .unwrap_or(false)
+}
+
+/// The client's `X-Request-Id` when it is a sane token, else a fresh random one.
+fn request_id(session: &Session) -> String {
+    if let Some(v) = session.req_header().headers.get(respond::REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| (0x21..=0x7e).contains(c)) {
+            return String::from_utf8_lossy(b).into_owned();
+        }
+    }
+    let n: u128 = rand::random();
+    format!("{n:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json(""));
+        assert!(!is_json("application/jsonx"));
+    }
+}

@@ -1,0 +1,43 @@
+//! Answers the gateway writes itself: JSON-RPC errors and small JSON documents.
+
+use super::ctx::RequestCtx;
+use crate::error::GatewayError;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Write a JSON response with the request id.
+pub async fn json(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: Vec<u8>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    if !ctx.request_id.is_empty() {
+        resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    }
+    if status == 405 {
+        resp.insert_header(http::header::ALLOW, "GET, POST, DELETE")?;
+    }
+    ctx.local_status = Some(status);
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    Ok(())
+}
+
+/// Answer with a JSON-RPC error; the id of the request is echoed when it was read.
+pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: GatewayError) -> Result<()> {
+    let (status, _) = err.status_and_code();
+    let id = ctx.mcp.envelope.as_ref().and_then(|e| e.id.as_deref());
+    let body = err.to_body(id);
+    ctx.error = Some(err);
+    json(session, ctx, status, body).await
+}

@@ -1,0 +1,37 @@
+//! Exact-path routes to upstream groups.
+
+use crate::config::Config;
+use crate::upstream::{Group, Groups};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The path served when no routes are configured.
+pub const DEFAULT_PATH: &str = "/mcp";
+/// The group that path goes to.
+pub const DEFAULT_GROUP: &str = "default";
+
+#[derive(Debug, Default)]
+pub struct Routes(HashMap<String, Arc<Group>>);
+
+impl Routes {
+    pub fn build(config: &Config, groups: &Groups) -> Result<Routes, String> {
+        let mut map = HashMap::new();
+        if config.routes.is_empty() {
+            let g = groups
+                .get(DEFAULT_GROUP)
+                .ok_or("no routes and no group named \"default\"")?;
+            map.insert(DEFAULT_PATH.to_string(), g.clone());
+        }
+        for r in &config.routes {
+            let g = groups
+                .get(&r.group)
+                .ok_or_else(|| format!("route {}: no group {:?}", r.path, r.group))?;
+            map.insert(r.path.clone(), g.clone());
+        }
+        Ok(Routes(map))
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Arc<Group>> {
+        self.0.get(path)
+    }
+}

@@ -1,0 +1,80 @@
+//! Structured logs on stderr. `logging.format: json` writes one JSON object per line;
+//! `text` writes `timestamp level target message`. The access log goes to the
+//! `access` target at info level. Secrets never reach a log line: the access log records
+//! no header values and no bodies.
+
+use crate::config::{LogFormat, LoggingConfig};
+use crate::proxy::ctx::RequestCtx;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use serde_json::json;
+use std::io::Write;
+
+/// Install the process logger. `level_override` (from `--log-level`) wins over the config.
+pub fn init_logger(cfg: &LoggingConfig, level_override: Option<log::LevelFilter>) {
+    let level = level_override.unwrap_or_else(|| cfg.level.filter());
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level);
+    // Pingora is chatty at info about things an operator of this gateway does not act on.
+    if level == log::LevelFilter::Info {
+        b.filter_module("pingora_core", log::LevelFilter::Warn);
+        b.filter_module("pingora_proxy", log::LevelFilter::Warn);
+    }
+    match cfg.format {
+        LogFormat::Json => {
+            b.format(|f, r| {
+                let line = json!({
+                    "ts": f.timestamp_millis().to_string(),
+                    "level": r.level().as_str(),
+                    "target": r.target(),
+                    "msg": r.args().to_string(),
+                });
+                writeln!(f, "{line}")
+            });
+        }
+        LogFormat::Text => {
+            b.format(|f, r| {
+                writeln!(
+                    f,
+                    "{} {:5} {} {}",
+                    f.timestamp_millis(),
+                    r.level(),
+                    r.target(),
+                    r.args()
+                )
+            });
+        }
+    }
+    // A second init (tests, embedded use) keeps the first logger.
+    let _ = b.try_init();
+}
+
+/// One line per request.
+pub fn access_log(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
+    if !log::log_enabled!(target: "access", log::Level::Info) {
+        return;
+    }
+    let req = session.req_header();
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .or(ctx.local_status)
+        .unwrap_or(0);
+    let line = json!({
+        "request_id": ctx.request_id,
+        "client": session.client_addr().map(|a| a.to_string()),
+        "method": req.method.as_str(),
+        "path": req.uri.path(),
+        "status": status,
+        "duration_ms": ctx.started.elapsed().as_secs_f64() * 1000.0,
+        "group": ctx.group.as_ref().map(|g| g.name.as_str()),
+        "server": ctx.server().map(|s| s.id.as_str()),
+        "mcp_method": ctx.mcp.method(),
+        "mcp_name": ctx.mcp.name(),
+        "era": ctx.era().map(|e| e.as_str()),
+        "batch": ctx.mcp.batch_len,
+        "error": ctx.error.as_ref().map(|e| e.kind()),
+        "proxy_error": e.map(|e| e.etype().as_str()),
+    });
+    log::info!(target: "access", "{line}");
+}

@@ -1,0 +1,135 @@
+//! Where one upstream server lives: parsed from its configured URL.
+//!
+//! `http://host:port/path`, `https://host:port/path` (TLS with SNI) and
+//! `unix:///path/to.sock:/mcp` (a Unix socket, then the HTTP path). Names are resolved
+//! here, once, so `HttpPeer` never sees an unresolvable name (it would panic).
+
+use http::Uri;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Address {
+    Inet(SocketAddr),
+    Unix(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub address: Address,
+    pub tls: bool,
+    /// `host[:port]` as written in the URL: sent as `Host` unless the group preserves the client's.
+    pub authority: String,
+    /// The host name (no port), used for SNI and certificate verification.
+    pub host: String,
+    /// The upstream's request path (and query), which replaces the route's path.
+    pub path: String,
+}
+
+impl Target {
+    pub fn from_url(url: &str) -> Result<Target, String> {
+        if let Some(rest) = url.strip_prefix("unix://") {
+            let (sock, path) = match rest.rfind(":/") {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, "/"),
+            };
+            if !sock.starts_with('/') {
+                return Err(format!(
+                    "{url:?}: a unix URL needs an absolute socket path, e.g. unix:///run/mcp.sock:/mcp"
+                ));
+            }
+            return Ok(Target {
+                address: Address::Unix(PathBuf::from(sock)),
+                tls: false,
+                authority: "localhost".into(),
+                host: "localhost".into(),
+                path: path.to_string(),
+            });
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a valid URL: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(other) => {
+                return Err(format!(
+                    "{url:?}: unsupported scheme {other:?} (use http://, https:// or unix://)"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "{url:?}: missing scheme (use http://, https:// or unix://)"
+                ))
+            }
+        };
+        let auth = uri
+            .authority()
+            .ok_or_else(|| format!("{url:?}: missing host"))?;
+        let host = auth
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = auth.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("{url:?}: cannot resolve host {host:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{url:?}: host {host:?} resolved to no address"))?;
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/".into());
+        Ok(Target {
+            address: Address::Inet(addr),
+            tls,
+            authority: auth.as_str().to_string(),
+            host,
+            path,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_url() {
+        let t = Target::from_url("http://127.0.0.1:3001/mcp").unwrap();
+        assert_eq!(t.address, Address::Inet("127.0.0.1:3001".parse().unwrap()));
+        assert!(!t.tls);
+        assert_eq!(t.authority, "127.0.0.1:3001");
+        assert_eq!(t.path, "/mcp");
+    }
+
+    #[test]
+    fn https_default_port_and_name() {
+        let t = Target::from_url("https://localhost/mcp?x=1").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.host, "localhost");
+        assert!(matches!(t.address, Address::Inet(a) if a.port() == 443));
+        assert_eq!(t.path, "/mcp?x=1");
+    }
+
+    #[test]
+    fn unix_url() {
+        let t = Target::from_url("unix:///run/files.sock:/mcp").unwrap();
+        assert_eq!(t.address, Address::Unix("/run/files.sock".into()));
+        assert_eq!(t.path, "/mcp");
+        assert!(Target::from_url("unix://relative.sock:/mcp").is_err());
+    }
+
+    #[test]
+    fn bad_urls() {
+        assert!(Target::from_url("ftp://x/mcp")
+            .unwrap_err()
+            .contains("unsupported scheme"));
+        assert!(Target::from_url("localhost:3000").is_err());
+        assert!(Target::from_url("http://no-such-host.invalid/mcp")
+            .unwrap_err()
+            .contains("cannot resolve"));
+    }
+}

@@ -1,0 +1,145 @@
+//! The command line: flags, config validation, env overrides, shipped configs.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn gateway(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("MCP_GATEWAY_CONFIG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = gateway(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--config",
+        "-c",
+        "--validate",
+        "-t",
+        "--log-level",
+        "--daemon",
+        "-d",
+        "--upgrade",
+        "-u",
+        "--print-default-config",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn every_shipped_config_validates() {
+    let mut files = Vec::new();
+    for dir in ["conf", "examples", "k8s/config"] {
+        let Ok(entries) = std::fs::read_dir(repo().join(dir)) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
+                files.push(p);
+            }
+        }
+    }
+    assert!(
+        files.iter().any(|f| f.ends_with("conf/gateway.yaml")),
+        "{files:?}"
+    );
+    for f in files {
+        let out = gateway(&["--validate", "--config", f.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{} does not validate:\n{}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_default_config_is_printed_and_valid() {
+    let out = gateway(&["--print-default-config"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("http://127.0.0.1:3001/mcp"), "{text}");
+    let dir = TempDir::new("default");
+    std::fs::write(dir.path("d.yaml"), &text).unwrap();
+    assert!(gateway(&["-t", "-c", dir.path("d.yaml").to_str().unwrap()])
+        .status
+        .success());
+    assert!(
+        gateway(&["-t"]).status.success(),
+        "no --config validates the embedded default"
+    );
+}
+
+#[test]
+fn a_bad_config_lists_every_problem_and_exits_64() {
+    let dir = TempDir::new("bad");
+    let f = dir.path("bad.yaml");
+    std::fs::write(
+        &f,
+        "server:\n  port: 0\n  threds: 4\nupstream:\n  groups:\n    files:\n      servers:\n        - {id: f1, url: 'http://127.0.0.1:1/mcp'}\n        - {id: f2, url: 'gopher://x/mcp'}\nroutes:\n  - {path: /mcp/files, group: nope}\n",
+    )
+    .unwrap();
+    let out = gateway(&["--validate", "--config", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("server.threds: unknown key"), "{err}");
+    // A config with only semantic errors shows all of them at once.
+    std::fs::write(
+        &f,
+        "server:\n  port: 0\nupstream:\n  groups:\n    files:\n      servers:\n        - {id: f1, url: 'http://127.0.0.1:1/mcp'}\n        - {id: f2, url: 'gopher://x/mcp'}\nroutes:\n  - {path: /mcp/files, group: nope}\n",
+    )
+    .unwrap();
+    let out = gateway(&["-t", "-c", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for want in [
+        "3 problem(s)",
+        "server.port: must be between 1 and 65535",
+        "upstream.groups.files.servers[1].url:",
+        "routes[0].group: no upstream group named \"nope\"",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // The same file without --validate does not start either.
+    let out = gateway(&["-c", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+
+    let out = gateway(&["-t", "-c", dir.path("missing.yaml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+#[tokio::test]
+async fn env_overrides_win_over_the_file() {
+    let up = Upstream::start("u");
+    let port = free_port();
+    // The file says port 1 (privileged, would fail); the environment moves it.
+    let yaml = config_for(&[up.url()], "").replace("port: {port}", "port: 1");
+    let gw = Gateway::start_env(
+        &yaml,
+        &[
+            ("MCP_GATEWAY_PORT", &port.to_string()),
+            ("MCP_GATEWAY_LOG_LEVEL", "debug"),
+        ],
+    )
+    .await;
+    let r = reqwest::get(format!("http://127.0.0.1:{}/health", gw.port))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        gw.log().contains(" DEBUG "),
+        "MCP_GATEWAY_LOG_LEVEL=debug:\n{}",
+        gw.log()
+    );
+}

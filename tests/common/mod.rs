@@ -1,0 +1,266 @@
+//! Test harness: real processes on free loopback ports.
+//!
+//! * [`Upstream`]: `tests/peers/mock_upstream.py` (a scriptable MCP server);
+//! * [`Gateway`]: the real `mcp-gateway` binary with a generated YAML config, ready
+//!   once `/readiness` answers 200.
+//!
+//! Every process is killed when its handle drops.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mcp-gateway");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh temporary directory (removed on drop).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let n: u64 = rand_u64();
+        let p = std::env::temp_dir().join(format!("mcp-gw-{tag}-{}-{n:x}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+/// The mock upstream MCP server.
+pub struct Upstream {
+    child: Child,
+    /// `127.0.0.1:PORT`, or the socket path for `--unix`.
+    pub addr: String,
+    pub id: String,
+}
+
+impl Upstream {
+    pub fn start(id: &str) -> Upstream {
+        Self::start_with(id, &[])
+    }
+
+    pub fn start_with(id: &str, extra: &[&str]) -> Upstream {
+        let script = repo().join("tests/peers/mock_upstream.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--port", "0", "--id", id])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 must be installed to run the mock upstream");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("mock upstream said {line:?}"))
+            .to_string();
+        Upstream {
+            child,
+            addr,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// The upstream's counters (`requests`, `cancelled`, `completed_streams`, ...).
+    pub async fn state(&self) -> serde_json::Value {
+        reqwest::get(format!("http://{}/_state", self.addr))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real gateway binary.
+pub struct Gateway {
+    child: Child,
+    pub port: u16,
+    pub dir: TempDir,
+}
+
+impl Gateway {
+    /// Start with `yaml`, where `{port}` is replaced by a free port.
+    pub async fn start(yaml: &str) -> Gateway {
+        Self::start_env(yaml, &[]).await
+    }
+
+    pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let port = env
+            .iter()
+            .find(|(k, _)| *k == "MCP_GATEWAY_PORT")
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or_else(free_port);
+        let dir = TempDir::new("gw");
+        let config = dir.path("gateway.yaml");
+        let yaml = yaml
+            .replace("{port}", &port.to_string())
+            .replace("{dir}", &dir.0.to_string_lossy());
+        let yaml = if yaml.contains("pid_file") {
+            yaml
+        } else {
+            // Keep each test's Pingora files apart.
+            yaml.replacen(
+                "server:\n",
+                &format!(
+                    "server:\n  pid_file: {}\n  upgrade_sock: {}\n",
+                    dir.path("gw.pid").display(),
+                    dir.path("upgrade.sock").display()
+                ),
+                1,
+            )
+        };
+        std::fs::write(&config, yaml).unwrap();
+        let log = std::fs::File::create(dir.path("gateway.log")).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .envs(env.iter().copied())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut gw = Gateway { child, port, dir };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("http://127.0.0.1:{}/readiness", self.port);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited with {status}:\n{}", self.log());
+            }
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway not ready within 30s:\n{}", self.log());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.path("gateway.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway config with one group `default` of the given upstream URLs, route-less
+/// (so `/mcp` serves it), plus `extra` YAML appended at top level.
+pub fn config_for(urls: &[String], extra: &str) -> String {
+    let mut servers = String::new();
+    for (i, u) in urls.iter().enumerate() {
+        servers.push_str(&format!("        - {{id: s{}, url: \"{u}\"}}\n", i + 1));
+    }
+    format!(
+        "server:\n  host: 127.0.0.1\n  port: {{port}}\n  threads: 2\nupstream:\n  groups:\n    default:\n      servers:\n{servers}logging:\n  level: info\n  format: text\n{extra}"
+    )
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// POST a JSON-RPC body to `url` with MCP's usual headers.
+pub fn post(
+    c: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::RequestBuilder {
+    c.post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body)
+}
+
+/// The mock upstream's description of what it received (the JSON-RPC `result`).
+pub async fn received(resp: reqwest::Response) -> serde_json::Value {
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    v["result"].clone()
+}
+
+/// Assert a JSON-RPC error response from the gateway with this status and code.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: i64) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["jsonrpc"], "2.0", "{v}");
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    v
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""A scriptable upstream MCP server for the gateway's integration tests.
+
+Standard library only. It answers JSON-RPC POSTs with a result that describes what it
+received (path, headers, body length and SHA-256, its own id), so a test can check what
+the gateway forwarded. Behaviour by method / tool name:
+
+* ``initialize``: mints ``Mcp-Session-Id: <id>-session-<n>``;
+* ``tools/call`` ``stream``: an SSE response: one event at once, then after
+  ``arguments.delay`` seconds the final result (``arguments.idle`` to stay silent);
+  if the client went away the stream is recorded as cancelled (see ``GET /_state``);
+* ``tools/call`` ``status``: answers with HTTP status ``arguments.code``;
+* notifications and responses: ``202`` with no body;
+* GET with ``Accept: text/event-stream``: an SSE stream with one ``ready`` event, then
+  one more event after ``?delay=`` seconds;
+* DELETE: ``200``.
+
+``GET /_state`` returns counters. Flags: ``--port`` (0 = any), ``--id``, ``--unix PATH``,
+``--tls CERT KEY``. Prints ``listening on HOST:PORT`` (or the socket path) when ready.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import socketserver
+import ssl
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+STATE = {"requests": 0, "cancelled": 0, "completed_streams": 0, "sessions": 0, "deletes": 0}
+LOCK = threading.Lock()
+SERVER_ID = "mock"
+
+
+def bump(key, n=1):
+    with LOCK:
+        STATE[key] += n
+        return STATE[key]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def describe(self, body):
+        return {
+            "server": SERVER_ID,
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body_len": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }
+
+    def send_json(self, status, obj, extra=None):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def chunk(self, data):
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def start_sse(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def do_GET(self):
+        url = urlparse(self.path)
+        if url.path == "/_state":
+            with LOCK:
+                return self.send_json(200, dict(STATE, server=SERVER_ID))
+        bump("requests")
+        if "text/event-stream" not in self.headers.get("Accept", ""):
+            return self.send_json(405, {"error": "GET needs Accept: text/event-stream"})
+        delay = float(parse_qs(url.query).get("delay", ["0.2"])[0])
+        self.start_sse()
+        info = self.describe(b"")
+        try:
+            self.chunk(b"event: ready\ndata: %s\n\n" % json.dumps(info).encode())
+            time.sleep(delay)
+            self.chunk(b"event: later\ndata: {}\n\n")
+            self.chunk(b"")
+            bump("completed_streams")
+        except (BrokenPipeError, ConnectionResetError):
+            bump("cancelled")
+
+    def do_DELETE(self):
+        bump("requests")
+        bump("deletes")
+        self.send_json(200, self.describe(b""))
+
+    def do_POST(self):
+        bump("requests")
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length) if length else b""
+        try:
+            msg = json.loads(body)
+        except ValueError:
+            return self.send_json(400, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse"}})
+        if isinstance(msg, list):
+            return self.send_json(200, [{"jsonrpc": "2.0", "id": m.get("id"), "result": self.describe(body)} for m in msg if "id" in m])
+        if "method" not in msg or "id" not in msg:
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        method = msg["method"]
+        params = msg.get("params") or {}
+        result = self.describe(body)
+        if method == "initialize":
+            n = bump("sessions")
+            return self.send_json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result},
+                                  {"Mcp-Session-Id": "%s-session-%d" % (SERVER_ID, n)})
+        if method == "tools/call" and params.get("name") == "status":
+            code = int(params.get("arguments", {}).get("code", 500))
+            return self.send_json(code, {"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32603, "message": "as asked"}})
+        if method == "tools/call" and params.get("name") == "stream":
+            args = params.get("arguments", {})
+            self.start_sse()
+            try:
+                first = {"jsonrpc": "2.0", "method": "notifications/progress",
+                         "params": {"progressToken": 1, "progress": 0, "server": SERVER_ID}}
+                self.chunk(b"event: message\ndata: %s\n\n" % json.dumps(first).encode())
+                deadline = time.time() + float(args.get("delay", 1))
+                while time.time() < deadline:
+                    time.sleep(0.05)
+                    if not args.get("idle"):
+                        # A comment line: lets us notice a client that went away.
+                        self.chunk(b": keep-alive\n\n")
+                final = {"jsonrpc": "2.0", "id": msg["id"], "result": result}
+                self.chunk(b"event: message\ndata: %s\n\n" % json.dumps(final).encode())
+                self.chunk(b"")
+                bump("completed_streams")
+            except (BrokenPipeError, ConnectionResetError):
+                bump("cancelled")
+            return
+        self.send_json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result})
+
+
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self):
+        conn, _ = super().get_request()
+        return conn, ("unix", 0)
+
+
+def main():
+    global SERVER_ID
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--id", default="mock")
+    p.add_argument("--unix")
+    p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    a = p.parse_args()
+    SERVER_ID = a.id
+    if a.unix:
+        if os.path.exists(a.unix):
+            os.unlink(a.unix)
+        srv = UnixHTTPServer(a.unix, Handler)
+        print("listening on %s" % a.unix, flush=True)
+    else:
+        ThreadingHTTPServer.daemon_threads = True
+        srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+        if a.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(a.tls[0], a.tls[1])
+            srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+        print("listening on 127.0.0.1:%d" % srv.server_address[1], flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
