@@ -13,14 +13,20 @@ fn bodies() -> Vec<(&'static str, Vec<u8>)> {
     })
     .to_string()
     .into_bytes();
-    vec![("tools_call_small", small), ("tools_list_modern", modern), ("tools_call_1mib", big)]
+    vec![
+        ("tools_call_small", small),
+        ("tools_list_modern", modern),
+        ("tools_call_1mib", big),
+    ]
 }
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("inspect");
     for (name, body) in bodies() {
         g.throughput(Throughput::Bytes(body.len() as u64));
-        g.bench_function(format!("envelope/{name}"), |b| b.iter(|| inspect(black_box(&body)).unwrap()));
+        g.bench_function(format!("envelope/{name}"), |b| {
+            b.iter(|| inspect(black_box(&body)).unwrap())
+        });
         g.bench_function(format!("serde_json_value/{name}"), |b| {
             b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap())
         });

@@ -143,3 +143,100 @@ async fn env_overrides_win_over_the_file() {
         gw.log()
     );
 }
+
+async fn health_ok(port: u16) -> bool {
+    matches!(reqwest::get(format!("http://127.0.0.1:{port}/health")).await, Ok(r) if r.status() == 200)
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test]
+async fn daemon_mode_detaches_and_writes_its_pid() {
+    let up = Upstream::start("u");
+    let (config, dir, port) = Gateway::prepare(&config_for(&[up.url()], ""), &[]);
+    let mut parent = Gateway::spawn(&config, &dir, &[], &["-d"]);
+    let status = parent.wait().unwrap();
+    assert!(
+        status.success(),
+        "the foreground process returns once daemonized"
+    );
+    let pid_file = dir.path("gw.pid");
+    assert!(wait_for(|| pid_file.exists()).await, "no pid file");
+    let mut ready = false;
+    for _ in 0..200 {
+        if health_ok(port).await {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill(pid, "-KILL");
+    assert!(ready, "the daemon did not serve");
+}
+
+#[tokio::test]
+async fn upgrade_hands_the_listener_to_a_new_process() {
+    let up = Upstream::start("u");
+    let yaml = config_for(&[up.url()], "").replacen(
+        "server:\n",
+        "server:\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n",
+        1,
+    );
+    let (config, dir, port) = Gateway::prepare(&yaml, &[]);
+    let mut old = Gateway::spawn(&config, &dir, &[], &[]);
+    let mut ok = false;
+    for _ in 0..200 {
+        if health_ok(port).await {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "old process not serving");
+    // The new process waits on the upgrade socket; SIGQUIT makes the old one hand over.
+    let mut new = Gateway::spawn(&config, &dir, &[], &["-u"]);
+    let sock = dir.path("upgrade.sock");
+    assert!(
+        wait_for(|| sock.exists()).await,
+        "the new process never listened on the upgrade socket"
+    );
+    kill(old.id(), "-QUIT");
+    let old_pid = old.id();
+    let exited = wait_for(|| matches!(old.try_wait(), Ok(Some(_))) || !alive(old_pid)).await;
+    let serving = health_ok(port).await;
+    let new_alive = new.try_wait().unwrap().is_none();
+    let _ = new.kill();
+    let _ = new.wait();
+    let log = std::fs::read_to_string(dir.path("gateway.log")).unwrap_or_default();
+    assert!(exited, "the old process did not exit:\n{log}");
+    assert!(
+        new_alive && serving,
+        "the new process does not serve the port:\n{log}"
+    );
+}

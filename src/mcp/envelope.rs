@@ -162,7 +162,7 @@ fn single(body: &[u8]) -> Result<Envelope, InspectError> {
     };
     let id = raw.id.filter(|v| v.get() != "null");
     let invalid = |m: &str| Err(InspectError::Invalid(m.to_string(), id.clone()));
-    if raw.jsonrpc.as_deref() != Some("2.0") {
+    if !raw.jsonrpc_2_0 {
         return invalid("\"jsonrpc\" must be \"2.0\"");
     }
     if let Some(idv) = &id {
@@ -182,7 +182,7 @@ fn single(body: &[u8]) -> Result<Envelope, InspectError> {
     Ok(Envelope {
         kind,
         id,
-        method: raw.method.map(|m| intern(&m)),
+        method: raw.method,
         name: params.name,
         protocol_version: params.protocol_version,
     })
@@ -190,10 +190,11 @@ fn single(body: &[u8]) -> Result<Envelope, InspectError> {
 
 /// The top-level object; unknown members are skipped without being built.
 struct RawMessage {
-    jsonrpc: Option<String>,
+    /// `"jsonrpc": "2.0"` was present.
+    jsonrpc_2_0: bool,
     id: Option<Box<RawValue>>,
     id_was_null: bool,
-    method: Option<String>,
+    method: Option<Cow<'static, str>>,
     params: Option<Params>,
     has_result_or_error: bool,
 }
@@ -208,7 +209,7 @@ impl<'de> Deserialize<'de> for RawMessage {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawMessage, A::Error> {
                 let mut out = RawMessage {
-                    jsonrpc: None,
+                    jsonrpc_2_0: false,
                     id: None,
                     id_was_null: false,
                     method: None,
@@ -217,20 +218,17 @@ impl<'de> Deserialize<'de> for RawMessage {
                 };
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     match key.as_ref() {
-                        "jsonrpc" => {
-                            out.jsonrpc = Some(map.next_value::<Cow<'de, str>>()?.into_owned())
-                        }
+                        "jsonrpc" => out.jsonrpc_2_0 = map.next_value::<Cow<'de, str>>()? == "2.0",
                         "id" => {
                             let v: Box<RawValue> = map.next_value()?;
                             out.id_was_null = v.get() == "null";
                             out.id = Some(v);
                         }
                         "method" => {
-                            out.method = Some(
-                                map.next_value::<Cow<'de, str>>()
-                                    .map_err(|_| de::Error::custom("\"method\" must be a string"))?
-                                    .into_owned(),
-                            )
+                            let m = map
+                                .next_value::<Cow<'de, str>>()
+                                .map_err(|_| de::Error::custom("\"method\" must be a string"))?;
+                            out.method = Some(intern(&m));
                         }
                         "params" => out.params = Some(map.next_value::<Params>()?),
                         "result" | "error" => {

@@ -22,9 +22,12 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
     let server = match &ctx.pinned {
         Some(s) => s.clone(),
         None => {
-            let key = client_ip(session);
+            let ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
             group
-                .select(key.as_bytes())
+                .select(ip)
                 .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?
                 .clone()
         }

@@ -19,6 +19,7 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use target::{Address, Target};
@@ -152,14 +153,21 @@ impl Group {
     }
 
     /// Choose a server for a request that is not bound to a session.
-    /// `client_key` is the client's IP, used by `ip_hash`.
-    pub fn select(&self, client_key: &[u8]) -> Option<&Arc<Server>> {
+    /// `client` is the client's IP, used by `ip_hash`.
+    pub fn select(&self, client: Option<IpAddr>) -> Option<&Arc<Server>> {
         let index = match &self.selector {
             Selector::RoundRobin { schedule, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % schedule.len().max(1);
                 schedule.get(i).map(|&s| s as usize)
             }
-            Selector::IpHash(lb) => backend_index(lb.select(client_key, self.servers.len() * 4)),
+            Selector::IpHash(lb) => {
+                let key = match client {
+                    Some(IpAddr::V4(ip)) => ip.octets().to_vec(),
+                    Some(IpAddr::V6(ip)) => ip.octets().to_vec(),
+                    None => Vec::new(),
+                };
+                backend_index(lb.select(&key, self.servers.len() * 4))
+            }
             Selector::LeastConnections(tiebreak) => {
                 // Start the scan at a rotating offset so ties spread evenly.
                 let n = self.servers.len();

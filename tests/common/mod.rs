@@ -130,6 +130,15 @@ impl Gateway {
     }
 
     pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let (config, dir, port) = Self::prepare(yaml, env);
+        let child = Self::spawn(&config, &dir, env, &[]);
+        let mut gw = Gateway { child, port, dir };
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Write the config (with `{port}` / `{dir}` filled in) to a fresh directory.
+    pub fn prepare(yaml: &str, env: &[(&str, &str)]) -> (PathBuf, TempDir, u16) {
         let port = env
             .iter()
             .find(|(k, _)| *k == "MCP_GATEWAY_PORT")
@@ -155,21 +164,28 @@ impl Gateway {
             )
         };
         std::fs::write(&config, yaml).unwrap();
-        let log = std::fs::File::create(dir.path("gateway.log")).unwrap();
-        let child = Command::new(BIN)
+        (config, dir, port)
+    }
+
+    /// Start the binary on `config` with extra arguments; output goes to `gateway.log`.
+    pub fn spawn(config: &Path, dir: &TempDir, env: &[(&str, &str)], args: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path("gateway.log"))
+            .unwrap();
+        Command::new(BIN)
             .arg("--config")
-            .arg(&config)
+            .arg(config)
+            .args(args)
             .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap();
-        let mut gw = Gateway { child, port, dir };
-        gw.wait_ready().await;
-        gw
+            .unwrap()
     }
 
-    async fn wait_ready(&mut self) {
+    pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let url = format!("http://127.0.0.1:{}/readiness", self.port);
         while Instant::now() < deadline {
