@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""An upstream MCP server built on the Python SDK 2.x (`MCPServer`, Streamable HTTP).
+
+It serves both protocol eras on `/mcp` (the 2026-07-28 stateless one and the stateful
+initialize/session one). DNS-rebinding protection stays on and accepts exactly this
+server's own authority (`127.0.0.1:PORT`) as `Host`, so a proxy that forwards the client's
+`Host` gets `421`.
+
+Usage: python_server.py [--port 0] [--name NAME]. Prints `listening on 127.0.0.1:PORT`.
+Tools: `echo(text)`, `add(a, b)`, `whoami()` (the server name), `slow(steps)` (a progress
+notification every 0.2 s, then "done").
+"""
+
+import argparse
+import asyncio
+import socket
+import sys
+
+import uvicorn
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+
+
+def build(name: str) -> MCPServer:
+    mcp = MCPServer(name)
+
+    @mcp.tool()
+    def echo(text: str) -> str:
+        """Return the text unchanged."""
+        return text
+
+    @mcp.tool()
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    @mcp.tool()
+    def whoami() -> str:
+        """Name of the replica that answered."""
+        return name
+
+    @mcp.tool()
+    async def slow(steps: int, ctx: Context) -> str:
+        """Report progress `steps` times, 0.2 s apart, then return "done"."""
+        for i in range(1, steps + 1):
+            await asyncio.sleep(0.2)
+            await ctx.report_progress(i, steps, f"step {i}")
+        return "done"
+
+    return mcp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--name", default="python-sdk")
+    args = parser.parse_args()
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    port = sock.getsockname()[1]
+
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"127.0.0.1:{port}"],
+        allowed_origins=[f"http://127.0.0.1:{port}"],
+    )
+    app = build(args.name).streamable_http_app(transport_security=security)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+
+    async def serve() -> None:
+        sock.listen(128)
+        print(f"listening on 127.0.0.1:{port}", flush=True)
+        await server.serve(sockets=[sock])
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
