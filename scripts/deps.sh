@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/run, scripts/test and scripts/bench: installs what a fresh Debian
 # (or Ubuntu) machine with only rustup lacks. Each check is cheap when the tool is there.
 

@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::mcp::session::SessionKeys;
 use crate::proxy::routes::Routes;
 use crate::proxy::{Gateway, State};
+use crate::upstream::health::{GroupUpkeep, Upkeep};
 use crate::upstream::Groups;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -36,9 +37,60 @@ pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
         groups,
         sessions,
         max_request_body: config.limits.max_request_body.0,
+        timeouts: crate::proxy::ctx::Timeouts {
+            request: config.timeouts.request.0,
+            stream_idle: config.timeouts.stream_idle.0,
+        },
+        session_ttl: Some(config.sessions.ttl.0).filter(|d| !d.is_zero()),
         access_log: config.logging.access_log,
         ready: AtomicBool::new(false),
     }))
+}
+
+/// Resolve every server's address before serving. A name that does not resolve is not
+/// fatal: the server stays down (readiness shows it) and is retried in the background.
+fn resolve_upstreams(groups: &Groups) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the resolver: {e}"))?;
+    for group in groups.0.values() {
+        for problem in rt.block_on(group.resolve_all()) {
+            log::warn!("{problem}; the server stays down until it resolves");
+        }
+    }
+    Ok(())
+}
+
+/// The background upkeep (health checks, DNS) of every group.
+fn upkeep(config: &Config, groups: &Groups) -> Upkeep {
+    Upkeep {
+        groups: config
+            .upstream
+            .groups
+            .iter()
+            .filter_map(|(name, g)| {
+                Some(GroupUpkeep {
+                    group: groups.get(name)?.clone(),
+                    check: g.health_check.clone(),
+                    resolve_interval: g.resolve_interval.0,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Pingora keeps one LRU of idle upstream connections per process, sized per worker
+/// thread: `max_idle_per_host` × servers in all, spread over the threads.
+fn pool_per_thread(config: &Config) -> usize {
+    let servers: usize = config
+        .upstream
+        .groups
+        .values()
+        .map(|g| g.servers.len())
+        .sum();
+    (config.upstream.connection_pool.max_idle_per_host * servers)
+        .div_ceil(config.server.threads.max(1))
 }
 
 /// The listening address of the proxy service.
@@ -55,6 +107,7 @@ pub fn listen_addr(config: &Config) -> Result<SocketAddr, String> {
 pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
     let state = build_state(&config)?;
     let addr = listen_addr(&config)?;
+    resolve_upstreams(&state.groups)?;
 
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -70,6 +123,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
         graceful_shutdown_timeout_seconds: Some(
             config.server.graceful_shutdown_timeout.0.as_secs(),
         ),
+        upstream_keepalive_pool_size: pool_per_thread(&config),
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
@@ -77,12 +131,19 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(state.clone()),
+        Gateway::new(
+            state.clone(),
+            pool_per_thread(&config) * config.server.threads.max(1),
+        ),
         "mcp-gateway proxy",
     );
     proxy.add_tcp(&addr.to_string());
     proxy.threads = Some(config.server.threads);
     server.add_service(proxy);
+    server.add_service(pingora::services::background::background_service(
+        "upstream upkeep",
+        upkeep(&config, &state.groups),
+    ));
 
     state.ready.store(true, Ordering::Release);
     log::info!(

@@ -34,6 +34,10 @@ pub enum GatewayError {
     SessionNotFound,
     #[error("the server that holds this session ({0}) is no longer part of the group; start a new session with initialize")]
     SessionServerGone(String),
+    #[error(
+        "the server that holds this session ({0}) is down; start a new session with initialize"
+    )]
+    SessionServerDown(String),
     #[error("no server of upstream group {0:?} is available")]
     NoUpstream(String),
     #[error("upstream server {server} of group {group:?} failed: {detail}")]
@@ -68,7 +72,9 @@ impl GatewayError {
             PayloadTooLarge { .. } => (413, code::INVALID_REQUEST),
             NoRoute(_) => (404, code::INVALID_REQUEST),
             MethodNotAllowed(_) => (405, code::INVALID_REQUEST),
-            SessionNotFound | SessionServerGone(_) => (404, code::SESSION_NOT_FOUND),
+            SessionNotFound | SessionServerGone(_) | SessionServerDown(_) => {
+                (404, code::SESSION_NOT_FOUND)
+            }
             NoUpstream(_) => (503, code::INTERNAL_ERROR),
             UpstreamFailed { .. } => (502, code::INTERNAL_ERROR),
             UpstreamTimeout { .. } => (504, code::INTERNAL_ERROR),
@@ -92,6 +98,7 @@ impl GatewayError {
             MethodNotAllowed(_) => "method_not_allowed",
             SessionNotFound => "session_not_found",
             SessionServerGone(_) => "session_server_gone",
+            SessionServerDown(_) => "session_server_down",
             NoUpstream(_) => "no_upstream",
             UpstreamFailed { .. } => "upstream_failed",
             UpstreamTimeout { .. } => "upstream_timeout",

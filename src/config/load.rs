@@ -2,7 +2,7 @@
 //! typed tree → semantic validation. Every problem is collected with its path.
 
 use super::yaml::{ConfigError, Errors, FromYaml, Path};
-use super::Config;
+use super::{Config, HealthKind};
 use crate::mcp::session::SessionKeys;
 use crate::upstream::target::Target;
 use serde_yaml_ng::Value;
@@ -203,7 +203,7 @@ fn validate(c: &Config, errs: &mut Errors) {
                 errs.push(&sp.key("url"), "is required");
             } else {
                 match Target::from_url(&s.url) {
-                    Ok(t) if !addresses.insert(t.address.clone()) => errs.push(
+                    Ok(t) if !addresses.insert(t.endpoint.clone()) => errs.push(
                         &sp.key("url"),
                         format!("another server of group {name:?} has the same address; each replica needs its own"),
                     ),
@@ -216,6 +216,51 @@ fn validate(c: &Config, errs: &mut Errors) {
                     &sp.key("weight"),
                     format!("must be between 1 and {MAX_WEIGHT}"),
                 );
+            }
+        }
+        if let Some(hc) = &g.health_check {
+            let hp = gp.key("health_check");
+            for (key, d) in [("interval", hc.interval), ("timeout", hc.timeout)] {
+                if d.0.is_zero() {
+                    errs.push(&hp.key(key), "must be greater than 0");
+                }
+            }
+            if hc.timeout.0 > hc.interval.0 {
+                errs.push(
+                    &hp.key("timeout"),
+                    format!(
+                        "{:?} is longer than the interval ({:?}); checks would overlap",
+                        hc.timeout.0, hc.interval.0
+                    ),
+                );
+            }
+            for (key, n) in [
+                ("healthy_threshold", hc.healthy_threshold),
+                ("unhealthy_threshold", hc.unhealthy_threshold),
+            ] {
+                if n == 0 {
+                    errs.push(&hp.key(key), "must be at least 1");
+                }
+            }
+            match (&hc.path, hc.kind) {
+                (Some(p), HealthKind::Http) if !p.starts_with('/') => {
+                    errs.push(&hp.key("path"), format!("{p:?} must start with '/'"))
+                }
+                (Some(_), HealthKind::Tcp | HealthKind::Mcp) => errs.push(
+                    &hp.key("path"),
+                    "only the http kind has a path (mcp checks POST to the server URL)",
+                ),
+                _ => {}
+            }
+        }
+        let cb = &g.circuit_breaker;
+        if cb.failure_threshold > 0 {
+            let bp = gp.key("circuit_breaker");
+            if cb.open_for.0.is_zero() {
+                errs.push(&bp.key("open_for"), "must be greater than 0");
+            }
+            if cb.half_open_requests == 0 {
+                errs.push(&bp.key("half_open_requests"), "must be at least 1");
             }
         }
     }
@@ -265,6 +310,12 @@ fn validate(c: &Config, errs: &mut Errors) {
     if c.timeouts.connect.0.is_zero() {
         errs.push(
             &root.key("timeouts").key("connect"),
+            "must be greater than 0",
+        );
+    }
+    if c.timeouts.request.0.is_zero() {
+        errs.push(
+            &root.key("timeouts").key("request"),
             "must be greater than 0",
         );
     }

@@ -57,6 +57,17 @@ config_struct! {
 config_struct! {
     pub struct UpstreamConfig {
         groups: BTreeMap<String, GroupConfig> = BTreeMap::new(),
+        connection_pool: PoolConfig = PoolConfig::default(),
+    }
+}
+
+config_struct! {
+    /// Idle upstream connections kept for reuse (Pingora's connection pool).
+    pub struct PoolConfig {
+        /// Idle connections kept per upstream server.
+        max_idle_per_host: usize = 128,
+        /// An idle connection unused this long is closed.
+        idle_timeout: Dur = Dur::secs(60),
     }
 }
 
@@ -79,6 +90,64 @@ config_struct! {
         /// Forward the client's `Host` instead of the upstream's own authority.
         preserve_host: bool = false,
         tls: TlsConfig = TlsConfig::default(),
+        /// Other servers to try when a request could not be sent (never after it was sent).
+        retries: u32 = 2,
+        /// Active health checks; none when absent.
+        health_check: Option<HealthCheckConfig> = None,
+        /// Passive outlier detection (see docs/upstreams.md).
+        circuit_breaker: BreakerConfig = BreakerConfig::default(),
+        /// Re-resolve DNS names in server URLs this often (`0` = only at start).
+        resolve_interval: Dur = Dur::secs(30),
+    }
+}
+
+/// What an active health check sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKind {
+    /// A TCP (or Unix socket) connect.
+    Tcp,
+    /// `GET path`; healthy on 2xx/3xx.
+    Http,
+    /// A JSON-RPC POST to the MCP endpoint; healthy on any JSON-RPC response.
+    Mcp,
+}
+impl yaml::Leaf for HealthKind {}
+
+/// The JSON-RPC method of an `mcp` health check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum ProbeMethod {
+    #[serde(rename = "ping")]
+    Ping,
+    #[serde(rename = "server/discover")]
+    ServerDiscover,
+}
+impl yaml::Leaf for ProbeMethod {}
+
+config_struct! {
+    pub struct HealthCheckConfig {
+        kind: HealthKind = HealthKind::Mcp,
+        /// `http` kind: the path to GET (default: the server URL's path).
+        path: Option<String> = None,
+        /// `mcp` kind: `ping`, or `server/discover` for modern-only servers.
+        method: ProbeMethod = ProbeMethod::Ping,
+        interval: Dur = Dur::secs(10),
+        timeout: Dur = Dur::secs(2),
+        /// Consecutive successes that bring an unhealthy server back.
+        healthy_threshold: u32 = 2,
+        /// Consecutive failures that take a healthy server out.
+        unhealthy_threshold: u32 = 3,
+    }
+}
+
+config_struct! {
+    pub struct BreakerConfig {
+        /// Consecutive failures (connect errors, 5xx, timeouts) that open the breaker; `0` disables it.
+        failure_threshold: u32 = 5,
+        /// How long an open breaker refuses new requests before it half-opens.
+        open_for: Dur = Dur::secs(30),
+        /// Probe requests a half-open breaker lets through; all must succeed to close it.
+        half_open_requests: u32 = 1,
     }
 }
 
@@ -122,6 +191,8 @@ config_struct! {
     pub struct TimeoutsConfig {
         /// Connecting to an upstream server.
         connect: Dur = Dur::secs(5),
+        /// Longest silence from an upstream answering a POST (see docs/upstreams.md#timeouts).
+        request: Dur = Dur::secs(120),
         /// Longest silence on an open response (SSE streams included) before it is closed.
         stream_idle: Dur = Dur::secs(300),
     }
@@ -132,6 +203,8 @@ config_struct! {
     pub struct SessionsConfig {
         /// Base64 32-byte keys; the first seals, every one opens (rotation).
         keys: Vec<String> = Vec::new(),
+        /// A sealed session id older than this is refused with `404` (`0` = never).
+        ttl: Dur = Dur::secs(24 * 3600),
     }
 }
 

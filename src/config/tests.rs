@@ -231,3 +231,82 @@ fn default_config_is_valid() {
     assert_eq!(c.server.host, "127.0.0.1");
     assert!(c.upstream.groups.contains_key("default"));
 }
+
+#[test]
+fn fleet_settings_parse() {
+    let c = load(
+        "
+upstream:
+  connection_pool: {max_idle_per_host: 16, idle_timeout: 90s}
+  groups:
+    default:
+      retries: 1
+      resolve_interval: 0
+      health_check: {kind: mcp, method: server/discover, interval: 5s, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 2}
+      circuit_breaker: {failure_threshold: 3, open_for: 10s, half_open_requests: 2}
+      servers:
+        - {id: a, url: http://files.internal:3001/mcp}
+timeouts: {request: 30s}
+sessions: {ttl: 1h}
+",
+    )
+    .unwrap();
+    let g = &c.upstream.groups["default"];
+    let hc = g.health_check.as_ref().unwrap();
+    assert_eq!(hc.method, ProbeMethod::ServerDiscover);
+    assert_eq!(hc.timeout.0, std::time::Duration::from_millis(500));
+    assert_eq!(g.circuit_breaker.half_open_requests, 2);
+    assert!(g.resolve_interval.0.is_zero());
+    assert_eq!(c.upstream.connection_pool.max_idle_per_host, 16);
+    assert_eq!(c.timeouts.request.0.as_secs(), 30);
+    assert_eq!(c.sessions.ttl.0.as_secs(), 3600);
+
+    // Defaults: no checks, breaker on, two retries.
+    let c = load(MINIMAL).unwrap();
+    let g = &c.upstream.groups["default"];
+    assert!(g.health_check.is_none());
+    assert_eq!((g.retries, g.circuit_breaker.failure_threshold), (2, 5));
+}
+
+#[test]
+fn fleet_settings_are_checked() {
+    let errs = errors(
+        "
+upstream:
+  groups:
+    default:
+      health_check: {kind: mcp, method: pong}
+      servers:
+        - {id: a, url: http://127.0.0.1:3001/mcp}
+",
+    );
+    assert_eq!(
+        errs,
+        ["upstream.groups.default.health_check.method: unknown variant `pong`, expected `ping` or `server/discover`"]
+    );
+    let errs = errors(
+        "
+upstream:
+  groups:
+    default:
+      health_check: {kind: mcp, path: /x, interval: 1s, timeout: 2s, healthy_threshold: 0, unhealthy_threshold: 0}
+      circuit_breaker: {failure_threshold: 1, open_for: 0, half_open_requests: 0}
+      servers:
+        - {id: a, url: http://127.0.0.1:3001/mcp}
+timeouts: {request: 0}
+",
+    );
+    let has = |p: &str| errs.iter().any(|e| e.starts_with(p));
+    for path in [
+        "upstream.groups.default.health_check.path",
+        "upstream.groups.default.health_check.timeout",
+        "upstream.groups.default.health_check.healthy_threshold",
+        "upstream.groups.default.health_check.unhealthy_threshold",
+        "upstream.groups.default.circuit_breaker.open_for",
+        "upstream.groups.default.circuit_breaker.half_open_requests",
+        "timeouts.request",
+    ] {
+        assert!(has(path), "{path} missing in {errs:#?}");
+    }
+    assert_eq!(errs.len(), 7, "{errs:#?}");
+}

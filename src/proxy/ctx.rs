@@ -5,7 +5,7 @@ use crate::mcp::envelope::{Envelope, Era};
 use crate::upstream::{Group, InFlight, Server};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the gateway learned about the MCP message of this request.
 #[derive(Debug, Default)]
@@ -46,6 +46,20 @@ pub struct RequestCtx {
     pub error: Option<GatewayError>,
     /// Status sent to the client, when the gateway answered itself.
     pub local_status: Option<u16>,
+    /// Indexes (in the group) of the servers tried for this request, in order.
+    pub tried: Vec<usize>,
+    /// The status the current server answered with.
+    pub upstream_status: Option<u16>,
+    /// The outcome of the current attempt already went to the server's breaker.
+    pub outcome_recorded: bool,
+    pub timeouts: Timeouts,
+}
+
+/// Upstream read timeouts, copied from the state at the start of a request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    pub request: Duration,
+    pub stream_idle: Duration,
 }
 
 impl RequestCtx {
@@ -61,6 +75,10 @@ impl RequestCtx {
             upstream: None,
             error: None,
             local_status: None,
+            tried: Vec::new(),
+            upstream_status: None,
+            outcome_recorded: false,
+            timeouts: Timeouts::default(),
         }
     }
 

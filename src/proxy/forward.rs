@@ -13,26 +13,48 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 
-/// Pick the server (the session's, else by the group's strategy) and count it in flight.
+/// Pick the server (the session's, else by the group's strategy, skipping servers already
+/// tried for this request) and count it in flight.
 pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayError> {
     let group = ctx
         .group
         .as_ref()
         .ok_or_else(|| GatewayError::Internal("no route".into()))?;
-    let server = match &ctx.pinned {
-        Some(s) => s.clone(),
+    // GET is the standing SSE stream; a POST answer may stream too but is bounded by
+    // `timeouts.request` (Pingora fixes the read timeout before the answer is seen).
+    let read_timeout = if session.req_header().method == http::Method::GET {
+        ctx.timeouts.stream_idle
+    } else {
+        ctx.timeouts.request
+    };
+    let (server, peer) = match &ctx.pinned {
+        Some(s) => {
+            // Sessions stay on their server whatever its breaker says; a server that is
+            // down (failed health checks, unresolvable) cannot hold them.
+            let peer = s
+                .is_up()
+                .then(|| s.peer(read_timeout))
+                .flatten()
+                .ok_or_else(|| GatewayError::SessionServerDown(s.id.clone()))?;
+            (s.clone(), peer)
+        }
         None => {
             let ip = session
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip());
-            group
-                .select(ip)
-                .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?
-                .clone()
+            let (index, server) = group
+                .select(ip, &ctx.tried)
+                .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?;
+            ctx.tried.push(index);
+            let peer = server
+                .peer(read_timeout)
+                .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?;
+            (server.clone(), peer)
         }
     };
-    let peer = server.peer();
+    ctx.outcome_recorded = false;
+    ctx.upstream_status = None;
     ctx.upstream = Some(InFlight::new(server));
     Ok(peer)
 }

@@ -1,4 +1,7 @@
 //! `/health`, `/readiness` and `/liveness` on the proxy port.
+//!
+//! `/readiness` answers `200` only once the groups are built and every group has at
+//! least one server up, else `503` naming the groups with none.
 
 use super::State;
 use std::sync::atomic::Ordering;
@@ -8,8 +11,22 @@ pub fn answer(path: &str, state: &State) -> Option<(u16, Vec<u8>)> {
     match path {
         "/health" | "/liveness" => Some((200, br#"{"status":"ok"}"#.to_vec())),
         "/readiness" => {
-            let ready = state.ready.load(Ordering::Acquire);
-            let body = format!(r#"{{"ready":{ready},"groups":{}}}"#, state.groups.0.len());
+            // Ready once built and every group has a server up (resolved, passing checks).
+            let built = state.ready.load(Ordering::Acquire);
+            let down: Vec<&str> = state
+                .groups
+                .0
+                .iter()
+                .filter(|(_, g)| !g.any_up())
+                .map(|(name, _)| name.as_str())
+                .collect();
+            let ready = built && down.is_empty();
+            let body = serde_json::json!({
+                "ready": ready,
+                "groups": state.groups.0.len(),
+                "groups_without_servers_up": down,
+            })
+            .to_string();
             Some((if ready { 200 } else { 503 }, body.into_bytes()))
         }
         _ => None,

@@ -17,64 +17,59 @@ pub async fn forward(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
-    let peer = forward::select(session, ctx)?;
-    let body = ctx.body.clone().unwrap_or_default();
-    let (group, server) = match (ctx.group.as_ref(), ctx.server()) {
-        (Some(g), Some(s)) => (g.name.clone(), s.id.clone()),
-        _ => return Err(GatewayError::Internal("no upstream selected".into())),
-    };
-    let upstream_err = |e: Box<Error>| {
-        let detail = e.to_string();
-        if matches!(
-            e.etype(),
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        ) {
-            GatewayError::UpstreamTimeout {
-                group: group.clone(),
-                server: server.clone(),
-                detail,
-            }
-        } else {
-            GatewayError::UpstreamFailed {
-                group: group.clone(),
-                server: server.clone(),
-                detail,
+    // Connect, failing over like the proxy path does while nothing was sent.
+    let (peer, mut up) = loop {
+        let peer = forward::select(session, ctx)?;
+        match gw.connector.get_http_session(&*peer).await {
+            Ok((up, _reused)) => break (peer, up),
+            Err(e) => {
+                super::outcome::record(ctx, false);
+                if let Some(server) = &ctx.pinned {
+                    return Err(GatewayError::SessionServerDown(server.id.clone()));
+                }
+                let retry = ctx.group.as_ref().is_some_and(|g| {
+                    ctx.tried.len() <= g.retries as usize && g.has_untried(&ctx.tried)
+                });
+                if !retry {
+                    let (group, server) = names(ctx);
+                    return Err(upstream_error(group, server, e));
+                }
             }
         }
     };
-
-    let (mut up, _reused) = gw
-        .connector
-        .get_http_session(&*peer)
-        .await
-        .map_err(upstream_err)?;
     up.set_read_timeout(peer.options.read_timeout);
     up.set_write_timeout(peer.options.write_timeout);
 
     let mut req = session.req_header().clone();
-    forward::upstream_request(session, &mut req, ctx).map_err(upstream_err)?;
-    up.write_request_header(Box::new(req))
-        .await
-        .map_err(upstream_err)?;
-    up.write_request_body(body, true)
-        .await
-        .map_err(upstream_err)?;
-    up.finish_request_body().await.map_err(upstream_err)?;
-    up.read_response_header().await.map_err(upstream_err)?;
-    // Skip informational (1xx) responses to the final one.
-    while up
-        .response_header()
-        .is_some_and(|h| h.status.is_informational())
-    {
-        up.read_response_header().await.map_err(upstream_err)?;
+    forward::upstream_request(session, &mut req, ctx).map_err(|e| upstream_failure(ctx, e))?;
+    let body = ctx.body.clone().unwrap_or_default();
+    let exchange = async {
+        up.write_request_header(Box::new(req)).await?;
+        up.write_request_body(body, true).await?;
+        up.finish_request_body().await?;
+        up.read_response_header().await?;
+        // Skip informational (1xx) responses to the final one.
+        while up
+            .response_header()
+            .is_some_and(|h| h.status.is_informational())
+        {
+            up.read_response_header().await?;
+        }
+        Ok::<_, Box<Error>>(())
+    };
+    if let Err(e) = exchange.await {
+        // Sent (at least in part): never replayed, but it counts against the server.
+        return Err(upstream_failure(ctx, e));
     }
 
     let mut resp = up
         .response_header()
         .cloned()
         .ok_or_else(|| GatewayError::Internal("upstream response header missing".into()))?;
-    forward::client_response(gw, &mut resp, ctx).map_err(upstream_err)?;
+    forward::client_response(gw, &mut resp, ctx).map_err(|e| upstream_failure(ctx, e))?;
     ctx.local_status = Some(resp.status.as_u16());
+    ctx.upstream_status = Some(resp.status.as_u16());
+    super::outcome::record(ctx, resp.status.as_u16() < 500);
 
     // From here on the client has a response; failures can only end the stream.
     let relay = async {
@@ -109,4 +104,41 @@ pub async fn forward(
         }
     }
     Ok(())
+}
+
+/// Record a failed attempt and name it for the client.
+fn upstream_failure(ctx: &mut RequestCtx, e: Box<Error>) -> GatewayError {
+    super::outcome::record(ctx, false);
+    let (group, server) = names(ctx);
+    upstream_error(group, server, e)
+}
+
+fn names(ctx: &RequestCtx) -> (String, String) {
+    (
+        ctx.group
+            .as_ref()
+            .map(|g| g.name.clone())
+            .unwrap_or_default(),
+        ctx.server().map(|s| s.id.clone()).unwrap_or_default(),
+    )
+}
+
+fn upstream_error(group: String, server: String, e: Box<Error>) -> GatewayError {
+    let detail = e.to_string();
+    if matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    ) {
+        GatewayError::UpstreamTimeout {
+            group,
+            server,
+            detail,
+        }
+    } else {
+        GatewayError::UpstreamFailed {
+            group,
+            server,
+            detail,
+        }
+    }
 }

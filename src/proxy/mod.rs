@@ -16,6 +16,7 @@ pub mod ctx;
 pub mod forward;
 pub mod health;
 pub mod large_body;
+pub mod outcome;
 pub mod request;
 pub mod respond;
 pub mod routes;
@@ -26,6 +27,7 @@ use crate::upstream::Groups;
 use async_trait::async_trait;
 use ctx::RequestCtx;
 use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -40,6 +42,9 @@ pub struct State {
     pub groups: Groups,
     pub sessions: SessionKeys,
     pub max_request_body: u64,
+    pub timeouts: ctx::Timeouts,
+    /// Sealed session ids older than this are refused (`None`: never).
+    pub session_ttl: Option<std::time::Duration>,
     pub access_log: bool,
     /// True once the upstream groups are built.
     pub ready: AtomicBool,
@@ -52,10 +57,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(state: Arc<State>) -> Self {
+    pub fn new(state: Arc<State>, pool_size: usize) -> Self {
         Gateway {
             state,
-            connector: Connector::new(None),
+            connector: Connector::new(Some(ConnectorOptions::new(pool_size))),
         }
     }
 }
@@ -93,6 +98,45 @@ impl ProxyHttp for Gateway {
         forward::upstream_request(session, req, ctx)
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(resp.status.as_u16());
+        // Judge the attempt as soon as the server answers, so the breaker's state is
+        // current before the client sees the response.
+        outcome::record(ctx, resp.status.as_u16() < 500);
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent: another server may take the request.
+        outcome::record(ctx, false);
+        if let Some(server) = &ctx.pinned {
+            ctx.error = Some(GatewayError::SessionServerDown(server.id.clone()));
+        } else if ctx
+            .group
+            .as_ref()
+            .is_some_and(|g| ctx.tried.len() <= g.retries as usize && g.has_untried(&ctx.tried))
+        {
+            log::debug!(
+                "request {}: connecting to {} failed, trying another server: {e}",
+                ctx.request_id,
+                ctx.server().map(|s| s.id.as_str()).unwrap_or("?")
+            );
+            e.set_retry(true);
+        }
+        e
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -125,6 +169,9 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
+        // The connection is not reused after a proxy failure: say so, so clients do not
+        // send their next request into a closing socket.
+        session.set_keepalive(None);
         if let Err(write_err) = respond::error(session, ctx, err).await {
             log::debug!(
                 "request {}: could not send the error response: {write_err}",
@@ -143,6 +190,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        outcome::record_end(ctx, e);
         if self.state.access_log {
             crate::telemetry::access_log(session, e, ctx);
         }

@@ -19,6 +19,7 @@ pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 
 pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
     ctx.request_id = request_id(session);
+    ctx.timeouts = gw.state.timeouts;
     let path = session.req_header().uri.path();
     if let Some(answer) = super::health::answer(path, &gw.state) {
         let (status, body) = answer;
@@ -78,6 +79,15 @@ async fn check(
                 .sessions
                 .open(&group.name, sealed)
                 .ok_or(GatewayError::SessionNotFound)?;
+            if let Some(ttl) = gw.state.session_ttl {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                if now.saturating_sub(opened.issued_at) > ttl.as_secs() {
+                    return Err(GatewayError::SessionNotFound);
+                }
+            }
             let server = group
                 .server_by_id(&opened.server_id)
                 .ok_or_else(|| GatewayError::SessionServerGone(opened.server_id.clone()))?;

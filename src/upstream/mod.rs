@@ -10,19 +10,35 @@
 //! * `least_connections`, which Pingora lacks: the server with the fewest in-flight
 //!   requests (open SSE streams included), ties broken in rotation.
 
+pub mod breaker;
+pub mod health;
 pub mod target;
 
 use crate::config::{Config, GroupConfig, Strategy};
+use arc_swap::ArcSwapOption;
+use breaker::Breaker;
 use pingora::lb::discovery::Static;
 use pingora::lb::selection::Consistent;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
 use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use target::{Address, Target};
+
+/// How to build the `HttpPeer` of a server for a given address.
+#[derive(Debug, Clone)]
+struct PeerSettings {
+    sni: String,
+    verify: bool,
+    ca: Option<Arc<[WrappedX509]>>,
+    connect_timeout: Duration,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+}
 
 /// One replica of an upstream MCP server.
 #[derive(Debug)]
@@ -32,16 +48,73 @@ pub struct Server {
     pub weight: u32,
     /// Requests (and open streams) currently proxied to this server.
     in_flight: AtomicUsize,
-    peer: HttpPeer,
+    settings: PeerSettings,
+    /// The peer for the current address; `None` while the name does not resolve.
+    peer: ArcSwapOption<HttpPeer>,
+    /// The last address the peer was built for.
+    address: ArcSwapOption<Address>,
+    /// Passed its active health checks (always true without them).
+    healthy: AtomicBool,
+    pub breaker: Breaker,
 }
 
 impl Server {
-    /// A fresh peer for one request (Pingora takes it by value).
-    pub fn peer(&self) -> Box<HttpPeer> {
-        Box::new(self.peer.clone())
+    /// A peer for one request (Pingora takes it by value) with the given read timeout;
+    /// `None` while the server's name does not resolve.
+    pub fn peer(&self, read_timeout: Duration) -> Option<Box<HttpPeer>> {
+        let current = self.peer.load();
+        let mut peer = Box::new(HttpPeer::clone(current.as_ref()?));
+        peer.options.read_timeout = Some(read_timeout);
+        Some(peer)
     }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Resolved and healthy: may hold sessions and take requests.
+    pub fn is_up(&self) -> bool {
+        self.healthy.load(Ordering::Acquire) && self.peer.load().is_some()
+    }
+
+    pub fn set_healthy(&self, up: bool) {
+        self.healthy.store(up, Ordering::Release);
+    }
+
+    pub fn address(&self) -> Option<Arc<Address>> {
+        self.address.load_full()
+    }
+
+    /// Point the server at `address` (at start and when DNS changes). Returns whether it changed.
+    pub fn set_address(&self, address: Address) -> Result<bool, String> {
+        if self.address.load().as_deref() == Some(&address) {
+            return Ok(false);
+        }
+        let s = &self.settings;
+        let mut peer = match &address {
+            Address::Inet(a) => HttpPeer::new(*a, self.target.tls, s.sni.clone()),
+            Address::Unix(p) => HttpPeer::new_uds(&p.to_string_lossy(), false, String::new())
+                .map_err(|e| format!("server {}: {e}", self.id))?,
+        };
+        peer.options.connection_timeout = Some(s.connect_timeout);
+        peer.options.write_timeout = Some(s.write_timeout);
+        peer.options.idle_timeout = Some(s.idle_timeout);
+        peer.options.verify_cert = s.verify;
+        peer.options.verify_hostname = s.verify;
+        peer.options.ca = s.ca.clone();
+        self.peer.store(Some(Arc::new(peer)));
+        self.address.store(Some(Arc::new(address)));
+        Ok(true)
+    }
+
+    /// Could a new request go here now (up, and its breaker not open)? Takes nothing.
+    fn candidate(&self, now: u64) -> bool {
+        self.is_up() && self.breaker.allows(now)
+    }
+
+    /// A candidate whose breaker granted a request (a half-open probe permit, if so).
+    fn claim(&self, now: u64) -> bool {
+        self.candidate(now) && self.breaker.acquire(now)
     }
 }
 
@@ -80,6 +153,8 @@ pub struct Group {
     pub name: String,
     pub servers: Vec<Arc<Server>>,
     pub preserve_host: bool,
+    /// Other servers to try when a request could not be sent.
+    pub retries: u32,
     by_id: HashMap<String, usize>,
     selector: Selector,
 }
@@ -98,6 +173,7 @@ impl std::fmt::Debug for Group {
 struct ServerIndex(usize);
 
 impl Group {
+    /// Build a group. Names are not resolved here: see [`Group::resolve_all`].
     pub fn build(name: &str, g: &GroupConfig, config: &Config) -> Result<Group, String> {
         let ca = match &g.tls.ca_file {
             Some(path) => Some(load_ca(path)?),
@@ -106,24 +182,31 @@ impl Group {
         let mut servers = Vec::with_capacity(g.servers.len());
         for s in &g.servers {
             let target = Target::from_url(&s.url)?;
-            let sni = g.tls.sni.clone().unwrap_or_else(|| target.host.clone());
-            let mut peer = match &target.address {
-                Address::Inet(a) => HttpPeer::new(*a, target.tls, sni),
-                Address::Unix(p) => HttpPeer::new_uds(&p.to_string_lossy(), false, String::new())
-                    .map_err(|e| format!("server {}: {e}", s.id))?,
+            let settings = PeerSettings {
+                sni: g.tls.sni.clone().unwrap_or_else(|| target.host.clone()),
+                verify: g.tls.verify,
+                ca: ca.clone(),
+                connect_timeout: config.timeouts.connect.0,
+                write_timeout: config.timeouts.stream_idle.0,
+                idle_timeout: config.upstream.connection_pool.idle_timeout.0,
             };
-            peer.options.connection_timeout = Some(config.timeouts.connect.0);
-            peer.options.read_timeout = Some(config.timeouts.stream_idle.0);
-            peer.options.write_timeout = Some(config.timeouts.stream_idle.0);
-            peer.options.verify_cert = g.tls.verify;
-            peer.options.verify_hostname = g.tls.verify;
-            peer.options.ca = ca.clone();
+            let cb = &g.circuit_breaker;
             servers.push(Arc::new(Server {
                 id: s.id.clone(),
                 target,
                 weight: s.weight,
                 in_flight: AtomicUsize::new(0),
-                peer,
+                settings,
+                peer: ArcSwapOption::empty(),
+                address: ArcSwapOption::empty(),
+                // With active checks a server starts out until its first check passes.
+                healthy: AtomicBool::new(g.health_check.is_none()),
+                breaker: Breaker::new(
+                    format!("{name}/{}", s.id),
+                    cb.failure_threshold,
+                    cb.open_for.0,
+                    cb.half_open_requests,
+                ),
             }));
         }
         let by_id = servers
@@ -147,18 +230,50 @@ impl Group {
             name: name.to_string(),
             servers,
             preserve_host: g.preserve_host,
+            retries: g.retries,
             by_id,
             selector,
         })
     }
 
-    /// Choose a server for a request that is not bound to a session.
+    /// Resolve every server's address; a name that does not resolve leaves that server
+    /// down (and is retried every `resolve_interval`). Returns the problems found.
+    pub async fn resolve_all(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for server in &self.servers {
+            match server.target.resolve().await {
+                Ok(address) => {
+                    if let Err(e) = server.set_address(address) {
+                        problems.push(e);
+                    }
+                }
+                Err(e) => problems.push(format!(
+                    "upstream.groups.{}: server {}: {e}",
+                    self.name, server.id
+                )),
+            }
+        }
+        problems
+    }
+
+    /// True when at least one server is up.
+    pub fn any_up(&self) -> bool {
+        self.servers.iter().any(|s| s.is_up())
+    }
+
+    /// Choose a server for a request that is not bound to a session, skipping servers that
+    /// are down, whose breaker is open, or whose index is in `tried` (failover).
     /// `client` is the client's IP, used by `ip_hash`.
-    pub fn select(&self, client: Option<IpAddr>) -> Option<&Arc<Server>> {
+    pub fn select(&self, client: Option<IpAddr>, tried: &[usize]) -> Option<(usize, &Arc<Server>)> {
+        let now = breaker::now_ms();
+        let usable = |i: usize| !tried.contains(&i) && self.servers[i].candidate(now);
         let index = match &self.selector {
             Selector::RoundRobin { schedule, next } => {
-                let i = next.fetch_add(1, Ordering::Relaxed) % schedule.len().max(1);
-                schedule.get(i).map(|&s| s as usize)
+                let len = schedule.len().max(1);
+                let start = next.fetch_add(1, Ordering::Relaxed) % len;
+                (0..schedule.len())
+                    .map(|k| schedule[(start + k) % len] as usize)
+                    .find(|&i| usable(i) && self.servers[i].claim(now))
             }
             Selector::IpHash(lb) => {
                 let key = match client {
@@ -166,18 +281,40 @@ impl Group {
                     Some(IpAddr::V6(ip)) => ip.octets().to_vec(),
                     None => Vec::new(),
                 };
-                backend_index(lb.select(&key, self.servers.len() * 4))
+                let accept = |b: &Backend, _: bool| {
+                    b.ext
+                        .get::<ServerIndex>()
+                        .is_some_and(|&ServerIndex(i)| usable(i) && self.servers[i].claim(now))
+                };
+                backend_index(lb.select_with(&key, 256, accept))
             }
             Selector::LeastConnections(tiebreak) => {
-                // Start the scan at a rotating offset so ties spread evenly.
+                // Start the scan at a rotating offset so ties spread evenly. A server whose
+                // breaker refuses the claim (a half-open race) is passed over; `passed`
+                // allocates only then.
                 let n = self.servers.len();
                 let start = tiebreak.fetch_add(1, Ordering::Relaxed) % n.max(1);
-                (0..n)
-                    .map(|i| (start + i) % n)
-                    .min_by_key(|&i| self.servers[i].in_flight())
+                let mut passed: Vec<usize> = Vec::new();
+                loop {
+                    let best = (0..n)
+                        .map(|k| (start + k) % n)
+                        .filter(|&i| usable(i) && !passed.contains(&i))
+                        .min_by_key(|&i| self.servers[i].in_flight());
+                    match best {
+                        Some(i) if self.servers[i].claim(now) => break Some(i),
+                        Some(i) => passed.push(i),
+                        None => break None,
+                    }
+                }
             }
         }?;
-        self.servers.get(index)
+        self.servers.get(index).map(|s| (index, s))
+    }
+
+    /// Is there a server not in `tried` that could take a request now? (Claims nothing.)
+    pub fn has_untried(&self, tried: &[usize]) -> bool {
+        let now = breaker::now_ms();
+        (0..self.servers.len()).any(|i| !tried.contains(&i) && self.servers[i].candidate(now))
     }
 
     pub fn server_by_id(&self, id: &str) -> Option<&Arc<Server>> {
@@ -224,6 +361,9 @@ pub fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
     out
 }
 
+/// A Ketama ring over the servers. Each backend's ring identity is an address derived
+/// from the server id (not its network address), so the ring is the same on every gateway
+/// replica and does not move when DNS does.
 fn balancer<S>(servers: &[Arc<Server>]) -> Result<LoadBalancer<S>, String>
 where
     S: pingora::lb::selection::BackendSelection + 'static,
@@ -231,15 +371,9 @@ where
 {
     let mut set = BTreeSet::new();
     for (i, s) in servers.iter().enumerate() {
-        let addr = match &s.target.address {
-            Address::Inet(a) => pingora::protocols::l4::socket::SocketAddr::Inet(*a),
-            Address::Unix(p) => pingora::protocols::l4::socket::SocketAddr::Unix(
-                std::os::unix::net::SocketAddr::from_pathname(p)
-                    .map_err(|e| format!("server {}: {e}", s.id))?,
-            ),
-        };
+        let identity = SocketAddr::new(IpAddr::V6(Ipv6Addr::from(fnv1a_128(s.id.as_bytes()))), 1);
         let mut b = Backend {
-            addr,
+            addr: pingora::protocols::l4::socket::SocketAddr::Inet(identity),
             weight: s.weight as usize,
             ext: Default::default(),
         };
@@ -251,6 +385,14 @@ where
     // Static discovery resolves immediately; nothing awaits here.
     futures::executor::block_on(lb.update()).map_err(|e| format!("building the balancer: {e}"))?;
     Ok(lb)
+}
+
+/// FNV-1a, 128-bit: a stable (not secret) hash for ring identities.
+fn fnv1a_128(data: &[u8]) -> u128 {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    data.iter()
+        .fold(OFFSET, |h, &b| (h ^ b as u128).wrapping_mul(PRIME))
 }
 
 fn load_ca(path: &str) -> Result<Arc<[WrappedX509]>, String> {

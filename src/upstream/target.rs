@@ -1,22 +1,31 @@
 //! Where one upstream server lives: parsed from its configured URL.
 //!
 //! `http://host:port/path`, `https://host:port/path` (TLS with SNI) and
-//! `unix:///path/to.sock:/mcp` (a Unix socket, then the HTTP path). Names are resolved
-//! here, once, so `HttpPeer` never sees an unresolvable name (it would panic).
+//! `unix:///path/to.sock:/mcp` (a Unix socket, then the HTTP path). Parsing does no DNS;
+//! [`Target::resolve`] turns a host name into an address (at start and then every
+//! `resolve_interval`), so `HttpPeer` never sees an unresolvable name (it would panic).
 
 use http::Uri;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+/// A resolved place to connect to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Address {
     Inet(SocketAddr),
     Unix(PathBuf),
 }
 
+/// Where a server lives as written in its URL: a host name (or IP) and port, or a socket path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
-    pub address: Address,
+    pub endpoint: Endpoint,
     pub tls: bool,
     /// `host[:port]` as written in the URL: sent as `Host` unless the group preserves the client's.
     pub authority: String,
@@ -39,7 +48,7 @@ impl Target {
                 ));
             }
             return Ok(Target {
-                address: Address::Unix(PathBuf::from(sock)),
+                endpoint: Endpoint::Unix(PathBuf::from(sock)),
                 tls: false,
                 authority: "localhost".into(),
                 host: "localhost".into(),
@@ -72,23 +81,45 @@ impl Target {
             .trim_end_matches(']')
             .to_string();
         let port = auth.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("{url:?}: cannot resolve host {host:?}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{url:?}: host {host:?} resolved to no address"))?;
         let path = uri
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| "/".into());
         Ok(Target {
-            address: Address::Inet(addr),
+            endpoint: Endpoint::Tcp {
+                host: host.clone(),
+                port,
+            },
             tls,
             authority: auth.as_str().to_string(),
             host,
             path,
         })
+    }
+
+    /// The address to connect to now: IP literals and socket paths as they are, host
+    /// names through the system resolver (the first address it returns).
+    pub async fn resolve(&self) -> Result<Address, String> {
+        match &self.endpoint {
+            Endpoint::Unix(p) => Ok(Address::Unix(p.clone())),
+            Endpoint::Tcp { host, port } => {
+                if let Ok(ip) = host.parse::<IpAddr>() {
+                    return Ok(Address::Inet(SocketAddr::new(ip, *port)));
+                }
+                tokio::net::lookup_host((host.as_str(), *port))
+                    .await
+                    .map_err(|e| format!("cannot resolve host {host:?}: {e}"))?
+                    .next()
+                    .map(Address::Inet)
+                    .ok_or_else(|| format!("host {host:?} resolved to no address"))
+            }
+        }
+    }
+
+    /// True when the endpoint is a DNS name (so worth re-resolving).
+    pub fn is_dns_name(&self) -> bool {
+        matches!(&self.endpoint, Endpoint::Tcp { host, .. } if host.parse::<IpAddr>().is_err())
     }
 }
 
@@ -99,7 +130,14 @@ mod tests {
     #[test]
     fn http_url() {
         let t = Target::from_url("http://127.0.0.1:3001/mcp").unwrap();
-        assert_eq!(t.address, Address::Inet("127.0.0.1:3001".parse().unwrap()));
+        assert_eq!(
+            t.endpoint,
+            Endpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: 3001
+            }
+        );
+        assert!(!t.is_dns_name());
         assert!(!t.tls);
         assert_eq!(t.authority, "127.0.0.1:3001");
         assert_eq!(t.path, "/mcp");
@@ -110,14 +148,15 @@ mod tests {
         let t = Target::from_url("https://localhost/mcp?x=1").unwrap();
         assert!(t.tls);
         assert_eq!(t.host, "localhost");
-        assert!(matches!(t.address, Address::Inet(a) if a.port() == 443));
+        assert!(matches!(t.endpoint, Endpoint::Tcp { port: 443, .. }));
+        assert!(t.is_dns_name());
         assert_eq!(t.path, "/mcp?x=1");
     }
 
     #[test]
     fn unix_url() {
         let t = Target::from_url("unix:///run/files.sock:/mcp").unwrap();
-        assert_eq!(t.address, Address::Unix("/run/files.sock".into()));
+        assert_eq!(t.endpoint, Endpoint::Unix("/run/files.sock".into()));
         assert_eq!(t.path, "/mcp");
         assert!(Target::from_url("unix://relative.sock:/mcp").is_err());
     }
@@ -128,8 +167,18 @@ mod tests {
             .unwrap_err()
             .contains("unsupported scheme"));
         assert!(Target::from_url("localhost:3000").is_err());
-        assert!(Target::from_url("http://no-such-host.invalid/mcp")
-            .unwrap_err()
-            .contains("cannot resolve"));
+    }
+
+    #[tokio::test]
+    async fn resolution() {
+        let t = Target::from_url("http://localhost:3001/mcp").unwrap();
+        assert!(matches!(t.resolve().await, Ok(Address::Inet(a)) if a.ip().is_loopback()));
+        let t = Target::from_url("http://[::1]:3001/mcp").unwrap();
+        assert_eq!(
+            t.resolve().await.unwrap(),
+            Address::Inet("[::1]:3001".parse().unwrap())
+        );
+        let t = Target::from_url("http://no-such-host.invalid/mcp").unwrap();
+        assert!(t.resolve().await.unwrap_err().contains("cannot resolve"));
     }
 }

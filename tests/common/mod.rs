@@ -94,6 +94,21 @@ impl Upstream {
         }
     }
 
+    /// Start on a given port (e.g. to bring a killed replica back at its address).
+    pub fn start_on(id: &str, port: u16) -> Upstream {
+        Self::start_with(id, &["--port", &port.to_string()])
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Kill the process now (its port stops accepting connections).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}/mcp", self.addr)
     }
@@ -130,11 +145,45 @@ impl Gateway {
     }
 
     pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let mut gw = Self::start_unready(yaml, env).await;
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Start and wait until it answers `/liveness` (readiness may still be false).
+    pub async fn start_unready(yaml: &str, env: &[(&str, &str)]) -> Gateway {
         let (config, dir, port) = Self::prepare(yaml, env);
         let child = Self::spawn(&config, &dir, env, &[]);
         let mut gw = Gateway { child, port, dir };
-        gw.wait_ready().await;
-        gw
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = gw.url("/liveness");
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                panic!("gateway exited with {status}:\n{}", gw.log());
+            }
+            if reqwest::get(&url).await.is_ok() {
+                return gw;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway not live within 30s:\n{}", gw.log());
+    }
+
+    /// Wait (up to `limit`) until the log contains `needle`.
+    pub async fn wait_log(&self, needle: &str, limit: Duration) -> bool {
+        self.wait_log_count(needle, 1, limit).await
+    }
+
+    /// Wait (up to `limit`) until the log contains `needle` at least `n` times.
+    pub async fn wait_log_count(&self, needle: &str, n: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.log().matches(needle).count() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// Write the config (with `{port}` / `{dir}` filled in) to a fresh directory.
@@ -274,6 +323,19 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: i64) -> se
             .is_some_and(|m| !m.is_empty()),
         "{v}"
     );
+    v
+}
+
+/// [`expect_error`], and the message names `needle` (e.g. the group, `"default"`).
+pub async fn expect_error_naming(
+    resp: reqwest::Response,
+    status: u16,
+    code: i64,
+    needle: &str,
+) -> serde_json::Value {
+    let v = expect_error(resp, status, code).await;
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{needle:?} not in {v}");
     v
 }
 

@@ -1,0 +1,46 @@
+//! What a request's upstream attempt tells the server's circuit breaker.
+//!
+//! One outcome per attempt: a connect failure (recorded in `fail_to_connect`, before a
+//! failover); else the answer's status when its header arrives (5xx: failure, anything
+//! else: success); else, at the end, an upstream error before any answer (timeout, reset)
+//! is a failure. A client that went away says nothing about the server.
+
+use super::ctx::RequestCtx;
+use crate::upstream::breaker::{now_ms, State};
+use pingora::{Error, ErrorSource};
+
+/// Record the current attempt's outcome once.
+pub fn record(ctx: &mut RequestCtx, success: bool) {
+    if ctx.outcome_recorded {
+        return;
+    }
+    ctx.outcome_recorded = true;
+    let (Some(server), Some(group)) = (ctx.server(), ctx.group.as_ref()) else {
+        return;
+    };
+    match server.breaker.record(success, now_ms()) {
+        Some(State::Open) => log::warn!(
+            "upstream {}/{}: circuit breaker open after consecutive failures",
+            group.name,
+            server.id
+        ),
+        Some(state) => log::info!(
+            "upstream {}/{}: circuit breaker {}",
+            group.name,
+            server.id,
+            state.as_str()
+        ),
+        None => {}
+    }
+}
+
+/// At the end of a request: an attempt not judged yet (no answer arrived) failed if the
+/// upstream errored (timeout, reset); if the client left first it says nothing.
+pub fn record_end(ctx: &mut RequestCtx, e: Option<&Error>) {
+    if ctx.outcome_recorded || ctx.server().is_none() {
+        return;
+    }
+    if e.is_some_and(|e| matches!(e.esource(), ErrorSource::Upstream)) {
+        record(ctx, false);
+    }
+}
