@@ -432,7 +432,70 @@ impl Groups {
 
 #[cfg(test)]
 mod tests {
-    use super::smooth_schedule;
+    use super::target::Address;
+    use super::*;
+
+    fn group(yaml: &str) -> Group {
+        let config = crate::config::load_str(yaml, &|_| None).unwrap();
+        Group::build("default", &config.upstream.groups["default"], &config).unwrap()
+    }
+
+    const TWO: &str = "
+upstream:
+  groups:
+    default:
+      servers:
+        - {id: a, url: http://files.example:3001/mcp}
+        - {id: b, url: http://127.0.0.1:3002/mcp}
+";
+
+    #[test]
+    fn an_unresolved_server_is_down_and_a_new_address_swaps_its_peer() {
+        let g = group(TWO);
+        let a = g.server_by_id("a").unwrap();
+        assert!(!a.is_up() && a.peer(Duration::from_secs(1)).is_none());
+        // Only b can be chosen while a has no address.
+        g.server_by_id("b")
+            .unwrap()
+            .set_address(Address::Inet("127.0.0.1:3002".parse().unwrap()))
+            .unwrap();
+        for _ in 0..4 {
+            assert_eq!(g.select(None, &[]).unwrap().1.id, "b");
+        }
+        // Resolved: up, and later address changes reach new requests' peers.
+        let first: SocketAddr = "10.0.0.1:3001".parse().unwrap();
+        let second: SocketAddr = "10.0.0.2:3001".parse().unwrap();
+        assert!(a.set_address(Address::Inet(first)).unwrap());
+        assert!(a.is_up());
+        assert!(!a.set_address(Address::Inet(first)).unwrap(), "unchanged");
+        assert!(a.set_address(Address::Inet(second)).unwrap());
+        let peer = a.peer(Duration::from_secs(7)).unwrap();
+        assert_eq!(peer._address.to_string(), second.to_string());
+        assert_eq!(peer.sni, "files.example");
+        assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(7)));
+        // Tried servers are skipped; with every server tried there is none.
+        let (i, _) = g.select(None, &[]).unwrap();
+        let (j, _) = g.select(None, &[i]).unwrap();
+        assert_ne!(i, j);
+        assert!(g.select(None, &[0, 1]).is_none());
+        assert!(!g.has_untried(&[0, 1]) && g.has_untried(&[0]));
+    }
+
+    #[test]
+    fn down_servers_are_skipped() {
+        let g = group(TWO);
+        for s in &g.servers {
+            s.set_address(Address::Inet("127.0.0.1:1".parse().unwrap()))
+                .unwrap();
+        }
+        g.servers[0].set_healthy(false);
+        assert!(g.any_up());
+        for _ in 0..4 {
+            assert_eq!(g.select(None, &[]).unwrap().1.id, "b");
+        }
+        g.servers[1].set_healthy(false);
+        assert!(!g.any_up() && g.select(None, &[]).is_none());
+    }
 
     #[test]
     fn smooth_schedule_interleaves() {
