@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -179,18 +180,19 @@ class Stack:
 
     # ---- the gateway ---------------------------------------------------------------
 
-    def gateway(self, groups: dict[str, dict], routes: list[tuple[str, str]] | None = None) -> str:
+    def gateway(self, groups: dict[str, dict], routes: list[tuple[str, str]] | None = None, extra: str = "") -> str:
         """Start the gateway in front of `groups` and return its base URL (`http://127.0.0.1:PORT`).
 
         `groups` maps a group name to `{"strategy": ..., "servers": [url, ...]}`; servers get
-        ids `s1`, `s2`, ... in order.
+        ids `s1`, `s2`, ... in order. `extra` is YAML appended at the top level of the config
+        (e.g. a `sessions:` section).
         """
         if not GATEWAY_BIN.exists():
             pytest.fail(f"{GATEWAY_BIN} is missing: run `cargo build --bin mcp-gateway` (or set MCP_GATEWAY_BIN)")
         for attempt in range(3):
             port = free_port()
             config = self.dir / f"gateway-{port}.yaml"
-            config.write_text(gateway_yaml(port, self.dir, groups, routes))
+            config.write_text(gateway_yaml(port, self.dir, groups, routes, extra))
             # SIGINT: Pingora's fast shutdown (SIGTERM waits out server.grace_period).
             proc = self._spawn("gateway", [GATEWAY_BIN, "--config", config], stop_signal=signal.SIGINT)
             base = f"http://127.0.0.1:{port}"
@@ -216,7 +218,7 @@ class Stack:
             proc.stop()
 
 
-def gateway_yaml(port: int, run_dir: Path, groups: dict[str, dict], routes) -> str:
+def gateway_yaml(port: int, run_dir: Path, groups: dict[str, dict], routes, extra: str = "") -> str:
     lines = [
         "server:",
         "  host: 127.0.0.1",
@@ -234,7 +236,10 @@ def gateway_yaml(port: int, run_dir: Path, groups: dict[str, dict], routes) -> s
     if routes:
         lines.append("routes:")
         lines += [f"  - {{path: {path}, group: {group}}}" for path, group in routes]
-    lines += ["logging:", "  level: info", "  format: text", ""]
+    lines += ["logging:", "  level: info", "  format: text"]
+    if extra.strip():
+        lines += textwrap.dedent(extra).strip("\n").splitlines()
+    lines.append("")
     return "\n".join(lines)
 
 
