@@ -455,3 +455,44 @@ async fn ip_hash_moves_only_the_clients_of_a_removed_server() {
         }
     }
 }
+
+/// The upstream connection (the gateway's local port) each of `n` requests arrived on.
+async fn upstream_ports(gw: &Gateway, n: usize, pause: Duration) -> Vec<u64> {
+    let c = client();
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        let r = received(post(&c, &gw.url("/mcp"), LIST).send().await.unwrap()).await;
+        ports.push(r["client_port"].as_u64().unwrap());
+        tokio::time::sleep(pause).await;
+    }
+    ports
+}
+
+#[tokio::test]
+async fn connection_pool_settings_reach_pingoras_pool() {
+    let a = Upstream::start("a");
+    let single = |pool: &str| {
+        fleet("round_robin", &[("a", a.url())], "", "").replace(
+            "upstream:\n",
+            &format!("upstream:\n  connection_pool: {{{pool}}}\n"),
+        )
+    };
+    // Default: one upstream connection, reused.
+    let gw = Gateway::start(&single("")).await;
+    let ports = upstream_ports(&gw, 5, Duration::ZERO).await;
+    assert!(ports.iter().all(|&p| p == ports[0]), "{ports:?}");
+    drop(gw);
+
+    // max_idle_per_host: 0 keeps nothing: a new connection per request.
+    let gw = Gateway::start(&single("max_idle_per_host: 0")).await;
+    let ports = upstream_ports(&gw, 4, Duration::ZERO).await;
+    let distinct: std::collections::HashSet<_> = ports.iter().collect();
+    assert_eq!(distinct.len(), 4, "{ports:?}");
+    drop(gw);
+
+    // idle_timeout: a connection idle longer than it is not reused.
+    let gw = Gateway::start(&single("idle_timeout: 300ms")).await;
+    let ports = upstream_ports(&gw, 3, Duration::from_millis(800)).await;
+    let distinct: std::collections::HashSet<_> = ports.iter().collect();
+    assert_eq!(distinct.len(), 3, "{ports:?}");
+}

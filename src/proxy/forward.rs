@@ -91,6 +91,10 @@ pub fn upstream_request(
         .map_err(|e| Error::because(ErrorType::InternalError, "building the upstream URI", e))?;
     req.set_uri(uri);
 
+    if ctx.group.as_ref().is_some_and(|g| g.close_connections) {
+        // Pooling is off: the upstream closes the connection after its answer.
+        req.insert_header(http::header::CONNECTION, "close")?;
+    }
     let preserve_host = ctx.group.as_ref().is_some_and(|g| g.preserve_host);
     if !preserve_host {
         req.insert_header(http::header::HOST, target.authority.as_str())?;

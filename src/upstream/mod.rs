@@ -155,6 +155,8 @@ pub struct Group {
     pub preserve_host: bool,
     /// Other servers to try when a request could not be sent.
     pub retries: u32,
+    /// `connection_pool.max_idle_per_host: 0`: upstream requests say `Connection: close`.
+    pub close_connections: bool,
     by_id: HashMap<String, usize>,
     selector: Selector,
 }
@@ -231,6 +233,7 @@ impl Group {
             servers,
             preserve_host: g.preserve_host,
             retries: g.retries,
+            close_connections: config.upstream.connection_pool.max_idle_per_host == 0,
             by_id,
             selector,
         })

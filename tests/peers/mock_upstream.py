@@ -55,6 +55,8 @@ class Handler(BaseHTTPRequestHandler):
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body_len": len(body),
+            # The gateway's side of this connection: tells reused connections apart.
+            "client_port": self.client_address[1],
             "body_sha256": hashlib.sha256(body).hexdigest(),
         }
 
