@@ -41,6 +41,27 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# no_service_starts COMMAND...: run COMMAND (a package install) with Debian's
+# policy-rc.d refusing to start services, then restore the previous policy.
+no_service_starts() {
+  local policy=/usr/sbin/policy-rc.d saved=""
+  if [ -e "$policy" ]; then
+    saved=$(mktemp)
+    as_root cp -p "$policy" "$saved"
+  fi
+  printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+  as_root chmod 755 "$policy"
+  local rc=0
+  "$@" || rc=$?
+  if [ -n "$saved" ]; then
+    as_root cp -p "$saved" "$policy"
+    rm -f "$saved"
+  else
+    as_root rm -f "$policy"
+  fi
+  return "$rc"
+}
+
 # What building the gateway needs: cargo, a C toolchain and cmake (Pingora builds zlib-ng).
 need_build_tools() {
   if ! command -v cargo >/dev/null 2>&1; then

@@ -21,6 +21,14 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
+/// Where the running config came from: shown (with its hash) by the admin API.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The file path, or "(embedded default config)".
+    pub name: String,
+    pub text: String,
+}
+
 /// Build everything the request path reads.
 pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
     let groups = Groups::build(config)?;
@@ -104,7 +112,7 @@ pub fn listen_addr(config: &Config) -> Result<SocketAddr, String> {
 }
 
 /// Start the server; returns only if Pingora does (it exits the process on shutdown).
-pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
+pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(), String> {
     let state = build_state(&config)?;
     let addr = listen_addr(&config)?;
     resolve_upstreams(&state.groups)?;
@@ -140,6 +148,13 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
     proxy.add_tcp(&addr.to_string());
     proxy.threads = Some(config.server.threads);
     server.add_service(proxy);
+    if config.admin.enabled {
+        let admin = crate::admin::service(
+            crate::admin::Admin::new(state.clone(), &config, &source),
+            &config.admin,
+        )?;
+        server.add_service(admin);
+    }
     server.add_service(pingora::services::background::background_service(
         "upstream upkeep",
         upkeep(&config, &state.groups),

@@ -5,6 +5,7 @@
 //! envelopes, eras, MCP headers, sealed sessions), [`upstream`] (groups, selection),
 //! [`telemetry`] (logs), [`error`] (the one error type at the edge).
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod error;

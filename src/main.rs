@@ -60,10 +60,10 @@ fn main() -> ExitCode {
     }
     let source = cli.config.as_deref().unwrap_or("(embedded default config)");
     let loaded = match &cli.config {
-        Some(path) => config::load_file(path),
-        None => config::resolve_default(),
+        Some(path) => config::load_file_with_text(path),
+        None => config::resolve_default().map(|c| (c, config::DEFAULT_CONFIG.to_string())),
     };
-    let config = match loaded {
+    let (config, text) = match loaded {
         Ok(c) => c,
         Err(errors) => {
             report(source, &errors);
@@ -79,7 +79,11 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         upgrade: cli.upgrade,
     };
-    match app::run(config, opts) {
+    let source = app::ConfigSource {
+        name: source.to_string(),
+        text,
+    };
+    match app::run(config, opts, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mcp-gateway: {e}");

@@ -16,13 +16,19 @@ pub const MAX_WEIGHT: u32 = 10_000;
 
 /// Read and validate a config file.
 pub fn load_file(path: &str) -> Result<Config, Vec<ConfigError>> {
+    load_file_with_text(path).map(|(c, _)| c)
+}
+
+/// [`load_file`], and the file's text as read (for its hash in the admin API).
+pub fn load_file_with_text(path: &str) -> Result<(Config, String), Vec<ConfigError>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![ConfigError {
             path: path.to_string(),
             message: format!("cannot read config file: {e}"),
         }]
     })?;
-    load_str(&text, &|k| std::env::var(k).ok())
+    let config = load_str(&text, &|k| std::env::var(k).ok())?;
+    Ok((config, text))
 }
 
 /// The embedded default config, with env overrides applied.
@@ -324,6 +330,33 @@ fn validate(c: &Config, errs: &mut Errors) {
             &root.key("timeouts").key("stream_idle"),
             "must be greater than 0",
         );
+    }
+    let admin = root.key("admin");
+    if c.admin.enabled {
+        match c.admin.host.parse::<std::net::IpAddr>() {
+            Err(_) => errs.push(
+                &admin.key("host"),
+                format!("{:?} is not an IP address", c.admin.host),
+            ),
+            Ok(ip) if !ip.is_loopback() && c.admin.token().is_none() => errs.push(
+                &admin.key("host"),
+                format!(
+                    "{ip} is not a loopback address: the admin API may listen there only with admin.token set"
+                ),
+            ),
+            Ok(_) => {}
+        }
+        if c.admin.port == 0 {
+            errs.push(&admin.key("port"), "must be between 1 and 65535");
+        } else if c.admin.port == c.server.port && c.admin.host == c.server.host {
+            errs.push(&admin.key("port"), "must differ from server.port");
+        }
+        if c.admin.token().is_some_and(|t| t.len() < 16) {
+            errs.push(
+                &admin.key("token"),
+                "must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+            );
+        }
     }
     let keys = root.key("sessions").key("keys");
     for (i, k) in c.sessions.keys.iter().enumerate() {

@@ -13,11 +13,11 @@ pub mod units;
 pub mod yaml;
 
 use crate::config_struct;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use units::{ByteSize, Dur};
 
-pub use load::{load_file, load_str, resolve_default};
+pub use load::{load_file, load_file_with_text, load_str, resolve_default};
 pub use yaml::ConfigError;
 
 /// The embedded default config used when no `--config` is given.
@@ -33,6 +33,27 @@ config_struct! {
         timeouts: TimeoutsConfig = TimeoutsConfig::default(),
         sessions: SessionsConfig = SessionsConfig::default(),
         logging: LoggingConfig = LoggingConfig::default(),
+        admin: AdminConfig = AdminConfig::default(),
+    }
+}
+
+config_struct! {
+    /// The admin service: REST API, `/metrics`, health (docs/admin-api.md).
+    pub struct AdminConfig {
+        enabled: bool = true,
+        /// Loopback unless a token is set.
+        host: String = "127.0.0.1".to_string(),
+        port: u16 = 9090,
+        /// Bearer token for `/api/v1/*` (at least 16 characters). Without one the API
+        /// answers 403 and the service may only listen on loopback.
+        token: Option<String> = None,
+    }
+}
+
+impl AdminConfig {
+    /// The token, if one is set (an empty value from `${VAR:-}` is none).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|t| !t.is_empty())
     }
 }
 
@@ -72,7 +93,7 @@ config_struct! {
 }
 
 /// How a group picks a server for a request that is not bound to a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     RoundRobin,
@@ -102,7 +123,7 @@ config_struct! {
 }
 
 /// What an active health check sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthKind {
     /// A TCP (or Unix socket) connect.
@@ -115,7 +136,7 @@ pub enum HealthKind {
 impl yaml::Leaf for HealthKind {}
 
 /// The JSON-RPC method of an `mcp` health check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub enum ProbeMethod {
     #[serde(rename = "ping")]
     Ping,
@@ -208,7 +229,7 @@ config_struct! {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Json,
@@ -216,7 +237,7 @@ pub enum LogFormat {
 }
 impl yaml::Leaf for LogFormat {}
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogLevel {
     Off,

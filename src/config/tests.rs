@@ -310,3 +310,26 @@ timeouts: {request: 0}
     }
     assert_eq!(errs.len(), 7, "{errs:#?}");
 }
+
+#[test]
+fn admin_off_loopback_needs_a_token() {
+    let with = |admin: &str| format!("{MINIMAL}admin:\n{admin}");
+    let errs = errors(&with("  host: 0.0.0.0\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("admin.host: 0.0.0.0 is not a loopback address"));
+    let errs = errors(&with("  host: 0.0.0.0\n  token: short\n"));
+    assert!(
+        errs[0].starts_with("admin.token: must be at least 16"),
+        "{errs:?}"
+    );
+    load(&with("  host: 0.0.0.0\n  token: 0123456789abcdef\n")).unwrap();
+    load(&with("  host: \"::1\"\n")).unwrap();
+    // An unset ${VAR:-} token is no token.
+    let errs = errors(&with("  host: 0.0.0.0\n  token: \"\"\n"));
+    assert!(errs[0].starts_with("admin.host"), "{errs:?}");
+    let errs = errors(&with(
+        "  port: 8080\n  host: 0.0.0.0\n  token: 0123456789abcdef\n",
+    ));
+    assert!(errs[0].starts_with("admin.port: must differ"), "{errs:?}");
+    load(&with("  enabled: false\n  host: 0.0.0.0\n")).unwrap();
+}

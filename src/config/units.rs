@@ -55,6 +55,18 @@ impl<'de> Deserialize<'de> for Dur {
 
 impl super::yaml::Leaf for Dur {}
 
+impl serde::Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl serde::Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
 /// A size in bytes: a bare number is bytes; a string may use `B`, `KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);

@@ -209,7 +209,7 @@ macro_rules! config_struct {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Clone, Debug, PartialEq)]
+        #[derive(Clone, Debug, PartialEq, serde::Serialize)]
         pub struct $name { $( $(#[$fmeta])* pub $field: $ty ),* }
 
         impl Default for $name {

@@ -82,8 +82,9 @@ pub enum InspectError {
     Invalid(String, Option<Box<RawValue>>),
 }
 
-/// Methods the gateway knows, kept as static strings so recording them does not allocate.
-const KNOWN_METHODS: &[&str] = &[
+/// Methods the gateway knows, kept as static strings so recording them does not allocate
+/// (and the only method names that become metric labels).
+pub const KNOWN_METHODS: &[&str] = &[
     "initialize",
     "ping",
     "server/discover",

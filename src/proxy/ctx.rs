@@ -2,8 +2,10 @@
 
 use crate::error::GatewayError;
 use crate::mcp::envelope::{Envelope, Era};
+use crate::telemetry::metrics::METRICS;
 use crate::upstream::{Group, InFlight, Server};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use prometheus::IntGauge;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,16 @@ impl McpInfo {
 
 pub struct RequestCtx {
     pub started: Instant,
+    /// The matched route's path.
+    pub route: Option<Arc<str>>,
+    /// When the current upstream attempt started.
+    pub upstream_started: Option<Instant>,
+    /// A `tools/list` answer being collected for the group's tool catalog.
+    pub tools_list: Option<BytesMut>,
+    /// Counts this request in `mcp_gateway_connections_active` while it lives.
+    _active: ActiveRequest,
+    /// Counts an SSE answer in `mcp_gateway_sse_streams_active` while it is relayed.
+    pub sse: Option<IntGauge>,
     pub request_id: String,
     /// The upstream group of the matched route.
     pub group: Option<Arc<Group>>,
@@ -66,6 +78,11 @@ impl RequestCtx {
     pub fn new() -> Self {
         RequestCtx {
             started: Instant::now(),
+            route: None,
+            upstream_started: None,
+            tools_list: None,
+            _active: ActiveRequest::new(),
+            sse: None,
             request_id: String::new(),
             group: None,
             mcp: McpInfo::default(),
@@ -88,6 +105,30 @@ impl RequestCtx {
 
     pub fn era(&self) -> Option<Era> {
         self.mcp.era()
+    }
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if let Some(g) = self.sse.take() {
+            g.dec();
+        }
+    }
+}
+
+/// Increments `mcp_gateway_connections_active` for its lifetime.
+struct ActiveRequest;
+
+impl ActiveRequest {
+    fn new() -> Self {
+        METRICS.connections_active.inc();
+        ActiveRequest
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        METRICS.connections_active.dec();
     }
 }
 

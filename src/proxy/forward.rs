@@ -7,6 +7,7 @@ use super::Gateway;
 use crate::error::GatewayError;
 use crate::mcp::envelope::Era;
 use crate::mcp::headers::MCP_SESSION_ID;
+use crate::telemetry::metrics::METRICS;
 use crate::upstream::InFlight;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -55,6 +56,7 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
     };
     ctx.outcome_recorded = false;
     ctx.upstream_status = None;
+    ctx.upstream_started = Some(std::time::Instant::now());
     ctx.upstream = Some(InFlight::new(server));
     Ok(peer)
 }
@@ -144,6 +146,19 @@ const HOP_BY_HOP_RESPONSE: [&str; 5] = [
     "trailer",
 ];
 
+/// Count an SSE answer in `mcp_gateway_sse_streams_active` until the request ends.
+pub fn count_sse(resp: &ResponseHeader, ctx: &mut RequestCtx) {
+    let is_sse = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if let (true, None, Some(group)) = (is_sse, &ctx.sse, ctx.group.as_ref()) {
+        let gauge = METRICS.sse_streams_active.with_label_values(&[&group.name]);
+        gauge.inc();
+        ctx.sse = Some(gauge);
+    }
+}
+
 /// The response as the client gets it: the upstream session sealed, the request id added.
 pub fn client_response(gw: &Gateway, resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     for h in HOP_BY_HOP_RESPONSE {
@@ -161,6 +176,9 @@ pub fn client_response(gw: &Gateway, resp: &mut ResponseHeader, ctx: &RequestCtx
             let minted = String::from_utf8_lossy(minted.as_bytes()).into_owned();
             let sealed = gw.state.sessions.seal(&group.name, &server.id, &minted);
             resp.insert_header(MCP_SESSION_ID, sealed)?;
+            if ctx.mcp.method() == Some("initialize") {
+                METRICS.sessions.with_label_values(&[&group.name]).inc();
+            }
         }
     }
     resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;

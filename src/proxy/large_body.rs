@@ -9,6 +9,7 @@
 use super::ctx::RequestCtx;
 use super::{forward, Gateway};
 use crate::error::GatewayError;
+use crate::telemetry::record;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
@@ -23,6 +24,7 @@ pub async fn forward(
         match gw.connector.get_http_session(&*peer).await {
             Ok((up, _reused)) => break (peer, up),
             Err(e) => {
+                record::upstream_attempt(ctx, "connect_error");
                 super::outcome::record(ctx, false);
                 if let Some(server) = &ctx.pinned {
                     return Err(GatewayError::SessionServerDown(server.id.clone()));
@@ -69,7 +71,9 @@ pub async fn forward(
     forward::client_response(gw, &mut resp, ctx).map_err(|e| upstream_failure(ctx, e))?;
     ctx.local_status = Some(resp.status.as_u16());
     ctx.upstream_status = Some(resp.status.as_u16());
+    record::upstream_attempt(ctx, record::status_class(resp.status.as_u16()));
     super::outcome::record(ctx, resp.status.as_u16() < 500);
+    forward::count_sse(&resp, ctx);
 
     // From here on the client has a response; failures can only end the stream.
     let relay = async {
@@ -108,6 +112,9 @@ pub async fn forward(
 
 /// Record a failed attempt and name it for the client.
 fn upstream_failure(ctx: &mut RequestCtx, e: Box<Error>) -> GatewayError {
+    if !ctx.outcome_recorded {
+        record::upstream_attempt(ctx, "error");
+    }
     super::outcome::record(ctx, false);
     let (group, server) = names(ctx);
     upstream_error(group, server, e)

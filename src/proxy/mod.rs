@@ -23,6 +23,7 @@ pub mod routes;
 
 use crate::error::GatewayError;
 use crate::mcp::session::SessionKeys;
+use crate::telemetry::record;
 use crate::upstream::Groups;
 use async_trait::async_trait;
 use ctx::RequestCtx;
@@ -105,6 +106,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_status = Some(resp.status.as_u16());
+        record::upstream_attempt(ctx, record::status_class(resp.status.as_u16()));
+        if resp.status == 200 && ctx.mcp.method() == Some("tools/list") {
+            ctx.tools_list = Some(bytes::BytesMut::new());
+        }
         // Judge the attempt as soon as the server answers, so the breaker's state is
         // current before the client sees the response.
         outcome::record(ctx, resp.status.as_u16() < 500);
@@ -119,6 +124,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent: another server may take the request.
+        record::upstream_attempt(ctx, "connect_error");
         outcome::record(ctx, false);
         if let Some(server) = &ctx.pinned {
             ctx.error = Some(GatewayError::SessionServerDown(server.id.clone()));
@@ -143,7 +149,22 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        forward::client_response(self, resp, ctx)
+        forward::client_response(self, resp, ctx)?;
+        forward::count_sse(resp, ctx);
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.tools_list.is_some() {
+            record::tools_list_chunk(ctx, body, end_of_stream);
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -190,7 +211,14 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if !ctx.outcome_recorded
+            && ctx.server().is_some()
+            && e.is_some_and(|e| matches!(e.esource(), ErrorSource::Upstream))
+        {
+            record::upstream_attempt(ctx, "error");
+        }
         outcome::record_end(ctx, e);
+        record::request_end(session, ctx);
         if self.state.access_log {
             crate::telemetry::access_log(session, e, ctx);
         }

@@ -55,12 +55,13 @@ async fn check(
 ) -> Result<Next, GatewayError> {
     let req = session.req_header();
     let path = req.uri.path();
-    let group = gw
+    let route = gw
         .state
         .routes
         .get(path)
-        .ok_or_else(|| GatewayError::NoRoute(path.to_string()))?
-        .clone();
+        .ok_or_else(|| GatewayError::NoRoute(path.to_string()))?;
+    let group = route.group.clone();
+    ctx.route = Some(route.path.clone());
     ctx.group = Some(group.clone());
 
     let method = req.method.clone();

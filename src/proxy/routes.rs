@@ -10,8 +10,15 @@ pub const DEFAULT_PATH: &str = "/mcp";
 /// The group that path goes to.
 pub const DEFAULT_GROUP: &str = "default";
 
+/// A route: its path (shared, for labels and logs) and its group.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path: Arc<str>,
+    pub group: Arc<Group>,
+}
+
 #[derive(Debug, Default)]
-pub struct Routes(HashMap<String, Arc<Group>>);
+pub struct Routes(HashMap<String, Route>);
 
 impl Routes {
     pub fn build(config: &Config, groups: &Groups) -> Result<Routes, String> {
@@ -20,18 +27,30 @@ impl Routes {
             let g = groups
                 .get(DEFAULT_GROUP)
                 .ok_or("no routes and no group named \"default\"")?;
-            map.insert(DEFAULT_PATH.to_string(), g.clone());
+            map.insert(
+                DEFAULT_PATH.to_string(),
+                Route {
+                    path: DEFAULT_PATH.into(),
+                    group: g.clone(),
+                },
+            );
         }
         for r in &config.routes {
             let g = groups
                 .get(&r.group)
                 .ok_or_else(|| format!("route {}: no group {:?}", r.path, r.group))?;
-            map.insert(r.path.clone(), g.clone());
+            map.insert(
+                r.path.clone(),
+                Route {
+                    path: r.path.as_str().into(),
+                    group: g.clone(),
+                },
+            );
         }
         Ok(Routes(map))
     }
 
-    pub fn get(&self, path: &str) -> Option<&Arc<Group>> {
+    pub fn get(&self, path: &str) -> Option<&Route> {
         self.0.get(path)
     }
 }

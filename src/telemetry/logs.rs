@@ -23,6 +23,15 @@ pub fn init_logger(cfg: &LoggingConfig, level_override: Option<log::LevelFilter>
     match cfg.format {
         LogFormat::Json => {
             b.format(|f, r| {
+                if r.target() == "access" {
+                    // The access line is already a JSON object: splice it in, so its
+                    // fields sit at the top level of the log object.
+                    let msg = r.args().to_string();
+                    if let Some(fields) = msg.strip_prefix('{').filter(|m| m.len() > 1) {
+                        let head = json!({"ts": f.timestamp_millis().to_string(), "level": "INFO", "target": "access"}).to_string();
+                        return writeln!(f, "{},{fields}", &head[..head.len() - 1]);
+                    }
+                }
                 let line = json!({
                     "ts": f.timestamp_millis().to_string(),
                     "level": r.level().as_str(),
@@ -55,16 +64,13 @@ pub fn access_log(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         return;
     }
     let req = session.req_header();
-    let status = session
-        .response_written()
-        .map(|r| r.status.as_u16())
-        .or(ctx.local_status)
-        .unwrap_or(0);
+    let status = super::record::client_status(session, ctx);
     let line = json!({
         "request_id": ctx.request_id,
         "client": session.client_addr().map(|a| a.to_string()),
         "method": req.method.as_str(),
         "path": req.uri.path(),
+        "route": ctx.route.as_deref(),
         "status": status,
         "duration_ms": ctx.started.elapsed().as_secs_f64() * 1000.0,
         "group": ctx.group.as_ref().map(|g| g.name.as_str()),
@@ -74,6 +80,9 @@ pub fn access_log(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         "era": ctx.era().map(|e| e.as_str()),
         "batch": ctx.mcp.batch_len,
         "error": ctx.error.as_ref().map(|e| e.kind()),
+        "jsonrpc_error": ctx.error.as_ref().map(|e| e.status_and_code().1),
+        "bytes_in": session.downstream_session.body_bytes_read(),
+        "bytes_out": session.downstream_session.body_bytes_sent(),
         "proxy_error": e.map(|e| e.etype().as_str()),
     });
     log::info!(target: "access", "{line}");

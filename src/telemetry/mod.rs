@@ -1,5 +1,7 @@
-//! Logs: the process logger (JSON lines or text) and the per-request access log.
+//! Logs (the process logger and the per-request access log) and Prometheus metrics.
 
 mod logs;
+pub mod metrics;
+pub mod record;
 
 pub use logs::{access_log, init_logger};

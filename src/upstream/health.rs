@@ -151,6 +151,14 @@ impl Counters {
     ) {
         let first = !self.checked;
         self.checked = true;
+        crate::telemetry::metrics::METRICS
+            .health_checks
+            .with_label_values(&[
+                group,
+                &server.id,
+                if result.is_ok() { "pass" } else { "fail" },
+            ])
+            .inc();
         let up = server.is_up();
         match result {
             Ok(()) => {

@@ -15,7 +15,7 @@ pub mod health;
 pub mod target;
 
 use crate::config::{Config, GroupConfig, Strategy};
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use breaker::Breaker;
 use pingora::lb::discovery::Static;
 use pingora::lb::selection::Consistent;
@@ -44,6 +44,8 @@ struct PeerSettings {
 #[derive(Debug)]
 pub struct Server {
     pub id: String,
+    /// The URL as configured.
+    pub url: String,
     pub target: Target,
     pub weight: u32,
     /// Requests (and open streams) currently proxied to this server.
@@ -118,6 +120,48 @@ impl Server {
     }
 }
 
+/// Tool names learned from a group's `tools/list` answers: the only tool names that
+/// become metric labels. Read lock-free; replaced whole when an answer adds names.
+#[derive(Debug, Default)]
+pub struct ToolCatalog(ArcSwap<std::collections::HashSet<String>>);
+
+impl ToolCatalog {
+    /// At most this many names per group (a server listing more is not a catalog).
+    pub const MAX: usize = 1024;
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.load().contains(name)
+    }
+
+    /// Add names (up to [`ToolCatalog::MAX`] in all); returns how many were new.
+    pub fn learn<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> usize {
+        let current = self.0.load();
+        let mut next = None::<std::collections::HashSet<String>>;
+        for name in names {
+            let set = next.as_ref().unwrap_or(&current);
+            if set.contains(name) || set.len() >= Self::MAX || name.len() > 128 {
+                continue;
+            }
+            next.get_or_insert_with(|| (**current).clone())
+                .insert(name.to_string());
+        }
+        match next {
+            Some(set) => {
+                let added = set.len() - current.len();
+                self.0.store(Arc::new(set));
+                added
+            }
+            None => 0,
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.0.load().iter().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
 /// Counts a request against its server while alive (dropped with the request context).
 #[derive(Debug)]
 pub struct InFlight(Arc<Server>);
@@ -157,6 +201,8 @@ pub struct Group {
     pub retries: u32,
     /// `connection_pool.max_idle_per_host: 0`: upstream requests say `Connection: close`.
     pub close_connections: bool,
+    /// Tool names the group's servers listed in `tools/list` answers (metric labels).
+    pub tools: ToolCatalog,
     by_id: HashMap<String, usize>,
     selector: Selector,
 }
@@ -195,6 +241,7 @@ impl Group {
             let cb = &g.circuit_breaker;
             servers.push(Arc::new(Server {
                 id: s.id.clone(),
+                url: s.url.clone(),
                 target,
                 weight: s.weight,
                 in_flight: AtomicUsize::new(0),
@@ -234,6 +281,7 @@ impl Group {
             preserve_host: g.preserve_host,
             retries: g.retries,
             close_connections: config.upstream.connection_pool.max_idle_per_host == 0,
+            tools: ToolCatalog::default(),
             by_id,
             selector,
         })

@@ -16,6 +16,15 @@ pub enum Address {
     Unix(PathBuf),
 }
 
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Inet(a) => write!(f, "{a}"),
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 /// Where a server lives as written in its URL: a host name (or IP) and port, or a socket path.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {

@@ -198,6 +198,12 @@ impl Gateway {
         let yaml = yaml
             .replace("{port}", &port.to_string())
             .replace("{dir}", &dir.0.to_string_lossy());
+        // Each gateway's admin service on a free port of its own.
+        let yaml = if yaml.contains("\nadmin:") {
+            yaml
+        } else {
+            format!("{yaml}\nadmin:\n  port: {}\n", free_port())
+        };
         let yaml = if yaml.contains("pid_file") {
             yaml
         } else {
@@ -253,6 +259,17 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A URL on the admin service (its port read back from the config written).
+    pub fn admin_url(&self, path: &str) -> String {
+        let yaml = std::fs::read_to_string(self.dir.path("gateway.yaml")).unwrap();
+        let port = yaml
+            .split("\nadmin:\n")
+            .nth(1)
+            .and_then(|rest| rest.lines().find_map(|l| l.trim().strip_prefix("port: ")))
+            .expect("the config has an admin block with a port");
+        format!("http://127.0.0.1:{}{path}", port.trim())
     }
 
     pub fn log(&self) -> String {
@@ -341,4 +358,23 @@ pub async fn expect_error_naming(
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// SHA-256 of `data` in hex (computed by Python, so the test trusts no code of ours).
+pub fn sha256_hex(data: &[u8]) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(data)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

@@ -237,6 +237,9 @@ def gateway_yaml(port: int, run_dir: Path, groups: dict[str, dict], routes, extr
         lines.append("routes:")
         lines += [f"  - {{path: {path}, group: {group}}}" for path, group in routes]
     lines += ["logging:", "  level: info", "  format: text"]
+    if "admin:" not in (extra or ""):
+        # The admin service on a free port of its own (its default, 9090, is shared).
+        lines += ["admin:", f"  port: {free_port()}"]
     if extra.strip():
         lines += textwrap.dedent(extra).strip("\n").splitlines()
     lines.append("")

@@ -124,6 +124,8 @@ class Handler(BaseHTTPRequestHandler):
         method = msg["method"]
         params = msg.get("params") or {}
         result = self.describe(body)
+        if method == "tools/list":
+            result["tools"] = [{"name": n, "inputSchema": {"type": "object"}} for n in ("echo", "stream", "status")]
         if method == "initialize":
             n = bump("sessions")
             return self.send_json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result},

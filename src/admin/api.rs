@@ -1,0 +1,170 @@
+//! `/api/v1` routes of the admin service (read-only so far).
+
+use super::Admin;
+use crate::telemetry::metrics::METRICS;
+use crate::upstream::{Group, Server};
+use http::StatusCode;
+use prometheus::core::{Collector, Metric};
+use serde_json::{json, Value};
+
+type ApiResult = Result<Value, (StatusCode, String)>;
+
+pub fn route(admin: &Admin, method: &str, path: &str) -> ApiResult {
+    let rest = path.trim_start_matches("/api/v1").trim_end_matches('/');
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let get = |f: &dyn Fn() -> ApiResult| {
+        if method == "GET" {
+            f()
+        } else {
+            Err((
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path} (use GET)"),
+            ))
+        }
+    };
+    match parts.as_slice() {
+        ["status"] => get(&|| Ok(status(admin))),
+        ["config"] => get(&|| Ok(admin.config_redacted.clone())),
+        ["upstreams"] => get(&|| {
+            let mut groups: Vec<&std::sync::Arc<Group>> = admin.state.groups.0.values().collect();
+            groups.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(json!({ "groups": groups.iter().map(|g| group_json(admin, g)).collect::<Vec<_>>() }))
+        }),
+        ["upstreams", name, "status"] => get(&|| {
+            admin
+                .state
+                .groups
+                .get(name)
+                .map(|g| group_json(admin, g))
+                .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no upstream group {name:?}")))
+        }),
+        _ => Err((
+            StatusCode::NOT_FOUND,
+            format!("no admin API endpoint {method} {path}"),
+        )),
+    }
+}
+
+/// The sum of a counter family over all its label sets.
+fn total(c: &prometheus::IntCounterVec) -> u64 {
+    c.collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+fn gauge_total(g: &prometheus::IntGaugeVec) -> i64 {
+    g.collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_gauge().get_value() as i64)
+        .sum()
+}
+
+fn status(admin: &Admin) -> Value {
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_seconds": admin.started.elapsed().as_secs_f64(),
+        "config": { "source": admin.config_name, "sha256": admin.config_sha256 },
+        "counters": {
+            "requests": total(&METRICS.requests),
+            "errors": total(&METRICS.errors),
+            "connections_active": METRICS.connections_active.get(),
+            "sse_streams_active": gauge_total(&METRICS.sse_streams_active),
+            "sessions": total(&METRICS.sessions),
+            "upstream_requests": total(&METRICS.upstream_requests),
+        },
+    })
+}
+
+fn group_json(admin: &Admin, g: &Group) -> Value {
+    let strategy = admin
+        .strategies
+        .iter()
+        .find(|(n, _)| n == &g.name)
+        .map(|(_, s)| s.as_str())
+        .unwrap_or("");
+    json!({
+        "name": g.name,
+        "strategy": strategy,
+        "servers_up": g.servers.iter().filter(|s| s.is_up()).count(),
+        "tools": g.tools.names(),
+        "servers": g.servers.iter().map(|s| server_json(&g.name, s)).collect::<Vec<_>>(),
+    })
+}
+
+fn server_json(group: &str, s: &Server) -> Value {
+    // Attempts by outcome, from mcp_gateway_upstream_requests_total.
+    let mut requests = 0u64;
+    let mut errors = 0u64;
+    for f in METRICS.upstream_requests.collect() {
+        for m in f.get_metric() {
+            let labels: Vec<(&str, &str)> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            let has = |k: &str, v: &str| labels.iter().any(|(lk, lv)| *lk == k && *lv == v);
+            if has("group", group) && has("server", &s.id) {
+                let n = m.get_counter().get_value() as u64;
+                requests += n;
+                if !(has("outcome", "1xx")
+                    || has("outcome", "2xx")
+                    || has("outcome", "3xx")
+                    || has("outcome", "4xx"))
+                {
+                    errors += n;
+                }
+            }
+        }
+    }
+    let h = METRICS
+        .upstream_duration
+        .with_label_values(&[group, s.id.as_str()]);
+    json!({
+        "id": s.id,
+        "url": s.url,
+        "address": s.address().map(|a| a.to_string()),
+        "up": s.is_up(),
+        "breaker": s.breaker.state().as_str(),
+        "in_flight": s.in_flight(),
+        "weight": s.weight,
+        "requests": requests,
+        "errors": errors,
+        "latency_ms": {
+            "p50": quantile(&h, 0.50).map(|v| v * 1000.0),
+            "p99": quantile(&h, 0.99).map(|v| v * 1000.0),
+        },
+    })
+}
+
+/// A quantile estimated from a histogram's buckets (linear within the bucket, as
+/// Prometheus's `histogram_quantile` does). `None` before the first observation.
+pub fn quantile(h: &prometheus::Histogram, q: f64) -> Option<f64> {
+    let m = h.metric();
+    let hist = m.get_histogram();
+    let count = hist.get_sample_count();
+    if count == 0 {
+        return None;
+    }
+    let rank = q * count as f64;
+    let mut prev_bound = 0.0;
+    let mut prev_count = 0u64;
+    for b in hist.get_bucket() {
+        let c = b.cumulative_count();
+        if c as f64 >= rank {
+            let in_bucket = (c - prev_count) as f64;
+            let frac = if in_bucket > 0.0 {
+                (rank - prev_count as f64) / in_bucket
+            } else {
+                0.0
+            };
+            return Some(prev_bound + (b.upper_bound() - prev_bound) * frac);
+        }
+        prev_bound = b.upper_bound();
+        prev_count = c;
+    }
+    Some(prev_bound)
+}

@@ -1,0 +1,247 @@
+//! The admin service: a separate Pingora service (one thread, loopback by default) with
+//! health probes, Prometheus `/metrics` and the REST API under `/api/v1`.
+//!
+//! * `GET /health`, `/liveness`, `/readiness`, `/metrics`: no token;
+//! * `/api/v1/*`: `Authorization: Bearer <admin.token>`, compared in constant time.
+//!   With no token configured the API answers `403` (and config validation keeps the
+//!   service on loopback).
+//!
+//! Every answer is JSON (`/metrics` is Prometheus text); errors are
+//! `{"error": "<message>"}` with the matching status; unknown routes get `404`.
+
+mod api;
+
+use crate::app::ConfigSource;
+use crate::config::{AdminConfig, Config};
+use crate::proxy::State;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::protocols::http::ServerSession;
+use pingora::services::listening::Service;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Instant;
+use subtle::ConstantTimeEq;
+
+pub struct Admin {
+    state: Arc<State>,
+    token: Option<Vec<u8>>,
+    started: Instant,
+    config_name: String,
+    config_sha256: String,
+    /// The running config (defaults filled in), secrets redacted.
+    config_redacted: Value,
+    /// Per group: its strategy, as configured.
+    strategies: Vec<(String, String)>,
+}
+
+impl Admin {
+    pub fn new(state: Arc<State>, config: &Config, source: &ConfigSource) -> Admin {
+        let digest = Sha256::digest(source.text.as_bytes());
+        let config_sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let mut redacted = serde_json::to_value(config).unwrap_or(Value::Null);
+        redact(&mut redacted);
+        let strategies = config
+            .upstream
+            .groups
+            .iter()
+            .map(|(name, g)| {
+                let s = serde_json::to_value(g.strategy)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                (name.clone(), s)
+            })
+            .collect();
+        Admin {
+            state,
+            token: config.admin.token().map(|t| t.as_bytes().to_vec()),
+            started: Instant::now(),
+            config_name: source.name.clone(),
+            config_sha256,
+            config_redacted: redacted,
+            strategies,
+        }
+    }
+
+    /// Does the request carry the admin token? (Constant-time on the token bytes.)
+    fn authorized(&self, session: &ServerSession) -> Result<(), (StatusCode, String)> {
+        let Some(token) = &self.token else {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "the admin API is disabled: set admin.token to use it".into(),
+            ));
+        };
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        if given.len() == token.len() && bool::from(given.ct_eq(token)) {
+            Ok(())
+        } else {
+            Err((
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong admin token (Authorization: Bearer <admin.token>)".into(),
+            ))
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/health" | "/liveness" | "/readiness") => {
+                let (status, body) =
+                    crate::proxy::health::answer(&path, &self.state).unwrap_or((404, Vec::new()));
+                reply(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                    "application/json",
+                    body,
+                )
+            }
+            ("GET", "/metrics") => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::telemetry::metrics::METRICS.render(&self.state.groups),
+            ),
+            (_, p) if p.starts_with("/api/v1/") || p == "/api/v1" => {
+                if let Err((status, message)) = self.authorized(session) {
+                    let mut r = error(status, &message);
+                    if status == StatusCode::UNAUTHORIZED {
+                        r.headers_mut().insert(
+                            http::header::WWW_AUTHENTICATE,
+                            http::HeaderValue::from_static("Bearer realm=\"mcp-gateway admin\""),
+                        );
+                    }
+                    return r;
+                }
+                match api::route(self, method.as_str(), p) {
+                    Ok(v) => reply(
+                        StatusCode::OK,
+                        "application/json",
+                        v.to_string().into_bytes(),
+                    ),
+                    Err((status, message)) => error(status, &message),
+                }
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                &format!("no admin endpoint {method} {path}"),
+            ),
+        }
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
+    reply(
+        status,
+        "application/json",
+        json!({ "error": message }).to_string().into_bytes(),
+    )
+}
+
+/// Keys whose values are secrets, wherever they appear in the config.
+const SECRET_KEYS: &[&str] = &["keys", "token", "secret", "password", "api_key"];
+
+/// Replace every secret in the config tree with `"<redacted>"` (non-empty values only),
+/// and the password of any URL with user info.
+pub fn redact(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                if SECRET_KEYS.contains(&k.as_str()) {
+                    redact_all(val);
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::String(s) => {
+            if let Some(clean) = redact_url_password(s) {
+                *s = clean;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn redact_all(v: &mut Value) {
+    match v {
+        Value::Array(items) => items.iter_mut().for_each(redact_all),
+        Value::String(s) if !s.is_empty() => *s = "<redacted>".into(),
+        Value::Null | Value::String(_) => {}
+        other => *other = Value::String("<redacted>".into()),
+    }
+}
+
+/// `scheme://user:pass@host…` → `scheme://user:<redacted>@host…`.
+fn redact_url_password(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let at = rest.find('@')?;
+    let slash = rest.find('/').unwrap_or(rest.len());
+    if at > slash {
+        return None;
+    }
+    let (user, _) = rest[..at].split_once(':')?;
+    Some(format!("{scheme}://{user}:<redacted>{}", &rest[at..]))
+}
+
+/// The admin service: listens on `admin.host:admin.port` with one thread.
+pub fn service(admin: Admin, cfg: &AdminConfig) -> Result<Service<HttpServer<Admin>>, String> {
+    let ip: std::net::IpAddr = cfg
+        .host
+        .parse()
+        .map_err(|_| format!("admin.host: {:?} is not an IP address", cfg.host))?;
+    let mut svc = Service::new("mcp-gateway admin".to_string(), HttpServer::new_app(admin));
+    svc.add_tcp(&std::net::SocketAddr::new(ip, cfg.port).to_string());
+    svc.threads = Some(1);
+    Ok(svc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut v = json!({
+            "sessions": {"keys": ["abc", ""], "ttl": "1day"},
+            "admin": {"token": "0123456789abcdef", "port": 9090},
+            "upstream": {"groups": {"g": {"servers": [{"url": "https://u:p4ss@h:1/mcp"}, {"url": "http://h/mcp"}]}}},
+        });
+        redact(&mut v);
+        assert_eq!(v["sessions"]["keys"], json!(["<redacted>", ""]));
+        assert_eq!(v["sessions"]["ttl"], "1day");
+        assert_eq!(v["admin"]["token"], "<redacted>");
+        assert_eq!(v["admin"]["port"], 9090);
+        assert_eq!(
+            v["upstream"]["groups"]["g"]["servers"][0]["url"],
+            "https://u:<redacted>@h:1/mcp"
+        );
+        assert_eq!(
+            v["upstream"]["groups"]["g"]["servers"][1]["url"],
+            "http://h/mcp"
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! Every Prometheus metric of the gateway, declared in one place.
+//!
+//! Label values are bounded: routes, groups and servers come from the config; MCP
+//! methods from the fixed list `mcp::envelope::KNOWN_METHODS` ([`mcp_method_label`]); tool names only from the group's
+//! tool catalog (names its servers listed in `tools/list` answers), everything else
+//! folds into `other`. Raw client input never becomes a label value.
+//!
+//! Counters and histograms are updated once per request (in the `logging` phase) and
+//! per upstream attempt; gauges that mirror state (server health, breaker state,
+//! in-flight requests) are read from the groups when `/metrics` is scraped.
+
+use crate::upstream::breaker::State;
+use crate::upstream::Groups;
+use once_cell::sync::Lazy;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Request duration buckets, seconds: from sub-millisecond proxying to long tool calls.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Client requests by route, group, MCP method and HTTP status.
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    /// Errors the gateway answered itself, by route, kind and JSON-RPC code.
+    pub errors: IntCounterVec,
+    /// `tools/call` requests by group and tool (catalog names or `other`) and status.
+    pub tool_calls: IntCounterVec,
+    /// Client requests in progress (each holds its client connection).
+    pub connections_active: IntGauge,
+    /// SSE answers being relayed, by group.
+    pub sse_streams_active: IntGaugeVec,
+    /// Sessions sealed (upstream `initialize` answers with an `Mcp-Session-Id`), by group.
+    pub sessions: IntCounterVec,
+    /// Attempts sent to upstream servers, by group, server and outcome.
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub health_checks: IntCounterVec,
+    upstream_up: IntGaugeVec,
+    breaker_state: IntGaugeVec,
+    upstream_in_flight: IntGaugeVec,
+}
+
+pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+    let m = HistogramVec::new(opts, labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let connections_active = IntGauge::new(
+            "mcp_gateway_connections_active",
+            "Client requests in progress, SSE streams included (each holds its client connection)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(connections_active.clone()))
+            .expect("unique metric");
+        Metrics {
+            requests: counter(
+                &r,
+                "mcp_gateway_requests_total",
+                "Client requests by route, group, MCP method and HTTP status",
+                &["route", "group", "method", "status"],
+            ),
+            request_duration: histogram(
+                &r,
+                "mcp_gateway_request_duration_seconds",
+                "Time from a client request's arrival to the end of its response (streams included)",
+                &["route", "group", "method"],
+            ),
+            errors: counter(
+                &r,
+                "mcp_gateway_errors_total",
+                "Errors the gateway answered itself, by route, kind and JSON-RPC error code",
+                &["route", "kind", "code"],
+            ),
+            tool_calls: counter(
+                &r,
+                "mcp_gateway_tool_calls_total",
+                "tools/call requests by group, tool (names from the servers' tools/list; others are \"other\") and HTTP status",
+                &["group", "tool", "status"],
+            ),
+            connections_active,
+            sse_streams_active: gauge(
+                &r,
+                "mcp_gateway_sse_streams_active",
+                "SSE answers being relayed to clients",
+                &["group"],
+            ),
+            sessions: counter(
+                &r,
+                "mcp_gateway_sessions_total",
+                "MCP sessions started (sealed Mcp-Session-Id issued)",
+                &["group"],
+            ),
+            upstream_requests: counter(
+                &r,
+                "mcp_gateway_upstream_requests_total",
+                "Attempts sent to upstream servers by outcome: HTTP status class, connect_error or error",
+                &["group", "server", "outcome"],
+            ),
+            upstream_duration: histogram(
+                &r,
+                "mcp_gateway_upstream_request_duration_seconds",
+                "Time from choosing a server to the end of its answer",
+                &["group", "server"],
+            ),
+            health_checks: counter(
+                &r,
+                "mcp_gateway_upstream_health_checks_total",
+                "Active health checks by result (pass or fail)",
+                &["group", "server", "result"],
+            ),
+            upstream_up: gauge(
+                &r,
+                "mcp_gateway_upstream_up",
+                "1 while a server is resolved and passes its health checks",
+                &["group", "server"],
+            ),
+            breaker_state: gauge(
+                &r,
+                "mcp_gateway_circuit_breaker_state",
+                "Circuit breaker state per server: 0 closed, 1 open, 2 half_open",
+                &["group", "server"],
+            ),
+            upstream_in_flight: gauge(
+                &r,
+                "mcp_gateway_upstream_in_flight",
+                "Requests and open streams in progress per server",
+                &["group", "server"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The text exposition, with the state gauges read from `groups` first.
+    pub fn render(&self, groups: &Groups) -> Vec<u8> {
+        for group in groups.0.values() {
+            for s in &group.servers {
+                let labels = [group.name.as_str(), s.id.as_str()];
+                self.upstream_up
+                    .with_label_values(&labels)
+                    .set(i64::from(s.is_up()));
+                self.breaker_state
+                    .with_label_values(&labels)
+                    .set(breaker_value(s.breaker.state()));
+                self.upstream_in_flight
+                    .with_label_values(&labels)
+                    .set(s.in_flight() as i64);
+            }
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("encoding metrics: {e}");
+        }
+        out
+    }
+}
+
+pub fn breaker_value(s: State) -> i64 {
+    match s {
+        State::Closed => 0,
+        State::Open => 1,
+        State::HalfOpen => 2,
+    }
+}
+
+/// The `method` label: a known MCP method, `other`, or for requests without one the
+/// HTTP method (`GET` for the SSE stream, `DELETE` to end a session; `response` for a
+/// POSTed JSON-RPC response, `none` for a body refused before its envelope was read:
+/// too large, not JSON, not JSON-RPC).
+pub fn mcp_method_label(
+    mcp_method: Option<&str>,
+    http_method: &str,
+    inspected: bool,
+) -> &'static str {
+    match mcp_method {
+        Some(m) => crate::mcp::envelope::KNOWN_METHODS
+            .iter()
+            .find(|k| **k == m)
+            .copied()
+            .unwrap_or("other"),
+        None => match http_method {
+            "GET" => "GET",
+            "DELETE" => "DELETE",
+            _ if inspected => "response",
+            _ => "none",
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_bounded() {
+        assert_eq!(
+            mcp_method_label(Some("tools/call"), "POST", true),
+            "tools/call"
+        );
+        assert_eq!(
+            mcp_method_label(Some("x/evil\"label"), "POST", true),
+            "other"
+        );
+        assert_eq!(mcp_method_label(None, "GET", false), "GET");
+        assert_eq!(mcp_method_label(None, "POST", true), "response");
+        assert_eq!(mcp_method_label(None, "POST", false), "none");
+    }
+
+    #[test]
+    fn renders_text_format() {
+        METRICS
+            .requests
+            .with_label_values(&["/mcp", "default", "tools/list", "200"])
+            .inc();
+        let text = String::from_utf8(METRICS.render(&Groups::default())).unwrap();
+        assert!(text.contains("# TYPE mcp_gateway_requests_total counter"));
+        assert!(text.contains(
+            r#"mcp_gateway_requests_total{group="default",method="tools/list",route="/mcp",status="200"}"#
+        ));
+    }
+}

@@ -1,0 +1,153 @@
+//! Feeding the metrics from the request path: one call per request at its end, one per
+//! upstream attempt, and the `tools/list` answers that teach a group its tool names.
+
+use super::metrics::{mcp_method_label, METRICS};
+use crate::proxy::ctx::RequestCtx;
+use bytes::Bytes;
+use pingora::proxy::Session;
+
+/// The status the client got (0 when nothing was sent).
+pub fn client_status(session: &Session, ctx: &RequestCtx) -> u16 {
+    session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .or(ctx.local_status)
+        .unwrap_or(0)
+}
+
+/// Count the finished request (requests, duration, gateway errors, tool calls, and the
+/// last upstream attempt's duration).
+pub fn request_end(session: &Session, ctx: &RequestCtx) {
+    let req = session.req_header();
+    let status = client_status(session, ctx);
+    let route = ctx.route.as_deref().unwrap_or("unmatched");
+    let group = ctx.group.as_ref().map_or("-", |g| g.name.as_str());
+    let method = mcp_method_label(
+        ctx.mcp.method(),
+        req.method.as_str(),
+        ctx.mcp.envelope.is_some(),
+    );
+    let status_label = status.to_string();
+    let status_label = status_label.as_str();
+    METRICS
+        .requests
+        .with_label_values(&[route, group, method, status_label])
+        .inc();
+    METRICS
+        .request_duration
+        .with_label_values(&[route, group, method])
+        .observe(ctx.started.elapsed().as_secs_f64());
+    if let Some(e) = &ctx.error {
+        let code = e.status_and_code().1.to_string();
+        METRICS
+            .errors
+            .with_label_values(&[route, e.kind(), &code])
+            .inc();
+    }
+    if method == "tools/call" {
+        if let Some(g) = &ctx.group {
+            let tool = match ctx.mcp.name() {
+                Some(n) if g.tools.contains(n) => n,
+                _ => "other",
+            };
+            METRICS
+                .tool_calls
+                .with_label_values(&[group, tool, status_label])
+                .inc();
+        }
+    }
+    if let (Some(server), Some(started), Some(_)) =
+        (ctx.server(), ctx.upstream_started, ctx.upstream_status)
+    {
+        METRICS
+            .upstream_duration
+            .with_label_values(&[group, &server.id])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Count one upstream attempt: `2xx`..`5xx` for an answer, `connect_error`, `error`.
+pub fn upstream_attempt(ctx: &RequestCtx, outcome: &str) {
+    if let (Some(g), Some(s)) = (ctx.group.as_ref(), ctx.server()) {
+        METRICS
+            .upstream_requests
+            .with_label_values(&[g.name.as_str(), s.id.as_str(), outcome])
+            .inc();
+    }
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Largest `tools/list` answer collected for the catalog.
+const MAX_TOOLS_LIST: usize = 4 << 20;
+
+/// Collect a `tools/list` answer's body; at its end, teach the group its tool names.
+pub fn tools_list_chunk(ctx: &mut RequestCtx, body: &Option<Bytes>, end: bool) {
+    let Some(buf) = ctx.tools_list.as_mut() else {
+        return;
+    };
+    if let Some(chunk) = body {
+        if buf.len() + chunk.len() > MAX_TOOLS_LIST {
+            ctx.tools_list = None;
+            return;
+        }
+        buf.extend_from_slice(chunk);
+    }
+    if end {
+        let buf = ctx.tools_list.take().unwrap_or_default();
+        if let Some(g) = &ctx.group {
+            let names = tool_names(&buf);
+            let added = g.tools.learn(names.iter().map(String::as_str));
+            if added > 0 {
+                log::debug!("group {}: learned {added} tool name(s)", g.name);
+            }
+        }
+    }
+}
+
+/// The `result.tools[].name` of a `tools/list` answer, as JSON or in SSE `data:` lines.
+pub fn tool_names(body: &[u8]) -> Vec<String> {
+    fn from(v: &serde_json::Value) -> Vec<String> {
+        v.pointer("/result/tools")
+            .and_then(|t| t.as_array())
+            .map(|tools| {
+                tools
+                    .iter()
+                    .filter_map(|t| t.get("name")?.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        return from(&v);
+    }
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+        .flat_map(|v| from(&v))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tool_names;
+
+    #[test]
+    fn tool_names_from_json_and_sse() {
+        let json =
+            br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"add"}]}}"#;
+        assert_eq!(tool_names(json), ["echo", "add"]);
+        let sse = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"x\"}]}}\n\n";
+        assert_eq!(tool_names(sse), ["x"]);
+        assert!(tool_names(b"nope").is_empty());
+    }
+}
