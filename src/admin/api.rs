@@ -25,6 +25,7 @@ pub fn route(admin: &Admin, method: &str, path: &str) -> ApiResult {
     match parts.as_slice() {
         ["status"] => get(&|| Ok(status(admin))),
         ["config"] => get(&|| Ok(admin.config_redacted.clone())),
+        ["summary"] => get(&|| Ok(summary(admin))),
         ["upstreams"] => get(&|| {
             let mut groups: Vec<&std::sync::Arc<Group>> = admin.state.groups.0.values().collect();
             groups.sort_by(|a, b| a.name.cmp(&b.name));
@@ -140,20 +141,107 @@ fn server_json(group: &str, s: &Server) -> Value {
     })
 }
 
+/// Everything the dashboard shows, in one answer: totals (the page turns them into
+/// rates), latency over all requests, live gauges, upstreams and the busiest tools.
+fn summary(admin: &Admin) -> Value {
+    let mut by_class = std::collections::BTreeMap::<String, u64>::new();
+    for f in METRICS.requests.collect() {
+        for m in f.get_metric() {
+            let status = m
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "status")
+                .map(|l| l.value())
+                .unwrap_or("0");
+            let class = match status.as_bytes().first() {
+                Some(c @ b'1'..=b'5') => format!("{}xx", *c as char),
+                _ => "none".to_string(),
+            };
+            *by_class.entry(class).or_default() += m.get_counter().get_value() as u64;
+        }
+    }
+    // All label sets of the request histogram merged: overall latency.
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    for f in METRICS.request_duration.collect() {
+        for m in f.get_metric() {
+            for (i, b) in m.get_histogram().get_bucket().iter().enumerate() {
+                match buckets.get_mut(i) {
+                    Some(slot) => slot.1 += b.cumulative_count(),
+                    None => buckets.push((b.upper_bound(), b.cumulative_count())),
+                }
+            }
+        }
+    }
+    let total_count = buckets.last().map_or(0, |b| b.1);
+    let mut tools: Vec<(String, String, u64)> = Vec::new();
+    for f in METRICS.tool_calls.collect() {
+        for m in f.get_metric() {
+            let label = |name: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default()
+            };
+            let (group, tool) = (label("group"), label("tool"));
+            let n = m.get_counter().get_value() as u64;
+            match tools.iter_mut().find(|(g, t, _)| *g == group && *t == tool) {
+                Some(entry) => entry.2 += n,
+                None => tools.push((group, tool, n)),
+            }
+        }
+    }
+    tools.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.1.cmp(&b.1)));
+    tools.truncate(10);
+    let mut groups: Vec<&std::sync::Arc<Group>> = admin.state.groups.0.values().collect();
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
+    json!({
+        "time": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        "uptime_seconds": admin.started.elapsed().as_secs_f64(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "requests": total(&METRICS.requests),
+        "requests_by_status": by_class,
+        "gateway_errors": total(&METRICS.errors),
+        "latency_ms": {
+            "p50": bucket_quantile(&buckets, total_count, 0.50).map(|v| v * 1000.0),
+            "p99": bucket_quantile(&buckets, total_count, 0.99).map(|v| v * 1000.0),
+        },
+        "connections_active": METRICS.connections_active.get(),
+        "sse_streams_active": gauge_total(&METRICS.sse_streams_active),
+        "sessions": total(&METRICS.sessions),
+        "upstreams": groups.iter().map(|g| group_json(admin, g)).collect::<Vec<_>>(),
+        "top_tools": tools
+            .iter()
+            .map(|(g, t, n)| json!({"group": g, "tool": t, "calls": n}))
+            .collect::<Vec<_>>(),
+    })
+}
+
 /// A quantile estimated from a histogram's buckets (linear within the bucket, as
 /// Prometheus's `histogram_quantile` does). `None` before the first observation.
 pub fn quantile(h: &prometheus::Histogram, q: f64) -> Option<f64> {
     let m = h.metric();
     let hist = m.get_histogram();
-    let count = hist.get_sample_count();
+    let buckets: Vec<(f64, u64)> = hist
+        .get_bucket()
+        .iter()
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
+        .collect();
+    bucket_quantile(&buckets, hist.get_sample_count(), q)
+}
+
+/// [`quantile`] over `(upper bound, cumulative count)` buckets.
+fn bucket_quantile(buckets: &[(f64, u64)], count: u64, q: f64) -> Option<f64> {
     if count == 0 {
         return None;
     }
     let rank = q * count as f64;
     let mut prev_bound = 0.0;
     let mut prev_count = 0u64;
-    for b in hist.get_bucket() {
-        let c = b.cumulative_count();
+    for &(upper, c) in buckets {
         if c as f64 >= rank {
             let in_bucket = (c - prev_count) as f64;
             let frac = if in_bucket > 0.0 {
@@ -161,9 +249,9 @@ pub fn quantile(h: &prometheus::Histogram, q: f64) -> Option<f64> {
             } else {
                 0.0
             };
-            return Some(prev_bound + (b.upper_bound() - prev_bound) * frac);
+            return Some(prev_bound + (upper - prev_bound) * frac);
         }
-        prev_bound = b.upper_bound();
+        prev_bound = upper;
         prev_count = c;
     }
     Some(prev_bound)

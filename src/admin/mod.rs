@@ -11,6 +11,10 @@
 
 mod api;
 
+/// The live dashboard: one self-contained page (no external assets) that polls
+/// `/api/v1/summary` with the admin token the user gives it.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 use crate::app::ConfigSource;
 use crate::config::{AdminConfig, Config};
 use crate::proxy::State;
@@ -105,6 +109,21 @@ impl ServeHttp for Admin {
                     "application/json",
                     body,
                 )
+            }
+            ("GET", "/dashboard") => {
+                let mut r = reply(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    DASHBOARD.as_bytes().to_vec(),
+                );
+                // Everything is inline and data comes from this origin: say so.
+                r.headers_mut().insert(
+                    http::header::CONTENT_SECURITY_POLICY,
+                    http::HeaderValue::from_static(
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+                    ),
+                );
+                r
             }
             ("GET", "/metrics") => reply(
                 StatusCode::OK,
