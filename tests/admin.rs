@@ -324,3 +324,128 @@ async fn access_log_lines_carry_the_request() {
     // Secrets never reach the log.
     assert!(!log.contains("client-secret-xyz"));
 }
+
+async fn admin_call(
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = client()
+        .request(method, gw.admin_url(path))
+        .bearer_auth(TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+async fn served_by(c: &reqwest::Client, gw: &Gateway, sid: Option<&str>) -> Result<String, u16> {
+    let mut req = post(c, &gw.url("/mcp"), LIST);
+    if let Some(sid) = sid {
+        req = req.header("mcp-session-id", sid);
+    }
+    let resp = req.send().await.unwrap();
+    if resp.status() != 200 {
+        return Err(resp.status().as_u16());
+    }
+    let v: Value = resp.json().await.unwrap();
+    Ok(v["result"]["server"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn servers_are_added_drained_and_removed_at_runtime() {
+    use reqwest::Method;
+    use serde_json::json;
+    let a = Upstream::start("a");
+    let b = Upstream::start("b");
+    let gw = Gateway::start(&config(&a, &format!("  token: {TOKEN}\n"), "")).await;
+    let c = client();
+    let path = "/api/v1/upstreams/default/servers";
+
+    // Add b: new requests spread over both.
+    let (status, v) = admin_call(
+        &gw,
+        Method::POST,
+        path,
+        Some(json!({"id": "s2", "url": b.url()})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["id"], "s2");
+    assert_eq!(v["up"], true);
+    assert_eq!(v["weight"], 100);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        seen.insert(served_by(&c, &gw, None).await.unwrap());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // Refused changes say why.
+    for (body, want) in [
+        (json!({"id": "s2", "url": "http://127.0.0.1:1/mcp"}), 409),
+        (json!({"id": "s3", "url": b.url()}), 409),
+        (json!({"id": "s3", "url": "ftp://x/mcp"}), 400),
+        (
+            json!({"id": "s3", "url": "http://no-such-host.invalid/mcp"}),
+            422,
+        ),
+        (json!({"id": "s3", "url": b.url(), "weight": 0}), 400),
+        (json!({"id": "s3", "url": b.url(), "colour": "red"}), 400),
+    ] {
+        let (status, v) = admin_call(&gw, Method::POST, path, Some(body.clone())).await;
+        assert_eq!(status, want, "{body} -> {v}");
+        assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    let (status, _) = admin_call(
+        &gw,
+        Method::POST,
+        "/api/v1/upstreams/nope/servers",
+        Some(json!({"id": "x", "url": b.url()})),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // A session on b, then b drains: no new requests, but its session goes on.
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let sid = loop {
+        let resp = post(&c, &gw.url("/mcp"), init).send().await.unwrap();
+        let sid = resp.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        if received(resp).await["server"] == "b" {
+            break sid;
+        }
+    };
+    let (status, v) = admin_call(&gw, Method::POST, &format!("{path}/s2/drain"), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["draining"], true);
+    for _ in 0..6 {
+        assert_eq!(served_by(&c, &gw, None).await.unwrap(), "a");
+    }
+    assert_eq!(served_by(&c, &gw, Some(&sid)).await.unwrap(), "b");
+    let ups = api(&gw, "/api/v1/upstreams").await;
+    assert_eq!(ups["groups"][0]["servers"][1]["draining"], true);
+
+    // Removed: its sessions get 404; the last server cannot be removed.
+    let (status, v) = admin_call(&gw, Method::DELETE, &format!("{path}/s2"), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["removed"], "s2");
+    assert_eq!(served_by(&c, &gw, Some(&sid)).await, Err(404));
+    assert_eq!(served_by(&c, &gw, None).await.unwrap(), "a");
+    let (status, v) = admin_call(&gw, Method::DELETE, &format!("{path}/s1"), None).await;
+    assert_eq!(status, 409, "{v}");
+    let (status, _) = admin_call(&gw, Method::DELETE, &format!("{path}/s9"), None).await;
+    assert_eq!(status, 404);
+    // Without the token nothing changes.
+    let resp = client()
+        .delete(gw.admin_url(&format!("{path}/s1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(gw.log().contains("admin: added server default/s2"));
+}

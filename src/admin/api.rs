@@ -1,13 +1,145 @@
 //! `/api/v1` routes of the admin service (read-only so far).
 
 use super::Admin;
+use crate::config::load::MAX_WEIGHT;
 use crate::telemetry::metrics::METRICS;
 use crate::upstream::{Group, Server};
 use http::StatusCode;
+use pingora::protocols::http::ServerSession;
 use prometheus::core::{Collector, Metric};
 use serde_json::{json, Value};
 
 type ApiResult = Result<Value, (StatusCode, String)>;
+
+/// Largest request body the API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Routes that change the running gateway: servers added, removed, drained.
+/// `Ok(None)` when the path is not one of them.
+pub async fn mutate(
+    admin: &Admin,
+    session: &mut ServerSession,
+    method: &str,
+    path: &str,
+) -> Result<Option<(StatusCode, Value)>, (StatusCode, String)> {
+    let rest = path.trim_start_matches("/api/v1").trim_end_matches('/');
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let group = |name: &str| {
+        admin
+            .state
+            .groups
+            .get(name)
+            .cloned()
+            .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no upstream group {name:?}")))
+    };
+    let conflict = |e: String| (StatusCode::CONFLICT, e);
+    match (method, parts.as_slice()) {
+        ("POST", ["upstreams", name, "servers"]) => {
+            let g = group(name)?;
+            let body = read_body(session).await?;
+            let entry: NewServer = serde_json::from_slice(&body).map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "expected {{\"id\": ..., \"url\": ..., \"weight\": 1..{MAX_WEIGHT}}}: {e}"
+                    ),
+                )
+            })?;
+            if entry.id.is_empty() || entry.id.len() > 255 {
+                return Err((StatusCode::BAD_REQUEST, "id must be 1 to 255 bytes".into()));
+            }
+            if !(1..=MAX_WEIGHT).contains(&entry.weight) {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("weight must be between 1 and {MAX_WEIGHT}"),
+                ));
+            }
+            let server = g
+                .new_server(&entry.id, &entry.url, entry.weight)
+                .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+            let address = server
+                .target
+                .resolve()
+                .await
+                .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
+            server
+                .set_address(address)
+                .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
+            let server = std::sync::Arc::new(server);
+            // One change at a time: the check above and the swap below stay consistent.
+            let _guard = admin.changes.lock().await;
+            g.add(server.clone()).map_err(conflict)?;
+            log::info!(
+                "admin: added server {}/{} ({})",
+                g.name,
+                server.id,
+                server.url
+            );
+            Ok(Some((StatusCode::CREATED, server_json(&g.name, &server))))
+        }
+        ("DELETE", ["upstreams", name, "servers", id]) => {
+            let g = group(name)?;
+            let _guard = admin.changes.lock().await;
+            let removed = g.remove(id).map_err(|e| {
+                if e.contains("no server") {
+                    (StatusCode::NOT_FOUND, e)
+                } else {
+                    conflict(e)
+                }
+            })?;
+            log::info!("admin: removed server {}/{}", g.name, removed.id);
+            Ok(Some((
+                StatusCode::OK,
+                json!({ "removed": removed.id, "in_flight": removed.in_flight() }),
+            )))
+        }
+        ("POST", ["upstreams", name, "servers", id, action @ ("drain" | "undrain")]) => {
+            let g = group(name)?;
+            let s = g.server_by_id(id).ok_or_else(|| {
+                (
+                    StatusCode::NOT_FOUND,
+                    format!("group {name:?} has no server {id:?}"),
+                )
+            })?;
+            s.set_draining(*action == "drain");
+            log::info!("admin: {action} server {}/{}", g.name, s.id);
+            Ok(Some((StatusCode::OK, server_json(&g.name, &s))))
+        }
+        _ => Ok(None),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewServer {
+    id: String,
+    url: String,
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, (StatusCode, String)> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err((
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the body exceeds {MAX_BODY} bytes"),
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err((StatusCode::BAD_REQUEST, format!("reading the body: {e}"))),
+        }
+    }
+}
 
 pub fn route(admin: &Admin, method: &str, path: &str) -> ApiResult {
     let rest = path.trim_start_matches("/api/v1").trim_end_matches('/');
@@ -90,9 +222,9 @@ fn group_json(admin: &Admin, g: &Group) -> Value {
     json!({
         "name": g.name,
         "strategy": strategy,
-        "servers_up": g.servers.iter().filter(|s| s.is_up()).count(),
+        "servers_up": g.servers().iter().filter(|s| s.is_up()).count(),
         "tools": g.tools.names(),
-        "servers": g.servers.iter().map(|s| server_json(&g.name, s)).collect::<Vec<_>>(),
+        "servers": g.servers().iter().map(|s| server_json(&g.name, s)).collect::<Vec<_>>(),
     })
 }
 
@@ -129,6 +261,7 @@ fn server_json(group: &str, s: &Server) -> Value {
         "url": s.url,
         "address": s.address().map(|a| a.to_string()),
         "up": s.is_up(),
+        "draining": s.is_draining(),
         "breaker": s.breaker.state().as_str(),
         "in_flight": s.in_flight(),
         "weight": s.weight,

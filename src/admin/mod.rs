@@ -39,6 +39,8 @@ pub struct Admin {
     config_redacted: Value,
     /// Per group: its strategy, as configured.
     strategies: Vec<(String, String)>,
+    /// Serializes changes to upstream membership.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl Admin {
@@ -67,6 +69,7 @@ impl Admin {
             config_sha256,
             config_redacted: redacted,
             strategies,
+            changes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -140,6 +143,13 @@ impl ServeHttp for Admin {
                         );
                     }
                     return r;
+                }
+                match api::mutate(self, session, method.as_str(), p).await {
+                    Ok(Some((status, v))) => {
+                        return reply(status, "application/json", v.to_string().into_bytes())
+                    }
+                    Ok(None) => {}
+                    Err((status, message)) => return error(status, &message),
                 }
                 match api::route(self, method.as_str(), p) {
                     Ok(v) => reply(

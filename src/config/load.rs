@@ -199,6 +199,8 @@ fn validate(c: &Config, errs: &mut Errors) {
             let sp = gp.key("servers").index(i);
             if s.id.is_empty() {
                 errs.push(&sp.key("id"), "is required");
+            } else if s.id.len() > 255 {
+                errs.push(&sp.key("id"), "must be at most 255 bytes");
             } else if !ids.insert(s.id.as_str()) {
                 errs.push(
                     &sp.key("id"),

@@ -58,8 +58,8 @@ pub struct RequestCtx {
     pub error: Option<GatewayError>,
     /// Status sent to the client, when the gateway answered itself.
     pub local_status: Option<u16>,
-    /// Indexes (in the group) of the servers tried for this request, in order.
-    pub tried: Vec<usize>,
+    /// The `uid`s of the servers tried for this request, in order.
+    pub tried: Vec<u64>,
     /// The status the current server answered with.
     pub upstream_status: Option<u16>,
     /// The outcome of the current attempt already went to the server's breaker.

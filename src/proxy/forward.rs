@@ -44,14 +44,14 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip());
-            let (index, server) = group
+            let server = group
                 .select(ip, &ctx.tried)
                 .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?;
-            ctx.tried.push(index);
+            ctx.tried.push(server.uid);
             let peer = server
                 .peer(read_timeout)
                 .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?;
-            (server.clone(), peer)
+            (server, peer)
         }
     };
     ctx.outcome_recorded = false;

@@ -159,7 +159,7 @@ impl Metrics {
     /// The text exposition, with the state gauges read from `groups` first.
     pub fn render(&self, groups: &Groups) -> Vec<u8> {
         for group in groups.0.values() {
-            for s in &group.servers {
+            for s in &group.servers() {
                 let labels = [group.name.as_str(), s.id.as_str()];
                 self.upstream_up
                     .with_label_values(&labels)

@@ -41,10 +41,10 @@ pub struct GroupUpkeep {
 impl GroupUpkeep {
     /// True when there is anything to do after start.
     fn needed(&self) -> bool {
-        let has_names = self.group.servers.iter().any(|s| s.target.is_dns_name());
+        // Servers may be added at runtime: a group with a resolve interval keeps its task.
         self.check.is_some()
-            || (has_names && !self.resolve_interval.is_zero())
-            || self.group.servers.iter().any(|s| s.address().is_none())
+            || !self.resolve_interval.is_zero()
+            || self.group.servers().iter().any(|s| s.address().is_none())
     }
 
     fn tick(&self) -> Duration {
@@ -70,7 +70,8 @@ impl BackgroundService for Upkeep {
             let mut shutdown = shutdown.clone();
             let connector = connector.clone();
             async move {
-                let mut state = vec![Counters::default(); g.group.servers.len()];
+                // By server uid: membership may change between ticks.
+                let mut state = std::collections::HashMap::<u64, Counters>::new();
                 let mut last_resolve = Instant::now();
                 loop {
                     let resolve_due = !g.resolve_interval.is_zero()
@@ -80,14 +81,19 @@ impl BackgroundService for Upkeep {
                     }
                     resolve(&g.group, resolve_due).await;
                     if let Some(check) = &g.check {
+                        let servers = g.group.servers();
                         let results = futures::future::join_all(
-                            g.group.servers.iter().map(|s| probe(s, check, &connector)),
+                            servers.iter().map(|s| probe(s, check, &connector)),
                         )
                         .await;
-                        for ((server, counters), result) in
-                            g.group.servers.iter().zip(&mut state).zip(results)
-                        {
-                            counters.apply(&g.group.name, server, check, result);
+                        state.retain(|uid, _| servers.iter().any(|s| s.uid == *uid));
+                        for (server, result) in servers.iter().zip(results) {
+                            state.entry(server.uid).or_default().apply(
+                                &g.group.name,
+                                server,
+                                check,
+                                result,
+                            );
                         }
                     }
                     tokio::select! {
@@ -103,7 +109,7 @@ impl BackgroundService for Upkeep {
 
 /// Re-resolve the group's names: all of them when `due`, else only those never resolved.
 async fn resolve(group: &Group, due: bool) {
-    for server in &group.servers {
+    for server in group.servers() {
         let unresolved = server.address().is_none();
         if !(unresolved || (due && server.target.is_dns_name())) {
             continue;

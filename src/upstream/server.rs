@@ -1,0 +1,218 @@
+//! One upstream server (a replica): where it is, how to reach it, and its live state
+//! (health, drain, breaker, in-flight requests). Also the group's tool catalog.
+
+use super::breaker::Breaker;
+use super::target::{Address, Target};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::WrappedX509;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Process-unique server numbers: stable identities for failover bookkeeping while
+/// a group's membership changes.
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+/// How to build the `HttpPeer` of a server for a given address.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    /// Server name for SNI; `None`: the URL's host.
+    pub sni: Option<String>,
+    pub verify: bool,
+    pub ca: Option<Arc<[WrappedX509]>>,
+    pub connect_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// One replica of an upstream MCP server.
+#[derive(Debug)]
+pub struct Server {
+    /// Process-unique number (see `NEXT_UID`).
+    pub uid: u64,
+    pub id: String,
+    /// The URL as configured.
+    pub url: String,
+    pub target: Target,
+    pub weight: u32,
+    /// Requests (and open streams) currently proxied to this server.
+    in_flight: AtomicUsize,
+    settings: PeerSettings,
+    /// The peer for the current address; `None` while the name does not resolve.
+    peer: ArcSwapOption<HttpPeer>,
+    /// The last address the peer was built for.
+    address: ArcSwapOption<Address>,
+    /// Passed its active health checks (always true without them).
+    healthy: AtomicBool,
+    /// Draining: no new requests or sessions; requests of its sessions still come.
+    draining: AtomicBool,
+    pub breaker: Breaker,
+}
+
+impl Server {
+    /// A server of group `group` (not resolved yet: see [`Server::set_address`]).
+    /// With active health checks it starts down until its first check passes.
+    pub fn new(
+        group: &str,
+        id: &str,
+        url: &str,
+        weight: u32,
+        settings: PeerSettings,
+        checked: bool,
+        breaker: &crate::config::BreakerConfig,
+    ) -> Result<Server, String> {
+        let target = Target::from_url(url)?;
+        Ok(Server {
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            id: id.to_string(),
+            url: url.to_string(),
+            target,
+            weight,
+            in_flight: AtomicUsize::new(0),
+            settings,
+            peer: ArcSwapOption::empty(),
+            address: ArcSwapOption::empty(),
+            healthy: AtomicBool::new(!checked),
+            draining: AtomicBool::new(false),
+            breaker: Breaker::new(
+                format!("{group}/{id}"),
+                breaker.failure_threshold,
+                breaker.open_for.0,
+                breaker.half_open_requests,
+            ),
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Release);
+    }
+    /// A peer for one request (Pingora takes it by value) with the given read timeout;
+    /// `None` while the server's name does not resolve.
+    pub fn peer(&self, read_timeout: Duration) -> Option<Box<HttpPeer>> {
+        let current = self.peer.load();
+        let mut peer = Box::new(HttpPeer::clone(current.as_ref()?));
+        peer.options.read_timeout = Some(read_timeout);
+        Some(peer)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Resolved and healthy: may hold sessions and take requests.
+    pub fn is_up(&self) -> bool {
+        self.healthy.load(Ordering::Acquire) && self.peer.load().is_some()
+    }
+
+    pub fn set_healthy(&self, up: bool) {
+        self.healthy.store(up, Ordering::Release);
+    }
+
+    pub fn address(&self) -> Option<Arc<Address>> {
+        self.address.load_full()
+    }
+
+    /// Point the server at `address` (at start and when DNS changes). Returns whether it changed.
+    pub fn set_address(&self, address: Address) -> Result<bool, String> {
+        if self.address.load().as_deref() == Some(&address) {
+            return Ok(false);
+        }
+        let s = &self.settings;
+        let mut peer = match &address {
+            Address::Inet(a) => HttpPeer::new(
+                *a,
+                self.target.tls,
+                s.sni.clone().unwrap_or_else(|| self.target.host.clone()),
+            ),
+            Address::Unix(p) => HttpPeer::new_uds(&p.to_string_lossy(), false, String::new())
+                .map_err(|e| format!("server {}: {e}", self.id))?,
+        };
+        peer.options.connection_timeout = Some(s.connect_timeout);
+        peer.options.write_timeout = Some(s.write_timeout);
+        peer.options.idle_timeout = Some(s.idle_timeout);
+        peer.options.verify_cert = s.verify;
+        peer.options.verify_hostname = s.verify;
+        peer.options.ca = s.ca.clone();
+        self.peer.store(Some(Arc::new(peer)));
+        self.address.store(Some(Arc::new(address)));
+        Ok(true)
+    }
+
+    /// Could a new request go here now (up, not draining, its breaker not open)?
+    /// Takes nothing.
+    pub(super) fn candidate(&self, now: u64) -> bool {
+        self.is_up() && !self.is_draining() && self.breaker.allows(now)
+    }
+
+    /// A candidate whose breaker granted a request (a half-open probe permit, if so).
+    pub(super) fn claim(&self, now: u64) -> bool {
+        self.candidate(now) && self.breaker.acquire(now)
+    }
+}
+
+/// Tool names learned from a group's `tools/list` answers: the only tool names that
+/// become metric labels. Read lock-free; replaced whole when an answer adds names.
+#[derive(Debug, Default)]
+pub struct ToolCatalog(ArcSwap<std::collections::HashSet<String>>);
+
+impl ToolCatalog {
+    /// At most this many names per group (a server listing more is not a catalog).
+    pub const MAX: usize = 1024;
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.load().contains(name)
+    }
+
+    /// Add names (up to [`ToolCatalog::MAX`] in all); returns how many were new.
+    pub fn learn<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> usize {
+        let current = self.0.load();
+        let mut next = None::<std::collections::HashSet<String>>;
+        for name in names {
+            let set = next.as_ref().unwrap_or(&current);
+            if set.contains(name) || set.len() >= Self::MAX || name.len() > 128 {
+                continue;
+            }
+            next.get_or_insert_with(|| (**current).clone())
+                .insert(name.to_string());
+        }
+        match next {
+            Some(set) => {
+                let added = set.len() - current.len();
+                self.0.store(Arc::new(set));
+                added
+            }
+            None => 0,
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.0.load().iter().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// Counts a request against its server while alive (dropped with the request context).
+#[derive(Debug)]
+pub struct InFlight(Arc<Server>);
+
+impl InFlight {
+    pub fn new(server: Arc<Server>) -> Self {
+        server.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(server)
+    }
+    pub fn server(&self) -> &Arc<Server> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
