@@ -115,6 +115,7 @@ pub fn listen_addr(config: &Config) -> Result<SocketAddr, String> {
 pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(), String> {
     let state = build_state(&config)?;
     let addr = listen_addr(&config)?;
+    crate::telemetry::tracing::configure(&config.tracing);
     resolve_upstreams(&state.groups)?;
 
     let opt = Opt {

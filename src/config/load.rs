@@ -333,6 +333,26 @@ fn validate(c: &Config, errs: &mut Errors) {
             "must be greater than 0",
         );
     }
+    let tracing = root.key("tracing");
+    if let Some(endpoint) = c.tracing.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        match endpoint.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+            Ok(u) if u.scheme_str() == Some("https") => errs.push(
+                &tracing.key("otlp_endpoint"),
+                "https:// collectors are not supported yet: send to a local collector over http://",
+            ),
+            _ => errs.push(
+                &tracing.key("otlp_endpoint"),
+                format!("{endpoint:?} is not an http:// URL (e.g. http://127.0.0.1:4318)"),
+            ),
+        }
+    }
+    if !(0.0..=1.0).contains(&c.tracing.sample_ratio) {
+        errs.push(&tracing.key("sample_ratio"), "must be between 0.0 and 1.0");
+    }
+    if c.tracing.service_name.is_empty() {
+        errs.push(&tracing.key("service_name"), "must not be empty");
+    }
     let admin = root.key("admin");
     if c.admin.enabled {
         match c.admin.host.parse::<std::net::IpAddr>() {

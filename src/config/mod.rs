@@ -34,6 +34,19 @@ config_struct! {
         sessions: SessionsConfig = SessionsConfig::default(),
         logging: LoggingConfig = LoggingConfig::default(),
         admin: AdminConfig = AdminConfig::default(),
+        tracing: TracingConfig = TracingConfig::default(),
+    }
+}
+
+config_struct! {
+    /// OpenTelemetry tracing (docs/observability.md#tracing).
+    pub struct TracingConfig {
+        /// OTLP/HTTP collector, e.g. `http://127.0.0.1:4318` (`/v1/traces` is appended to
+        /// a bare host:port). Unset: no spans.
+        otlp_endpoint: Option<String> = None,
+        service_name: String = "mcp-gateway".to_string(),
+        /// Share of new traces sampled (0.0 to 1.0); a sampled parent is always followed.
+        sample_ratio: f64 = 1.0,
     }
 }
 

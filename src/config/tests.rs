@@ -333,3 +333,23 @@ fn admin_off_loopback_needs_a_token() {
     assert!(errs[0].starts_with("admin.port: must differ"), "{errs:?}");
     load(&with("  enabled: false\n  host: 0.0.0.0\n")).unwrap();
 }
+
+#[test]
+fn tracing_settings_are_checked() {
+    let with = |t: &str| format!("{MINIMAL}tracing:\n{t}");
+    load(&with(
+        "  otlp_endpoint: http://127.0.0.1:4318\n  sample_ratio: 0.25\n",
+    ))
+    .unwrap();
+    let errs = errors(&with("  otlp_endpoint: https://c:4318\n"));
+    assert!(
+        errs[0].contains("https:// collectors are not supported"),
+        "{errs:?}"
+    );
+    let errs = errors(&with(
+        "  otlp_endpoint: c:4318\n  sample_ratio: 2\n  service_name: \"\"\n",
+    ));
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    // An unset ${VAR:-} endpoint means no tracing.
+    load(&with("  otlp_endpoint: \"\"\n")).unwrap();
+}

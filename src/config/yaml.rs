@@ -102,6 +102,7 @@ impl Leaf for u16 {}
 impl Leaf for u32 {}
 impl Leaf for u64 {}
 impl Leaf for usize {}
+impl Leaf for f64 {}
 
 impl<T: FromYaml> FromYaml for Option<T> {
     fn from_yaml(v: &Value, path: &Path, errs: &mut Errors) -> Option<Self> {

@@ -3,6 +3,7 @@
 use crate::error::GatewayError;
 use crate::mcp::envelope::{Envelope, Era};
 use crate::telemetry::metrics::METRICS;
+use crate::telemetry::tracing::RequestSpan;
 use crate::upstream::{Group, InFlight, Server};
 use bytes::{Bytes, BytesMut};
 use prometheus::IntGauge;
@@ -42,6 +43,8 @@ pub struct RequestCtx {
     _active: ActiveRequest,
     /// Counts an SSE answer in `mcp_gateway_sse_streams_active` while it is relayed.
     pub sse: Option<IntGauge>,
+    /// This request's trace span, when tracing is on.
+    pub span: Option<RequestSpan>,
     pub request_id: String,
     /// The upstream group of the matched route.
     pub group: Option<Arc<Group>>,
@@ -83,6 +86,7 @@ impl RequestCtx {
             tools_list: None,
             _active: ActiveRequest::new(),
             sse: None,
+            span: None,
             request_id: String::new(),
             group: None,
             mcp: McpInfo::default(),

@@ -129,6 +129,15 @@ pub fn upstream_request(
         (None, _) => {}
     }
 
+    if let Some(span) = &ctx.span {
+        // Continue the trace through the gateway's own span.
+        req.remove_header("traceparent");
+        req.remove_header("tracestate");
+        for (name, value) in span.upstream_headers() {
+            req.insert_header(name, value)?;
+        }
+    }
+
     if let Some(body) = &ctx.body {
         req.remove_header(&http::header::TRANSFER_ENCODING);
         req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;

@@ -219,6 +219,9 @@ impl ProxyHttp for Gateway {
         }
         outcome::record_end(ctx, e);
         record::request_end(session, ctx);
+        if ctx.span.is_some() {
+            record::span_end(session, ctx, e);
+        }
         if self.state.access_log {
             crate::telemetry::access_log(session, e, ctx);
         }

@@ -8,6 +8,8 @@ use super::{large_body, respond, Gateway};
 use crate::error::GatewayError;
 use crate::mcp::envelope::{self, Body, Era, InspectError};
 use crate::mcp::headers::{self, MCP_SESSION_ID};
+use crate::telemetry::record;
+use crate::telemetry::tracing::RequestSpan;
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::prelude::*;
@@ -26,7 +28,15 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         respond::json(session, ctx, status, body).await?;
         return Ok(true);
     }
-    match check(gw, session, ctx).await {
+    if crate::telemetry::tracing::enabled() {
+        let req = session.req_header();
+        ctx.span = RequestSpan::start(format!("{} {}", req.method, path), &req.headers);
+    }
+    let checked = check(gw, session, ctx).await;
+    if ctx.span.is_some() {
+        record::span_request(session, ctx);
+    }
+    match checked {
         Ok(Next::Proxy) => Ok(false),
         Ok(Next::Answered) => Ok(true),
         Err(e) => {

@@ -3,5 +3,6 @@
 mod logs;
 pub mod metrics;
 pub mod record;
+pub mod tracing;
 
 pub use logs::{access_log, init_logger};

@@ -66,6 +66,92 @@ pub fn request_end(session: &Session, ctx: &RequestCtx) {
     }
 }
 
+/// Name the request's span after its MCP method and target, and set the MCP attributes.
+pub fn span_request(session: &Session, ctx: &mut RequestCtx) {
+    use opentelemetry::KeyValue;
+    let route = ctx.route.clone();
+    let method = ctx.mcp.method().map(str::to_string);
+    let name = ctx.mcp.name().map(str::to_string);
+    let era = ctx.era().map(|e| e.as_str());
+    let id = ctx
+        .mcp
+        .envelope
+        .as_ref()
+        .and_then(|e| e.id.as_ref())
+        .map(|id| id.get().to_string());
+    let session_id = session
+        .req_header()
+        .headers
+        .get(crate::mcp::headers::MCP_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(super::tracing::session_handle);
+    let req = session.req_header();
+    let Some(span) = ctx.span.as_mut() else {
+        return;
+    };
+    span.set(KeyValue::new("http.request.method", req.method.to_string()));
+    span.set(KeyValue::new("url.path", req.uri.path().to_string()));
+    span.set(KeyValue::new(
+        "mcp.gateway.request_id",
+        ctx.request_id.clone(),
+    ));
+    if let Some(r) = route {
+        span.set(KeyValue::new("http.route", r.to_string()));
+    }
+    if let Some(m) = &method {
+        span.set(KeyValue::new("mcp.method.name", m.clone()));
+        span.set_name(match &name {
+            Some(n) => format!("{m} {n}"),
+            None => m.clone(),
+        });
+    }
+    if let Some(n) = name {
+        let key = if method.as_deref() == Some("resources/read") {
+            "mcp.resource.uri"
+        } else {
+            "gen_ai.tool.name"
+        };
+        span.set(KeyValue::new(key, n));
+    }
+    if let Some(e) = era {
+        span.set(KeyValue::new("mcp.protocol.era", e));
+    }
+    if let Some(id) = id {
+        span.set(KeyValue::new("jsonrpc.request.id", id));
+    }
+    if let Some(s) = session_id {
+        span.set(KeyValue::new("mcp.session.id", s));
+    }
+}
+
+/// Finish the request's span with the outcome.
+pub fn span_end(session: &Session, ctx: &mut RequestCtx, e: Option<&pingora::Error>) {
+    use opentelemetry::KeyValue;
+    let status = client_status(session, ctx);
+    let group = ctx.group.as_ref().map(|g| g.name.clone());
+    let server = ctx.server().map(|s| s.id.clone());
+    let error = ctx
+        .error
+        .as_ref()
+        .map(|e| e.kind().to_string())
+        .or_else(|| e.map(|e| e.etype().as_str().to_string()))
+        .or_else(|| (status >= 500).then(|| status.to_string()));
+    let Some(mut span) = ctx.span.take() else {
+        return;
+    };
+    span.set(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    if let Some(g) = group {
+        span.set(KeyValue::new("mcp.gateway.group", g));
+    }
+    if let Some(s) = server {
+        span.set(KeyValue::new("mcp.gateway.server", s));
+    }
+    span.end(error.as_deref());
+}
+
 /// Count one upstream attempt: `2xx`..`5xx` for an answer, `connect_error`, `error`.
 pub fn upstream_attempt(ctx: &RequestCtx, outcome: &str) {
     if let (Some(g), Some(s)) = (ctx.group.as_ref(), ctx.server()) {
