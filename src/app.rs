@@ -138,13 +138,17 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let proxy_app = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(
             state.clone(),
             pool_per_thread(&config) * config.server.threads.max(1),
         ),
-        "mcp-gateway proxy",
+    );
+    // Connections are tracked (and can be closed) through the admin API.
+    let mut proxy = pingora::services::listening::Service::new(
+        "mcp-gateway proxy".to_string(),
+        crate::proxy::connections::Tracked::new(proxy_app),
     );
     proxy.add_tcp(&addr.to_string());
     proxy.threads = Some(config.server.threads);

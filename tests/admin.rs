@@ -249,7 +249,8 @@ async fn metrics_follow_traffic() {
         1.0,
     );
     // The scrape itself is not a proxy request; the open stream is.
-    expect("mcp_gateway_connections_active", 1.0);
+    expect("mcp_gateway_requests_active", 1.0);
+    assert!(sample(&text, "mcp_gateway_connections_active").is_some_and(|n| n >= 1.0));
     assert!(sample(
         &text,
         r#"mcp_gateway_upstream_health_checks_total{group="default",result="pass",server="s1"}"#
@@ -269,7 +270,13 @@ async fn metrics_follow_traffic() {
         sample(&text, r#"mcp_gateway_sse_streams_active{group="default"}"#),
         Some(0.0)
     );
-    assert_eq!(sample(&text, "mcp_gateway_connections_active"), Some(0.0));
+    assert_eq!(sample(&text, "mcp_gateway_requests_active"), Some(0.0));
+    // Its connection closed with it (the client dropped the response mid-stream).
+    let open_conns = sample(&text, "mcp_gateway_connections_active").unwrap();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, text, _) = get(&gw.admin_url("/metrics"), None).await;
+    assert!(sample(&text, "mcp_gateway_connections_active").unwrap() < open_conns.max(1.0));
 }
 
 #[tokio::test]
@@ -448,4 +455,84 @@ async fn servers_are_added_drained_and_removed_at_runtime() {
         .unwrap();
     assert_eq!(resp.status(), 401);
     assert!(gw.log().contains("admin: added server default/s2"));
+}
+
+#[tokio::test]
+async fn connections_are_listed_and_closed() {
+    use reqwest::Method;
+    let up = Upstream::start("a");
+    let gw = Gateway::start(&config(&up, &format!("  token: {TOKEN}\n"), "")).await;
+    // One connection with a finished request...
+    let done = client();
+    received(post(&done, &gw.url("/mcp"), LIST).send().await.unwrap()).await;
+    // ...and another holding a long SSE answer open.
+    let streaming = client();
+    let stream = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"stream","arguments":{"delay":20}}}"#;
+    let mut open = post(&streaming, &gw.url("/mcp"), stream)
+        .send()
+        .await
+        .unwrap();
+    open.chunk().await.unwrap();
+
+    let v = api(&gw, "/api/v1/connections").await;
+    let conns = v["connections"].as_array().unwrap();
+    let finished = conns
+        .iter()
+        .find(|c| c["requests"] == 1 && c["active_requests"] == 0)
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(finished["route"], "/mcp");
+    assert_eq!(finished["last_method"], "tools/list");
+    assert!(finished["bytes_in"].as_u64().unwrap() > 0);
+    assert!(finished["bytes_out"].as_u64().unwrap() > 0);
+    assert!(finished["client"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(finished["identity"].is_null());
+    let busy = conns
+        .iter()
+        .find(|c| c["active_requests"] == 1)
+        .unwrap_or_else(|| panic!("{v}"));
+
+    // Closing it ends the stream at the client and cancels the upstream request.
+    let id = busy["id"].as_u64().unwrap();
+    let (status, v) = admin_call(
+        &gw,
+        Method::DELETE,
+        &format!("/api/v1/connections/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["closed"], id);
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = open.chunk().await {
+            body.extend_from_slice(&chunk);
+        }
+        body
+    })
+    .await
+    .expect("the stream ended");
+    assert!(!String::from_utf8_lossy(&rest).contains("\"result\""));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while up.state().await["cancelled"] != 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(up.state().await["cancelled"], 1);
+    let v = api(&gw, "/api/v1/connections").await;
+    assert!(
+        v["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["id"] != id),
+        "{v}"
+    );
+    assert!(gw.log().contains(&format!("connection {id} from")));
+
+    let (status, _) = admin_call(&gw, Method::DELETE, "/api/v1/connections/999999", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = admin_call(&gw, Method::DELETE, "/api/v1/connections/x", None).await;
+    assert_eq!(status, 404);
 }

@@ -2,6 +2,7 @@
 
 use super::Admin;
 use crate::config::load::MAX_WEIGHT;
+use crate::proxy::connections::CONNECTIONS;
 use crate::telemetry::metrics::METRICS;
 use crate::upstream::{Group, Server};
 use http::StatusCode;
@@ -93,6 +94,18 @@ pub async fn mutate(
                 json!({ "removed": removed.id, "in_flight": removed.in_flight() }),
             )))
         }
+        ("DELETE", ["connections", id]) => {
+            let conn = id
+                .parse::<u64>()
+                .ok()
+                .and_then(|id| CONNECTIONS.get(&id).map(|e| e.value().clone()))
+                .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no open connection {id:?}")))?;
+            conn.close();
+            Ok(Some((
+                StatusCode::OK,
+                json!({ "closed": conn.id, "client": conn.client }),
+            )))
+        }
         ("POST", ["upstreams", name, "servers", id, action @ ("drain" | "undrain")]) => {
             let g = group(name)?;
             let s = g.server_by_id(id).ok_or_else(|| {
@@ -158,6 +171,7 @@ pub fn route(admin: &Admin, method: &str, path: &str) -> ApiResult {
         ["status"] => get(&|| Ok(status(admin))),
         ["config"] => get(&|| Ok(admin.config_redacted.clone())),
         ["summary"] => get(&|| Ok(summary(admin))),
+        ["connections"] => get(&|| Ok(json!({ "connections": connections() }))),
         ["upstreams"] => get(&|| {
             let mut groups: Vec<&std::sync::Arc<Group>> = admin.state.groups.0.values().collect();
             groups.sort_by(|a, b| a.name.cmp(&b.name));
@@ -195,6 +209,36 @@ fn gauge_total(g: &prometheus::IntGaugeVec) -> i64 {
         .sum()
 }
 
+/// Open client connections, oldest first.
+fn connections() -> Vec<Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    CONNECTIONS
+        .iter()
+        .map(|e| {
+            let c = e.value();
+            json!({
+                "id": c.id,
+                "client": c.client,
+                "started": c
+                    .started
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+                "age_seconds": c.age_seconds(),
+                "requests": c.requests.load(Relaxed),
+                "active_requests": c.active.load(Relaxed),
+                "bytes_in": c.bytes_in.load(Relaxed),
+                "bytes_out": c.bytes_out.load(Relaxed),
+                "route": c.route.load().as_deref(),
+                "last_method": c.last_method.load().as_deref(),
+                "session": c.session.load().as_deref(),
+                // Filled in once clients authenticate; until then every client is anonymous.
+                "identity": null,
+            })
+        })
+        .collect()
+}
+
 fn status(admin: &Admin) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -205,6 +249,7 @@ fn status(admin: &Admin) -> Value {
             "requests": total(&METRICS.requests),
             "errors": total(&METRICS.errors),
             "connections_active": METRICS.connections_active.get(),
+            "requests_active": METRICS.requests_active.get(),
             "sse_streams_active": gauge_total(&METRICS.sse_streams_active),
             "sessions": total(&METRICS.sessions),
             "upstream_requests": total(&METRICS.upstream_requests),

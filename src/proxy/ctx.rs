@@ -1,5 +1,6 @@
 //! Per-request state carried through the Pingora phases.
 
+use super::connections::Conn;
 use crate::error::GatewayError;
 use crate::mcp::envelope::{Envelope, Era};
 use crate::telemetry::metrics::METRICS;
@@ -7,6 +8,7 @@ use crate::telemetry::tracing::RequestSpan;
 use crate::upstream::{Group, InFlight, Server};
 use bytes::{Bytes, BytesMut};
 use prometheus::IntGauge;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,8 +41,9 @@ pub struct RequestCtx {
     pub upstream_started: Option<Instant>,
     /// A `tools/list` answer being collected for the group's tool catalog.
     pub tools_list: Option<BytesMut>,
-    /// Counts this request in `mcp_gateway_connections_active` while it lives.
-    _active: ActiveRequest,
+    /// Counts this request in `mcp_gateway_requests_active` (and its connection's
+    /// active requests) while it lives.
+    active: ActiveRequest,
     /// Counts an SSE answer in `mcp_gateway_sse_streams_active` while it is relayed.
     pub sse: Option<IntGauge>,
     /// This request's trace span, when tracing is on.
@@ -84,7 +87,7 @@ impl RequestCtx {
             route: None,
             upstream_started: None,
             tools_list: None,
-            _active: ActiveRequest::new(),
+            active: ActiveRequest::new(),
             sse: None,
             span: None,
             request_id: String::new(),
@@ -101,6 +104,11 @@ impl RequestCtx {
             outcome_recorded: false,
             timeouts: Timeouts::default(),
         }
+    }
+
+    /// The client connection this request arrived on.
+    pub fn conn(&self) -> Option<&Arc<Conn>> {
+        self.active.0.as_ref()
     }
 
     pub fn server(&self) -> Option<&Arc<Server>> {
@@ -120,19 +128,26 @@ impl Drop for RequestCtx {
     }
 }
 
-/// Increments `mcp_gateway_connections_active` for its lifetime.
-struct ActiveRequest;
+/// Counts a request as active (process-wide and on its connection) for its lifetime.
+struct ActiveRequest(Option<Arc<Conn>>);
 
 impl ActiveRequest {
     fn new() -> Self {
-        METRICS.connections_active.inc();
-        ActiveRequest
+        METRICS.requests_active.inc();
+        let conn = super::connections::current();
+        if let Some(c) = &conn {
+            c.active.fetch_add(1, Ordering::Relaxed);
+        }
+        ActiveRequest(conn)
     }
 }
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        METRICS.connections_active.dec();
+        METRICS.requests_active.dec();
+        if let Some(c) = &self.0 {
+            c.active.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

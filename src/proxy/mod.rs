@@ -12,6 +12,7 @@
 //! 5. `fail_to_proxy`: upstream failures become JSON-RPC errors (502/503/504).
 //! 6. `logging`: the access log line.
 
+pub mod connections;
 pub mod ctx;
 pub mod forward;
 pub mod health;

@@ -32,8 +32,10 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// `tools/call` requests by group and tool (catalog names or `other`) and status.
     pub tool_calls: IntCounterVec,
-    /// Client requests in progress (each holds its client connection).
+    /// Open client connections to the proxy port.
     pub connections_active: IntGauge,
+    /// Client requests in progress, SSE streams included.
+    pub requests_active: IntGauge,
     /// SSE answers being relayed, by group.
     pub sse_streams_active: IntGaugeVec,
     /// Sessions sealed (upstream `initialize` answers with an `Mcp-Session-Id`), by group.
@@ -73,10 +75,17 @@ impl Metrics {
         let r = Registry::new();
         let connections_active = IntGauge::new(
             "mcp_gateway_connections_active",
-            "Client requests in progress, SSE streams included (each holds its client connection)",
+            "Open client connections to the proxy port",
         )
         .expect("valid metric");
         r.register(Box::new(connections_active.clone()))
+            .expect("unique metric");
+        let requests_active = IntGauge::new(
+            "mcp_gateway_requests_active",
+            "Client requests in progress, SSE streams included",
+        )
+        .expect("valid metric");
+        r.register(Box::new(requests_active.clone()))
             .expect("unique metric");
         Metrics {
             requests: counter(
@@ -104,6 +113,7 @@ impl Metrics {
                 &["group", "tool", "status"],
             ),
             connections_active,
+            requests_active,
             sse_streams_active: gauge(
                 &r,
                 "mcp_gateway_sse_streams_active",

@@ -15,10 +15,42 @@ pub fn client_status(session: &Session, ctx: &RequestCtx) -> u16 {
         .unwrap_or(0)
 }
 
-/// Count the finished request (requests, duration, gateway errors, tool calls, and the
-/// last upstream attempt's duration).
+/// Count the finished request (requests, duration, gateway errors, tool calls, the
+/// last upstream attempt's duration, and its connection's totals).
 pub fn request_end(session: &Session, ctx: &RequestCtx) {
     let req = session.req_header();
+    if let Some(conn) = ctx.conn() {
+        use std::sync::atomic::Ordering::Relaxed;
+        conn.requests.fetch_add(1, Relaxed);
+        let s = &session.downstream_session;
+        conn.bytes_in.fetch_add(s.body_bytes_read() as u64, Relaxed);
+        conn.bytes_out
+            .fetch_add(s.body_bytes_sent() as u64, Relaxed);
+        if let Some(r) = &ctx.route {
+            if conn.route.load().as_deref().map(String::as_str) != Some(r) {
+                conn.route.store(Some(std::sync::Arc::new(r.to_string())));
+            }
+        }
+        if let Some(m) = ctx.mcp.method() {
+            if conn.last_method.load().as_deref().map(String::as_str) != Some(m) {
+                conn.last_method
+                    .store(Some(std::sync::Arc::new(m.to_string())));
+            }
+        }
+        if let Some(sid) = req
+            .headers
+            .get(crate::mcp::headers::MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            // Hash (SHA-256) only when the session changed on this connection.
+            if conn.session_changed(sid) {
+                conn.session
+                    .store(Some(std::sync::Arc::new(super::tracing::session_handle(
+                        sid,
+                    ))));
+            }
+        }
+    }
     let status = client_status(session, ctx);
     let route = ctx.route.as_deref().unwrap_or("unmatched");
     let group = ctx.group.as_ref().map_or("-", |g| g.name.as_str());
