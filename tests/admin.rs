@@ -12,9 +12,8 @@ const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
 
 fn config(up: &Upstream, admin: &str, group_extra: &str) -> String {
     format!(
-        "server:\n  host: 127.0.0.1\n  port: {{port}}\n  threads: 2\nupstream:\n  groups:\n    default:\n{group_extra}      servers:\n        - {{id: s1, url: \"{}\"}}\nsessions:\n  keys: [\"mT3pTX/BvnBf4XUhVbBU5WhH2gUz8ZOHw52f4K0N0Ys=\"]\nlogging:\n  level: info\n  format: json\nadmin:\n  port: {}\n{admin}",
+        "server:\n  host: 127.0.0.1\n  port: {{port}}\n  threads: 2\nupstream:\n  groups:\n    default:\n{group_extra}      servers:\n        - {{id: s1, url: \"{}\"}}\nsessions:\n  keys: [\"mT3pTX/BvnBf4XUhVbBU5WhH2gUz8ZOHw52f4K0N0Ys=\"]\nlogging:\n  level: info\n  format: json\nadmin:\n  port: {{admin_port}}\n{admin}",
         up.url(),
-        free_port()
     )
 }
 

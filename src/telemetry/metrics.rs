@@ -13,9 +13,10 @@ use crate::upstream::breaker::State;
 use crate::upstream::Groups;
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::HashMap;
 
 /// Request duration buckets, seconds: from sub-millisecond proxying to long tool calls.
 const DURATION_BUCKETS: &[f64] = &[
@@ -51,19 +52,19 @@ pub struct Metrics {
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+fn new_counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(m.clone())).expect("unique metric");
     m
 }
 
-fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+fn new_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(m.clone())).expect("unique metric");
     m
 }
 
-fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+fn new_histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
     let m = HistogramVec::new(opts, labels).expect("valid metric");
     r.register(Box::new(m.clone())).expect("unique metric");
@@ -88,25 +89,25 @@ impl Metrics {
         r.register(Box::new(requests_active.clone()))
             .expect("unique metric");
         Metrics {
-            requests: counter(
+            requests: new_counter(
                 &r,
                 "mcp_gateway_requests_total",
                 "Client requests by route, group, MCP method and HTTP status",
                 &["route", "group", "method", "status"],
             ),
-            request_duration: histogram(
+            request_duration: new_histogram(
                 &r,
                 "mcp_gateway_request_duration_seconds",
                 "Time from a client request's arrival to the end of its response (streams included)",
                 &["route", "group", "method"],
             ),
-            errors: counter(
+            errors: new_counter(
                 &r,
                 "mcp_gateway_errors_total",
                 "Errors the gateway answered itself, by route, kind and JSON-RPC error code",
                 &["route", "kind", "code"],
             ),
-            tool_calls: counter(
+            tool_calls: new_counter(
                 &r,
                 "mcp_gateway_tool_calls_total",
                 "tools/call requests by group, tool (names from the servers' tools/list; others are \"other\") and HTTP status",
@@ -114,49 +115,49 @@ impl Metrics {
             ),
             connections_active,
             requests_active,
-            sse_streams_active: gauge(
+            sse_streams_active: new_gauge(
                 &r,
                 "mcp_gateway_sse_streams_active",
                 "SSE answers being relayed to clients",
                 &["group"],
             ),
-            sessions: counter(
+            sessions: new_counter(
                 &r,
                 "mcp_gateway_sessions_total",
                 "MCP sessions started (sealed Mcp-Session-Id issued)",
                 &["group"],
             ),
-            upstream_requests: counter(
+            upstream_requests: new_counter(
                 &r,
                 "mcp_gateway_upstream_requests_total",
                 "Attempts sent to upstream servers by outcome: HTTP status class, connect_error or error",
                 &["group", "server", "outcome"],
             ),
-            upstream_duration: histogram(
+            upstream_duration: new_histogram(
                 &r,
                 "mcp_gateway_upstream_request_duration_seconds",
                 "Time from choosing a server to the end of its answer",
                 &["group", "server"],
             ),
-            health_checks: counter(
+            health_checks: new_counter(
                 &r,
                 "mcp_gateway_upstream_health_checks_total",
                 "Active health checks by result (pass or fail)",
                 &["group", "server", "result"],
             ),
-            upstream_up: gauge(
+            upstream_up: new_gauge(
                 &r,
                 "mcp_gateway_upstream_up",
                 "1 while a server is resolved and passes its health checks",
                 &["group", "server"],
             ),
-            breaker_state: gauge(
+            breaker_state: new_gauge(
                 &r,
                 "mcp_gateway_circuit_breaker_state",
                 "Circuit breaker state per server: 0 closed, 1 open, 2 half_open",
                 &["group", "server"],
             ),
-            upstream_in_flight: gauge(
+            upstream_in_flight: new_gauge(
                 &r,
                 "mcp_gateway_upstream_in_flight",
                 "Requests and open streams in progress per server",
@@ -187,6 +188,68 @@ impl Metrics {
             log::error!("encoding metrics: {e}");
         }
         out
+    }
+}
+
+/// Cached children by key: the label values (to tell colliding keys apart) and the child.
+type ChildCache = HashMap<u64, Vec<(Box<[Box<str>]>, Child)>>;
+
+thread_local! {
+    static CHILDREN: std::cell::RefCell<ChildCache> = std::cell::RefCell::new(HashMap::new());
+}
+
+#[derive(Clone)]
+enum Child {
+    Counter(IntCounter),
+    Histogram(Histogram),
+}
+
+/// FNV-1a over the family's address and the label values: the cache key.
+fn key(family: usize, labels: &[&str]) -> u64 {
+    let mut h = 0xcbf29ce484222325u64 ^ family as u64;
+    for l in labels {
+        for b in l.bytes().chain(std::iter::once(0xff)) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+/// The labelled child of a family, from a per-thread cache: the prometheus crate keeps
+/// children behind a lock, so the request path asks it only on a thread's first use of
+/// a label set (label sets are bounded, see the module docs).
+fn child(family: usize, labels: &[&str], make: impl FnOnce() -> Child) -> Child {
+    CHILDREN.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let bucket = cache.entry(key(family, labels)).or_default();
+        if let Some((_, c)) = bucket.iter().find(|(ls, _)| {
+            ls.len() == labels.len() && ls.iter().zip(labels).all(|(a, b)| &**a == *b)
+        }) {
+            return c.clone();
+        }
+        let c = make();
+        bucket.push((labels.iter().map(|l| Box::from(*l)).collect(), c.clone()));
+        c
+    })
+}
+
+/// `vec.with_label_values(labels)`, without the lock after a thread's first use.
+pub fn counter(vec: &IntCounterVec, labels: &[&str]) -> IntCounter {
+    match child(vec as *const _ as usize, labels, || {
+        Child::Counter(vec.with_label_values(labels))
+    }) {
+        Child::Counter(c) => c,
+        Child::Histogram(_) => unreachable!("a family is either counters or histograms"),
+    }
+}
+
+/// `vec.with_label_values(labels)`, without the lock after a thread's first use.
+pub fn histogram(vec: &HistogramVec, labels: &[&str]) -> Histogram {
+    match child(vec as *const _ as usize, labels, || {
+        Child::Histogram(vec.with_label_values(labels))
+    }) {
+        Child::Histogram(h) => h,
+        Child::Counter(_) => unreachable!("a family is either counters or histograms"),
     }
 }
 

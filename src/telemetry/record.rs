@@ -1,7 +1,7 @@
 //! Feeding the metrics from the request path: one call per request at its end, one per
 //! upstream attempt, and the `tools/list` answers that teach a group its tool names.
 
-use super::metrics::{mcp_method_label, METRICS};
+use super::metrics::{self, mcp_method_label, METRICS};
 use crate::proxy::ctx::RequestCtx;
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -61,20 +61,12 @@ pub fn request_end(session: &Session, ctx: &RequestCtx) {
     );
     let status_label = status.to_string();
     let status_label = status_label.as_str();
-    METRICS
-        .requests
-        .with_label_values(&[route, group, method, status_label])
-        .inc();
-    METRICS
-        .request_duration
-        .with_label_values(&[route, group, method])
+    metrics::counter(&METRICS.requests, &[route, group, method, status_label]).inc();
+    metrics::histogram(&METRICS.request_duration, &[route, group, method])
         .observe(ctx.started.elapsed().as_secs_f64());
     if let Some(e) = &ctx.error {
         let code = e.status_and_code().1.to_string();
-        METRICS
-            .errors
-            .with_label_values(&[route, e.kind(), &code])
-            .inc();
+        metrics::counter(&METRICS.errors, &[route, e.kind(), &code]).inc();
     }
     if method == "tools/call" {
         if let Some(g) = &ctx.group {
@@ -82,18 +74,13 @@ pub fn request_end(session: &Session, ctx: &RequestCtx) {
                 Some(n) if g.tools.contains(n) => n,
                 _ => "other",
             };
-            METRICS
-                .tool_calls
-                .with_label_values(&[group, tool, status_label])
-                .inc();
+            metrics::counter(&METRICS.tool_calls, &[group, tool, status_label]).inc();
         }
     }
     if let (Some(server), Some(started), Some(_)) =
         (ctx.server(), ctx.upstream_started, ctx.upstream_status)
     {
-        METRICS
-            .upstream_duration
-            .with_label_values(&[group, &server.id])
+        metrics::histogram(&METRICS.upstream_duration, &[group, &server.id])
             .observe(started.elapsed().as_secs_f64());
     }
 }
@@ -187,10 +174,11 @@ pub fn span_end(session: &Session, ctx: &mut RequestCtx, e: Option<&pingora::Err
 /// Count one upstream attempt: `2xx`..`5xx` for an answer, `connect_error`, `error`.
 pub fn upstream_attempt(ctx: &RequestCtx, outcome: &str) {
     if let (Some(g), Some(s)) = (ctx.group.as_ref(), ctx.server()) {
-        METRICS
-            .upstream_requests
-            .with_label_values(&[g.name.as_str(), s.id.as_str(), outcome])
-            .inc();
+        metrics::counter(
+            &METRICS.upstream_requests,
+            &[g.name.as_str(), s.id.as_str(), outcome],
+        )
+        .inc();
     }
 }
 

@@ -151,22 +151,33 @@ impl Gateway {
     }
 
     /// Start and wait until it answers `/liveness` (readiness may still be false).
+    /// A port taken between choosing it and binding it (by a test running in parallel)
+    /// means another try with new ports.
     pub async fn start_unready(yaml: &str, env: &[(&str, &str)]) -> Gateway {
-        let (config, dir, port) = Self::prepare(yaml, env);
-        let child = Self::spawn(&config, &dir, env, &[]);
-        let mut gw = Gateway { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let url = gw.url("/liveness");
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = gw.child.try_wait() {
-                panic!("gateway exited with {status}:\n{}", gw.log());
+        for attempt in 1..=3 {
+            let (config, dir, port) = Self::prepare(yaml, env);
+            let child = Self::spawn(&config, &dir, env, &[]);
+            let mut gw = Gateway { child, port, dir };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let url = gw.url("/liveness");
+            while Instant::now() < deadline {
+                if let Ok(Some(status)) = gw.child.try_wait() {
+                    let log = gw.log();
+                    if attempt < 3 && log.to_lowercase().contains("address already in use") {
+                        break;
+                    }
+                    panic!("gateway exited with {status}:\n{log}");
+                }
+                if reqwest::get(&url).await.is_ok() {
+                    return gw;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if reqwest::get(&url).await.is_ok() {
-                return gw;
+            if gw.child.try_wait().ok().flatten().is_none() {
+                panic!("gateway not live within 30s:\n{}", gw.log());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("gateway not live within 30s:\n{}", gw.log());
+        unreachable!("the last attempt panics")
     }
 
     /// Wait (up to `limit`) until the log contains `needle`.
@@ -197,6 +208,7 @@ impl Gateway {
         let config = dir.path("gateway.yaml");
         let yaml = yaml
             .replace("{port}", &port.to_string())
+            .replace("{admin_port}", &free_port().to_string())
             .replace("{dir}", &dir.0.to_string_lossy());
         // Each gateway's admin service on a free port of its own.
         let yaml = if yaml.contains("\nadmin:") {
