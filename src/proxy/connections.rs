@@ -12,6 +12,7 @@ use crate::telemetry::metrics::METRICS;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use crossbeam_skiplist::SkipMap;
+use futures::future::{AbortHandle, Abortable, Aborted};
 use once_cell::sync::Lazy;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
@@ -39,7 +40,8 @@ pub struct Conn {
     pub session: ArcSwapOption<String>,
     /// A cheap fingerprint of the last session id seen, to skip re-hashing it.
     session_fingerprint: AtomicU64,
-    close: tokio::sync::Notify,
+    /// Aborts the connection's future (a flag checked on each poll, no lock).
+    close: AbortHandle,
 }
 
 impl Conn {
@@ -56,9 +58,9 @@ impl Conn {
         self.started_at.elapsed().as_secs_f64()
     }
 
-    /// Ask the connection to close now.
+    /// Close the connection now.
     pub fn close(&self) {
-        self.close.notify_one();
+        self.close.abort();
     }
 }
 
@@ -109,6 +111,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().map(|a| a.to_string()))
             .unwrap_or_default();
+        let (close, registration) = AbortHandle::new_pair();
         let conn = Arc::new(Conn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             client,
@@ -122,7 +125,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
             last_method: ArcSwapOption::empty(),
             session: ArcSwapOption::empty(),
             session_fingerprint: AtomicU64::new(0),
-            close: tokio::sync::Notify::new(),
+            close,
         });
         CONNECTIONS.insert(conn.id, conn.clone());
         METRICS.connections_active.inc();
@@ -131,10 +134,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
         let served = CURRENT.scope(conn.clone(), async move {
             inner.process_new(stream, shutdown).await
         });
-        tokio::select! {
-            reuse = served => reuse,
-            _ = conn.close.notified() => {
-                log::info!("connection {} from {} closed by the admin API", conn.id, conn.client);
+        match Abortable::new(served, registration).await {
+            Ok(reuse) => reuse,
+            Err(Aborted) => {
+                log::info!(
+                    "connection {} from {} closed by the admin API",
+                    conn.id,
+                    conn.client
+                );
                 None
             }
         }

@@ -65,12 +65,50 @@ pub struct RequestCtx {
     /// Status sent to the client, when the gateway answered itself.
     pub local_status: Option<u16>,
     /// The `uid`s of the servers tried for this request, in order.
-    pub tried: Vec<u64>,
+    pub tried: Tried,
     /// The status the current server answered with.
     pub upstream_status: Option<u16>,
     /// The outcome of the current attempt already went to the server's breaker.
     pub outcome_recorded: bool,
     pub timeouts: Timeouts,
+}
+
+/// The servers tried for one request: the first four inline (no allocation).
+#[derive(Debug, Default)]
+pub struct Tried {
+    inline: [u64; 4],
+    len: usize,
+    spilled: Vec<u64>,
+}
+
+impl Tried {
+    pub fn push(&mut self, uid: u64) {
+        if self.spilled.is_empty() && self.len < self.inline.len() {
+            self.inline[self.len] = uid;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(uid);
+        }
+        self.len += 1;
+    }
+
+    pub fn as_slice(&self) -> &[u64] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// Upstream read timeouts, copied from the state at the start of a request.
@@ -99,7 +137,7 @@ impl RequestCtx {
             upstream: None,
             error: None,
             local_status: None,
-            tried: Vec::new(),
+            tried: Tried::default(),
             upstream_status: None,
             outcome_recorded: false,
             timeouts: Timeouts::default(),
@@ -154,5 +192,21 @@ impl Drop for ActiveRequest {
 impl Default for RequestCtx {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tried;
+
+    #[test]
+    fn tried_spills_past_four() {
+        let mut t = Tried::default();
+        assert!(t.is_empty());
+        for uid in 1..=6 {
+            t.push(uid);
+            assert_eq!(t.as_slice(), (1..=uid).collect::<Vec<_>>());
+        }
+        assert_eq!(t.len(), 6);
     }
 }

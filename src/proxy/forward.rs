@@ -45,7 +45,7 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip());
             let server = group
-                .select(ip, &ctx.tried)
+                .select(ip, ctx.tried.as_slice())
                 .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?;
             ctx.tried.push(server.uid);
             let peer = server

@@ -30,7 +30,7 @@ pub async fn forward(
                     return Err(GatewayError::SessionServerDown(server.id.clone()));
                 }
                 let retry = ctx.group.as_ref().is_some_and(|g| {
-                    ctx.tried.len() <= g.retries as usize && g.has_untried(&ctx.tried)
+                    ctx.tried.len() <= g.retries as usize && g.has_untried(ctx.tried.as_slice())
                 });
                 if !retry {
                     let (group, server) = names(ctx);

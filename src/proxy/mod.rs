@@ -129,11 +129,9 @@ impl ProxyHttp for Gateway {
         outcome::record(ctx, false);
         if let Some(server) = &ctx.pinned {
             ctx.error = Some(GatewayError::SessionServerDown(server.id.clone()));
-        } else if ctx
-            .group
-            .as_ref()
-            .is_some_and(|g| ctx.tried.len() <= g.retries as usize && g.has_untried(&ctx.tried))
-        {
+        } else if ctx.group.as_ref().is_some_and(|g| {
+            ctx.tried.len() <= g.retries as usize && g.has_untried(ctx.tried.as_slice())
+        }) {
             log::debug!(
                 "request {}: connecting to {} failed, trying another server: {e}",
                 ctx.request_id,

@@ -253,6 +253,17 @@ pub fn histogram(vec: &HistogramVec, labels: &[&str]) -> Histogram {
     }
 }
 
+/// HTTP statuses as label values, made once (no allocation per request).
+static STATUS_LABELS: Lazy<Vec<String>> = Lazy::new(|| (0..600).map(|s| s.to_string()).collect());
+
+/// The `status` label of an HTTP status (`0`: nothing was sent).
+pub fn status_label(status: u16) -> &'static str {
+    STATUS_LABELS
+        .get(status as usize)
+        .map(String::as_str)
+        .unwrap_or("other")
+}
+
 pub fn breaker_value(s: State) -> i64 {
     match s {
         State::Closed => 0,

@@ -59,8 +59,7 @@ pub fn request_end(session: &Session, ctx: &RequestCtx) {
         req.method.as_str(),
         ctx.mcp.envelope.is_some(),
     );
-    let status_label = status.to_string();
-    let status_label = status_label.as_str();
+    let status_label = metrics::status_label(status);
     metrics::counter(&METRICS.requests, &[route, group, method, status_label]).inc();
     metrics::histogram(&METRICS.request_duration, &[route, group, method])
         .observe(ctx.started.elapsed().as_secs_f64());
