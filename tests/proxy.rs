@@ -747,3 +747,49 @@ async fn raw_request(port: u16, head: &str) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[tokio::test]
+async fn the_clients_credentials_never_reach_the_upstream() {
+    let up = Upstream::start("u");
+    let c = client();
+    let big = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x".repeat(100 * 1024)}}}).to_string();
+    let send = |gw: &Gateway, body: String| {
+        post(&c, &gw.url("/mcp"), body)
+            .header("authorization", "Bearer client-token-123")
+            .send()
+    };
+    // No upstream_auth: nothing is sent, on both the small and the large-body path.
+    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    for body in [LIST.to_string(), big.clone()] {
+        let r = received(send(&gw, body).await.unwrap()).await;
+        assert!(
+            r["headers"].get("authorization").is_none(),
+            "{}",
+            r["headers"]
+        );
+    }
+    drop(gw);
+
+    // A group's own bearer token replaces it.
+    let yaml = config_for(&[up.url()], "").replace(
+        "      servers:\n",
+        "      upstream_auth: {bearer: \"up-token-456\"}\n      servers:\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    for body in [LIST.to_string(), big.clone()] {
+        let r = received(send(&gw, body).await.unwrap()).await;
+        assert_eq!(r["headers"]["authorization"], "Bearer up-token-456");
+    }
+    drop(gw);
+
+    // Or any header the server wants.
+    let yaml = config_for(&[up.url()], "").replace(
+        "      servers:\n",
+        "      upstream_auth: {header: X-Api-Key, value: \"k-789\"}\n      servers:\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let r = received(send(&gw, LIST.to_string()).await.unwrap()).await;
+    assert_eq!(r["headers"]["x-api-key"], "k-789");
+    assert!(r["headers"].get("authorization").is_none());
+    assert!(!gw.log().contains("k-789") && !gw.log().contains("client-token-123"));
+}

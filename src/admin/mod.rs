@@ -190,7 +190,7 @@ fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
 }
 
 /// Keys whose values are secrets, wherever they appear in the config.
-const SECRET_KEYS: &[&str] = &["keys", "token", "secret", "password", "api_key"];
+const SECRET_KEYS: &[&str] = &["keys", "token", "secret", "password", "api_key", "bearer"];
 
 /// Replace every secret in the config tree with `"<redacted>"` (non-empty values only),
 /// and the password of any URL with user info.
@@ -200,6 +200,15 @@ pub fn redact(v: &mut Value) {
             for (k, val) in map.iter_mut() {
                 if SECRET_KEYS.contains(&k.as_str()) {
                     redact_all(val);
+                } else if k == "upstream_auth" {
+                    // `{header, value}`: the header name is not secret, its value is.
+                    if let Some(auth) = val.as_object_mut() {
+                        for (ak, av) in auth.iter_mut() {
+                            if ak != "header" {
+                                redact_all(av);
+                            }
+                        }
+                    }
                 } else {
                     redact(val);
                 }
@@ -257,6 +266,7 @@ mod tests {
         let mut v = json!({
             "sessions": {"keys": ["abc", ""], "ttl": "1day"},
             "admin": {"token": "0123456789abcdef", "port": 9090},
+            "auth": {"upstream_auth": {"header": "X-Api-Key", "value": "k-123", "bearer": null}},
             "upstream": {"groups": {"g": {"servers": [{"url": "https://u:p4ss@h:1/mcp"}, {"url": "http://h/mcp"}]}}},
         });
         redact(&mut v);
@@ -264,6 +274,9 @@ mod tests {
         assert_eq!(v["sessions"]["ttl"], "1day");
         assert_eq!(v["admin"]["token"], "<redacted>");
         assert_eq!(v["admin"]["port"], 9090);
+        assert_eq!(v["auth"]["upstream_auth"]["header"], "X-Api-Key");
+        assert_eq!(v["auth"]["upstream_auth"]["value"], "<redacted>");
+        assert!(v["auth"]["upstream_auth"]["bearer"].is_null());
         assert_eq!(
             v["upstream"]["groups"]["g"]["servers"][0]["url"],
             "https://u:<redacted>@h:1/mcp"

@@ -261,6 +261,11 @@ fn validate(c: &Config, errs: &mut Errors) {
                 _ => {}
             }
         }
+        if let Some(auth) = &g.upstream_auth {
+            if let Err(e) = auth.header() {
+                errs.push(&gp.key("upstream_auth"), e);
+            }
+        }
         let cb = &g.circuit_breaker;
         if cb.failure_threshold > 0 {
             let bp = gp.key("circuit_breaker");

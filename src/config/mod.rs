@@ -132,6 +132,52 @@ config_struct! {
         circuit_breaker: BreakerConfig = BreakerConfig::default(),
         /// Re-resolve DNS names in server URLs this often (`0` = only at start).
         resolve_interval: Dur = Dur::secs(30),
+        /// Credentials the gateway sends to this group's servers (the client's own
+        /// `Authorization` is never forwarded).
+        upstream_auth: Option<UpstreamAuthConfig> = None,
+    }
+}
+
+config_struct! {
+    /// `{bearer: TOKEN}` or `{header: NAME, value: VALUE}`.
+    pub struct UpstreamAuthConfig {
+        bearer: Option<String> = None,
+        header: Option<String> = None,
+        value: Option<String> = None,
+    }
+}
+
+impl UpstreamAuthConfig {
+    /// The header to send, or why the block is wrong.
+    pub fn header(&self) -> Result<(http::HeaderName, http::HeaderValue), String> {
+        let (name, value) =
+            match (&self.bearer, &self.header, &self.value) {
+                (Some(b), None, None) => (http::header::AUTHORIZATION, format!("Bearer {b}")),
+                (None, Some(h), Some(v)) => (
+                    http::HeaderName::from_bytes(h.as_bytes())
+                        .map_err(|_| format!("header: {h:?} is not a valid header name"))?,
+                    v.clone(),
+                ),
+                _ => return Err(
+                    "set either bearer, or header and value (e.g. {header: X-Api-Key, value: ...})"
+                        .into(),
+                ),
+            };
+        if [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "mcp-session-id",
+        ]
+        .contains(&name.as_str())
+        {
+            return Err(format!("header: {name} is managed by the gateway"));
+        }
+        let mut value = http::HeaderValue::from_str(&value)
+            .map_err(|_| "the value contains characters not allowed in a header".to_string())?;
+        value.set_sensitive(true);
+        Ok((name, value))
     }
 }
 

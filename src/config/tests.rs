@@ -353,3 +353,40 @@ fn tracing_settings_are_checked() {
     // An unset ${VAR:-} endpoint means no tracing.
     load(&with("  otlp_endpoint: \"\"\n")).unwrap();
 }
+
+#[test]
+fn upstream_auth_is_checked() {
+    let with = |auth: &str| {
+        format!(
+            "upstream:\n  groups:\n    default:\n      upstream_auth: {auth}\n      servers:\n        - {{id: a, url: http://127.0.0.1:3001/mcp}}\n"
+        )
+    };
+    let c = load(&with("{bearer: t0k}")).unwrap();
+    let (name, value) = c.upstream.groups["default"]
+        .upstream_auth
+        .as_ref()
+        .unwrap()
+        .header()
+        .unwrap();
+    assert_eq!(name, "authorization");
+    assert_eq!(value, "Bearer t0k");
+    load(&with("{header: X-Api-Key, value: k}")).unwrap();
+    for (bad, why) in [
+        ("{bearer: t, header: X-K, value: v}", "set either bearer"),
+        ("{header: X-K}", "set either bearer"),
+        (
+            "{header: \"bad name\", value: v}",
+            "not a valid header name",
+        ),
+        ("{header: Host, value: v}", "managed by the gateway"),
+        ("{bearer: \"a\\nb\"}", "not allowed in a header"),
+    ] {
+        let errs = errors(&with(bad));
+        assert!(
+            errs.len() == 1
+                && errs[0].starts_with("upstream.groups.default.upstream_auth: ")
+                && errs[0].contains(why),
+            "{bad}: {errs:?}"
+        );
+    }
+}

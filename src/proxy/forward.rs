@@ -97,6 +97,12 @@ pub fn upstream_request(
         // Pooling is off: the upstream closes the connection after its answer.
         req.insert_header(http::header::CONNECTION, "close")?;
     }
+    // No token passthrough: the client's credentials are for the gateway, never for the
+    // server; a group may send its own.
+    req.remove_header(&http::header::AUTHORIZATION);
+    if let Some((name, value)) = ctx.group.as_ref().and_then(|g| g.upstream_auth.as_ref()) {
+        req.insert_header(name.clone(), value.clone())?;
+    }
     let preserve_host = ctx.group.as_ref().is_some_and(|g| g.preserve_host);
     if !preserve_host {
         req.insert_header(http::header::HOST, target.authority.as_str())?;

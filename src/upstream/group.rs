@@ -80,6 +80,8 @@ pub struct Group {
     pub close_connections: bool,
     /// Tool names the group's servers listed in `tools/list` answers (metric labels).
     pub tools: ToolCatalog,
+    /// The credential header sent to this group's servers (`upstream_auth`).
+    pub upstream_auth: Option<(http::HeaderName, http::HeaderValue)>,
     members: ArcSwap<Members>,
     template: Template,
     /// Round-robin position and least-connections tie-break rotation.
@@ -137,6 +139,7 @@ impl Group {
             retries: g.retries,
             close_connections: config.upstream.connection_pool.max_idle_per_host == 0,
             tools: ToolCatalog::default(),
+            upstream_auth: g.upstream_auth.as_ref().map(|a| a.header()).transpose()?,
             members: ArcSwap::from_pointee(Members::build(servers, g.strategy)?),
             template,
             next: AtomicUsize::new(0),

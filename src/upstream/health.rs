@@ -82,10 +82,11 @@ impl BackgroundService for Upkeep {
                     resolve(&g.group, resolve_due).await;
                     if let Some(check) = &g.check {
                         let servers = g.group.servers();
-                        let results = futures::future::join_all(
-                            servers.iter().map(|s| probe(s, check, &connector)),
-                        )
-                        .await;
+                        let results =
+                            futures::future::join_all(servers.iter().map(|s| {
+                                probe(s, check, &connector, g.group.upstream_auth.as_ref())
+                            }))
+                            .await;
                         state.retain(|uid, _| servers.iter().any(|s| s.uid == *uid));
                         for (server, result) in servers.iter().zip(results) {
                             state.entry(server.uid).or_default().apply(
@@ -193,18 +194,22 @@ pub async fn probe(
     server: &Server,
     check: &HealthCheckConfig,
     connector: &Connector,
+    auth: Option<&AuthHeader>,
 ) -> Result<(), String> {
     let timeout = check.timeout.0;
-    match tokio::time::timeout(timeout, probe_inner(server, check, connector)).await {
+    match tokio::time::timeout(timeout, probe_inner(server, check, connector, auth)).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }
 
+type AuthHeader = (http::HeaderName, http::HeaderValue);
+
 async fn probe_inner(
     server: &Server,
     check: &HealthCheckConfig,
     connector: &Connector,
+    auth: Option<&AuthHeader>,
 ) -> Result<(), String> {
     let address = server.address().ok_or("the host name does not resolve")?;
     match check.kind {
@@ -218,7 +223,7 @@ async fn probe_inner(
                 .path
                 .clone()
                 .unwrap_or_else(|| server.target.path.clone());
-            let (status, _) = exchange(server, check, connector, "GET", &path, None).await?;
+            let (status, _) = exchange(server, check, connector, auth, "GET", &path, None).await?;
             if (200..400).contains(&status) {
                 Ok(())
             } else {
@@ -230,6 +235,7 @@ async fn probe_inner(
                 server,
                 check,
                 connector,
+                auth,
                 "POST",
                 &server.target.path,
                 Some(check.method),
@@ -258,6 +264,7 @@ async fn exchange(
     server: &Server,
     check: &HealthCheckConfig,
     connector: &Connector,
+    auth: Option<&AuthHeader>,
     method: &str,
     path: &str,
     probe: Option<ProbeMethod>,
@@ -282,6 +289,10 @@ async fn exchange(
         "user-agent",
         format!("mcp-gateway/{} health-check", env!("CARGO_PKG_VERSION")),
     )?;
+    if let Some((name, value)) = auth {
+        req.insert_header(name.clone(), value.clone())
+            .map_err(|e| err("request", e))?;
+    }
     let body = probe.map(|m| match m {
         ProbeMethod::Ping => {
             Bytes::from_static(br#"{"jsonrpc":"2.0","id":"mcp-gateway-health","method":"ping"}"#)
