@@ -40,7 +40,15 @@ pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
              MCP sessions will not survive a restart or span gateway replicas"
         );
     }
+    let auth = crate::security::auth::Auth::build(&config.security).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|(p, m)| format!("{p}: {m}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
     Ok(Arc::new(State {
+        auth,
         routes,
         groups,
         sessions,

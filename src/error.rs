@@ -12,6 +12,8 @@ pub mod code {
     pub const HEADER_MISMATCH: i32 = -32020;
     /// What the SDKs answer for an unknown or ended session.
     pub const SESSION_NOT_FOUND: i32 = -32001;
+    /// The gateway's own (server-defined range): the client is not authenticated.
+    pub const UNAUTHORIZED: i32 = -32010;
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -28,6 +30,12 @@ pub enum GatewayError {
     PayloadTooLarge { limit: u64 },
     #[error("no MCP endpoint at {0:?}")]
     NoRoute(String),
+    #[error("{message}")]
+    Unauthorized {
+        reason: &'static str,
+        message: String,
+        challenge: String,
+    },
     #[error("HTTP method {0} is not allowed on an MCP endpoint (use POST, GET or DELETE)")]
     MethodNotAllowed(String),
     #[error("session not found: the Mcp-Session-Id is unknown, expired or was not issued by this gateway; start a new session with initialize")]
@@ -71,6 +79,7 @@ impl GatewayError {
             UnsupportedMediaType(_) => (415, code::INVALID_REQUEST),
             PayloadTooLarge { .. } => (413, code::INVALID_REQUEST),
             NoRoute(_) => (404, code::INVALID_REQUEST),
+            Unauthorized { .. } => (401, code::UNAUTHORIZED),
             MethodNotAllowed(_) => (405, code::INVALID_REQUEST),
             SessionNotFound | SessionServerGone(_) | SessionServerDown(_) => {
                 (404, code::SESSION_NOT_FOUND)
@@ -95,6 +104,7 @@ impl GatewayError {
             UnsupportedMediaType(_) => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
             NoRoute(_) => "no_route",
+            Unauthorized { .. } => "unauthorized",
             MethodNotAllowed(_) => "method_not_allowed",
             SessionNotFound => "session_not_found",
             SessionServerGone(_) => "session_server_gone",

@@ -11,5 +11,6 @@ pub mod config;
 pub mod error;
 pub mod mcp;
 pub mod proxy;
+pub mod security;
 pub mod telemetry;
 pub mod upstream;

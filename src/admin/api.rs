@@ -232,8 +232,8 @@ fn connections() -> Vec<Value> {
                 "route": c.route.load().as_deref(),
                 "last_method": c.last_method.load().as_deref(),
                 "session": c.session.load().as_deref(),
-                // Filled in once clients authenticate; until then every client is anonymous.
-                "identity": null,
+                // The authenticated subject of its latest request (null: anonymous).
+                "identity": c.identity.load().as_deref(),
             })
         })
         .collect()

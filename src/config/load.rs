@@ -338,6 +338,31 @@ fn validate(c: &Config, errs: &mut Errors) {
             "must be greater than 0",
         );
     }
+    if let Err(problems) = crate::security::auth::Auth::build(&c.security) {
+        for (path, message) in problems {
+            errs.0.push(ConfigError { path, message });
+        }
+    }
+    for (i, rule) in c.security.auth.iter().enumerate() {
+        for (j, route) in rule.routes.iter().enumerate() {
+            let known = if c.routes.is_empty() {
+                route == "/mcp"
+            } else {
+                c.routes.iter().any(|r| &r.path == route)
+            };
+            if route.starts_with('/') && !known {
+                errs.push(
+                    &root
+                        .key("security")
+                        .key("auth")
+                        .index(i)
+                        .key("routes")
+                        .index(j),
+                    format!("{route:?} is not a configured route"),
+                );
+            }
+        }
+    }
     let tracing = root.key("tracing");
     if let Some(endpoint) = c.tracing.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         match endpoint.parse::<http::Uri>() {

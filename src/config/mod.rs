@@ -35,6 +35,76 @@ config_struct! {
         logging: LoggingConfig = LoggingConfig::default(),
         admin: AdminConfig = AdminConfig::default(),
         tracing: TracingConfig = TracingConfig::default(),
+        security: SecurityConfig = SecurityConfig::default(),
+    }
+}
+
+config_struct! {
+    /// Client authentication and, later, authorization and limits (docs/security.md).
+    pub struct SecurityConfig {
+        /// Ordered rules; the first whose `routes` include the request's route applies.
+        auth: Vec<AuthRule> = Vec::new(),
+    }
+}
+
+config_struct! {
+    /// How clients of some routes authenticate: any mix of JWT, API keys and Basic.
+    pub struct AuthRule {
+        /// A name for logs and metrics.
+        name: String = String::new(),
+        /// Route paths this rule covers; empty: every route.
+        routes: Vec<String> = Vec::new(),
+        jwt: Option<JwtConfig> = None,
+        api_keys: Option<ApiKeysConfig> = None,
+        basic: Option<BasicConfig> = None,
+    }
+}
+
+config_struct! {
+    /// Bearer JWTs: HMAC with `secret`, or RSA / EC / Ed25519 with `public_key_file`.
+    pub struct JwtConfig {
+        secret: Option<String> = None,
+        public_key_file: Option<String> = None,
+        /// Accepted `alg` values, all of the key's family (e.g. [RS256, PS256]).
+        algorithms: Vec<String> = Vec::new(),
+        issuer: Option<String> = None,
+        audience: Option<String> = None,
+        /// Clock skew allowed for `exp` and `nbf`.
+        leeway: Dur = Dur::secs(30),
+        /// Claims that must be present (`exp` is always required).
+        required_claims: Vec<String> = Vec::new(),
+    }
+}
+
+config_struct! {
+    pub struct ApiKeysConfig {
+        header: String = "X-API-Key".to_string(),
+        keys: Vec<ApiKeyEntry> = Vec::new(),
+    }
+}
+
+config_struct! {
+    /// One key, stored as the hex SHA-256 of the key (`printf %s KEY | sha256sum`).
+    pub struct ApiKeyEntry {
+        /// The client id the key stands for.
+        id: String = String::new(),
+        sha256: String = String::new(),
+        scopes: Vec<String> = Vec::new(),
+    }
+}
+
+config_struct! {
+    pub struct BasicConfig {
+        users: Vec<BasicUser> = Vec::new(),
+    }
+}
+
+config_struct! {
+    /// A user with an argon2 (`$argon2id$...`) or bcrypt (`$2b$...`) password hash.
+    pub struct BasicUser {
+        name: String = String::new(),
+        hash: String = String::new(),
+        scopes: Vec<String> = Vec::new(),
     }
 }
 

@@ -38,6 +38,8 @@ pub struct Conn {
     pub last_method: ArcSwapOption<String>,
     /// The session of the latest request, as a short hash handle (never the id).
     pub session: ArcSwapOption<String>,
+    /// The authenticated subject of the latest request.
+    pub identity: ArcSwapOption<String>,
     /// A cheap fingerprint of the last session id seen, to skip re-hashing it.
     session_fingerprint: AtomicU64,
     /// Aborts the connection's future (a flag checked on each poll, no lock).
@@ -124,6 +126,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
             route: ArcSwapOption::empty(),
             last_method: ArcSwapOption::empty(),
             session: ArcSwapOption::empty(),
+            identity: ArcSwapOption::empty(),
             session_fingerprint: AtomicU64::new(0),
             close,
         });

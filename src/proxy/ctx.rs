@@ -48,6 +48,10 @@ pub struct RequestCtx {
     pub sse: Option<IntGauge>,
     /// This request's trace span, when tracing is on.
     pub span: Option<RequestSpan>,
+    /// The authenticated client (none on routes without authentication).
+    pub identity: Option<crate::security::auth::Identity>,
+    /// Credential headers (API keys) never to forward upstream.
+    pub credential_headers: Option<Arc<[http::HeaderName]>>,
     pub request_id: String,
     /// The upstream group of the matched route.
     pub group: Option<Arc<Group>>,
@@ -128,6 +132,8 @@ impl RequestCtx {
             active: ActiveRequest::new(),
             sse: None,
             span: None,
+            identity: None,
+            credential_headers: None,
             request_id: String::new(),
             group: None,
             mcp: McpInfo::default(),

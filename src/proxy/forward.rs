@@ -100,6 +100,9 @@ pub fn upstream_request(
     // No token passthrough: the client's credentials are for the gateway, never for the
     // server; a group may send its own.
     req.remove_header(&http::header::AUTHORIZATION);
+    for h in ctx.credential_headers.iter().flat_map(|h| h.iter()) {
+        req.remove_header(h);
+    }
     if let Some((name, value)) = ctx.group.as_ref().and_then(|g| g.upstream_auth.as_ref()) {
         req.insert_header(name.clone(), value.clone())?;
     }

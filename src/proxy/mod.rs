@@ -43,6 +43,7 @@ pub struct State {
     pub routes: Routes,
     pub groups: Groups,
     pub sessions: SessionKeys,
+    pub auth: crate::security::auth::Auth,
     pub max_request_body: u64,
     pub timeouts: ctx::Timeouts,
     /// Sealed session ids older than this are refused (`None`: never).

@@ -42,7 +42,9 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         Err(e) => {
             if matches!(
                 e,
-                GatewayError::PayloadTooLarge { .. } | GatewayError::BodyRead(_)
+                GatewayError::PayloadTooLarge { .. }
+                    | GatewayError::BodyRead(_)
+                    | GatewayError::Unauthorized { .. }
             ) {
                 // The rest of the body was not read: the connection cannot be reused.
                 session.set_keepalive(None);
@@ -73,6 +75,26 @@ async fn check(
     let group = route.group.clone();
     ctx.route = Some(route.path.clone());
     ctx.group = Some(group.clone());
+
+    // Who is calling, before anything else is read.
+    if !gw.state.auth.is_empty() {
+        ctx.credential_headers = Some(gw.state.auth.credential_headers.clone());
+        match gw.state.auth.check(&route.path, &req.headers).await {
+            Ok(identity) => ctx.identity = identity,
+            Err(refusal) => {
+                crate::telemetry::metrics::counter(
+                    &crate::telemetry::metrics::METRICS.auth_rejections,
+                    &[&route.path, refusal.reason],
+                )
+                .inc();
+                return Err(GatewayError::Unauthorized {
+                    reason: refusal.reason,
+                    message: refusal.message,
+                    challenge: refusal.challenge,
+                });
+            }
+        }
+    }
 
     let method = req.method.clone();
     if method == Method::POST {

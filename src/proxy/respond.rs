@@ -25,6 +25,9 @@ pub async fn json(
     if status == 405 {
         resp.insert_header(http::header::ALLOW, "GET, POST, DELETE")?;
     }
+    if let Some(GatewayError::Unauthorized { challenge, .. }) = &ctx.error {
+        resp.insert_header(http::header::WWW_AUTHENTICATE, challenge.as_str())?;
+    }
     ctx.local_status = Some(status);
     session.write_response_header(Box::new(resp), false).await?;
     session

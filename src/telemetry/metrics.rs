@@ -39,6 +39,8 @@ pub struct Metrics {
     pub requests_active: IntGauge,
     /// SSE answers being relayed, by group.
     pub sse_streams_active: IntGaugeVec,
+    /// Requests refused by authentication, by route and reason.
+    pub auth_rejections: IntCounterVec,
     /// Sessions sealed (upstream `initialize` answers with an `Mcp-Session-Id`), by group.
     pub sessions: IntCounterVec,
     /// Attempts sent to upstream servers, by group, server and outcome.
@@ -120,6 +122,12 @@ impl Metrics {
                 "mcp_gateway_sse_streams_active",
                 "SSE answers being relayed to clients",
                 &["group"],
+            ),
+            auth_rejections: new_counter(
+                &r,
+                "mcp_gateway_auth_rejections_total",
+                "Requests refused by authentication, by route and reason (missing, expired, bad_signature, bad_api_key, bad_password, ...)",
+                &["route", "reason"],
             ),
             sessions: new_counter(
                 &r,

@@ -31,6 +31,12 @@ pub fn request_end(session: &Session, ctx: &RequestCtx) {
                 conn.route.store(Some(std::sync::Arc::new(r.to_string())));
             }
         }
+        if let Some(id) = &ctx.identity {
+            if conn.identity.load().as_deref().map(String::as_str) != Some(id.subject.as_str()) {
+                conn.identity
+                    .store(Some(std::sync::Arc::new(id.subject.clone())));
+            }
+        }
         if let Some(m) = ctx.mcp.method() {
             if conn.last_method.load().as_deref().map(String::as_str) != Some(m) {
                 conn.last_method
@@ -103,6 +109,7 @@ pub fn span_request(session: &Session, ctx: &mut RequestCtx) {
         .get(crate::mcp::headers::MCP_SESSION_ID)
         .and_then(|v| v.to_str().ok())
         .map(super::tracing::session_handle);
+    let identity = ctx.identity.as_ref().map(|i| i.subject.clone());
     let req = session.req_header();
     let Some(span) = ctx.span.as_mut() else {
         return;
@@ -139,6 +146,9 @@ pub fn span_request(session: &Session, ctx: &mut RequestCtx) {
     }
     if let Some(s) = session_id {
         span.set(KeyValue::new("mcp.session.id", s));
+    }
+    if let Some(id) = &identity {
+        span.set(KeyValue::new("enduser.id", id.clone()));
     }
 }
 

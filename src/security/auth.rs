@@ -1,0 +1,570 @@
+//! Client authentication: bearer JWTs, API keys and Basic passwords, per route.
+//!
+//! `security.auth` is an ordered list of rules; the first whose `routes` include the
+//! request's route applies (a route no rule covers is open). Within a rule the credential
+//! the request carries picks the method: `Authorization: Bearer` → JWT, the API-key
+//! header → API key, `Authorization: Basic` → password. No credential, or one the rule
+//! does not accept, is `401` with a `WWW-Authenticate` challenge naming what it accepts.
+//!
+//! * JWT (`jsonwebtoken`): the accepted algorithms must all belong to the key's family
+//!   (HMAC secret, or an RSA / EC / Ed25519 public key), so an HMAC token can never be
+//!   checked against a public key; `alg: none` is never accepted; `exp` is required,
+//!   `nbf` enforced, issuer and audience checked when configured.
+//! * API keys: only their SHA-256 is configured; the presented key's hash is compared with
+//!   every configured one in constant time.
+//! * Basic: argon2 or bcrypt hashes, verified on a blocking thread (they are slow on
+//!   purpose and must not stall the proxy's workers).
+
+use crate::config::{ApiKeysConfig, AuthRule, BasicConfig, JwtConfig, SecurityConfig};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Who a request comes from, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `jwt`, `api_key` or `basic`.
+    pub method: &'static str,
+    /// The JWT `sub`, the API key's id, or the Basic user name.
+    pub subject: String,
+    /// The JWT `client_id` / `azp`, or the API key's id.
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    /// The rule that authenticated it.
+    pub rule: String,
+}
+
+/// Why a request was refused; `reason` is a bounded metric label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+    /// The `WWW-Authenticate` challenge.
+    pub challenge: String,
+}
+
+struct Jwt {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+struct ApiKeys {
+    header: http::HeaderName,
+    keys: Vec<([u8; 32], String, Vec<String>)>,
+}
+
+struct Basic {
+    users: Vec<(String, String, Vec<String>)>,
+}
+
+struct Rule {
+    name: String,
+    routes: Vec<String>,
+    jwt: Option<Jwt>,
+    api_keys: Option<ApiKeys>,
+    basic: Option<Basic>,
+}
+
+/// All rules, built once from the config.
+#[derive(Default)]
+pub struct Auth {
+    rules: Vec<Rule>,
+    /// Every API-key header of every rule: never forwarded upstream.
+    pub credential_headers: std::sync::Arc<[http::HeaderName]>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+impl Auth {
+    /// Build the rules; every problem comes back as `(path under security.auth, message)`.
+    pub fn build(cfg: &SecurityConfig) -> Result<Auth, Vec<(String, String)>> {
+        let mut errs = Vec::new();
+        let mut rules = Vec::new();
+        for (i, r) in cfg.auth.iter().enumerate() {
+            let at = |k: &str| format!("security.auth[{i}].{k}");
+            match build_rule(i, r) {
+                Ok(rule) => rules.push(rule),
+                Err(problems) => errs.extend(problems.into_iter().map(|(k, m)| (at(&k), m))),
+            }
+        }
+        if errs.is_empty() {
+            let mut headers: Vec<http::HeaderName> = rules
+                .iter()
+                .filter_map(|r| r.api_keys.as_ref().map(|k| k.header.clone()))
+                .collect();
+            headers.dedup();
+            Ok(Auth {
+                rules,
+                credential_headers: headers.into(),
+            })
+        } else {
+            Err(errs)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Authenticate a request to `route`: `Ok(None)` when no rule covers the route.
+    pub async fn check(
+        &self,
+        route: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<Identity>, Refusal> {
+        let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| r.routes.is_empty() || r.routes.iter().any(|p| p == route))
+        else {
+            return Ok(None);
+        };
+        rule.check(headers).await.map(Some)
+    }
+}
+
+fn build_rule(i: usize, r: &AuthRule) -> Result<Rule, Vec<(String, String)>> {
+    let mut errs = Vec::new();
+    if r.jwt.is_none() && r.api_keys.is_none() && r.basic.is_none() {
+        errs.push((
+            "jwt".into(),
+            "a rule needs at least one of jwt, api_keys, basic".into(),
+        ));
+    }
+    for (j, p) in r.routes.iter().enumerate() {
+        if !p.starts_with('/') {
+            errs.push((format!("routes[{j}]"), format!("{p:?} must start with '/'")));
+        }
+    }
+    let jwt = r
+        .jwt
+        .as_ref()
+        .and_then(|c| build_jwt(c).map_err(|e| errs.extend(e)).ok());
+    let api_keys = r
+        .api_keys
+        .as_ref()
+        .and_then(|c| build_api_keys(c).map_err(|e| errs.extend(e)).ok());
+    let basic = r
+        .basic
+        .as_ref()
+        .and_then(|c| build_basic(c).map_err(|e| errs.extend(e)).ok());
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    Ok(Rule {
+        name: if r.name.is_empty() {
+            format!("auth[{i}]")
+        } else {
+            r.name.clone()
+        },
+        routes: r.routes.clone(),
+        jwt,
+        api_keys,
+        basic,
+    })
+}
+
+type Problems = Vec<(String, String)>;
+
+fn build_jwt(c: &JwtConfig) -> Result<Jwt, Problems> {
+    let mut errs: Problems = Vec::new();
+    let secret = c.secret.as_deref().filter(|s| !s.is_empty());
+    let key = match (secret, &c.public_key_file) {
+        (Some(s), None) => {
+            if s.len() < 32 {
+                errs.push((
+                    "jwt.secret".into(),
+                    "must be at least 32 bytes (e.g. `openssl rand -base64 48`)".into(),
+                ));
+            }
+            Some((DecodingKey::from_secret(s.as_bytes()), KeyKind::Hmac))
+        }
+        (None, Some(path)) => match std::fs::read(path) {
+            Err(e) => {
+                errs.push((
+                    "jwt.public_key_file".into(),
+                    format!("cannot read {path:?}: {e}"),
+                ));
+                None
+            }
+            Ok(pem) => public_key(&pem)
+                .map_err(|m| errs.push(("jwt.public_key_file".into(), format!("{path:?}: {m}"))))
+                .ok(),
+        },
+        _ => {
+            errs.push((
+                "jwt".into(),
+                "set exactly one of secret (HS*) and public_key_file (RS*, PS*, ES*, EdDSA)".into(),
+            ));
+            None
+        }
+    };
+    let mut algorithms = Vec::new();
+    if c.algorithms.is_empty() {
+        errs.push((
+            "jwt.algorithms".into(),
+            "list the accepted algorithms, e.g. [RS256]".into(),
+        ));
+    }
+    for (j, a) in c.algorithms.iter().enumerate() {
+        match a.parse::<Algorithm>() {
+            Ok(alg) => {
+                if let Some((_, kind)) = &key {
+                    if !kind.accepts(alg) {
+                        errs.push((
+                            format!("jwt.algorithms[{j}]"),
+                            format!("{a} does not match the {} key", kind.name()),
+                        ));
+                    }
+                }
+                algorithms.push(alg);
+            }
+            Err(_) => errs.push((
+                format!("jwt.algorithms[{j}]"),
+                format!("{a:?} is not a JWT algorithm (HS256, RS256, PS256, ES256, EdDSA, ...)"),
+            )),
+        }
+    }
+    let Some((key, _)) = key.filter(|_| errs.is_empty()) else {
+        return Err(errs);
+    };
+    let mut validation = Validation::new(algorithms[0]);
+    validation.algorithms = algorithms;
+    validation.leeway = c.leeway.0.as_secs();
+    validation.validate_nbf = true;
+    let mut required = vec!["exp".to_string()];
+    required.extend(c.required_claims.iter().cloned());
+    validation.set_required_spec_claims(&required);
+    match &c.issuer {
+        Some(iss) => validation.set_issuer(&[iss]),
+        None => validation.iss = None,
+    }
+    match &c.audience {
+        Some(aud) => validation.set_audience(&[aud]),
+        None => validation.validate_aud = false,
+    }
+    Ok(Jwt { key, validation })
+}
+
+#[derive(Clone, Copy)]
+enum KeyKind {
+    Hmac,
+    Rsa,
+    Ec,
+    Ed,
+}
+
+impl KeyKind {
+    fn accepts(self, alg: Algorithm) -> bool {
+        use jsonwebtoken::AlgorithmFamily as F;
+        matches!(
+            (self, alg.family()),
+            (KeyKind::Hmac, F::Hmac)
+                | (KeyKind::Rsa, F::Rsa)
+                | (KeyKind::Ec, F::Ec)
+                | (KeyKind::Ed, F::Ed)
+        )
+    }
+    fn name(self) -> &'static str {
+        match self {
+            KeyKind::Hmac => "HMAC secret",
+            KeyKind::Rsa => "RSA",
+            KeyKind::Ec => "EC",
+            KeyKind::Ed => "Ed25519",
+        }
+    }
+}
+
+/// A PEM public key of any supported kind.
+fn public_key(pem: &[u8]) -> Result<(DecodingKey, KeyKind), String> {
+    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((k, KeyKind::Rsa));
+    }
+    if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        return Ok((k, KeyKind::Ec));
+    }
+    if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+        return Ok((k, KeyKind::Ed));
+    }
+    Err("not a PEM RSA, EC or Ed25519 public key".into())
+}
+
+fn build_api_keys(c: &ApiKeysConfig) -> Result<ApiKeys, Problems> {
+    let mut errs: Problems = Vec::new();
+    let header = http::HeaderName::from_bytes(c.header.as_bytes())
+        .map_err(|_| {
+            errs.push((
+                "api_keys.header".into(),
+                format!("{:?} is not a header name", c.header),
+            ))
+        })
+        .ok();
+    if header
+        .as_ref()
+        .is_some_and(|h| h == http::header::AUTHORIZATION)
+    {
+        errs.push((
+            "api_keys.header".into(),
+            "Authorization carries JWTs and Basic credentials; use another header".into(),
+        ));
+    }
+    if c.keys.is_empty() {
+        errs.push((
+            "api_keys.keys".into(),
+            "at least one key is required".into(),
+        ));
+    }
+    let mut keys = Vec::new();
+    for (j, k) in c.keys.iter().enumerate() {
+        if k.id.is_empty() {
+            errs.push((format!("api_keys.keys[{j}].id"), "is required".into()));
+        }
+        let mut hash = [0u8; 32];
+        let hex = k.sha256.trim().to_ascii_lowercase();
+        let ok = hex.len() == 64
+            && (0..32).all(|b| {
+                u8::from_str_radix(&hex[2 * b..2 * b + 2], 16)
+                    .map(|v| hash[b] = v)
+                    .is_ok()
+            });
+        if !ok {
+            errs.push((
+                format!("api_keys.keys[{j}].sha256"),
+                "must be 64 hex digits: the SHA-256 of the key (`printf %s KEY | sha256sum`)"
+                    .into(),
+            ));
+        }
+        keys.push((hash, k.id.clone(), k.scopes.clone()));
+    }
+    match header {
+        Some(header) if errs.is_empty() => Ok(ApiKeys { header, keys }),
+        _ => Err(errs),
+    }
+}
+
+fn build_basic(c: &BasicConfig) -> Result<Basic, Problems> {
+    let mut errs: Problems = Vec::new();
+    if c.users.is_empty() {
+        errs.push(("basic.users".into(), "at least one user is required".into()));
+    }
+    for (j, u) in c.users.iter().enumerate() {
+        if u.name.is_empty() || u.name.contains(':') {
+            errs.push((
+                format!("basic.users[{j}].name"),
+                "is required and may not contain ':'".into(),
+            ));
+        }
+        let h = &u.hash;
+        let known = if h.starts_with("$argon2") {
+            argon2::PasswordHash::new(h).is_ok()
+        } else if h.starts_with("$2") {
+            h.parse::<bcrypt::HashParts>().is_ok()
+        } else {
+            false
+        };
+        if !known {
+            errs.push((
+                format!("basic.users[{j}].hash"),
+                "must be an argon2 ($argon2id$...) or bcrypt ($2b$...) hash, never a password"
+                    .into(),
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(Basic {
+            users: c
+                .users
+                .iter()
+                .map(|u| (u.name.clone(), u.hash.clone(), u.scopes.clone()))
+                .collect(),
+        })
+    } else {
+        Err(errs)
+    }
+}
+
+impl Rule {
+    fn challenge(&self) -> String {
+        let mut schemes = Vec::new();
+        if self.jwt.is_some() {
+            schemes.push("Bearer realm=\"mcp-gateway\"".to_string());
+        }
+        if self.basic.is_some() {
+            schemes.push("Basic realm=\"mcp-gateway\"".to_string());
+        }
+        if let Some(k) = &self.api_keys {
+            schemes.push(format!("ApiKey header=\"{}\"", k.header));
+        }
+        schemes.join(", ")
+    }
+
+    fn refuse(&self, reason: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            message: message.into(),
+            challenge: self.challenge(),
+        }
+    }
+
+    async fn check(&self, headers: &http::HeaderMap) -> Result<Identity, Refusal> {
+        let authorization = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let scheme = |s: &str| {
+            authorization.and_then(|a| {
+                let (head, rest) = a.split_at(a.len().min(s.len()));
+                head.eq_ignore_ascii_case(s.as_bytes()).then_some(rest)
+            })
+        };
+        if let (Some(token), Some(jwt)) = (scheme("Bearer "), &self.jwt) {
+            return self.check_jwt(jwt, token);
+        }
+        if let Some(keys) = &self.api_keys {
+            if let Some(key) = headers.get(&keys.header) {
+                return self.check_api_key(keys, key.as_bytes());
+            }
+        }
+        if let (Some(b64), Some(basic)) = (scheme("Basic "), &self.basic) {
+            return self.check_basic(basic, b64).await;
+        }
+        let accepted = [
+            self.jwt.as_ref().map(|_| "a bearer JWT".to_string()),
+            self.api_keys
+                .as_ref()
+                .map(|k| format!("an API key in {}", k.header)),
+            self.basic.as_ref().map(|_| "Basic credentials".to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" or ");
+        let reason = if authorization.is_some() {
+            "unsupported_scheme"
+        } else {
+            "missing"
+        };
+        Err(self.refuse(reason, format!("authentication required: send {accepted}")))
+    }
+
+    fn check_jwt(&self, jwt: &Jwt, token: &[u8]) -> Result<Identity, Refusal> {
+        use jsonwebtoken::errors::ErrorKind as K;
+        let token = std::str::from_utf8(token).unwrap_or_default().trim();
+        let data =
+            jsonwebtoken::decode::<Value>(token, &jwt.key, &jwt.validation).map_err(|e| {
+                let (reason, what) = match e.kind() {
+                    K::ExpiredSignature => ("expired", "the token has expired".to_string()),
+                    K::ImmatureSignature => (
+                        "not_yet_valid",
+                        "the token is not valid yet (nbf)".to_string(),
+                    ),
+                    K::InvalidIssuer => (
+                        "wrong_issuer",
+                        "the token's issuer is not accepted".to_string(),
+                    ),
+                    K::InvalidAudience => (
+                        "wrong_audience",
+                        "the token is not for this audience".to_string(),
+                    ),
+                    K::InvalidAlgorithm => (
+                        "wrong_algorithm",
+                        "the token's algorithm is not accepted".to_string(),
+                    ),
+                    K::MissingRequiredClaim(c) => {
+                        ("missing_claim", format!("the token lacks the {c} claim"))
+                    }
+                    K::InvalidSignature => (
+                        "bad_signature",
+                        "the token's signature does not verify".to_string(),
+                    ),
+                    _ => ("malformed", "the token is not a valid JWT".to_string()),
+                };
+                self.refuse(reason, format!("invalid bearer token: {what}"))
+            })?;
+        let claims = data.claims;
+        let str_claim = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_string);
+        let subject = str_claim("sub").unwrap_or_default();
+        let client_id = str_claim("client_id").or_else(|| str_claim("azp"));
+        let mut scopes: Vec<String> = str_claim("scope")
+            .map(|s| s.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        if let Some(scp) = claims.get("scp").and_then(Value::as_array) {
+            scopes.extend(scp.iter().filter_map(Value::as_str).map(str::to_string));
+        }
+        Ok(Identity {
+            method: "jwt",
+            subject,
+            client_id,
+            scopes,
+            rule: self.name.clone(),
+        })
+    }
+
+    fn check_api_key(&self, keys: &ApiKeys, presented: &[u8]) -> Result<Identity, Refusal> {
+        let hash: [u8; 32] = Sha256::digest(presented).into();
+        // Compare with every key, whatever matches, so timing says nothing about which.
+        let mut found = None;
+        for (i, (h, _, _)) in keys.keys.iter().enumerate() {
+            if bool::from(h.ct_eq(&hash)) {
+                found = Some(i);
+            }
+        }
+        let (_, id, scopes) = found.and_then(|i| keys.keys.get(i)).ok_or_else(|| {
+            self.refuse("bad_api_key", format!("unknown API key in {}", keys.header))
+        })?;
+        Ok(Identity {
+            method: "api_key",
+            subject: id.clone(),
+            client_id: Some(id.clone()),
+            scopes: scopes.clone(),
+            rule: self.name.clone(),
+        })
+    }
+
+    async fn check_basic(&self, basic: &Basic, b64: &[u8]) -> Result<Identity, Refusal> {
+        let bad = || self.refuse("bad_password", "wrong user name or password");
+        let decoded = STANDARD.decode(b64.trim_ascii()).map_err(|_| bad())?;
+        let text = String::from_utf8(decoded).map_err(|_| bad())?;
+        let (user, password) = text.split_once(':').ok_or_else(bad)?;
+        let Some((name, hash, scopes)) = basic.users.iter().find(|(n, _, _)| n == user).cloned()
+        else {
+            return Err(bad());
+        };
+        let password = password.to_string();
+        // Slow on purpose: off the proxy's worker threads.
+        let ok = tokio::task::spawn_blocking(move || {
+            if hash.starts_with("$argon2") {
+                use argon2::PasswordVerifier;
+                argon2::PasswordHash::new(&hash)
+                    .map(|h| {
+                        argon2::Argon2::default()
+                            .verify_password(password.as_bytes(), &h)
+                            .is_ok()
+                    })
+                    .unwrap_or(false)
+            } else {
+                bcrypt::verify(&password, &hash).unwrap_or(false)
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if !ok {
+            return Err(bad());
+        }
+        Ok(Identity {
+            method: "basic",
+            subject: name.clone(),
+            client_id: None,
+            scopes,
+            rule: self.name.clone(),
+        })
+    }
+}

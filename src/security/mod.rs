@@ -1,0 +1,4 @@
+//! Security at the edge. So far: client authentication ([`auth`]); the client's own
+//! credentials are never forwarded upstream (see `proxy::forward`).
+
+pub mod auth;
