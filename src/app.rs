@@ -49,6 +49,7 @@ pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
     })?;
     Ok(Arc::new(State {
         auth,
+        rate_limits: crate::security::rate_limit::RateLimits::build(&config.security.rate_limiting),
         routes,
         groups,
         sessions,

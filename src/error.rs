@@ -14,6 +14,8 @@ pub mod code {
     pub const SESSION_NOT_FOUND: i32 = -32001;
     /// The gateway's own (server-defined range): the client is not authenticated.
     pub const UNAUTHORIZED: i32 = -32010;
+    /// The gateway's own: a rate limit refused the request.
+    pub const RATE_LIMITED: i32 = -32011;
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -30,6 +32,13 @@ pub enum GatewayError {
     PayloadTooLarge { limit: u64 },
     #[error("no MCP endpoint at {0:?}")]
     NoRoute(String),
+    #[error("{message}")]
+    RateLimited {
+        rule: String,
+        limit: u32,
+        retry_after: u64,
+        message: String,
+    },
     #[error("{message}")]
     Unauthorized {
         reason: &'static str,
@@ -80,6 +89,7 @@ impl GatewayError {
             PayloadTooLarge { .. } => (413, code::INVALID_REQUEST),
             NoRoute(_) => (404, code::INVALID_REQUEST),
             Unauthorized { .. } => (401, code::UNAUTHORIZED),
+            RateLimited { .. } => (429, code::RATE_LIMITED),
             MethodNotAllowed(_) => (405, code::INVALID_REQUEST),
             SessionNotFound | SessionServerGone(_) | SessionServerDown(_) => {
                 (404, code::SESSION_NOT_FOUND)
@@ -105,6 +115,7 @@ impl GatewayError {
             PayloadTooLarge { .. } => "payload_too_large",
             NoRoute(_) => "no_route",
             Unauthorized { .. } => "unauthorized",
+            RateLimited { .. } => "rate_limited",
             MethodNotAllowed(_) => "method_not_allowed",
             SessionNotFound => "session_not_found",
             SessionServerGone(_) => "session_server_gone",

@@ -363,6 +363,28 @@ fn validate(c: &Config, errs: &mut Errors) {
             }
         }
     }
+    let rl = root.key("security").key("rate_limiting").key("rules");
+    for (i, r) in c.security.rate_limiting.rules.iter().enumerate() {
+        if r.requests_per_minute == 0 {
+            errs.push(
+                &rl.index(i).key("requests_per_minute"),
+                "must be at least 1",
+            );
+        }
+        for (j, route) in r.routes.iter().enumerate() {
+            let known = if c.routes.is_empty() {
+                route == "/mcp"
+            } else {
+                c.routes.iter().any(|x| &x.path == route)
+            };
+            if !known {
+                errs.push(
+                    &rl.index(i).key("routes").index(j),
+                    format!("{route:?} is not a configured route"),
+                );
+            }
+        }
+    }
     let tracing = root.key("tracing");
     if let Some(endpoint) = c.tracing.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         match endpoint.parse::<http::Uri>() {

@@ -44,6 +44,44 @@ config_struct! {
     pub struct SecurityConfig {
         /// Ordered rules; the first whose `routes` include the request's route applies.
         auth: Vec<AuthRule> = Vec::new(),
+        rate_limiting: RateLimitingConfig = RateLimitingConfig::default(),
+    }
+}
+
+config_struct! {
+    /// Request rate limits (docs/security.md#rate-limits). Every rule applies at once.
+    pub struct RateLimitingConfig {
+        rules: Vec<RateLimitRule> = Vec::new(),
+    }
+}
+
+/// What a rate-limit rule counts requests by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStrategy {
+    /// The client's IP address.
+    IpAddress,
+    /// The authenticated subject (the IP address for anonymous clients).
+    UserId,
+    /// The authenticated client id, e.g. the API key's id (else the IP address).
+    ApiKey,
+    /// The tool of a `tools/call`, across all clients (other requests are not counted).
+    Tool,
+    /// One counter for everything the rule covers.
+    Global,
+}
+impl yaml::Leaf for KeyStrategy {}
+
+config_struct! {
+    pub struct RateLimitRule {
+        name: String = String::new(),
+        /// Route paths the rule covers; empty: every route.
+        routes: Vec<String> = Vec::new(),
+        key_strategy: KeyStrategy = KeyStrategy::IpAddress,
+        /// Sustained rate, over a sliding minute.
+        requests_per_minute: u32 = 0,
+        /// Most requests in any one second (`0`: no per-second cap).
+        burst_size: u32 = 0,
     }
 }
 

@@ -50,6 +50,8 @@ pub struct RequestCtx {
     pub span: Option<RequestSpan>,
     /// The authenticated client (none on routes without authentication).
     pub identity: Option<crate::security::auth::Identity>,
+    /// The rate-limit quota left, sent back as `RateLimit-*` headers.
+    pub quota: Option<crate::security::rate_limit::Quota>,
     /// Credential headers (API keys) never to forward upstream.
     pub credential_headers: Option<Arc<[http::HeaderName]>>,
     pub request_id: String,
@@ -134,6 +136,7 @@ impl RequestCtx {
             span: None,
             identity: None,
             credential_headers: None,
+            quota: None,
             request_id: String::new(),
             group: None,
             mcp: McpInfo::default(),

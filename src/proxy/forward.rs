@@ -200,6 +200,11 @@ pub fn client_response(gw: &Gateway, resp: &mut ResponseHeader, ctx: &RequestCtx
         }
     }
     resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    if let Some(q) = ctx.quota {
+        resp.insert_header("ratelimit-limit", q.limit.to_string())?;
+        resp.insert_header("ratelimit-remaining", q.remaining.to_string())?;
+        resp.insert_header("ratelimit-reset", q.reset.to_string())?;
+    }
     let is_sse = resp
         .headers
         .get(http::header::CONTENT_TYPE)

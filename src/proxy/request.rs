@@ -8,6 +8,8 @@ use super::{large_body, respond, Gateway};
 use crate::error::GatewayError;
 use crate::mcp::envelope::{self, Body, Era, InspectError};
 use crate::mcp::headers::{self, MCP_SESSION_ID};
+use crate::security::rate_limit::Subject;
+use crate::telemetry::metrics::{self, METRICS};
 use crate::telemetry::record;
 use crate::telemetry::tracing::RequestSpan;
 use bytes::{Bytes, BytesMut};
@@ -73,6 +75,7 @@ async fn check(
         .get(path)
         .ok_or_else(|| GatewayError::NoRoute(path.to_string()))?;
     let group = route.group.clone();
+    let route_path = route.path.clone();
     ctx.route = Some(route.path.clone());
     ctx.group = Some(group.clone());
 
@@ -82,11 +85,7 @@ async fn check(
         match gw.state.auth.check(&route.path, &req.headers).await {
             Ok(identity) => ctx.identity = identity,
             Err(refusal) => {
-                crate::telemetry::metrics::counter(
-                    &crate::telemetry::metrics::METRICS.auth_rejections,
-                    &[&route.path, refusal.reason],
-                )
-                .inc();
+                metrics::counter(&METRICS.auth_rejections, &[&route.path, refusal.reason]).inc();
                 return Err(GatewayError::Unauthorized {
                     reason: refusal.reason,
                     message: refusal.message,
@@ -126,6 +125,34 @@ async fn check(
                 .ok_or_else(|| GatewayError::SessionServerGone(opened.server_id.clone()))?;
             ctx.pinned = Some(server.clone());
             ctx.upstream_session = Some(opened.upstream_session);
+        }
+    }
+
+    if !gw.state.rate_limits.is_empty() {
+        let tool = match ctx.mcp.method() {
+            Some("tools/call") => ctx.mcp.name(),
+            _ => None,
+        };
+        let subject = Subject {
+            route: &route_path,
+            ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            identity: ctx.identity.as_ref(),
+            tool,
+        };
+        match gw.state.rate_limits.check(&subject) {
+            Ok(quota) => ctx.quota = quota,
+            Err(limited) => {
+                metrics::counter(&METRICS.rate_limited, &[&route_path, &limited.rule]).inc();
+                return Err(GatewayError::RateLimited {
+                    rule: limited.rule,
+                    limit: limited.limit,
+                    retry_after: limited.retry_after,
+                    message: limited.message,
+                });
+            }
         }
     }
 

@@ -25,8 +25,19 @@ pub async fn json(
     if status == 405 {
         resp.insert_header(http::header::ALLOW, "GET, POST, DELETE")?;
     }
-    if let Some(GatewayError::Unauthorized { challenge, .. }) = &ctx.error {
-        resp.insert_header(http::header::WWW_AUTHENTICATE, challenge.as_str())?;
+    match &ctx.error {
+        Some(GatewayError::Unauthorized { challenge, .. }) => {
+            resp.insert_header(http::header::WWW_AUTHENTICATE, challenge.as_str())?;
+        }
+        Some(GatewayError::RateLimited {
+            limit, retry_after, ..
+        }) => {
+            resp.insert_header(http::header::RETRY_AFTER, retry_after.to_string())?;
+            resp.insert_header("ratelimit-limit", limit.to_string())?;
+            resp.insert_header("ratelimit-remaining", "0")?;
+            resp.insert_header("ratelimit-reset", retry_after.to_string())?;
+        }
+        _ => {}
     }
     ctx.local_status = Some(status);
     session.write_response_header(Box::new(resp), false).await?;

@@ -2,3 +2,4 @@
 //! credentials are never forwarded upstream (see `proxy::forward`).
 
 pub mod auth;
+pub mod rate_limit;

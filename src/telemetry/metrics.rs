@@ -39,6 +39,8 @@ pub struct Metrics {
     pub requests_active: IntGauge,
     /// SSE answers being relayed, by group.
     pub sse_streams_active: IntGaugeVec,
+    /// Requests refused by a rate limit, by route and rule.
+    pub rate_limited: IntCounterVec,
     /// Requests refused by authentication, by route and reason.
     pub auth_rejections: IntCounterVec,
     /// Sessions sealed (upstream `initialize` answers with an `Mcp-Session-Id`), by group.
@@ -122,6 +124,12 @@ impl Metrics {
                 "mcp_gateway_sse_streams_active",
                 "SSE answers being relayed to clients",
                 &["group"],
+            ),
+            rate_limited: new_counter(
+                &r,
+                "mcp_gateway_rate_limited_total",
+                "Requests refused by a rate limit (429), by route and rule",
+                &["route", "rule"],
             ),
             auth_rejections: new_counter(
                 &r,

@@ -1,0 +1,100 @@
+//! Rate limits against the real binary: per client IP, per tool, per authenticated user.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+const ECHO: &str =
+    r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
+
+async fn send(gw: &Gateway, body: &'static str, key: Option<&str>) -> reqwest::Response {
+    let mut req = post(&client(), &gw.url("/mcp"), body);
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    req.send().await.unwrap()
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn over_the_limit_gets_429_with_retry_after_and_nothing_reaches_the_upstream() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(
+        &[up.url()],
+        "security:\n  rate_limiting:\n    rules:\n      - {name: per-ip, key_strategy: ip_address, requests_per_minute: 5}\n      - {name: per-tool, key_strategy: tool, requests_per_minute: 100}\n",
+    ))
+    .await;
+    for left in (0..5).rev() {
+        let r = send(&gw, LIST, None).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "ratelimit-limit").as_deref(), Some("5"));
+        assert_eq!(header(&r, "ratelimit-remaining"), Some(left.to_string()));
+        assert!(header(&r, "ratelimit-reset").is_some());
+    }
+    let before = up.state().await["requests"].as_u64().unwrap();
+    let r = send(&gw, LIST, None).await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(header(&r, "ratelimit-remaining").as_deref(), Some("0"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32011, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("per-ip"),
+        "{v}"
+    );
+    assert_eq!(up.state().await["requests"].as_u64().unwrap(), before);
+    let metrics = reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"mcp_gateway_rate_limited_total{route="/mcp",rule="per-ip"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn tool_limits_count_calls_of_that_tool_only() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(
+        &[up.url()],
+        "security:\n  rate_limiting:\n    rules:\n      - {name: echo-cap, key_strategy: tool, requests_per_minute: 2}\n",
+    ))
+    .await;
+    assert_eq!(send(&gw, ECHO, None).await.status(), 200);
+    assert_eq!(send(&gw, ECHO, None).await.status(), 200);
+    assert_eq!(send(&gw, ECHO, None).await.status(), 429);
+    for _ in 0..5 {
+        assert_eq!(send(&gw, LIST, None).await.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn user_limits_follow_the_authenticated_identity() {
+    let up = Upstream::start("u");
+    let (a, b) = ("key-of-client-a-0123456789", "key-of-client-b-0123456789");
+    let extra = format!(
+        "security:\n  auth:\n    - api_keys:\n        keys:\n          - {{id: client-a, sha256: \"{}\"}}\n          - {{id: client-b, sha256: \"{}\"}}\n  rate_limiting:\n    rules:\n      - {{name: per-user, key_strategy: user_id, requests_per_minute: 2}}\n",
+        sha256_hex(a.as_bytes()),
+        sha256_hex(b.as_bytes())
+    );
+    let gw = Gateway::start(&config_for(&[up.url()], &extra)).await;
+    for _ in 0..2 {
+        assert_eq!(send(&gw, LIST, Some(a)).await.status(), 200);
+    }
+    assert_eq!(send(&gw, LIST, Some(a)).await.status(), 429);
+    // Same IP, another user: its own budget.
+    assert_eq!(send(&gw, LIST, Some(b)).await.status(), 200);
+    // Authentication comes first: an unknown key is 401, not counted.
+    assert_eq!(send(&gw, LIST, Some("nope")).await.status(), 401);
+}
