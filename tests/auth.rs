@@ -239,12 +239,7 @@ async fn bad_credentials_are_refused_and_never_reach_the_upstream() {
         assert!(challenge.contains("Bearer"), "{challenge}");
         let metric =
             format!("mcp_gateway_auth_rejections_total{{reason=\"{reason}\",route=\"{path}\"}}");
-        let metrics = reqwest::get(s.gw.admin_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = s.gw.metrics().await;
         assert!(
             metrics.contains(&metric),
             "{metric} for {headers:?} not in metrics"

@@ -51,12 +51,7 @@ async fn over_the_limit_gets_429_with_retry_after_and_nothing_reaches_the_upstre
         "{v}"
     );
     assert_eq!(up.state().await["requests"].as_u64().unwrap(), before);
-    let metrics = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(r#"mcp_gateway_rate_limited_total{route="/mcp",rule="per-ip"} 1"#),
         "{metrics}"

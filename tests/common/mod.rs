@@ -273,6 +273,16 @@ impl Gateway {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The admin service's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A URL on the admin service (its port read back from the config written).
     pub fn admin_url(&self, path: &str) -> String {
         let yaml = std::fs::read_to_string(self.dir.path("gateway.yaml")).unwrap();
