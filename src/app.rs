@@ -29,6 +29,15 @@ pub struct ConfigSource {
     pub text: String,
 }
 
+/// `path: message` problems as one line.
+fn joined(problems: Vec<(String, String)>) -> String {
+    problems
+        .into_iter()
+        .map(|(p, m)| format!("{p}: {m}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Build everything the request path reads.
 pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
     let groups = Groups::build(config)?;
@@ -40,14 +49,10 @@ pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
              MCP sessions will not survive a restart or span gateway replicas"
         );
     }
-    let auth = crate::security::auth::Auth::build(&config.security).map_err(|problems| {
-        problems
-            .into_iter()
-            .map(|(p, m)| format!("{p}: {m}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    })?;
+    let auth = crate::security::auth::Auth::build(&config.security).map_err(joined)?;
+    let cors = crate::security::cors::Cors::build(&config.security.cors).map_err(joined)?;
     Ok(Arc::new(State {
+        cors,
         auth,
         rate_limits: crate::security::rate_limit::RateLimits::build(&config.security.rate_limiting),
         routes,

@@ -16,6 +16,8 @@ pub mod code {
     pub const UNAUTHORIZED: i32 = -32010;
     /// The gateway's own: a rate limit refused the request.
     pub const RATE_LIMITED: i32 = -32011;
+    /// The gateway's own: a browser origin that is not allowed.
+    pub const FORBIDDEN_ORIGIN: i32 = -32012;
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub enum GatewayError {
     PayloadTooLarge { limit: u64 },
     #[error("no MCP endpoint at {0:?}")]
     NoRoute(String),
+    #[error("origin {0:?} is not allowed to call this gateway (security.cors.allowed_origins)")]
+    ForbiddenOrigin(String),
     #[error("{message}")]
     RateLimited {
         rule: String,
@@ -90,6 +94,7 @@ impl GatewayError {
             NoRoute(_) => (404, code::INVALID_REQUEST),
             Unauthorized { .. } => (401, code::UNAUTHORIZED),
             RateLimited { .. } => (429, code::RATE_LIMITED),
+            ForbiddenOrigin(_) => (403, code::FORBIDDEN_ORIGIN),
             MethodNotAllowed(_) => (405, code::INVALID_REQUEST),
             SessionNotFound | SessionServerGone(_) | SessionServerDown(_) => {
                 (404, code::SESSION_NOT_FOUND)
@@ -116,6 +121,7 @@ impl GatewayError {
             NoRoute(_) => "no_route",
             Unauthorized { .. } => "unauthorized",
             RateLimited { .. } => "rate_limited",
+            ForbiddenOrigin(_) => "forbidden_origin",
             MethodNotAllowed(_) => "method_not_allowed",
             SessionNotFound => "session_not_found",
             SessionServerGone(_) => "session_server_gone",

@@ -311,19 +311,8 @@ async fn each_method_lets_its_client_in_and_no_credential_is_forwarded() {
 
 #[test]
 fn bad_auth_config_lists_every_problem() {
-    let dir = TempDir::new("authcfg");
-    let config = dir.path("bad.yaml");
-    std::fs::write(
-        &config,
-        "upstream:\n  groups:\n    default:\n      servers:\n        - {id: a, url: http://127.0.0.1:3001/mcp}\nsecurity:\n  auth:\n    - routes: [/nope]\n      jwt: {secret: short, algorithms: [RS256]}\n      api_keys: {keys: [{id: x, sha256: abc}]}\n      basic: {users: [{name: a, hash: plaintext}]}\n    - jwt: {public_key_file: /no/such.pem, algorithms: [HS999]}\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["--validate", "-c", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = validate("upstream:\n  groups:\n    default:\n      servers:\n        - {id: a, url: http://127.0.0.1:3001/mcp}\nsecurity:\n  auth:\n    - routes: [/nope]\n      jwt: {secret: short, algorithms: [RS256]}\n      api_keys: {keys: [{id: x, sha256: abc}]}\n      basic: {users: [{name: a, hash: plaintext}]}\n    - jwt: {public_key_file: /no/such.pem, algorithms: [HS999]}\n");
+    assert_eq!(code, Some(64));
     for needle in [
         "security.auth[0].routes[0]: \"/nope\" is not a configured route",
         "security.auth[0].jwt.secret: must be at least 32 bytes",

@@ -338,6 +338,11 @@ fn validate(c: &Config, errs: &mut Errors) {
             "must be greater than 0",
         );
     }
+    if let Err(problems) = crate::security::cors::Cors::build(&c.security.cors) {
+        for (path, message) in problems {
+            errs.0.push(ConfigError { path, message });
+        }
+    }
     if let Err(problems) = crate::security::auth::Auth::build(&c.security) {
         for (path, message) in problems {
             errs.0.push(ConfigError { path, message });

@@ -45,6 +45,28 @@ config_struct! {
         /// Ordered rules; the first whose `routes` include the request's route applies.
         auth: Vec<AuthRule> = Vec::new(),
         rate_limiting: RateLimitingConfig = RateLimitingConfig::default(),
+        cors: CorsConfig = CorsConfig::default(),
+    }
+}
+
+config_struct! {
+    /// Browser clients: which origins may call, and the CORS answers they get.
+    pub struct CorsConfig {
+        /// Origins allowed to send requests (`https://app.example.com`); a request with
+        /// any other `Origin` is refused with 403. Empty: no browser origin is allowed.
+        allowed_origins: Vec<String> = Vec::new(),
+        allowed_methods: Vec<String> = ["GET", "POST", "DELETE"].map(String::from).to_vec(),
+        allowed_headers: Vec<String> = [
+            "Content-Type", "Accept", "Authorization", "X-API-Key", "Mcp-Session-Id",
+            "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name", "Last-Event-ID", "X-Request-Id",
+            "traceparent", "tracestate",
+        ].map(String::from).to_vec(),
+        exposed_headers: Vec<String> = [
+            "Mcp-Session-Id", "MCP-Protocol-Version", "X-Request-Id", "WWW-Authenticate",
+            "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset",
+        ].map(String::from).to_vec(),
+        /// How long browsers may cache a preflight answer.
+        max_age: Dur = Dur::secs(600),
     }
 }
 

@@ -50,6 +50,10 @@ pub struct RequestCtx {
     pub span: Option<RequestSpan>,
     /// The authenticated client (none on routes without authentication).
     pub identity: Option<crate::security::auth::Identity>,
+    /// The request's allowed browser `Origin`.
+    pub cors_origin: Option<http::HeaderValue>,
+    /// The CORS headers every answer to that origin carries.
+    pub cors_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// The rate-limit quota left, sent back as `RateLimit-*` headers.
     pub quota: Option<crate::security::rate_limit::Quota>,
     /// Credential headers (API keys) never to forward upstream.
@@ -137,6 +141,8 @@ impl RequestCtx {
             identity: None,
             credential_headers: None,
             quota: None,
+            cors_origin: None,
+            cors_headers: Vec::new(),
             request_id: String::new(),
             group: None,
             mcp: McpInfo::default(),

@@ -200,6 +200,7 @@ pub fn client_response(gw: &Gateway, resp: &mut ResponseHeader, ctx: &RequestCtx
         }
     }
     resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    super::respond::common_headers(resp, ctx)?;
     if let Some(q) = ctx.quota {
         resp.insert_header("ratelimit-limit", q.limit.to_string())?;
         resp.insert_header("ratelimit-remaining", q.remaining.to_string())?;

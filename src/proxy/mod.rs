@@ -45,6 +45,7 @@ pub struct State {
     pub sessions: SessionKeys,
     pub auth: crate::security::auth::Auth,
     pub rate_limits: crate::security::rate_limit::RateLimits,
+    pub cors: crate::security::cors::Cors,
     pub max_request_body: u64,
     pub timeouts: ctx::Timeouts,
     /// Sealed session ids older than this are refused (`None`: never).

@@ -8,6 +8,7 @@ use super::{large_body, respond, Gateway};
 use crate::error::GatewayError;
 use crate::mcp::envelope::{self, Body, Era, InspectError};
 use crate::mcp::headers::{self, MCP_SESSION_ID};
+use crate::security::cors::Cors;
 use crate::security::rate_limit::Subject;
 use crate::telemetry::metrics::{self, METRICS};
 use crate::telemetry::record;
@@ -28,6 +29,39 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     if let Some(answer) = super::health::answer(path, &gw.state) {
         let (status, body) = answer;
         respond::json(session, ctx, status, body).await?;
+        return Ok(true);
+    }
+    // Browsers: refuse foreign origins before reading anything; answer preflights here.
+    match gw.state.cors.check_origin(&session.req_header().headers) {
+        Ok(origin) => {
+            if let Some(o) = &origin {
+                ctx.cors_headers = gw.state.cors.headers(o, false);
+            }
+            ctx.cors_origin = origin;
+        }
+        Err(origin) => {
+            respond::error(session, ctx, GatewayError::ForbiddenOrigin(origin)).await?;
+            return Ok(true);
+        }
+    }
+    let req = session.req_header();
+    if Cors::is_preflight(&req.method, &req.headers) {
+        match &ctx.cors_origin {
+            Some(origin) if gw.state.cors.method_allowed(&req.headers) => {
+                let headers = gw.state.cors.headers(origin, true);
+                respond::empty(session, ctx, 204, headers).await?;
+            }
+            _ => {
+                let origin = String::from_utf8_lossy(
+                    req.headers
+                        .get(http::header::ORIGIN)
+                        .map(|v| v.as_bytes())
+                        .unwrap_or(b"(none)"),
+                )
+                .into_owned();
+                respond::error(session, ctx, GatewayError::ForbiddenOrigin(origin)).await?;
+            }
+        }
         return Ok(true);
     }
     if crate::telemetry::tracing::enabled() {

@@ -9,6 +9,41 @@ use pingora::proxy::Session;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// Headers every answer of the proxy port carries: security headers, and CORS headers
+/// when the request came from an allowed browser origin.
+pub fn common_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    for (name, value) in crate::security::cors::SECURITY_HEADERS {
+        resp.insert_header(name, value)?;
+    }
+    for (name, value) in &ctx.cors_headers {
+        resp.insert_header(name.clone(), value.clone())?;
+    }
+    Ok(())
+}
+
+/// An answer without a body (a CORS preflight), with `headers`.
+pub async fn empty(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(8))?;
+    for (name, value) in headers {
+        resp.insert_header(name, value)?;
+    }
+    for (name, value) in crate::security::cors::SECURITY_HEADERS {
+        resp.insert_header(name, value)?;
+    }
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    if !ctx.request_id.is_empty() {
+        resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    }
+    ctx.local_status = Some(status);
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(())
+}
+
 /// Write a JSON response with the request id.
 pub async fn json(
     session: &mut Session,
@@ -16,7 +51,7 @@ pub async fn json(
     status: u16,
     body: Vec<u8>,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build(status, Some(12))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     if !ctx.request_id.is_empty() {
@@ -25,6 +60,7 @@ pub async fn json(
     if status == 405 {
         resp.insert_header(http::header::ALLOW, "GET, POST, DELETE")?;
     }
+    common_headers(&mut resp, ctx)?;
     match &ctx.error {
         Some(GatewayError::Unauthorized { challenge, .. }) => {
             resp.insert_header(http::header::WWW_AUTHENTICATE, challenge.as_str())?;

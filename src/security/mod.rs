@@ -2,4 +2,5 @@
 //! credentials are never forwarded upstream (see `proxy::forward`).
 
 pub mod auth;
+pub mod cors;
 pub mod rate_limit;

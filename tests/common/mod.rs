@@ -382,6 +382,22 @@ pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
 
+/// Run `--validate` on `yaml`: the exit code and what it printed on stderr.
+pub fn validate(yaml: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new("validate");
+    let config = dir.path("config.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["--validate", "-c", config.to_str().unwrap()])
+        .env_remove("MCP_GATEWAY_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// SHA-256 of `data` in hex (computed by Python, so the test trusts no code of ours).
 pub fn sha256_hex(data: &[u8]) -> String {
     let out = std::process::Command::new("python3")
