@@ -190,7 +190,11 @@ fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
 }
 
 /// Keys whose values are secrets, wherever they appear in the config.
-const SECRET_KEYS: &[&str] = &["keys", "token", "secret", "password", "api_key", "bearer"];
+/// (`hash` and `sha256`: password and API-key hashes, not secrets themselves, but no
+/// business of an admin API reader either.)
+const SECRET_KEYS: &[&str] = &[
+    "keys", "token", "secret", "password", "api_key", "bearer", "hash", "sha256",
+];
 
 /// Replace every secret in the config tree with `"<redacted>"` (non-empty values only),
 /// and the password of any URL with user info.
@@ -266,6 +270,7 @@ mod tests {
         let mut v = json!({
             "sessions": {"keys": ["abc", ""], "ttl": "1day"},
             "admin": {"token": "0123456789abcdef", "port": 9090},
+            "security": {"auth": [{"jwt": {"secret": "s3cr3t", "algorithms": ["HS256"]}, "basic": {"users": [{"name": "alice", "hash": "$argon2id$x"}]}}]},
             "auth": {"upstream_auth": {"header": "X-Api-Key", "value": "k-123", "bearer": null}},
             "upstream": {"groups": {"g": {"servers": [{"url": "https://u:p4ss@h:1/mcp"}, {"url": "http://h/mcp"}]}}},
         });
@@ -274,6 +279,11 @@ mod tests {
         assert_eq!(v["sessions"]["ttl"], "1day");
         assert_eq!(v["admin"]["token"], "<redacted>");
         assert_eq!(v["admin"]["port"], 9090);
+        let rule = &v["security"]["auth"][0];
+        assert_eq!(rule["jwt"]["secret"], "<redacted>");
+        assert_eq!(rule["jwt"]["algorithms"][0], "HS256");
+        assert_eq!(rule["basic"]["users"][0]["name"], "alice");
+        assert_eq!(rule["basic"]["users"][0]["hash"], "<redacted>");
         assert_eq!(v["auth"]["upstream_auth"]["header"], "X-Api-Key");
         assert_eq!(v["auth"]["upstream_auth"]["value"], "<redacted>");
         assert!(v["auth"]["upstream_auth"]["bearer"].is_null());
