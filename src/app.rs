@@ -59,6 +59,7 @@ pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
         groups,
         sessions,
         max_request_body: config.limits.max_request_body.0,
+        max_request_headers: config.limits.max_request_headers.0,
         timeouts: crate::proxy::ctx::Timeouts {
             request: config.timeouts.request.0,
             stream_idle: config.timeouts.stream_idle.0,
@@ -152,13 +153,19 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let proxy_app = pingora::proxy::http_proxy(
+    let mut proxy_app = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(
             state.clone(),
             pool_per_thread(&config) * config.server.threads.max(1),
         ),
     );
+    if config.limits.requests_per_connection > 0 {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        // Pingora counts reuses after the first request.
+        options.keepalive_request_limit = Some(config.limits.requests_per_connection - 1);
+        proxy_app.server_options = Some(options);
+    }
     // Connections are tracked (and can be closed) through the admin API.
     let mut proxy = pingora::services::listening::Service::new(
         "mcp-gateway proxy".to_string(),

@@ -32,6 +32,8 @@ pub enum GatewayError {
     UnsupportedMediaType(String),
     #[error("the request body exceeds the limit of {limit} bytes (limits.max_request_body)")]
     PayloadTooLarge { limit: u64 },
+    #[error("the request head ({size} bytes) exceeds the limit of {limit} bytes (limits.max_request_headers)")]
+    HeadersTooLarge { size: u64, limit: u64 },
     #[error("no MCP endpoint at {0:?}")]
     NoRoute(String),
     #[error("origin {0:?} is not allowed to call this gateway (security.cors.allowed_origins)")]
@@ -91,6 +93,7 @@ impl GatewayError {
             HeaderMismatch(_) => (400, code::HEADER_MISMATCH),
             UnsupportedMediaType(_) => (415, code::INVALID_REQUEST),
             PayloadTooLarge { .. } => (413, code::INVALID_REQUEST),
+            HeadersTooLarge { .. } => (431, code::INVALID_REQUEST),
             NoRoute(_) => (404, code::INVALID_REQUEST),
             Unauthorized { .. } => (401, code::UNAUTHORIZED),
             RateLimited { .. } => (429, code::RATE_LIMITED),
@@ -118,6 +121,7 @@ impl GatewayError {
             HeaderMismatch(_) => "header_mismatch",
             UnsupportedMediaType(_) => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
+            HeadersTooLarge { .. } => "headers_too_large",
             NoRoute(_) => "no_route",
             Unauthorized { .. } => "unauthorized",
             RateLimited { .. } => "rate_limited",

@@ -793,3 +793,103 @@ async fn the_clients_credentials_never_reach_the_upstream() {
     assert!(r["headers"].get("authorization").is_none());
     assert!(!gw.log().contains("k-789") && !gw.log().contains("client-token-123"));
 }
+
+#[tokio::test]
+async fn oversized_heads_get_431_and_connections_have_a_request_budget() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(
+        &[up.url()],
+        "limits:\n  max_request_headers: 4KiB\n  requests_per_connection: 3\n",
+    ))
+    .await;
+    let c = client();
+    let v = expect_error(
+        post(&c, &gw.url("/mcp"), LIST)
+            .header("x-padding", "p".repeat(5000))
+            .send()
+            .await
+            .unwrap(),
+        431,
+        -32600,
+    )
+    .await;
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_request_headers"));
+    received(
+        post(&c, &gw.url("/mcp"), LIST)
+            .header("x-padding", "p".repeat(3000))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    // The third request on a connection is its last: the gateway says so and closes.
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let mut conn = tokio::io::BufReader::new(stream);
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{LIST}",
+        LIST.len()
+    );
+    let mut connection_headers = Vec::new();
+    for _ in 0..3 {
+        conn.get_mut().write_all(head.as_bytes()).await.unwrap();
+        let (mut length, mut connection) = (0usize, String::new());
+        loop {
+            let mut line = String::new();
+            conn.read_line(&mut line).await.unwrap();
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            if let Some(v) = lower.strip_prefix("connection:") {
+                connection = v.trim().to_string();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        conn.read_exact(&mut body).await.unwrap();
+        connection_headers.push(connection);
+    }
+    assert_eq!(connection_headers, ["keep-alive", "keep-alive", "close"]);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the connection closes after its budget"
+    );
+}
+
+#[tokio::test]
+async fn slow_clients_do_not_hold_up_others() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    // 200 clients that trickle a request head and never finish it.
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+            .await
+            .unwrap();
+        s.write_all(b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // Everyone else is served meanwhile.
+    let c = client();
+    for _ in 0..10 {
+        received(post(&c, &gw.url("/mcp"), LIST).send().await.unwrap()).await;
+    }
+    for s in &mut slow {
+        let _ = s.write_all(b"a").await;
+    }
+    received(post(&c, &gw.url("/mcp"), LIST).send().await.unwrap()).await;
+}

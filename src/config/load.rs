@@ -314,6 +314,12 @@ fn validate(c: &Config, errs: &mut Errors) {
         );
     }
 
+    if c.limits.max_request_headers.0 < 1024 {
+        errs.push(
+            &root.key("limits").key("max_request_headers"),
+            "must be at least 1KiB",
+        );
+    }
     if c.limits.max_request_body.0 == 0 {
         errs.push(
             &root.key("limits").key("max_request_body"),

@@ -394,6 +394,10 @@ config_struct! {
     pub struct LimitsConfig {
         /// Largest request body accepted; larger ones get `413`.
         max_request_body: ByteSize = ByteSize(4 << 20),
+        /// Largest request head (request line and header fields); larger ones get `431`.
+        max_request_headers: ByteSize = ByteSize(32 << 10),
+        /// Requests served on one client connection before it is closed (`0`: no limit).
+        requests_per_connection: u32 = 0,
     }
 }
 

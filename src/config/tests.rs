@@ -390,3 +390,23 @@ fn upstream_auth_is_checked() {
         );
     }
 }
+
+#[test]
+fn header_limit_has_a_floor() {
+    let errs = errors(&format!("{MINIMAL}limits:\n  max_request_headers: 100\n"));
+    assert!(
+        errs[0].starts_with("limits.max_request_headers: must be at least 1KiB"),
+        "{errs:?}"
+    );
+    let c = load(&format!(
+        "{MINIMAL}limits:\n  max_request_headers: 8KiB\n  requests_per_connection: 100\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            c.limits.max_request_headers.0,
+            c.limits.requests_per_connection
+        ),
+        (8192, 100)
+    );
+}

@@ -47,6 +47,7 @@ pub struct State {
     pub rate_limits: crate::security::rate_limit::RateLimits,
     pub cors: crate::security::cors::Cors,
     pub max_request_body: u64,
+    pub max_request_headers: u64,
     pub timeouts: ctx::Timeouts,
     /// Sealed session ids older than this are refused (`None`: never).
     pub session_ttl: Option<std::time::Duration>,

@@ -31,6 +31,21 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         respond::json(session, ctx, status, body).await?;
         return Ok(true);
     }
+    // Oversized heads are refused before anything else (Pingora's own cap is 1 MiB).
+    let head = session.req_header();
+    let target = head.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let size = target as u64
+        + head
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+            .sum::<u64>();
+    if size > gw.state.max_request_headers {
+        session.set_keepalive(None);
+        let limit = gw.state.max_request_headers;
+        respond::error(session, ctx, GatewayError::HeadersTooLarge { size, limit }).await?;
+        return Ok(true);
+    }
     // Browsers: refuse foreign origins before reading anything; answer preflights here.
     match gw.state.cors.check_origin(&session.req_header().headers) {
         Ok(origin) => {
