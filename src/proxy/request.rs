@@ -55,6 +55,8 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
             ctx.cors_origin = origin;
         }
         Err(origin) => {
+            // A body, if any, stays unread: the connection is not reused.
+            session.set_keepalive(None);
             respond::error(session, ctx, GatewayError::ForbiddenOrigin(origin)).await?;
             return Ok(true);
         }
