@@ -311,7 +311,7 @@ async fn each_method_lets_its_client_in_and_no_credential_is_forwarded() {
 
 #[test]
 fn bad_auth_config_lists_every_problem() {
-    let (code, err) = validate("upstream:\n  groups:\n    default:\n      servers:\n        - {id: a, url: http://127.0.0.1:3001/mcp}\nsecurity:\n  auth:\n    - routes: [/nope]\n      jwt: {secret: short, algorithms: [RS256]}\n      api_keys: {keys: [{id: x, sha256: abc}]}\n      basic: {users: [{name: a, hash: plaintext}]}\n    - jwt: {public_key_file: /no/such.pem, algorithms: [HS999]}\n");
+    let (code, err) = validate("upstream:\n  groups:\n    default:\n      servers:\n        - {id: a, url: http://127.0.0.1:3001/mcp}\nsecurity:\n  auth:\n    - routes: [/nope]\n      jwt: {secret: short, algorithms: [RS256]}\n      api_keys: {keys: [{id: x, sha256: abc}]}\n      basic: {users: [{name: a, hash: plaintext}]}\n    - jwt: {public_key_file: /no/such.pem, algorithms: [HS999]}\n    - jwt: {jwks_url: \"ftp://idp/keys\", algorithms: [HS256], jwks_refresh: 1s}\n    - jwt: {jwks_file: /no/jwks.json, secret: x, algorithms: [RS256]}\n");
     assert_eq!(code, Some(64));
     for needle in [
         "security.auth[0].routes[0]: \"/nope\" is not a configured route",
@@ -321,7 +321,146 @@ fn bad_auth_config_lists_every_problem() {
         "security.auth[0].basic.users[0].hash: must be an argon2",
         "security.auth[1].jwt.public_key_file: cannot read \"/no/such.pem\"",
         "security.auth[1].jwt.algorithms[0]: \"HS999\" is not a JWT algorithm",
+        "security.auth[2].jwt.jwks_url: \"ftp://idp/keys\" is not an http(s) URL",
+        "security.auth[2].jwt.algorithms[0]: HS256: a JWKS supplies public keys",
+        "security.auth[2].jwt.jwks_refresh: must be at least 5s",
+        "security.auth[3].jwt: set exactly one of secret, public_key_file, jwks_file, jwks_url",
     ] {
         assert!(err.contains(needle), "{needle:?} not in:\n{err}");
     }
+}
+
+/// A JWKS document holding the public halves of `keys` (kid, private PEM).
+fn jwks(keys: &[(&str, &str)]) -> String {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    let keys = keys
+        .iter()
+        .map(|(kid, pem)| {
+            let mut jwk = Jwk::from_encoding_key(
+                &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+                Algorithm::RS256,
+            )
+            .unwrap();
+            jwk.common.key_id = Some(kid.to_string());
+            jwk
+        })
+        .collect();
+    serde_json::to_string(&JwkSet { keys }).unwrap()
+}
+
+fn rs256(kid: &str, pem: &str, sub: &str) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.into());
+    encode(
+        &header,
+        &json!({"sub": sub, "exp": now() + 600}),
+        &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn jwks_from_a_file_and_from_a_url_that_rotates() {
+    use http_body_util::Full;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use std::sync::{Arc, Mutex};
+
+    let dir = TempDir::new("jwks");
+    let (k1, _) = keypair(
+        &dir,
+        "k1",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    let (k2, _) = keypair(
+        &dir,
+        "k2",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    let file = dir.path("jwks.json");
+    std::fs::write(&file, jwks(&[("k1", &k1)])).unwrap();
+
+    // A JWKS endpoint whose document the test can change.
+    let served = Arc::new(Mutex::new(jwks(&[("k1", &k1)])));
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_port = listener.local_addr().unwrap().port();
+    {
+        let (served, fetches) = (served.clone(), fetches.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (served, fetches) = (served.clone(), fetches.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| {
+                        fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let body = served.lock().unwrap().clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    }
+
+    let up = Upstream::start("u");
+    let extra = format!(
+        "routes:\n  - {{path: /mcp/file, group: default}}\n  - {{path: /mcp/url, group: default}}\nsecurity:\n  auth:\n    - routes: [/mcp/file]\n      jwt: {{jwks_file: \"{}\", algorithms: [RS256]}}\n    - routes: [/mcp/url]\n      jwt: {{jwks_url: \"http://127.0.0.1:{jwks_port}/jwks.json\", algorithms: [RS256]}}\n",
+        file.display()
+    );
+    let gw = Gateway::start(&config_for(&[up.url()], &extra)).await;
+
+    // From the file: its key works, a key it does not hold is refused.
+    assert_eq!(
+        call(&gw, "/mcp/file", &[bearer(&rs256("k1", &k1, "a"))])
+            .await
+            .0,
+        200
+    );
+    let (status, v, _) = call(&gw, "/mcp/file", &[bearer(&rs256("k2", &k2, "a"))]).await;
+    assert_eq!(status, 401, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no key \"k2\""),
+        "{v}"
+    );
+
+    // From the URL: fetched on first use.
+    assert_eq!(
+        call(&gw, "/mcp/url", &[bearer(&rs256("k1", &k1, "b"))])
+            .await
+            .0,
+        200
+    );
+    let first = fetches.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(first, 1);
+    // The identity provider rotates to k2: a token naming the new kid makes the gateway
+    // reload (at most every 5 s), and then it is accepted.
+    *served.lock().unwrap() = jwks(&[("k2", &k2)]);
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    assert_eq!(
+        call(&gw, "/mcp/url", &[bearer(&rs256("k2", &k2, "c"))])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // Unknown kids do not make it fetch on every request.
+    for _ in 0..3 {
+        assert_eq!(
+            call(&gw, "/mcp/url", &[bearer(&rs256("k9", &k1, "d"))])
+                .await
+                .0,
+            401
+        );
+    }
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

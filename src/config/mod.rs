@@ -121,10 +121,15 @@ config_struct! {
 }
 
 config_struct! {
-    /// Bearer JWTs: HMAC with `secret`, or RSA / EC / Ed25519 with `public_key_file`.
+    /// Bearer JWTs: HMAC with `secret`, or RSA / EC / Ed25519 with `public_key_file` or
+    /// a JWKS (`jwks_file` or `jwks_url`).
     pub struct JwtConfig {
         secret: Option<String> = None,
         public_key_file: Option<String> = None,
+        jwks_file: Option<String> = None,
+        jwks_url: Option<String> = None,
+        /// Re-read the JWKS this often (and at most every 5 s on a token with an unknown `kid`).
+        jwks_refresh: Dur = Dur::secs(600),
         /// Accepted `alg` values, all of the key's family (e.g. [RS256, PS256]).
         algorithms: Vec<String> = Vec::new(),
         issuer: Option<String> = None,

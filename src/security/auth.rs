@@ -16,11 +16,16 @@
 //!   purpose and must not stall the proxy's workers).
 
 use crate::config::{ApiKeysConfig, AuthRule, BasicConfig, JwtConfig, SecurityConfig};
+use arc_swap::ArcSwap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// Who a request comes from, once authenticated.
@@ -47,8 +52,131 @@ pub struct Refusal {
 }
 
 struct Jwt {
-    key: DecodingKey,
+    keys: JwtKeys,
     validation: Validation,
+}
+
+enum JwtKeys {
+    One(DecodingKey),
+    Jwks(Jwks),
+}
+
+/// Where a JWKS comes from.
+enum JwksSource {
+    File(String),
+    Url(String),
+}
+
+/// A JSON Web Key Set, kept current: re-read every `refresh`, and at once (at most every
+/// [`FORCED_REFRESH`]) when a token names a `kid` it does not hold.
+struct Jwks {
+    source: JwksSource,
+    /// Keys by `kid` (`""` for a key without one). Asymmetric keys only.
+    keys: ArcSwap<HashMap<String, DecodingKey>>,
+    refresh: Duration,
+    last_load: AtomicU64,
+    last_forced: AtomicU64,
+    loading: AtomicBool,
+}
+
+/// The shortest time between two reloads caused by unknown `kid`s.
+const FORCED_REFRESH: Duration = Duration::from_secs(5);
+
+/// Milliseconds since the process's first use of this clock.
+fn now_ms() -> u64 {
+    crate::upstream::breaker::now_ms()
+}
+
+impl Jwks {
+    /// Parse a JWKS document: asymmetric keys only (an `oct` key would let anyone who can
+    /// read the set sign tokens).
+    fn parse(text: &[u8]) -> Result<HashMap<String, DecodingKey>, String> {
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            if matches!(
+                jwk.algorithm,
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
+            ) {
+                continue;
+            }
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(jwk.common.key_id.clone().unwrap_or_default(), key);
+            }
+        }
+        if keys.is_empty() {
+            return Err("the JWKS holds no usable RSA, EC or Ed25519 key".into());
+        }
+        Ok(keys)
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, DecodingKey>, String> {
+        let text = match &self.source {
+            JwksSource::File(path) => tokio::fs::read(path)
+                .await
+                .map_err(|e| format!("reading {path:?}: {e}"))?,
+            JwksSource::Url(url) => {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let resp = client
+                    .get(url)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| format!("fetching {url}: {e}"))?;
+                resp.bytes()
+                    .await
+                    .map_err(|e| format!("fetching {url}: {e}"))?
+                    .to_vec()
+            }
+        };
+        Self::parse(&text)
+    }
+
+    /// Reload now (one reload at a time); false if it failed or another was running.
+    async fn reload(&self) -> bool {
+        if self.loading.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let result = self.fetch().await;
+        self.last_load.store(now_ms(), Ordering::Release);
+        self.loading.store(false, Ordering::Release);
+        match result {
+            Ok(keys) => {
+                log::info!("JWKS loaded: {} key(s)", keys.len());
+                self.keys.store(Arc::new(keys));
+                true
+            }
+            Err(e) => {
+                log::warn!("JWKS not reloaded (keeping the keys held): {e}");
+                false
+            }
+        }
+    }
+
+    /// The key for `kid`, reloading first if the set is stale or does not hold it.
+    async fn key(&self, kid: &str) -> Option<DecodingKey> {
+        let now = now_ms();
+        let stale = now.saturating_sub(self.last_load.load(Ordering::Acquire))
+            >= self.refresh.as_millis() as u64
+            || self.keys.load().is_empty();
+        let held = self.keys.load().get(kid).cloned();
+        if held.is_some() && !stale {
+            return held;
+        }
+        let may_force = now.saturating_sub(self.last_forced.load(Ordering::Acquire))
+            >= FORCED_REFRESH.as_millis() as u64;
+        if stale || may_force {
+            if held.is_none() {
+                self.last_forced.store(now, Ordering::Release);
+            }
+            self.reload().await;
+        }
+        self.keys.load().get(kid).cloned().or(held)
+    }
 }
 
 struct ApiKeys {
@@ -178,6 +306,25 @@ type Problems = Vec<(String, String)>;
 fn build_jwt(c: &JwtConfig) -> Result<Jwt, Problems> {
     let mut errs: Problems = Vec::new();
     let secret = c.secret.as_deref().filter(|s| !s.is_empty());
+    let sources = [
+        secret.is_some(),
+        c.public_key_file.is_some(),
+        c.jwks_file.is_some(),
+        c.jwks_url.is_some(),
+    ]
+    .iter()
+    .filter(|s| **s)
+    .count();
+    if sources == 1 && (c.jwks_file.is_some() || c.jwks_url.is_some()) {
+        return build_jwks(c);
+    }
+    if sources > 1 {
+        errs.push((
+            "jwt".into(),
+            "set exactly one of secret, public_key_file, jwks_file, jwks_url".into(),
+        ));
+        return Err(errs);
+    }
     let key = match (secret, &c.public_key_file) {
         (Some(s), None) => {
             if s.len() < 32 {
@@ -203,7 +350,8 @@ fn build_jwt(c: &JwtConfig) -> Result<Jwt, Problems> {
         _ => {
             errs.push((
                 "jwt".into(),
-                "set exactly one of secret (HS*) and public_key_file (RS*, PS*, ES*, EdDSA)".into(),
+                "set one of secret (HS*), public_key_file, jwks_file or jwks_url (RS*, PS*, ES*, EdDSA)"
+                    .into(),
             ));
             None
         }
@@ -237,6 +385,82 @@ fn build_jwt(c: &JwtConfig) -> Result<Jwt, Problems> {
     let Some((key, _)) = key.filter(|_| errs.is_empty()) else {
         return Err(errs);
     };
+    Ok(Jwt {
+        keys: JwtKeys::One(key),
+        validation: validation(c, algorithms),
+    })
+}
+
+/// A JWT rule whose keys come from a JWKS: asymmetric algorithms only.
+fn build_jwks(c: &JwtConfig) -> Result<Jwt, Problems> {
+    let mut errs: Problems = Vec::new();
+    let mut algorithms = Vec::new();
+    if c.algorithms.is_empty() {
+        errs.push((
+            "jwt.algorithms".into(),
+            "list the accepted algorithms, e.g. [RS256]".into(),
+        ));
+    }
+    for (j, a) in c.algorithms.iter().enumerate() {
+        match a.parse::<Algorithm>() {
+            Ok(alg) if alg.family() == jsonwebtoken::AlgorithmFamily::Hmac => errs.push((
+                format!("jwt.algorithms[{j}]"),
+                format!("{a}: a JWKS supplies public keys; HMAC algorithms cannot be used with it"),
+            )),
+            Ok(alg) => algorithms.push(alg),
+            Err(_) => errs.push((
+                format!("jwt.algorithms[{j}]"),
+                format!("{a:?} is not a JWT algorithm (RS256, PS256, ES256, EdDSA, ...)"),
+            )),
+        }
+    }
+    let (source, keys) = match (&c.jwks_file, &c.jwks_url) {
+        (Some(path), None) => match std::fs::read(path)
+            .map_err(|e| format!("cannot read {path:?}: {e}"))
+            .and_then(|t| Jwks::parse(&t).map_err(|e| format!("{path:?}: {e}")))
+        {
+            Ok(keys) => (JwksSource::File(path.clone()), keys),
+            Err(e) => {
+                errs.push(("jwt.jwks_file".into(), e));
+                (JwksSource::File(path.clone()), HashMap::new())
+            }
+        },
+        (None, Some(url)) => {
+            let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                errs.push((
+                    "jwt.jwks_url".into(),
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+            }
+            // Fetched on first use, then kept current.
+            (JwksSource::Url(url.clone()), HashMap::new())
+        }
+        _ => unreachable!("exactly one JWKS source"),
+    };
+    if c.jwks_refresh.0 < FORCED_REFRESH {
+        errs.push(("jwt.jwks_refresh".into(), "must be at least 5s".into()));
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let loaded = if keys.is_empty() { 0 } else { now_ms() };
+    Ok(Jwt {
+        keys: JwtKeys::Jwks(Jwks {
+            source,
+            keys: ArcSwap::from_pointee(keys),
+            refresh: c.jwks_refresh.0,
+            last_load: AtomicU64::new(loaded),
+            last_forced: AtomicU64::new(0),
+            loading: AtomicBool::new(false),
+        }),
+        validation: validation(c, algorithms),
+    })
+}
+
+fn validation(c: &JwtConfig, algorithms: Vec<Algorithm>) -> Validation {
     let mut validation = Validation::new(algorithms[0]);
     validation.algorithms = algorithms;
     validation.leeway = c.leeway.0.as_secs();
@@ -252,7 +476,7 @@ fn build_jwt(c: &JwtConfig) -> Result<Jwt, Problems> {
         Some(aud) => validation.set_audience(&[aud]),
         None => validation.validate_aud = false,
     }
-    Ok(Jwt { key, validation })
+    validation
 }
 
 #[derive(Clone, Copy)]
@@ -426,7 +650,7 @@ impl Rule {
             })
         };
         if let (Some(token), Some(jwt)) = (scheme("Bearer "), &self.jwt) {
-            return self.check_jwt(jwt, token);
+            return self.check_jwt(jwt, token).await;
         }
         if let Some(keys) = &self.api_keys {
             if let Some(key) = headers.get(&keys.header) {
@@ -455,40 +679,65 @@ impl Rule {
         Err(self.refuse(reason, format!("authentication required: send {accepted}")))
     }
 
-    fn check_jwt(&self, jwt: &Jwt, token: &[u8]) -> Result<Identity, Refusal> {
+    async fn check_jwt(&self, jwt: &Jwt, token: &[u8]) -> Result<Identity, Refusal> {
         use jsonwebtoken::errors::ErrorKind as K;
         let token = std::str::from_utf8(token).unwrap_or_default().trim();
-        let data =
-            jsonwebtoken::decode::<Value>(token, &jwt.key, &jwt.validation).map_err(|e| {
-                let (reason, what) = match e.kind() {
-                    K::ExpiredSignature => ("expired", "the token has expired".to_string()),
-                    K::ImmatureSignature => (
-                        "not_yet_valid",
-                        "the token is not valid yet (nbf)".to_string(),
-                    ),
-                    K::InvalidIssuer => (
-                        "wrong_issuer",
-                        "the token's issuer is not accepted".to_string(),
-                    ),
-                    K::InvalidAudience => (
-                        "wrong_audience",
-                        "the token is not for this audience".to_string(),
-                    ),
-                    K::InvalidAlgorithm => (
+        let jwks_key;
+        let key = match &jwt.keys {
+            JwtKeys::One(key) => key,
+            JwtKeys::Jwks(jwks) => {
+                let header = jsonwebtoken::decode_header(token).map_err(|_| {
+                    self.refuse(
+                        "malformed",
+                        "invalid bearer token: the token is not a valid JWT",
+                    )
+                })?;
+                let kid = header.kid.unwrap_or_default();
+                jwks_key = jwks.key(&kid).await.ok_or_else(|| {
+                    self.refuse(
+                        "unknown_key",
+                        format!("invalid bearer token: no key {kid:?} in the JWKS"),
+                    )
+                })?;
+                if jwks_key.family() != header.alg.family() {
+                    return Err(self.refuse(
                         "wrong_algorithm",
-                        "the token's algorithm is not accepted".to_string(),
-                    ),
-                    K::MissingRequiredClaim(c) => {
-                        ("missing_claim", format!("the token lacks the {c} claim"))
-                    }
-                    K::InvalidSignature => (
-                        "bad_signature",
-                        "the token's signature does not verify".to_string(),
-                    ),
-                    _ => ("malformed", "the token is not a valid JWT".to_string()),
-                };
-                self.refuse(reason, format!("invalid bearer token: {what}"))
-            })?;
+                        "invalid bearer token: the token's algorithm does not match its key",
+                    ));
+                }
+                &jwks_key
+            }
+        };
+        let data = jsonwebtoken::decode::<Value>(token, key, &jwt.validation).map_err(|e| {
+            let (reason, what) = match e.kind() {
+                K::ExpiredSignature => ("expired", "the token has expired".to_string()),
+                K::ImmatureSignature => (
+                    "not_yet_valid",
+                    "the token is not valid yet (nbf)".to_string(),
+                ),
+                K::InvalidIssuer => (
+                    "wrong_issuer",
+                    "the token's issuer is not accepted".to_string(),
+                ),
+                K::InvalidAudience => (
+                    "wrong_audience",
+                    "the token is not for this audience".to_string(),
+                ),
+                K::InvalidAlgorithm => (
+                    "wrong_algorithm",
+                    "the token's algorithm is not accepted".to_string(),
+                ),
+                K::MissingRequiredClaim(c) => {
+                    ("missing_claim", format!("the token lacks the {c} claim"))
+                }
+                K::InvalidSignature => (
+                    "bad_signature",
+                    "the token's signature does not verify".to_string(),
+                ),
+                _ => ("malformed", "the token is not a valid JWT".to_string()),
+            };
+            self.refuse(reason, format!("invalid bearer token: {what}"))
+        })?;
         let claims = data.claims;
         let str_claim = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_string);
         let subject = str_claim("sub").unwrap_or_default();
