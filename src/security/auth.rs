@@ -356,32 +356,11 @@ fn build_jwt(c: &JwtConfig) -> Result<Jwt, Problems> {
             None
         }
     };
-    let mut algorithms = Vec::new();
-    if c.algorithms.is_empty() {
-        errs.push((
-            "jwt.algorithms".into(),
-            "list the accepted algorithms, e.g. [RS256]".into(),
-        ));
-    }
-    for (j, a) in c.algorithms.iter().enumerate() {
-        match a.parse::<Algorithm>() {
-            Ok(alg) => {
-                if let Some((_, kind)) = &key {
-                    if !kind.accepts(alg) {
-                        errs.push((
-                            format!("jwt.algorithms[{j}]"),
-                            format!("{a} does not match the {} key", kind.name()),
-                        ));
-                    }
-                }
-                algorithms.push(alg);
-            }
-            Err(_) => errs.push((
-                format!("jwt.algorithms[{j}]"),
-                format!("{a:?} is not a JWT algorithm (HS256, RS256, PS256, ES256, EdDSA, ...)"),
-            )),
-        }
-    }
+    let algorithms = parse_algorithms(c, &mut errs, |alg, a| {
+        key.as_ref()
+            .filter(|(_, kind)| !kind.accepts(alg))
+            .map(|(_, kind)| format!("{a} does not match the {} key", kind.name()))
+    });
     let Some((key, _)) = key.filter(|_| errs.is_empty()) else {
         return Err(errs);
     };
@@ -394,26 +373,11 @@ fn build_jwt(c: &JwtConfig) -> Result<Jwt, Problems> {
 /// A JWT rule whose keys come from a JWKS: asymmetric algorithms only.
 fn build_jwks(c: &JwtConfig) -> Result<Jwt, Problems> {
     let mut errs: Problems = Vec::new();
-    let mut algorithms = Vec::new();
-    if c.algorithms.is_empty() {
-        errs.push((
-            "jwt.algorithms".into(),
-            "list the accepted algorithms, e.g. [RS256]".into(),
-        ));
-    }
-    for (j, a) in c.algorithms.iter().enumerate() {
-        match a.parse::<Algorithm>() {
-            Ok(alg) if alg.family() == jsonwebtoken::AlgorithmFamily::Hmac => errs.push((
-                format!("jwt.algorithms[{j}]"),
-                format!("{a}: a JWKS supplies public keys; HMAC algorithms cannot be used with it"),
-            )),
-            Ok(alg) => algorithms.push(alg),
-            Err(_) => errs.push((
-                format!("jwt.algorithms[{j}]"),
-                format!("{a:?} is not a JWT algorithm (RS256, PS256, ES256, EdDSA, ...)"),
-            )),
-        }
-    }
+    let algorithms = parse_algorithms(c, &mut errs, |alg, a| {
+        (alg.family() == jsonwebtoken::AlgorithmFamily::Hmac).then(|| {
+            format!("{a}: a JWKS supplies public keys; HMAC algorithms cannot be used with it")
+        })
+    });
     let (source, keys) = match (&c.jwks_file, &c.jwks_url) {
         (Some(path), None) => match std::fs::read(path)
             .map_err(|e| format!("cannot read {path:?}: {e}"))
@@ -458,6 +422,34 @@ fn build_jwks(c: &JwtConfig) -> Result<Jwt, Problems> {
         }),
         validation: validation(c, algorithms),
     })
+}
+
+/// The configured algorithms; `refuse` says why one cannot be used with this key source.
+fn parse_algorithms(
+    c: &JwtConfig,
+    errs: &mut Problems,
+    refuse: impl Fn(Algorithm, &str) -> Option<String>,
+) -> Vec<Algorithm> {
+    if c.algorithms.is_empty() {
+        errs.push((
+            "jwt.algorithms".into(),
+            "list the accepted algorithms, e.g. [RS256]".into(),
+        ));
+    }
+    let mut algorithms = Vec::new();
+    for (j, a) in c.algorithms.iter().enumerate() {
+        match a.parse::<Algorithm>() {
+            Ok(alg) => match refuse(alg, a) {
+                Some(why) => errs.push((format!("jwt.algorithms[{j}]"), why)),
+                None => algorithms.push(alg),
+            },
+            Err(_) => errs.push((
+                format!("jwt.algorithms[{j}]"),
+                format!("{a:?} is not a JWT algorithm (HS256, RS256, PS256, ES256, EdDSA, ...)"),
+            )),
+        }
+    }
+    algorithms
 }
 
 fn validation(c: &JwtConfig, algorithms: Vec<Algorithm>) -> Validation {
