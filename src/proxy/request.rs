@@ -41,7 +41,6 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
             .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
             .sum::<u64>();
     if size > gw.state.max_request_headers {
-        session.set_keepalive(None);
         let limit = gw.state.max_request_headers;
         respond::error(session, ctx, GatewayError::HeadersTooLarge { size, limit }).await?;
         return Ok(true);
@@ -55,8 +54,6 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
             ctx.cors_origin = origin;
         }
         Err(origin) => {
-            // A body, if any, stays unread: the connection is not reused.
-            session.set_keepalive(None);
             respond::error(session, ctx, GatewayError::ForbiddenOrigin(origin)).await?;
             return Ok(true);
         }
@@ -93,15 +90,6 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         Ok(Next::Proxy) => Ok(false),
         Ok(Next::Answered) => Ok(true),
         Err(e) => {
-            if matches!(
-                e,
-                GatewayError::PayloadTooLarge { .. }
-                    | GatewayError::BodyRead(_)
-                    | GatewayError::Unauthorized { .. }
-            ) {
-                // The rest of the body was not read: the connection cannot be reused.
-                session.set_keepalive(None);
-            }
             respond::error(session, ctx, e).await?;
             Ok(true)
         }

@@ -84,7 +84,12 @@ pub async fn json(
 }
 
 /// Answer with a JSON-RPC error; the id of the request is echoed when it was read.
+/// A refused request whose body was not read to its end closes its connection: the
+/// gateway does not read (drain) bodies it refused, from clients it may not trust.
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: GatewayError) -> Result<()> {
+    if !session.is_body_done() {
+        session.set_keepalive(None);
+    }
     let (status, _) = err.status_and_code();
     let id = ctx.mcp.envelope.as_ref().and_then(|e| e.id.as_deref());
     let body = err.to_body(id);
