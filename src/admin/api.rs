@@ -175,14 +175,14 @@ pub fn route(admin: &Admin, method: &str, path: &str) -> ApiResult {
         ["upstreams"] => get(&|| {
             let mut groups: Vec<&std::sync::Arc<Group>> = admin.state.groups.0.values().collect();
             groups.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(json!({ "groups": groups.iter().map(|g| group_json(admin, g)).collect::<Vec<_>>() }))
+            Ok(json!({ "groups": groups.iter().map(|g| group_json(g)).collect::<Vec<_>>() }))
         }),
         ["upstreams", name, "status"] => get(&|| {
             admin
                 .state
                 .groups
                 .get(name)
-                .map(|g| group_json(admin, g))
+                .map(|g| group_json(g))
                 .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no upstream group {name:?}")))
         }),
         _ => Err((
@@ -257,16 +257,10 @@ fn status(admin: &Admin) -> Value {
     })
 }
 
-fn group_json(admin: &Admin, g: &Group) -> Value {
-    let strategy = admin
-        .strategies
-        .iter()
-        .find(|(n, _)| n == &g.name)
-        .map(|(_, s)| s.as_str())
-        .unwrap_or("");
+fn group_json(g: &Group) -> Value {
     json!({
         "name": g.name,
-        "strategy": strategy,
+        "strategy": g.strategy(),
         "servers_up": g.servers().iter().filter(|s| s.is_up()).count(),
         "tools": g.tools.names(),
         "servers": g.servers().iter().map(|s| server_json(&g.name, s)).collect::<Vec<_>>(),
@@ -390,7 +384,7 @@ fn summary(admin: &Admin) -> Value {
         "connections_active": METRICS.connections_active.get(),
         "sse_streams_active": gauge_total(&METRICS.sse_streams_active),
         "sessions": total(&METRICS.sessions),
-        "upstreams": groups.iter().map(|g| group_json(admin, g)).collect::<Vec<_>>(),
+        "upstreams": groups.iter().map(|g| group_json(g)).collect::<Vec<_>>(),
         "top_tools": tools
             .iter()
             .map(|(g, t, n)| json!({"group": g, "tool": t, "calls": n}))

@@ -37,8 +37,6 @@ pub struct Admin {
     config_sha256: String,
     /// The running config (defaults filled in), secrets redacted.
     config_redacted: Value,
-    /// Per group: its strategy, as configured.
-    strategies: Vec<(String, String)>,
     /// Serializes changes to upstream membership.
     changes: tokio::sync::Mutex<()>,
 }
@@ -49,18 +47,6 @@ impl Admin {
         let config_sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
         let mut redacted = serde_json::to_value(config).unwrap_or(Value::Null);
         redact(&mut redacted);
-        let strategies = config
-            .upstream
-            .groups
-            .iter()
-            .map(|(name, g)| {
-                let s = serde_json::to_value(g.strategy)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                (name.clone(), s)
-            })
-            .collect();
         Admin {
             state,
             token: config.admin.token().map(|t| t.as_bytes().to_vec()),
@@ -68,7 +54,6 @@ impl Admin {
             config_name: source.name.clone(),
             config_sha256,
             config_redacted: redacted,
-            strategies,
             changes: tokio::sync::Mutex::new(()),
         }
     }

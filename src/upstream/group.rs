@@ -146,6 +146,10 @@ impl Group {
         })
     }
 
+    pub fn strategy(&self) -> Strategy {
+        self.template.strategy
+    }
+
     /// The current servers (a snapshot; membership may change after).
     pub fn servers(&self) -> Vec<Arc<Server>> {
         self.members.load().servers.clone()
