@@ -67,7 +67,7 @@ fn yaml(up: &Upstream, rs_pub: &str, es_pub: &str, argon: &str, bcrypt_hash: &st
     let key_hash = sha256_hex(API_KEY.as_bytes());
     let routes = "routes:\n  - {path: /mcp/hs, group: default}\n  - {path: /mcp/rs, group: default}\n  - {path: /mcp/es, group: default}\n  - {path: /mcp/open, group: default}\n";
     let security = format!(
-        "security:\n  auth:\n    - name: hs\n      routes: [/mcp/hs]\n      jwt: {{secret: \"{SECRET}\", algorithms: [HS256], issuer: \"https://issuer.test\", audience: mcp-gateway}}\n      api_keys:\n        keys:\n          - {{id: ci-bot, sha256: \"{key_hash}\", scopes: [tools:call]}}\n      basic:\n        users:\n          - {{name: alice, hash: \"{argon}\"}}\n          - {{name: bob, hash: \"{bcrypt_hash}\"}}\n    - name: rs\n      routes: [/mcp/rs]\n      jwt: {{public_key_file: \"{rs_pub}\", algorithms: [RS256, PS256]}}\n    - name: es\n      routes: [/mcp/es]\n      jwt: {{public_key_file: \"{es_pub}\", algorithms: [ES256], required_claims: [sub]}}\n"
+        "security:\n  auth:\n    - name: hs\n      routes: [/mcp/hs]\n      jwt: {{secret: \"{SECRET}\", algorithms: [HS256], issuer: \"https://issuer.test\", audience: mcp-gateway}}\n      api_keys:\n        keys:\n          - {{id: ci-bot, sha256: \"{key_hash}\"}}\n      basic:\n        users:\n          - {{name: alice, hash: \"{argon}\"}}\n          - {{name: bob, hash: \"{bcrypt_hash}\"}}\n    - name: rs\n      routes: [/mcp/rs]\n      jwt: {{public_key_file: \"{rs_pub}\", algorithms: [RS256, PS256]}}\n    - name: es\n      routes: [/mcp/es]\n      jwt: {{public_key_file: \"{es_pub}\", algorithms: [ES256], required_claims: [sub]}}\n"
     );
     config_for(&[up.url()], &format!("{routes}{security}"))
 }
@@ -306,6 +306,14 @@ async fn each_method_lets_its_client_in_and_no_credential_is_forwarded() {
                 "{needle} not in the access log"
             );
         }
+    }
+    // The rule that let each client in is named in the log.
+    let log = s.gw.log();
+    for rule in ["hs", "rs", "es"] {
+        assert!(
+            log.contains(&format!("\"auth_rule\":\"{rule}\"")),
+            "rule {rule} not logged"
+        );
     }
 }
 

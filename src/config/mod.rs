@@ -110,7 +110,7 @@ config_struct! {
 config_struct! {
     /// How clients of some routes authenticate: any mix of JWT, API keys and Basic.
     pub struct AuthRule {
-        /// A name for logs and metrics.
+        /// Named in the access log (`auth_rule`).
         name: String = String::new(),
         /// Route paths this rule covers; empty: every route.
         routes: Vec<String> = Vec::new(),
@@ -154,7 +154,6 @@ config_struct! {
         /// The client id the key stands for.
         id: String = String::new(),
         sha256: String = String::new(),
-        scopes: Vec<String> = Vec::new(),
     }
 }
 
@@ -169,7 +168,6 @@ config_struct! {
     pub struct BasicUser {
         name: String = String::new(),
         hash: String = String::new(),
-        scopes: Vec<String> = Vec::new(),
     }
 }
 

@@ -37,8 +37,7 @@ pub struct Identity {
     pub subject: String,
     /// The JWT `client_id` / `azp`, or the API key's id.
     pub client_id: Option<String>,
-    pub scopes: Vec<String>,
-    /// The rule that authenticated it.
+    /// The rule that authenticated it (its `name`).
     pub rule: String,
 }
 
@@ -181,11 +180,11 @@ impl Jwks {
 
 struct ApiKeys {
     header: http::HeaderName,
-    keys: Vec<([u8; 32], String, Vec<String>)>,
+    keys: Vec<([u8; 32], String)>,
 }
 
 struct Basic {
-    users: Vec<(String, String, Vec<String>)>,
+    users: Vec<(String, String)>,
 }
 
 struct Rule {
@@ -559,7 +558,7 @@ fn build_api_keys(c: &ApiKeysConfig) -> Result<ApiKeys, Problems> {
                     .into(),
             ));
         }
-        keys.push((hash, k.id.clone(), k.scopes.clone()));
+        keys.push((hash, k.id.clone()));
     }
     match header {
         Some(header) if errs.is_empty() => Ok(ApiKeys { header, keys }),
@@ -600,7 +599,7 @@ fn build_basic(c: &BasicConfig) -> Result<Basic, Problems> {
             users: c
                 .users
                 .iter()
-                .map(|u| (u.name.clone(), u.hash.clone(), u.scopes.clone()))
+                .map(|u| (u.name.clone(), u.hash.clone()))
                 .collect(),
         })
     } else {
@@ -734,17 +733,10 @@ impl Rule {
         let str_claim = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_string);
         let subject = str_claim("sub").unwrap_or_default();
         let client_id = str_claim("client_id").or_else(|| str_claim("azp"));
-        let mut scopes: Vec<String> = str_claim("scope")
-            .map(|s| s.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_default();
-        if let Some(scp) = claims.get("scp").and_then(Value::as_array) {
-            scopes.extend(scp.iter().filter_map(Value::as_str).map(str::to_string));
-        }
         Ok(Identity {
             method: "jwt",
             subject,
             client_id,
-            scopes,
             rule: self.name.clone(),
         })
     }
@@ -753,19 +745,18 @@ impl Rule {
         let hash: [u8; 32] = Sha256::digest(presented).into();
         // Compare with every key, whatever matches, so timing says nothing about which.
         let mut found = None;
-        for (i, (h, _, _)) in keys.keys.iter().enumerate() {
+        for (i, (h, _)) in keys.keys.iter().enumerate() {
             if bool::from(h.ct_eq(&hash)) {
                 found = Some(i);
             }
         }
-        let (_, id, scopes) = found.and_then(|i| keys.keys.get(i)).ok_or_else(|| {
+        let (_, id) = found.and_then(|i| keys.keys.get(i)).ok_or_else(|| {
             self.refuse("bad_api_key", format!("unknown API key in {}", keys.header))
         })?;
         Ok(Identity {
             method: "api_key",
             subject: id.clone(),
             client_id: Some(id.clone()),
-            scopes: scopes.clone(),
             rule: self.name.clone(),
         })
     }
@@ -777,8 +768,8 @@ impl Rule {
         let (user, password) = text.split_once(':').ok_or_else(bad)?;
         // An unknown user is checked against another user's hash and refused anyway, so
         // the answer takes as long as for a known one (no user enumeration by timing).
-        let known = basic.users.iter().find(|(n, _, _)| n == user).cloned();
-        let (name, hash, scopes) = known.clone().unwrap_or_else(|| basic.users[0].clone());
+        let known = basic.users.iter().find(|(n, _)| n == user).cloned();
+        let (name, hash) = known.clone().unwrap_or_else(|| basic.users[0].clone());
         let password = password.to_string();
         // Slow on purpose: off the proxy's worker threads.
         let ok = tokio::task::spawn_blocking(move || {
@@ -804,7 +795,6 @@ impl Rule {
             method: "basic",
             subject: name.clone(),
             client_id: None,
-            scopes,
             rule: self.name.clone(),
         })
     }

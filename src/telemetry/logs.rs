@@ -73,6 +73,7 @@ pub fn access_log(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         "route": ctx.route.as_deref(),
         "identity": ctx.identity.as_ref().map(|i| i.subject.as_str()),
         "auth": ctx.identity.as_ref().map(|i| i.method),
+        "auth_rule": ctx.identity.as_ref().map(|i| i.rule.as_str()),
         "status": status,
         "duration_ms": ctx.started.elapsed().as_secs_f64() * 1000.0,
         "group": ctx.group.as_ref().map(|g| g.name.as_str()),
