@@ -893,3 +893,38 @@ async fn slow_clients_do_not_hold_up_others() {
     }
     received(post(&c, &gw.url("/mcp"), LIST).send().await.unwrap()).await;
 }
+
+#[tokio::test]
+async fn get_streams_stay_open_until_stream_idle() {
+    // The standing GET stream is bounded by timeouts.stream_idle, not timeouts.request.
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(
+        &[up.url()],
+        "timeouts:\n  stream_idle: 2s\n  request: 1s\n",
+    ))
+    .await;
+    let c = client();
+    let stream = |delay: &str| {
+        c.get(gw.url(&format!("/mcp?delay={delay}")))
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    // Silent for 1.5 s: longer than timeouts.request, shorter than stream_idle.
+    let text = stream("1.5")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(text.contains("event: later"), "{text}");
+    // Silent for longer than stream_idle: closed before the second event.
+    let mut resp = stream("5").await.unwrap();
+    let mut text = String::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        text.contains("event: ready") && !text.contains("event: later"),
+        "{text}"
+    );
+}
