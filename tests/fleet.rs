@@ -496,3 +496,22 @@ async fn connection_pool_settings_reach_pingoras_pool() {
     let distinct: std::collections::HashSet<_> = ports.iter().collect();
     assert_eq!(distinct.len(), 3, "{ports:?}");
 }
+
+#[tokio::test]
+async fn mcp_checks_can_send_server_discover_with_the_groups_credentials() {
+    let a = Upstream::start("a");
+    let _gw = Gateway::start(&fleet(
+        "round_robin",
+        &[("a", a.url())],
+        "      upstream_auth: {bearer: \"probe-token\"}\n      health_check: {kind: mcp, method: server/discover, interval: 200ms, timeout: 150ms}\n",
+        "",
+    ))
+    .await;
+    let probe = a.state().await["health_probe"].clone();
+    assert_eq!(probe["method"], "server/discover", "{probe}");
+    let h = &probe["headers"];
+    assert_eq!(h["mcp-protocol-version"], "2026-07-28");
+    assert_eq!(h["mcp-method"], "server/discover");
+    assert_eq!(h["authorization"], "Bearer probe-token");
+    assert_eq!(h["host"], a.addr.as_str());
+}

@@ -15,7 +15,7 @@ the gateway forwarded. Behaviour by method / tool name:
   one more event after ``?delay=`` seconds;
 * DELETE: ``200``.
 
-``GET /_state`` returns counters. Flags: ``--port`` (0 = any), ``--id``, ``--unix PATH``,
+``GET /_state`` returns counters (and ``health_probe``: the last health-check request). Flags: ``--port`` (0 = any), ``--id``, ``--unix PATH``,
 ``--tls CERT KEY``. Prints ``listening on HOST:PORT`` (or the socket path) when ready.
 """
 
@@ -123,6 +123,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         method = msg["method"]
         params = msg.get("params") or {}
+        if msg.get("id") == "mcp-gateway-health":
+            # What the gateway's health check sent, for tests to look at.
+            with LOCK:
+                STATE["health_probe"] = {"method": method, "headers": {k.lower(): v for k, v in self.headers.items()}}
         result = self.describe(body)
         if method == "tools/list":
             result["tools"] = [{"name": n, "inputSchema": {"type": "object"}} for n in ("echo", "stream", "status")]
