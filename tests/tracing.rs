@@ -232,3 +232,43 @@ async fn without_tracing_traceparent_passes_through_untouched() {
     .await;
     assert_eq!(r["headers"]["traceparent"], tp.as_str());
 }
+
+#[tokio::test]
+async fn sample_ratio_decides_new_traces_and_sampled_parents_are_followed() {
+    let receiver = Receiver::start().await;
+    let up = Upstream::start("a");
+    let gw = Gateway::start(&gateway_yaml(
+        &up,
+        &format!(
+            "tracing:\n  otlp_endpoint: http://127.0.0.1:{}\n  sample_ratio: 0.0\n",
+            receiver.port
+        ),
+    ))
+    .await;
+    let c = client();
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    // A new trace at ratio 0: propagated, but not sampled.
+    let r = received(post(&c, &gw.url("/mcp"), call).send().await.unwrap()).await;
+    let flags = r["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(flags, "00");
+    // A sampled parent is followed whatever the ratio: its span is exported.
+    received(
+        post(&c, &gw.url("/mcp"), call)
+            .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    receiver.wait_span(|s| s["traceId"] == TRACE).await;
+    assert!(
+        receiver.spans().iter().all(|s| s["traceId"] == TRACE),
+        "only the sampled trace is exported"
+    );
+}
