@@ -154,6 +154,10 @@ config_struct! {
         /// The client id the key stands for.
         id: String = String::new(),
         sha256: String = String::new(),
+        /// Scopes the key grants (matched by `security.policies`).
+        scopes: Vec<String> = Vec::new(),
+        /// Claims the key stands for (matched by `security.policies`).
+        claims: serde_json::Map<String, serde_json::Value> = serde_json::Map::new(),
     }
 }
 
@@ -168,6 +172,10 @@ config_struct! {
     pub struct BasicUser {
         name: String = String::new(),
         hash: String = String::new(),
+        /// Scopes the user holds (matched by `security.policies`).
+        scopes: Vec<String> = Vec::new(),
+        /// Claims the user stands for (matched by `security.policies`).
+        claims: serde_json::Map<String, serde_json::Value> = serde_json::Map::new(),
     }
 }
 

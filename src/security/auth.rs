@@ -29,14 +29,18 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// Who a request comes from, once authenticated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Identity {
-    /// `jwt`, `api_key` or `basic`.
+    /// `jwt`, `api_key`, `basic` or `client_cert`.
     pub method: &'static str,
-    /// The JWT `sub`, the API key's id, or the Basic user name.
+    /// The JWT `sub`, the API key's id, the Basic user name, or the certificate's subject.
     pub subject: String,
     /// The JWT `client_id` / `azp`, or the API key's id.
     pub client_id: Option<String>,
+    /// The JWT `scope` / `scp`, or the scopes configured for the key or user.
+    pub scopes: Vec<String>,
+    /// The JWT's claims, or the claims configured for the key or user.
+    pub claims: Arc<serde_json::Map<String, Value>>,
     /// The rule that authenticated it (its `name`).
     pub rule: String,
 }
@@ -178,13 +182,22 @@ impl Jwks {
     }
 }
 
+/// What a configured key or user stands for.
+#[derive(Clone)]
+struct Grant {
+    id: String,
+    scopes: Vec<String>,
+    claims: Arc<serde_json::Map<String, Value>>,
+}
+
 struct ApiKeys {
     header: http::HeaderName,
-    keys: Vec<([u8; 32], String)>,
+    keys: Vec<([u8; 32], Grant)>,
 }
 
 struct Basic {
-    users: Vec<(String, String)>,
+    /// Each user's password hash and grant.
+    users: Vec<(String, Grant)>,
 }
 
 struct Rule {
@@ -499,6 +512,19 @@ impl KeyKind {
     }
 }
 
+/// A token's scopes: OAuth's space-separated `scope`, or `scp` (a list or a string).
+fn token_scopes(claims: &serde_json::Map<String, Value>) -> Vec<String> {
+    match claims.get("scope").or_else(|| claims.get("scp")) {
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// A PEM public key of any supported kind.
 fn public_key(pem: &[u8]) -> Result<(DecodingKey, KeyKind), String> {
     if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
@@ -558,7 +584,14 @@ fn build_api_keys(c: &ApiKeysConfig) -> Result<ApiKeys, Problems> {
                     .into(),
             ));
         }
-        keys.push((hash, k.id.clone()));
+        keys.push((
+            hash,
+            Grant {
+                id: k.id.clone(),
+                scopes: k.scopes.clone(),
+                claims: Arc::new(k.claims.clone()),
+            },
+        ));
     }
     match header {
         Some(header) if errs.is_empty() => Ok(ApiKeys { header, keys }),
@@ -599,7 +632,16 @@ fn build_basic(c: &BasicConfig) -> Result<Basic, Problems> {
             users: c
                 .users
                 .iter()
-                .map(|u| (u.name.clone(), u.hash.clone()))
+                .map(|u| {
+                    (
+                        u.hash.clone(),
+                        Grant {
+                            id: u.name.clone(),
+                            scopes: u.scopes.clone(),
+                            claims: Arc::new(u.claims.clone()),
+                        },
+                    )
+                })
                 .collect(),
         })
     } else {
@@ -729,7 +771,12 @@ impl Rule {
             };
             self.refuse(reason, format!("invalid bearer token: {what}"))
         })?;
-        let claims = data.claims;
+        let Value::Object(claims) = data.claims else {
+            return Err(self.refuse(
+                "malformed",
+                "invalid bearer token: its claims are not a JSON object",
+            ));
+        };
         let str_claim = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_string);
         let subject = str_claim("sub").unwrap_or_default();
         let client_id = str_claim("client_id").or_else(|| str_claim("azp"));
@@ -737,6 +784,8 @@ impl Rule {
             method: "jwt",
             subject,
             client_id,
+            scopes: token_scopes(&claims),
+            claims: Arc::new(claims),
             rule: self.name.clone(),
         })
     }
@@ -750,13 +799,15 @@ impl Rule {
                 found = Some(i);
             }
         }
-        let (_, id) = found.and_then(|i| keys.keys.get(i)).ok_or_else(|| {
+        let (_, grant) = found.and_then(|i| keys.keys.get(i)).ok_or_else(|| {
             self.refuse("bad_api_key", format!("unknown API key in {}", keys.header))
         })?;
         Ok(Identity {
             method: "api_key",
-            subject: id.clone(),
-            client_id: Some(id.clone()),
+            subject: grant.id.clone(),
+            client_id: Some(grant.id.clone()),
+            scopes: grant.scopes.clone(),
+            claims: grant.claims.clone(),
             rule: self.name.clone(),
         })
     }
@@ -768,8 +819,8 @@ impl Rule {
         let (user, password) = text.split_once(':').ok_or_else(bad)?;
         // An unknown user is checked against another user's hash and refused anyway, so
         // the answer takes as long as for a known one (no user enumeration by timing).
-        let known = basic.users.iter().find(|(n, _)| n == user).cloned();
-        let (name, hash) = known.clone().unwrap_or_else(|| basic.users[0].clone());
+        let known = basic.users.iter().find(|(_, g)| g.id == user).cloned();
+        let (hash, grant) = known.clone().unwrap_or_else(|| basic.users[0].clone());
         let password = password.to_string();
         // Slow on purpose: off the proxy's worker threads.
         let ok = tokio::task::spawn_blocking(move || {
@@ -793,8 +844,10 @@ impl Rule {
         }
         Ok(Identity {
             method: "basic",
-            subject: name.clone(),
+            subject: grant.id,
             client_id: None,
+            scopes: grant.scopes,
+            claims: grant.claims,
             rule: self.name.clone(),
         })
     }
