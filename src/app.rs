@@ -51,9 +51,12 @@ pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
     }
     let auth = crate::security::auth::Auth::build(&config.security).map_err(joined)?;
     let cors = crate::security::cors::Cors::build(&config.security.cors).map_err(joined)?;
+    let policies =
+        crate::security::policy::Policies::build(&config.security.policies).map_err(joined)?;
     Ok(Arc::new(State {
         cors,
         auth,
+        policies,
         rate_limits: crate::security::rate_limit::RateLimits::build(&config.security.rate_limiting),
         routes,
         groups,

@@ -18,6 +18,8 @@ pub mod code {
     pub const RATE_LIMITED: i32 = -32011;
     /// The gateway's own: a browser origin that is not allowed.
     pub const FORBIDDEN_ORIGIN: i32 = -32012;
+    /// The gateway's own: authenticated, but not allowed (a policy, or missing scopes).
+    pub const FORBIDDEN: i32 = -32013;
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +52,14 @@ pub enum GatewayError {
         reason: &'static str,
         message: String,
         challenge: String,
+    },
+    #[error("{message}")]
+    Forbidden {
+        /// `policy` or `insufficient_scope` (a bounded metric label).
+        reason: &'static str,
+        message: String,
+        /// `WWW-Authenticate` asking an OAuth client for more scopes.
+        challenge: Option<String>,
     },
     #[error("HTTP method {0} is not allowed on an MCP endpoint (use POST, GET or DELETE)")]
     MethodNotAllowed(String),
@@ -98,6 +108,7 @@ impl GatewayError {
             Unauthorized { .. } => (401, code::UNAUTHORIZED),
             RateLimited { .. } => (429, code::RATE_LIMITED),
             ForbiddenOrigin(_) => (403, code::FORBIDDEN_ORIGIN),
+            Forbidden { .. } => (403, code::FORBIDDEN),
             MethodNotAllowed(_) => (405, code::INVALID_REQUEST),
             SessionNotFound | SessionServerGone(_) | SessionServerDown(_) => {
                 (404, code::SESSION_NOT_FOUND)
@@ -126,6 +137,7 @@ impl GatewayError {
             Unauthorized { .. } => "unauthorized",
             RateLimited { .. } => "rate_limited",
             ForbiddenOrigin(_) => "forbidden_origin",
+            Forbidden { .. } => "forbidden",
             MethodNotAllowed(_) => "method_not_allowed",
             SessionNotFound => "session_not_found",
             SessionServerGone(_) => "session_server_gone",

@@ -472,3 +472,152 @@ async fn jwks_from_a_file_and_from_a_url_that_rotates() {
     }
     assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// An OAuth-protected route (RFC 9728): metadata, challenges that point to it, the
+/// token's audience, required scopes, and policies that ask for more scopes.
+#[tokio::test]
+async fn oauth_resource_server() {
+    let dir = TempDir::new("oauth");
+    let (private, public) = keypair(
+        &dir,
+        "rsa",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    let up = Upstream::start("u");
+    let security = format!(
+        r#"security:
+  auth:
+    - name: oauth
+      routes: [/mcp]
+      jwt: {{public_key_file: "{public}", algorithms: [RS256], issuer: "https://as.test"}}
+      oauth:
+        resource: "http://127.0.0.1:{{port}}/mcp"
+        authorization_servers: ["https://as.test"]
+        scopes_supported: [mcp, tools.write]
+        required_scopes: [mcp]
+        resource_name: Test tools
+  policies:
+    - {{effect: allow, scopes: [tools.write], tools: [status]}}
+    - {{effect: deny, tools: [status]}}
+    - {{effect: allow}}
+"#
+    );
+    let gw = Gateway::start(&config_for(&[up.url()], &security)).await;
+    let resource = gw.url("/mcp");
+    let metadata_url = gw.url("/.well-known/oauth-protected-resource/mcp");
+
+    // The metadata, at the route's well-known path and at the root.
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let resp = client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let doc: Value = resp.json().await.unwrap();
+        assert_eq!(
+            doc,
+            json!({
+                "resource": resource,
+                "authorization_servers": ["https://as.test"],
+                "scopes_supported": ["mcp", "tools.write"],
+                "bearer_methods_supported": ["header"],
+                "resource_name": "Test tools",
+            })
+        );
+    }
+
+    let token = |aud: &str, scope: &str| {
+        encode(
+            &Header::new(Algorithm::RS256),
+            &json!({"sub": "carol", "iss": "https://as.test", "aud": aud, "exp": now() + 600, "scope": scope}),
+            &EncodingKey::from_rsa_pem(private.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    let before = up.state().await["requests"].as_i64().unwrap();
+
+    // No token: 401 pointing to the metadata, with the scope to ask for.
+    let (status, v, challenge) = call(&gw, "/mcp", &[]).await;
+    assert_eq!((status, v["error"]["code"].as_i64()), (401, Some(-32010)));
+    assert_eq!(
+        challenge.unwrap(),
+        format!(
+            "Bearer realm=\"mcp-gateway\", resource_metadata=\"{metadata_url}\", scope=\"mcp\""
+        )
+    );
+    // A token for another resource: 401 invalid_token.
+    let (status, v, challenge) = call(
+        &gw,
+        "/mcp",
+        &[bearer(&token("https://other.test/mcp", "mcp"))],
+    )
+    .await;
+    assert_eq!(status, 401, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not for this audience"));
+    let challenge = challenge.unwrap();
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    assert!(challenge.contains(&metadata_url), "{challenge}");
+    // The right audience without the required scope: 403 insufficient_scope.
+    let (status, v, challenge) = call(&gw, "/mcp", &[bearer(&token(&resource, "other"))]).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (403, Some(-32013)),
+        "{v}"
+    );
+    assert_eq!(
+        challenge.unwrap(),
+        format!("Bearer error=\"insufficient_scope\", scope=\"mcp\", resource_metadata=\"{metadata_url}\"")
+    );
+    assert_eq!(up.state().await["requests"].as_i64().unwrap(), before);
+
+    // A good token gets in.
+    let good = token(&resource, "mcp");
+    let (status, v, _) = call(&gw, "/mcp", &[bearer(&good)]).await;
+    assert_eq!(status, 200, "{v}");
+    // A tool that needs more: 403 naming the scopes to ask for (step-up).
+    let resp = post(
+        &client(),
+        &resource,
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"status"}}"#,
+    )
+    .header("authorization", format!("Bearer {good}"))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        resp.headers()["www-authenticate"].to_str().unwrap(),
+        format!("Bearer error=\"insufficient_scope\", scope=\"mcp tools.write\", resource_metadata=\"{metadata_url}\"")
+    );
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .ends_with("denies tools/call of tool \"status\" to subject \"carol\" without the scope(s) tools.write"));
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"mcp_gateway_auth_rejections_total{reason="insufficient_scope",route="/mcp"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn bad_oauth_config_lists_every_problem() {
+    let (code, err) = validate("upstream:\n  groups:\n    default:\n      servers:\n        - {id: a, url: http://127.0.0.1:3001/mcp}\nsecurity:\n  auth:\n    - api_keys: {keys: [{id: x, sha256: 0000000000000000000000000000000000000000000000000000000000000000}]}\n      oauth: {resource: /mcp, authorization_servers: [not-a-url]}\n    - routes: [/mcp]\n      jwt: {secret: a-test-secret-that-is-long-enough-0123456789, algorithms: [HS256], audience: other}\n      oauth: {resource: https://gw.test/mcp}\n");
+    assert_eq!(code, Some(64));
+    for needle in [
+        "security.auth[0].oauth: needs jwt",
+        "security.auth[0].routes: an OAuth rule describes one protected resource",
+        "security.auth[0].oauth.resource: \"/mcp\" must be the route's absolute URL",
+        "security.auth[0].oauth.authorization_servers[0]: \"not-a-url\" is not an http(s) URL",
+        "security.auth[1].jwt.audience: leave it unset",
+        "security.auth[1].oauth.authorization_servers: list at least one authorization server",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+}

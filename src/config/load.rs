@@ -157,6 +157,15 @@ fn apply_overrides(root: &mut Value, env: &dyn Fn(&str) -> Option<String>, errs:
 }
 
 /// Checks that need more than one field or the outside world.
+/// A path the config serves (`/mcp` when no routes are configured).
+fn known_route(c: &Config, route: &str) -> bool {
+    if c.routes.is_empty() {
+        route == crate::proxy::routes::DEFAULT_PATH
+    } else {
+        c.routes.iter().any(|r| r.path == route)
+    }
+}
+
 fn validate(c: &Config, errs: &mut Errors) {
     let root = Path::root();
     let server = root.key("server");
@@ -266,6 +275,24 @@ fn validate(c: &Config, errs: &mut Errors) {
                 errs.push(&gp.key("upstream_auth"), e);
             }
         }
+        if let Some(fwd) = &g.forward_identity {
+            let fp = gp.key("forward_identity");
+            if fwd.secret.len() < 32 {
+                errs.push(
+                    &fp.key("secret"),
+                    "must be at least 32 bytes, shared with the servers (e.g. `openssl rand -base64 48`)",
+                );
+            }
+            if http::HeaderName::from_bytes(fwd.header.as_bytes()).is_err() {
+                errs.push(
+                    &fp.key("header"),
+                    format!("{:?} is not a header name", fwd.header),
+                );
+            }
+            if fwd.ttl.0.is_zero() {
+                errs.push(&fp.key("ttl"), "must be greater than 0");
+            }
+        }
         let cb = &g.circuit_breaker;
         if cb.failure_threshold > 0 {
             let bp = gp.key("circuit_breaker");
@@ -344,31 +371,34 @@ fn validate(c: &Config, errs: &mut Errors) {
             "must be greater than 0",
         );
     }
-    if let Err(problems) = crate::security::cors::Cors::build(&c.security.cors) {
-        for (path, message) in problems {
-            errs.0.push(ConfigError { path, message });
-        }
+    let built = [
+        crate::security::cors::Cors::build(&c.security.cors).err(),
+        crate::security::auth::Auth::build(&c.security).err(),
+        crate::security::policy::Policies::build(&c.security.policies).err(),
+    ];
+    for (path, message) in built.into_iter().flatten().flatten() {
+        errs.0.push(ConfigError { path, message });
     }
-    if let Err(problems) = crate::security::auth::Auth::build(&c.security) {
-        for (path, message) in problems {
-            errs.0.push(ConfigError { path, message });
-        }
-    }
-    for (i, rule) in c.security.auth.iter().enumerate() {
-        for (j, route) in rule.routes.iter().enumerate() {
-            let known = if c.routes.is_empty() {
-                route == "/mcp"
-            } else {
-                c.routes.iter().any(|r| &r.path == route)
-            };
-            if route.starts_with('/') && !known {
+    let security = root.key("security");
+    let rule_routes = c
+        .security
+        .auth
+        .iter()
+        .map(|r| &r.routes)
+        .enumerate()
+        .map(|(i, r)| (security.key("auth").index(i), r))
+        .chain(
+            c.security
+                .policies
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (security.key("policies").index(i), &r.routes)),
+        );
+    for (at, routes) in rule_routes {
+        for (j, route) in routes.iter().enumerate() {
+            if route.starts_with('/') && !known_route(c, route) {
                 errs.push(
-                    &root
-                        .key("security")
-                        .key("auth")
-                        .index(i)
-                        .key("routes")
-                        .index(j),
+                    &at.key("routes").index(j),
                     format!("{route:?} is not a configured route"),
                 );
             }
@@ -383,12 +413,7 @@ fn validate(c: &Config, errs: &mut Errors) {
             );
         }
         for (j, route) in r.routes.iter().enumerate() {
-            let known = if c.routes.is_empty() {
-                route == "/mcp"
-            } else {
-                c.routes.iter().any(|x| &x.path == route)
-            };
-            if !known {
+            if !known_route(c, route) {
                 errs.push(
                     &rl.index(i).key("routes").index(j),
                     format!("{route:?} is not a configured route"),

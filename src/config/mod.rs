@@ -44,6 +44,9 @@ config_struct! {
     pub struct SecurityConfig {
         /// Ordered rules; the first whose `routes` include the request's route applies.
         auth: Vec<AuthRule> = Vec::new(),
+        /// Ordered allow/deny rules; the first that matches decides, and a request no
+        /// rule matches is denied. Empty: no authorization (everything allowed).
+        policies: Vec<PolicyRuleConfig> = Vec::new(),
         rate_limiting: RateLimitingConfig = RateLimitingConfig::default(),
         cors: CorsConfig = CorsConfig::default(),
     }
@@ -117,6 +120,68 @@ config_struct! {
         jwt: Option<JwtConfig> = None,
         api_keys: Option<ApiKeysConfig> = None,
         basic: Option<BasicConfig> = None,
+        /// Make the rule's route an OAuth 2.1 protected resource (needs `jwt`).
+        oauth: Option<OAuthConfig> = None,
+    }
+}
+
+config_struct! {
+    /// OAuth 2.1 resource server (RFC 9728): the route's Protected Resource Metadata, and
+    /// what its access tokens must say.
+    pub struct OAuthConfig {
+        /// The route's canonical URL, e.g. `https://mcp.example.com/mcp`. Tokens must
+        /// carry it as their audience (RFC 8707).
+        resource: String = String::new(),
+        /// Issuer URLs of the authorization servers clients get tokens from.
+        authorization_servers: Vec<String> = Vec::new(),
+        /// Scopes the resource understands (published in the metadata).
+        scopes_supported: Vec<String> = Vec::new(),
+        /// Scopes every token must hold; without them: 403 `insufficient_scope`.
+        required_scopes: Vec<String> = Vec::new(),
+        /// A human-readable name for the resource (published in the metadata).
+        resource_name: Option<String> = None,
+        /// A page about the resource for developers (published in the metadata).
+        resource_documentation: Option<String> = None,
+    }
+}
+
+/// What a policy rule does when it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+impl yaml::Leaf for Effect {}
+
+config_struct! {
+    /// One authorization rule: it matches a request when every condition it sets holds
+    /// (an unset condition matches anything). Names are globs (`*`, `?`, `[abc]`).
+    pub struct PolicyRuleConfig {
+        /// Named in denials and the access log.
+        name: String = String::new(),
+        /// `allow` or `deny` (required).
+        effect: Option<Effect> = None,
+        /// Route paths; empty: every route.
+        routes: Vec<String> = Vec::new(),
+        /// Authenticated subjects (globs); set: anonymous clients never match.
+        subjects: Vec<String> = Vec::new(),
+        /// Client ids (globs); set: clients without one never match.
+        clients: Vec<String> = Vec::new(),
+        /// Scopes the client must hold, all of them.
+        scopes: Vec<String> = Vec::new(),
+        /// Claims the client must carry: a string is a glob matched against a string
+        /// claim or any string in a list claim; a list means any of its values.
+        claims: BTreeMap<String, serde_json::Value> = BTreeMap::new(),
+        /// JSON-RPC methods (globs), e.g. `tools/call`, `resources/*`.
+        methods: Vec<String> = Vec::new(),
+        /// Tool names (globs): matches `tools/call` of those tools.
+        tools: Vec<String> = Vec::new(),
+        /// Prompt names (globs): matches `prompts/get` of those prompts.
+        prompts: Vec<String> = Vec::new(),
+        /// Resource URIs (globs): matches `resources/read`, `resources/subscribe` and
+        /// `resources/unsubscribe` of those resources.
+        resources: Vec<String> = Vec::new(),
     }
 }
 
@@ -276,6 +341,22 @@ config_struct! {
         /// Credentials the gateway sends to this group's servers (the client's own
         /// `Authorization` is never forwarded).
         upstream_auth: Option<UpstreamAuthConfig> = None,
+        /// Tell this group's servers who the client is, in a signed header.
+        forward_identity: Option<ForwardIdentityConfig> = None,
+    }
+}
+
+config_struct! {
+    /// The authenticated client, forwarded as a short-lived HS256 JWT that the servers
+    /// verify with the shared `secret` (docs/security.md#forwarding-identity).
+    pub struct ForwardIdentityConfig {
+        header: String = "X-MCP-Identity".to_string(),
+        /// At least 32 bytes; shared with the servers.
+        secret: String = String::new(),
+        /// The token's `aud`; default: the group's name.
+        audience: Option<String> = None,
+        /// How long the token is valid.
+        ttl: Dur = Dur::secs(60),
     }
 }
 

@@ -104,6 +104,7 @@ impl Leaf for u64 {}
 impl Leaf for usize {}
 impl Leaf for f64 {}
 impl Leaf for serde_json::Map<String, serde_json::Value> {}
+impl Leaf for serde_json::Value {}
 
 impl<T: FromYaml> FromYaml for Option<T> {
     fn from_yaml(v: &Value, path: &Path, errs: &mut Errors) -> Option<Self> {

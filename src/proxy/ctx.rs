@@ -54,6 +54,10 @@ pub struct RequestCtx {
     pub cors_origin: Option<http::HeaderValue>,
     /// The CORS headers every answer to that origin carries.
     pub cors_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// A list the caller's policies filter (set for `*/list` requests when policies exist).
+    pub list_kind: Option<crate::security::policy::ListKind>,
+    /// Filters that list's answer.
+    pub list_filter: Option<super::list_filter::ListFilter>,
     /// The rate-limit quota left, sent back as `RateLimit-*` headers.
     pub quota: Option<crate::security::rate_limit::Quota>,
     /// Credential headers (API keys) never to forward upstream.
@@ -141,6 +145,8 @@ impl RequestCtx {
             identity: None,
             credential_headers: None,
             quota: None,
+            list_kind: None,
+            list_filter: None,
             cors_origin: None,
             cors_headers: Vec::new(),
             request_id: String::new(),

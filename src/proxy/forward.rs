@@ -103,8 +103,21 @@ pub fn upstream_request(
     for h in ctx.credential_headers.iter().flat_map(|h| h.iter()) {
         req.remove_header(h);
     }
-    if let Some((name, value)) = ctx.group.as_ref().and_then(|g| g.upstream_auth.as_ref()) {
-        req.insert_header(name.clone(), value.clone())?;
+    if let Some(group) = &ctx.group {
+        if let Some((name, value)) = &group.upstream_auth {
+            req.insert_header(name.clone(), value.clone())?;
+        }
+        if let Some(fwd) = &group.forward_identity {
+            // Only the gateway speaks for the client under this header.
+            req.remove_header(&fwd.header);
+            if let Some(token) = ctx
+                .identity
+                .as_ref()
+                .and_then(|who| fwd.token(who, &ctx.request_id))
+            {
+                req.insert_header(fwd.header.clone(), token)?;
+            }
+        }
     }
     let preserve_host = ctx.group.as_ref().is_some_and(|g| g.preserve_host);
     if !preserve_host {
@@ -147,6 +160,11 @@ pub fn upstream_request(
         }
     }
 
+    if ctx.list_kind.is_some() {
+        // The answer is filtered: it must come uncompressed.
+        req.remove_header(&http::header::ACCEPT_ENCODING);
+    }
+
     if let Some(body) = &ctx.body {
         req.remove_header(&http::header::TRANSFER_ENCODING);
         req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
@@ -175,6 +193,29 @@ pub fn count_sse(resp: &ResponseHeader, ctx: &mut RequestCtx) {
         gauge.inc();
         ctx.sse = Some(gauge);
     }
+}
+
+/// A list answer the caller's policies filter: its length changes, so it is sent chunked.
+pub fn filter_list(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    let Some(kind) = ctx.list_kind else {
+        return Ok(());
+    };
+    if !resp.status.is_success() {
+        return Ok(());
+    }
+    let content_type = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let id = ctx.mcp.envelope.as_ref().and_then(|e| e.id.as_deref());
+    ctx.list_filter =
+        super::list_filter::ListFilter::new(kind, id.map(|id| id.get()), content_type);
+    if ctx.list_filter.is_some() {
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
 }
 
 /// The response as the client gets it: the upstream session sealed, the request id added.

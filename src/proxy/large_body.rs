@@ -74,6 +74,14 @@ pub async fn forward(
     record::upstream_attempt(ctx, record::status_class(resp.status.as_u16()));
     super::outcome::record(ctx, resp.status.as_u16() < 500);
     forward::count_sse(&resp, ctx);
+    // A list request padded past the retry buffer is filtered all the same.
+    forward::filter_list(&mut resp, ctx).map_err(|e| upstream_failure(ctx, e))?;
+    let caller = super::list_filter::Caller {
+        policies: &gw.state.policies,
+        identity: ctx.identity.as_ref(),
+        route: ctx.route.as_deref().unwrap_or_default(),
+    };
+    let filter = &mut ctx.list_filter;
 
     // From here on the client has a response; failures can only end the stream.
     let relay = async {
@@ -81,11 +89,21 @@ pub async fn forward(
         // `response_done` also prepares the body reader; call it before each read.
         while !up.response_done() {
             match up.read_response_body().await? {
-                Some(chunk) => session.write_response_body(Some(chunk), false).await?,
+                Some(chunk) => {
+                    let mut chunk = Some(chunk);
+                    if let Some(f) = filter.as_mut() {
+                        f.chunk(&caller, &mut chunk, false);
+                    }
+                    session.write_response_body(chunk, false).await?;
+                }
                 None => break,
             }
         }
-        session.write_response_body(None, true).await?;
+        let mut last = None;
+        if let Some(f) = filter.as_mut() {
+            f.chunk(&caller, &mut last, true);
+        }
+        session.write_response_body(last, true).await?;
         Ok::<_, Box<Error>>(())
     };
     match relay.await {

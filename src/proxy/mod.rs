@@ -17,6 +17,7 @@ pub mod ctx;
 pub mod forward;
 pub mod health;
 pub mod large_body;
+pub mod list_filter;
 pub mod outcome;
 pub mod request;
 pub mod respond;
@@ -44,6 +45,7 @@ pub struct State {
     pub groups: Groups,
     pub sessions: SessionKeys,
     pub auth: crate::security::auth::Auth,
+    pub policies: crate::security::policy::Policies,
     pub rate_limits: crate::security::rate_limit::RateLimits,
     pub cors: crate::security::cors::Cors,
     pub max_request_body: u64,
@@ -154,6 +156,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         forward::client_response(self, resp, ctx)?;
         forward::count_sse(resp, ctx);
+        forward::filter_list(resp, ctx)?;
         Ok(())
     }
 
@@ -166,6 +169,14 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<std::time::Duration>> {
         if ctx.tools_list.is_some() {
             record::tools_list_chunk(ctx, body, end_of_stream);
+        }
+        if let Some(filter) = ctx.list_filter.as_mut() {
+            let caller = list_filter::Caller {
+                policies: &self.state.policies,
+                identity: ctx.identity.as_ref(),
+                route: ctx.route.as_deref().unwrap_or_default(),
+            };
+            filter.chunk(&caller, body, end_of_stream);
         }
         Ok(None)
     }

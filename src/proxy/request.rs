@@ -8,7 +8,9 @@ use super::{large_body, respond, Gateway};
 use crate::error::GatewayError;
 use crate::mcp::envelope::{self, Body, Era, InspectError};
 use crate::mcp::headers::{self, MCP_SESSION_ID};
+use crate::security::auth::Identity;
 use crate::security::cors::Cors;
+use crate::security::policy::{Action, ListKind};
 use crate::security::rate_limit::Subject;
 use crate::telemetry::metrics::{self, METRICS};
 use crate::telemetry::record;
@@ -78,6 +80,15 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         }
         return Ok(true);
     }
+    // OAuth clients discover the authorization server here (RFC 9728).
+    let req = session.req_header();
+    if req.method == Method::GET {
+        if let Some(doc) = gw.state.auth.resource_metadata(req.uri.path()) {
+            let doc = doc.to_vec();
+            respond::json(session, ctx, 200, doc).await?;
+            return Ok(true);
+        }
+    }
     if crate::telemetry::tracing::enabled() {
         let req = session.req_header();
         ctx.span = RequestSpan::start(format!("{} {}", req.method, path), &req.headers);
@@ -125,6 +136,13 @@ async fn check(
             Ok(identity) => ctx.identity = identity,
             Err(refusal) => {
                 metrics::counter(&METRICS.auth_rejections, &[&route.path, refusal.reason]).inc();
+                if refusal.forbidden {
+                    return Err(GatewayError::Forbidden {
+                        reason: refusal.reason,
+                        message: refusal.message,
+                        challenge: Some(refusal.challenge),
+                    });
+                }
                 return Err(GatewayError::Unauthorized {
                     reason: refusal.reason,
                     message: refusal.message,
@@ -167,6 +185,16 @@ async fn check(
         }
     }
 
+    if !gw.state.policies.is_empty() {
+        if ctx.mcp.batch_len.is_none() {
+            let env = ctx.mcp.envelope.as_ref();
+            let method = env.and_then(|e| e.method.as_deref());
+            let name = env.and_then(|e| e.name.as_deref());
+            authorize(gw, &route_path, ctx.identity.as_ref(), method, name)?;
+        }
+        ctx.list_kind = ctx.mcp.method().and_then(ListKind::of);
+    }
+
     if !gw.state.rate_limits.is_empty() {
         let tool = match ctx.mcp.method() {
             Some("tools/call") => ctx.mcp.name(),
@@ -204,6 +232,42 @@ async fn check(
         return Ok(Next::Answered);
     }
     Ok(Next::Proxy)
+}
+
+/// May the caller send this message (`method` `None`: a GET, a DELETE or a response)?
+fn authorize(
+    gw: &Gateway,
+    route: &str,
+    who: Option<&Identity>,
+    method: Option<&str>,
+    name: Option<&str>,
+) -> Result<(), GatewayError> {
+    let Err(denied) = gw
+        .state
+        .policies
+        .check(who, &Action::of(route, method, name))
+    else {
+        return Ok(());
+    };
+    let rule = denied.rule.as_deref().unwrap_or("(no rule)");
+    metrics::counter(&METRICS.policy_denials, &[route, rule]).inc();
+    // An OAuth client may get a token with the scopes that would let it through.
+    let challenge = who
+        .filter(|id| id.method == "jwt" && !denied.missing_scopes.is_empty())
+        .and_then(|_| {
+            gw.state
+                .auth
+                .insufficient_scope(route, &denied.missing_scopes)
+        });
+    Err(GatewayError::Forbidden {
+        reason: if challenge.is_some() {
+            "insufficient_scope"
+        } else {
+            "policy"
+        },
+        message: denied.message,
+        challenge,
+    })
 }
 
 /// Read the whole POST body (bounded by `limits.max_request_body`) and inspect its envelope.
@@ -272,6 +336,13 @@ async fn read_and_inspect(
                     "JSON-RPC batches are not allowed in protocol version 2026-07-28 and later"
                         .into(),
                 ));
+            }
+            if !gw.state.policies.is_empty() {
+                let route = ctx.route.clone().unwrap_or_default();
+                for e in &items {
+                    let (method, name) = (e.method.as_deref(), e.name.as_deref());
+                    authorize(gw, &route, ctx.identity.as_ref(), method, name)?;
+                }
             }
             ctx.mcp.batch_len = Some(items.len());
             ctx.mcp.envelope = items.into_iter().next();

@@ -65,6 +65,12 @@ pub async fn json(
         Some(GatewayError::Unauthorized { challenge, .. }) => {
             resp.insert_header(http::header::WWW_AUTHENTICATE, challenge.as_str())?;
         }
+        Some(GatewayError::Forbidden {
+            challenge: Some(challenge),
+            ..
+        }) => {
+            resp.insert_header(http::header::WWW_AUTHENTICATE, challenge.as_str())?;
+        }
         Some(GatewayError::RateLimited {
             limit, retry_after, ..
         }) => {

@@ -15,7 +15,7 @@
 //! * Basic: argon2 or bcrypt hashes, verified on a blocking thread (they are slow on
 //!   purpose and must not stall the proxy's workers).
 
-use crate::config::{ApiKeysConfig, AuthRule, BasicConfig, JwtConfig, SecurityConfig};
+use crate::config::{ApiKeysConfig, AuthRule, BasicConfig, JwtConfig, OAuthConfig, SecurityConfig};
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -52,6 +52,18 @@ pub struct Refusal {
     pub message: String,
     /// The `WWW-Authenticate` challenge.
     pub challenge: String,
+    /// 403 (authenticated, but the token lacks required scopes) rather than 401.
+    pub forbidden: bool,
+}
+
+/// The well-known path of RFC 9728 Protected Resource Metadata.
+pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// An OAuth-protected route (RFC 9728).
+struct OAuth {
+    /// Where clients find the metadata (an absolute URL).
+    metadata_url: String,
+    required_scopes: Vec<String>,
 }
 
 struct Jwt {
@@ -206,12 +218,15 @@ struct Rule {
     jwt: Option<Jwt>,
     api_keys: Option<ApiKeys>,
     basic: Option<Basic>,
+    oauth: Option<OAuth>,
 }
 
 /// All rules, built once from the config.
 #[derive(Default)]
 pub struct Auth {
     rules: Vec<Rule>,
+    /// Protected Resource Metadata documents by request path.
+    metadata: HashMap<String, bytes::Bytes>,
     /// Every API-key header of every rule: never forwarded upstream.
     pub credential_headers: std::sync::Arc<[http::HeaderName]>,
 }
@@ -236,6 +251,23 @@ impl Auth {
                 Err(problems) => errs.extend(problems.into_iter().map(|(k, m)| (at(&k), m))),
             }
         }
+        let mut metadata = HashMap::new();
+        for (i, r) in cfg.auth.iter().enumerate() {
+            if let (Some(o), [route]) = (&r.oauth, r.routes.as_slice()) {
+                let doc = resource_metadata(o);
+                // The root serves the first protected route, for clients that only look there.
+                metadata
+                    .entry(RESOURCE_METADATA_PATH.to_string())
+                    .or_insert_with(|| doc.clone());
+                let path = format!("{RESOURCE_METADATA_PATH}{route}");
+                if metadata.insert(path, doc).is_some() {
+                    errs.push((
+                        format!("security.auth[{i}].routes[0]"),
+                        format!("another OAuth rule already describes {route}"),
+                    ));
+                }
+            }
+        }
         if errs.is_empty() {
             let mut headers: Vec<http::HeaderName> = rules
                 .iter()
@@ -244,6 +276,7 @@ impl Auth {
             headers.dedup();
             Ok(Auth {
                 rules,
+                metadata,
                 credential_headers: headers.into(),
             })
         } else {
@@ -255,17 +288,33 @@ impl Auth {
         self.rules.is_empty()
     }
 
+    /// The Protected Resource Metadata document served at `path`, if any.
+    pub fn resource_metadata(&self, path: &str) -> Option<&bytes::Bytes> {
+        self.metadata.get(path)
+    }
+
+    /// The `WWW-Authenticate` answer asking an OAuth client of `route` for more scopes
+    /// (`None` when the route is not OAuth-protected).
+    pub fn insufficient_scope(&self, route: &str, scopes: &[String]) -> Option<String> {
+        let rule = self.rule_for(route)?;
+        rule.oauth
+            .as_ref()
+            .map(|o| insufficient_scope_challenge(o, scopes))
+    }
+
+    fn rule_for(&self, route: &str) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| r.routes.is_empty() || r.routes.iter().any(|p| p == route))
+    }
+
     /// Authenticate a request to `route`: `Ok(None)` when no rule covers the route.
     pub async fn check(
         &self,
         route: &str,
         headers: &http::HeaderMap,
     ) -> Result<Option<Identity>, Refusal> {
-        let Some(rule) = self
-            .rules
-            .iter()
-            .find(|r| r.routes.is_empty() || r.routes.iter().any(|p| p == route))
-        else {
+        let Some(rule) = self.rule_for(route) else {
             return Ok(None);
         };
         rule.check(headers).await.map(Some)
@@ -285,10 +334,18 @@ fn build_rule(i: usize, r: &AuthRule) -> Result<Rule, Vec<(String, String)>> {
             errs.push((format!("routes[{j}]"), format!("{p:?} must start with '/'")));
         }
     }
-    let jwt = r
-        .jwt
+    let oauth = r
+        .oauth
         .as_ref()
-        .and_then(|c| build_jwt(c).map_err(|e| errs.extend(e)).ok());
+        .and_then(|o| build_oauth(r, o).map_err(|e| errs.extend(e)).ok());
+    // An OAuth route's tokens must be meant for it (RFC 8707): its resource is their audience.
+    let jwt = r.jwt.as_ref().and_then(|c| {
+        let mut c = c.clone();
+        if let Some(o) = &r.oauth {
+            c.audience = Some(o.resource.clone());
+        }
+        build_jwt(&c).map_err(|e| errs.extend(e)).ok()
+    });
     let api_keys = r
         .api_keys
         .as_ref()
@@ -310,10 +367,125 @@ fn build_rule(i: usize, r: &AuthRule) -> Result<Rule, Vec<(String, String)>> {
         jwt,
         api_keys,
         basic,
+        oauth,
     })
 }
 
 type Problems = Vec<(String, String)>;
+
+/// An absolute `http(s)` URL without a fragment.
+fn is_http_url(u: &str) -> bool {
+    !u.contains('#')
+        && u.parse::<http::Uri>()
+            .ok()
+            .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+}
+
+fn build_oauth(r: &AuthRule, o: &OAuthConfig) -> Result<OAuth, Problems> {
+    let mut errs: Problems = Vec::new();
+    if r.jwt.is_none() {
+        errs.push((
+            "oauth".into(),
+            "needs jwt: access tokens are JWTs checked with the authorization server's keys (usually jwt.jwks_url)"
+                .into(),
+        ));
+    }
+    if r.routes.len() != 1 {
+        errs.push((
+            "routes".into(),
+            "an OAuth rule describes one protected resource: list exactly one route (one rule per route)"
+                .into(),
+        ));
+    }
+    if !is_http_url(&o.resource) {
+        errs.push((
+            "oauth.resource".into(),
+            format!(
+                "{:?} must be the route's absolute URL, e.g. https://mcp.example.com/mcp",
+                o.resource
+            ),
+        ));
+    }
+    if let Some(aud) = r.jwt.as_ref().and_then(|j| j.audience.as_ref()) {
+        if aud != &o.resource {
+            errs.push((
+                "jwt.audience".into(),
+                "leave it unset: on an OAuth route the audience is oauth.resource".into(),
+            ));
+        }
+    }
+    if o.authorization_servers.is_empty() {
+        errs.push((
+            "oauth.authorization_servers".into(),
+            "list at least one authorization server (its issuer URL)".into(),
+        ));
+    }
+    for (j, a) in o.authorization_servers.iter().enumerate() {
+        if !is_http_url(a) {
+            errs.push((
+                format!("oauth.authorization_servers[{j}]"),
+                format!("{a:?} is not an http(s) URL"),
+            ));
+        }
+    }
+    if let Some(d) = o.resource_documentation.as_deref() {
+        if !is_http_url(d) {
+            errs.push((
+                "oauth.resource_documentation".into(),
+                format!("{d:?} is not an http(s) URL"),
+            ));
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    // RFC 9728 §3.1: the metadata sits at the well-known path inserted before the
+    // resource's path; the gateway serves it under the route's path.
+    let uri: http::Uri = o.resource.parse().expect("checked above");
+    let origin = format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("https"),
+        uri.authority().map(|a| a.as_str()).unwrap_or_default()
+    );
+    Ok(OAuth {
+        metadata_url: format!("{origin}{RESOURCE_METADATA_PATH}{}", r.routes[0]),
+        required_scopes: o.required_scopes.clone(),
+    })
+}
+
+/// The RFC 9728 document of a protected route.
+fn resource_metadata(o: &OAuthConfig) -> bytes::Bytes {
+    let mut doc = serde_json::json!({
+        "resource": o.resource,
+        "authorization_servers": o.authorization_servers,
+        "bearer_methods_supported": ["header"],
+    });
+    if !o.scopes_supported.is_empty() {
+        doc["scopes_supported"] = serde_json::json!(o.scopes_supported);
+    }
+    if let Some(n) = &o.resource_name {
+        doc["resource_name"] = serde_json::json!(n);
+    }
+    if let Some(d) = &o.resource_documentation {
+        doc["resource_documentation"] = serde_json::json!(d);
+    }
+    bytes::Bytes::from(doc.to_string())
+}
+
+/// `Bearer error="insufficient_scope"` naming the scopes to ask for (RFC 6750 §3.1).
+fn insufficient_scope_challenge(o: &OAuth, scopes: &[String]) -> String {
+    let mut all: Vec<&str> = o.required_scopes.iter().map(String::as_str).collect();
+    for s in scopes {
+        if !all.contains(&s.as_str()) {
+            all.push(s);
+        }
+    }
+    format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{}\", resource_metadata=\"{}\"",
+        all.join(" "),
+        o.metadata_url
+    )
+}
 
 fn build_jwt(c: &JwtConfig) -> Result<Jwt, Problems> {
     let mut errs: Problems = Vec::new();
@@ -650,10 +822,21 @@ fn build_basic(c: &BasicConfig) -> Result<Basic, Problems> {
 }
 
 impl Rule {
-    fn challenge(&self) -> String {
+    fn challenge(&self, invalid_token: bool) -> String {
         let mut schemes = Vec::new();
         if self.jwt.is_some() {
-            schemes.push("Bearer realm=\"mcp-gateway\"".to_string());
+            let mut bearer = "Bearer realm=\"mcp-gateway\"".to_string();
+            if invalid_token {
+                bearer.push_str(", error=\"invalid_token\"");
+            }
+            if let Some(o) = &self.oauth {
+                // MCP authorization: where the client finds the authorization server.
+                bearer.push_str(&format!(", resource_metadata=\"{}\"", o.metadata_url));
+                if !o.required_scopes.is_empty() {
+                    bearer.push_str(&format!(", scope=\"{}\"", o.required_scopes.join(" ")));
+                }
+            }
+            schemes.push(bearer);
         }
         if self.basic.is_some() {
             schemes.push("Basic realm=\"mcp-gateway\"".to_string());
@@ -668,7 +851,16 @@ impl Rule {
         Refusal {
             reason,
             message: message.into(),
-            challenge: self.challenge(),
+            challenge: self.challenge(false),
+            forbidden: false,
+        }
+    }
+
+    /// A refusal of a bearer token that was presented but is not valid.
+    fn refuse_token(&self, reason: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            challenge: self.challenge(true),
+            ..self.refuse(reason, message)
         }
     }
 
@@ -720,20 +912,20 @@ impl Rule {
             JwtKeys::One(key) => key,
             JwtKeys::Jwks(jwks) => {
                 let header = jsonwebtoken::decode_header(token).map_err(|_| {
-                    self.refuse(
+                    self.refuse_token(
                         "malformed",
                         "invalid bearer token: the token is not a valid JWT",
                     )
                 })?;
                 let kid = header.kid.unwrap_or_default();
                 jwks_key = jwks.key(&kid).await.ok_or_else(|| {
-                    self.refuse(
+                    self.refuse_token(
                         "unknown_key",
                         format!("invalid bearer token: no key {kid:?} in the JWKS"),
                     )
                 })?;
                 if jwks_key.family() != header.alg.family() {
-                    return Err(self.refuse(
+                    return Err(self.refuse_token(
                         "wrong_algorithm",
                         "invalid bearer token: the token's algorithm does not match its key",
                     ));
@@ -769,10 +961,10 @@ impl Rule {
                 ),
                 _ => ("malformed", "the token is not a valid JWT".to_string()),
             };
-            self.refuse(reason, format!("invalid bearer token: {what}"))
+            self.refuse_token(reason, format!("invalid bearer token: {what}"))
         })?;
         let Value::Object(claims) = data.claims else {
-            return Err(self.refuse(
+            return Err(self.refuse_token(
                 "malformed",
                 "invalid bearer token: its claims are not a JSON object",
             ));
@@ -780,11 +972,31 @@ impl Rule {
         let str_claim = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_string);
         let subject = str_claim("sub").unwrap_or_default();
         let client_id = str_claim("client_id").or_else(|| str_claim("azp"));
+        let scopes = token_scopes(&claims);
+        if let Some(o) = &self.oauth {
+            let missing: Vec<&str> = o
+                .required_scopes
+                .iter()
+                .filter(|s| !scopes.contains(s))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(Refusal {
+                    reason: "insufficient_scope",
+                    message: format!(
+                        "the token lacks the scope(s) {} this resource requires",
+                        missing.join(" ")
+                    ),
+                    challenge: insufficient_scope_challenge(o, &[]),
+                    forbidden: true,
+                });
+            }
+        }
         Ok(Identity {
             method: "jwt",
             subject,
             client_id,
-            scopes: token_scopes(&claims),
+            scopes,
             claims: Arc::new(claims),
             rule: self.name.clone(),
         })

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Requests refused by authentication, by route and reason.
     pub auth_rejections: IntCounterVec,
+    /// Requests refused by an authorization policy, by route and rule.
+    pub policy_denials: IntCounterVec,
     /// Sessions sealed (upstream `initialize` answers with an `Mcp-Session-Id`), by group.
     pub sessions: IntCounterVec,
     /// Attempts sent to upstream servers, by group, server and outcome.
@@ -136,6 +138,12 @@ impl Metrics {
                 "mcp_gateway_auth_rejections_total",
                 "Requests refused by authentication, by route and reason (missing, expired, bad_signature, bad_api_key, bad_password, ...)",
                 &["route", "reason"],
+            ),
+            policy_denials: new_counter(
+                &r,
+                "mcp_gateway_policy_denials_total",
+                "Requests refused by an authorization policy (403), by route and rule (\"(no rule)\" when none matched)",
+                &["route", "rule"],
             ),
             sessions: new_counter(
                 &r,

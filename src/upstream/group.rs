@@ -82,6 +82,8 @@ pub struct Group {
     pub tools: ToolCatalog,
     /// The credential header sent to this group's servers (`upstream_auth`).
     pub upstream_auth: Option<(http::HeaderName, http::HeaderValue)>,
+    /// Signs the client's identity for this group's servers (`forward_identity`).
+    pub forward_identity: Option<crate::security::forward_identity::ForwardIdentity>,
     members: ArcSwap<Members>,
     template: Template,
     /// Round-robin position and least-connections tie-break rotation.
@@ -140,6 +142,11 @@ impl Group {
             close_connections: config.upstream.connection_pool.max_idle_per_host == 0,
             tools: ToolCatalog::default(),
             upstream_auth: g.upstream_auth.as_ref().map(|a| a.header()).transpose()?,
+            forward_identity: g
+                .forward_identity
+                .as_ref()
+                .map(|f| crate::security::forward_identity::ForwardIdentity::new(name, f))
+                .transpose()?,
             members: ArcSwap::from_pointee(Members::build(servers, g.strategy)?),
             template,
             next: AtomicUsize::new(0),

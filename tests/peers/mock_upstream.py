@@ -10,6 +10,9 @@ the gateway forwarded. Behaviour by method / tool name:
   ``arguments.delay`` seconds the final result (``arguments.idle`` to stay silent);
   if the client went away the stream is recorded as cancelled (see ``GET /_state``);
 * ``tools/call`` ``status``: answers with HTTP status ``arguments.code``;
+* ``tools/list``, ``prompts/list``, ``resources/list``, ``resources/templates/list``:
+  a few items each (see ``LISTS``); as SSE (a progress event, then the result) when
+  ``params._meta.sse`` is true;
 * notifications and responses: ``202`` with no body;
 * GET with ``Accept: text/event-stream``: an SSE stream with one ``ready`` event, then
   one more event after ``?delay=`` seconds;
@@ -34,6 +37,16 @@ from urllib.parse import parse_qs, urlparse
 STATE = {"requests": 0, "cancelled": 0, "completed_streams": 0, "sessions": 0, "deletes": 0}
 LOCK = threading.Lock()
 SERVER_ID = "mock"
+
+
+LISTS = {
+    "tools/list": ("tools", [{"name": n, "inputSchema": {"type": "object"}} for n in ("echo", "stream", "status")]),
+    "prompts/list": ("prompts", [{"name": "greet"}, {"name": "internal_audit"}]),
+    "resources/list": ("resources", [{"uri": "mem://public/readme", "name": "readme"},
+                                     {"uri": "mem://private/keys", "name": "keys"}]),
+    "resources/templates/list": ("resourceTemplates", [{"uriTemplate": "mem://public/{name}", "name": "pub"},
+                                                       {"uriTemplate": "mem://private/{name}", "name": "priv"}]),
+}
 
 
 def bump(key, n=1):
@@ -128,8 +141,18 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 STATE["health_probe"] = {"method": method, "headers": {k.lower(): v for k, v in self.headers.items()}}
         result = self.describe(body)
-        if method == "tools/list":
-            result["tools"] = [{"name": n, "inputSchema": {"type": "object"}} for n in ("echo", "stream", "status")]
+        if method in LISTS:
+            key, items = LISTS[method]
+            result[key] = items
+            if (params.get("_meta") or {}).get("sse"):
+                self.start_sse()
+                progress = {"jsonrpc": "2.0", "method": "notifications/progress",
+                            "params": {"progressToken": 1, "progress": 0}}
+                self.chunk(b"event: message\ndata: %s\n\n" % json.dumps(progress).encode())
+                final = {"jsonrpc": "2.0", "id": msg["id"], "result": result}
+                self.chunk(b"id: 1\nevent: message\ndata: %s\n\n" % json.dumps(final).encode())
+                self.chunk(b"")
+                return
         if method == "initialize":
             n = bump("sessions")
             return self.send_json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result},

@@ -1,0 +1,546 @@
+//! Authorization: ordered allow/deny rules over who calls (subject, client id, scopes,
+//! claims) and what (route, JSON-RPC method, tool / prompt / resource name).
+//!
+//! The first rule whose conditions all hold decides; a request no rule matches is denied
+//! (add a last `effect: allow` rule to allow the rest). No rules at all: no
+//! authorization, everything is allowed.
+//!
+//! The same rules filter lists: an item of a `tools/list`, `prompts/list`,
+//! `resources/list` or `resources/templates/list` answer is kept only when the caller
+//! could call it (`tools/call` of the tool, `prompts/get` of the prompt,
+//! `resources/read` of the resource or template), so clients never see what they may
+//! not use.
+
+use super::auth::Identity;
+use crate::config::{Effect, PolicyRuleConfig};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde_json::Value;
+
+/// What a request does, as far as policies are concerned.
+#[derive(Debug, Clone, Copy)]
+pub struct Action<'a> {
+    pub route: &'a str,
+    /// The JSON-RPC method; `None` for a GET stream, a DELETE, or a client's response.
+    pub method: Option<&'a str>,
+    /// The tool, prompt or resource the method names.
+    pub item: Option<Item<'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item<'a> {
+    Tool(&'a str),
+    Prompt(&'a str),
+    Resource(&'a str),
+}
+
+impl<'a> Action<'a> {
+    /// The action of a message: `name` is its `params.name` or `params.uri`.
+    pub fn of(route: &'a str, method: Option<&'a str>, name: Option<&'a str>) -> Action<'a> {
+        let item = match (method, name) {
+            (Some("tools/call"), Some(n)) => Some(Item::Tool(n)),
+            (Some("prompts/get"), Some(n)) => Some(Item::Prompt(n)),
+            (Some("resources/read" | "resources/subscribe" | "resources/unsubscribe"), Some(n)) => {
+                Some(Item::Resource(n))
+            }
+            _ => None,
+        };
+        Action {
+            route,
+            method,
+            item,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let what = match self.item {
+            Some(Item::Tool(n)) => format!(" of tool {n:?}"),
+            Some(Item::Prompt(n)) => format!(" of prompt {n:?}"),
+            Some(Item::Resource(n)) => format!(" of resource {n:?}"),
+            None => String::new(),
+        };
+        match self.method {
+            Some(m) => format!("{m}{what}"),
+            None => format!("this request to {}", self.route),
+        }
+    }
+}
+
+/// The lists that are filtered, with where their items and names sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
+}
+
+impl ListKind {
+    pub fn of(method: &str) -> Option<ListKind> {
+        Some(match method {
+            "tools/list" => ListKind::Tools,
+            "prompts/list" => ListKind::Prompts,
+            "resources/list" => ListKind::Resources,
+            "resources/templates/list" => ListKind::ResourceTemplates,
+            _ => return None,
+        })
+    }
+
+    /// The result's array, each item's name field, and the method that uses an item.
+    fn shape(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            ListKind::Tools => ("tools", "name", "tools/call"),
+            ListKind::Prompts => ("prompts", "name", "prompts/get"),
+            ListKind::Resources => ("resources", "uri", "resources/read"),
+            ListKind::ResourceTemplates => ("resourceTemplates", "uriTemplate", "resources/read"),
+        }
+    }
+}
+
+/// A denial: what to tell the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// The rule that denied it; `None` when no rule matched.
+    pub rule: Option<String>,
+    pub message: String,
+    /// Scopes that would have let the request through (the first allow rule that
+    /// matched everything but its scopes): an OAuth client can ask for them.
+    pub missing_scopes: Vec<String>,
+}
+
+/// How a claim condition matches.
+enum ClaimMatch {
+    /// A string glob: the claim (or any string in a list claim) matches it.
+    Glob(GlobSet),
+    /// Any of these (strings are globs).
+    Any(Vec<ClaimMatch>),
+    /// Equality (numbers, booleans, objects).
+    Equals(Value),
+}
+
+impl ClaimMatch {
+    fn matches(&self, claim: &Value) -> bool {
+        match (self, claim) {
+            (ClaimMatch::Any(all), _) => all.iter().any(|m| m.matches(claim)),
+            (_, Value::Array(items)) => items.iter().any(|c| self.matches_one(c)),
+            _ => self.matches_one(claim),
+        }
+    }
+
+    fn matches_one(&self, claim: &Value) -> bool {
+        match self {
+            ClaimMatch::Glob(g) => claim.as_str().is_some_and(|s| g.is_match(s)),
+            ClaimMatch::Equals(v) => v == claim,
+            ClaimMatch::Any(all) => all.iter().any(|m| m.matches_one(claim)),
+        }
+    }
+}
+
+struct Rule {
+    name: String,
+    effect: Effect,
+    routes: Vec<String>,
+    subjects: Option<GlobSet>,
+    clients: Option<GlobSet>,
+    scopes: Vec<String>,
+    claims: Vec<(String, ClaimMatch)>,
+    methods: Option<GlobSet>,
+    tools: Option<GlobSet>,
+    prompts: Option<GlobSet>,
+    resources: Option<GlobSet>,
+}
+
+/// How a rule relates to a request.
+#[derive(PartialEq, Eq)]
+enum Fit {
+    Matches,
+    /// Everything but the scopes matched.
+    LacksScopes,
+    No,
+}
+
+impl Rule {
+    fn fit(&self, who: Option<&Identity>, action: &Action) -> Fit {
+        if !(self.routes.is_empty() || self.routes.iter().any(|r| r == action.route)) {
+            return Fit::No;
+        }
+        if let Some(m) = &self.methods {
+            if !action.method.is_some_and(|x| m.is_match(x)) {
+                return Fit::No;
+            }
+        }
+        let names_items =
+            self.tools.is_some() || self.prompts.is_some() || self.resources.is_some();
+        if names_items {
+            let hit = match action.item {
+                Some(Item::Tool(n)) => self.tools.as_ref().is_some_and(|g| g.is_match(n)),
+                Some(Item::Prompt(n)) => self.prompts.as_ref().is_some_and(|g| g.is_match(n)),
+                Some(Item::Resource(n)) => self.resources.as_ref().is_some_and(|g| g.is_match(n)),
+                None => false,
+            };
+            if !hit {
+                return Fit::No;
+            }
+        }
+        let needs_identity = self.subjects.is_some()
+            || self.clients.is_some()
+            || !self.scopes.is_empty()
+            || !self.claims.is_empty();
+        if !needs_identity {
+            return Fit::Matches;
+        }
+        let Some(who) = who else {
+            return Fit::No;
+        };
+        if let Some(s) = &self.subjects {
+            if !s.is_match(&who.subject) {
+                return Fit::No;
+            }
+        }
+        if let Some(c) = &self.clients {
+            if !who.client_id.as_deref().is_some_and(|id| c.is_match(id)) {
+                return Fit::No;
+            }
+        }
+        for (name, m) in &self.claims {
+            if !who.claims.get(name).is_some_and(|v| m.matches(v)) {
+                return Fit::No;
+            }
+        }
+        if self.scopes.iter().all(|s| who.scopes.contains(s)) {
+            Fit::Matches
+        } else {
+            Fit::LacksScopes
+        }
+    }
+}
+
+/// All rules, built once from the config.
+#[derive(Default)]
+pub struct Policies {
+    rules: Vec<Rule>,
+}
+
+impl std::fmt::Debug for Policies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policies")
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+type Problems = Vec<(String, String)>;
+
+/// A glob set from a config list (`None` for an empty list).
+fn globs(list: &[String], at: &str, errs: &mut Problems) -> Option<GlobSet> {
+    if list.is_empty() {
+        return None;
+    }
+    let mut b = GlobSetBuilder::new();
+    for (i, g) in list.iter().enumerate() {
+        match Glob::new(g) {
+            Ok(g) => {
+                b.add(g);
+            }
+            Err(e) => errs.push((format!("{at}[{i}]"), format!("{g:?} is not a glob: {e}"))),
+        }
+    }
+    b.build()
+        .map_err(|e| errs.push((at.to_string(), e.to_string())))
+        .ok()
+}
+
+fn claim_match(v: &Value, at: &str, errs: &mut Problems) -> ClaimMatch {
+    match v {
+        Value::String(s) => ClaimMatch::Glob(
+            globs(std::slice::from_ref(s), at, errs).unwrap_or_else(GlobSet::empty),
+        ),
+        Value::Array(items) => ClaimMatch::Any(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| claim_match(v, &format!("{at}[{i}]"), errs))
+                .collect(),
+        ),
+        other => ClaimMatch::Equals(other.clone()),
+    }
+}
+
+impl Policies {
+    /// Build the rules; every problem comes back as `(path, message)`.
+    pub fn build(cfg: &[PolicyRuleConfig]) -> Result<Policies, Problems> {
+        let mut errs = Vec::new();
+        let mut rules = Vec::new();
+        for (i, r) in cfg.iter().enumerate() {
+            let at = |k: &str| format!("security.policies[{i}].{k}");
+            let Some(effect) = r.effect else {
+                errs.push((at("effect"), "is required: allow or deny".into()));
+                continue;
+            };
+            for (j, p) in r.routes.iter().enumerate() {
+                if !p.starts_with('/') {
+                    errs.push((
+                        at(&format!("routes[{j}]")),
+                        format!("{p:?} must start with '/'"),
+                    ));
+                }
+            }
+            rules.push(Rule {
+                name: if r.name.is_empty() {
+                    format!("policies[{i}]")
+                } else {
+                    r.name.clone()
+                },
+                effect,
+                routes: r.routes.clone(),
+                subjects: globs(&r.subjects, &at("subjects"), &mut errs),
+                clients: globs(&r.clients, &at("clients"), &mut errs),
+                scopes: r.scopes.clone(),
+                claims: r
+                    .claims
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            claim_match(v, &at(&format!("claims.{k}")), &mut errs),
+                        )
+                    })
+                    .collect(),
+                methods: globs(&r.methods, &at("methods"), &mut errs),
+                tools: globs(&r.tools, &at("tools"), &mut errs),
+                prompts: globs(&r.prompts, &at("prompts"), &mut errs),
+                resources: globs(&r.resources, &at("resources"), &mut errs),
+            });
+        }
+        if errs.is_empty() {
+            Ok(Policies { rules })
+        } else {
+            Err(errs)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// May `who` do `action`? The first matching rule decides; none: denied.
+    pub fn check(&self, who: Option<&Identity>, action: &Action) -> Result<(), Denied> {
+        let mut missing: Option<&[String]> = None;
+        let mut deciding = None;
+        for r in &self.rules {
+            match r.fit(who, action) {
+                Fit::Matches if r.effect == Effect::Allow => return Ok(()),
+                Fit::Matches => {
+                    deciding = Some(r);
+                    break;
+                }
+                // An allow rule that would match with more scopes: worth telling.
+                Fit::LacksScopes if r.effect == Effect::Allow && missing.is_none() => {
+                    missing = Some(&r.scopes);
+                }
+                _ => {}
+            }
+        }
+        let missing_scopes = missing.map(<[String]>::to_vec).unwrap_or_default();
+        let hint = if missing_scopes.is_empty() {
+            String::new()
+        } else {
+            format!(" without the scope(s) {}", missing_scopes.join(" "))
+        };
+        let (what, who) = (action.describe(), caller(who));
+        Err(match deciding {
+            Some(r) => Denied {
+                rule: Some(r.name.clone()),
+                message: format!("policy {:?} denies {what} to {who}{hint}", r.name),
+                missing_scopes,
+            },
+            None => Denied {
+                rule: None,
+                message: format!("no policy allows {what} to {who}{hint} (security.policies)"),
+                missing_scopes,
+            },
+        })
+    }
+
+    /// Drop from a list result what `who` may not use. `message` is one JSON-RPC
+    /// response; returns how many items were dropped (0: leave the bytes as they are).
+    pub fn filter_list(
+        &self,
+        who: Option<&Identity>,
+        route: &str,
+        kind: ListKind,
+        message: &mut Value,
+    ) -> usize {
+        let (key, field, method) = kind.shape();
+        let Some(items) = message
+            .pointer_mut(&format!("/result/{key}"))
+            .and_then(Value::as_array_mut)
+        else {
+            return 0;
+        };
+        let before = items.len();
+        items.retain(|item| {
+            // An item without a name cannot be matched: it is not shown.
+            item.get(field).and_then(Value::as_str).is_some_and(|name| {
+                self.check(who, &Action::of(route, Some(method), Some(name)))
+                    .is_ok()
+            })
+        });
+        before - items.len()
+    }
+}
+
+fn caller(who: Option<&Identity>) -> String {
+    match who {
+        Some(id) if !id.subject.is_empty() => format!("subject {:?}", id.subject),
+        Some(id) => match &id.client_id {
+            Some(c) => format!("client {c:?}"),
+            None => "this client".into(),
+        },
+        None => "anonymous clients".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn policies(yaml: &str) -> Policies {
+        let cfg = crate::config::load_str(&format!(
+            "upstream: {{groups: {{default: {{servers: [{{id: a, url: 'http://127.0.0.1:1'}}]}}}}}}\nsecurity:\n  policies:\n{yaml}"
+        ), &|_| None)
+        .unwrap();
+        Policies::build(&cfg.security.policies).unwrap()
+    }
+
+    fn who(sub: &str, scopes: &[&str], claims: Value) -> Identity {
+        Identity {
+            method: "jwt",
+            subject: sub.into(),
+            client_id: Some(format!("{sub}-app")),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            claims: Arc::new(claims.as_object().cloned().unwrap_or_default()),
+            rule: "r".into(),
+        }
+    }
+
+    fn call(tool: &str) -> Action<'_> {
+        Action::of("/mcp", Some("tools/call"), Some(tool))
+    }
+
+    #[test]
+    fn first_match_decides_and_the_rest_is_denied() {
+        let p = policies(
+            "    - {name: no-delete, effect: deny, tools: ['delete_*']}\n    - {effect: allow, subjects: [alice], tools: ['read_*']}\n    - {effect: deny, methods: [tools/call]}\n    - {effect: allow, methods: ['*']}\n",
+        );
+        let alice = who("alice", &[], Value::Null);
+        let bob = who("bob", &[], Value::Null);
+        assert!(p.check(Some(&alice), &call("read_file")).is_ok());
+        let d = p.check(Some(&alice), &call("delete_file")).unwrap_err();
+        assert_eq!(d.rule.as_deref(), Some("no-delete"));
+        assert_eq!(
+            d.message,
+            "policy \"no-delete\" denies tools/call of tool \"delete_file\" to subject \"alice\""
+        );
+        assert!(p.check(Some(&bob), &call("read_file")).is_err());
+        assert!(p
+            .check(Some(&bob), &Action::of("/mcp", Some("tools/list"), None))
+            .is_ok());
+        assert!(p
+            .check(None, &Action::of("/mcp", Some("ping"), None))
+            .is_ok());
+        // A GET stream has no method: only rules without method or item conditions match.
+        let e = p
+            .check(Some(&bob), &Action::of("/mcp", None, None))
+            .unwrap_err();
+        assert!(
+            e.message
+                .starts_with("no policy allows this request to /mcp"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn scopes_claims_and_clients() {
+        let p = policies(
+            "    - {effect: allow, scopes: [files.write], tools: ['write_*']}\n    - {effect: allow, claims: {team: [platform, 'sre-*']}, prompts: ['*']}\n    - {effect: allow, clients: ['ci-*'], resources: ['file:///public/*']}\n",
+        );
+        let writer = who("w", &["files.write", "x"], Value::Null);
+        let reader = who("r", &["files.read"], serde_json::json!({"team": "sre-eu"}));
+        assert!(p.check(Some(&writer), &call("write_file")).is_ok());
+        let d = p.check(Some(&reader), &call("write_file")).unwrap_err();
+        assert_eq!(d.missing_scopes, ["files.write"]);
+        assert!(d
+            .message
+            .ends_with("without the scope(s) files.write (security.policies)"));
+        let prompt = Action::of("/mcp", Some("prompts/get"), Some("summarize"));
+        assert!(p.check(Some(&reader), &prompt).is_ok());
+        assert!(p.check(Some(&writer), &prompt).is_err());
+        let listed = who("x", &[], serde_json::json!({"team": ["web", "platform"]}));
+        assert!(p.check(Some(&listed), &prompt).is_ok());
+        let ci = Identity {
+            client_id: Some("ci-main".into()),
+            ..who("bot", &[], Value::Null)
+        };
+        let read = |uri| Action::of("/mcp", Some("resources/read"), Some(uri));
+        assert!(p.check(Some(&ci), &read("file:///public/a/b.txt")).is_ok());
+        assert!(p.check(Some(&ci), &read("file:///etc/passwd")).is_err());
+        assert!(p.check(None, &read("file:///public/a")).is_err());
+    }
+
+    #[test]
+    fn lists_keep_what_the_caller_may_use() {
+        let p = policies(
+            "    - {effect: deny, tools: ['admin_*']}\n    - {effect: allow, subjects: [alice], resources: ['mem://alice/*']}\n    - {effect: deny, methods: ['resources/read']}\n    - {effect: allow}\n",
+        );
+        let mut tools = serde_json::json!({"jsonrpc":"2.0","id":1,"result":{"tools":[
+            {"name":"echo"},{"name":"admin_reset"},{"name":"add"},{"nameless":true}]}});
+        assert_eq!(p.filter_list(None, "/mcp", ListKind::Tools, &mut tools), 2);
+        let names: Vec<_> = tools["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["echo", "add"]);
+        let alice = who("alice", &[], Value::Null);
+        let mut templates = serde_json::json!({"jsonrpc":"2.0","id":2,"result":{"resourceTemplates":[
+            {"uriTemplate":"mem://alice/{key}"},{"uriTemplate":"mem://bob/{key}"}]}});
+        assert_eq!(
+            p.filter_list(
+                Some(&alice),
+                "/mcp",
+                ListKind::ResourceTemplates,
+                &mut templates
+            ),
+            1
+        );
+        assert_eq!(
+            templates["result"]["resourceTemplates"][0]["uriTemplate"],
+            "mem://alice/{key}"
+        );
+        // An error answer has no list: nothing to do.
+        let mut err = serde_json::json!({"jsonrpc":"2.0","id":3,"error":{"code":-1,"message":"x"}});
+        assert_eq!(p.filter_list(None, "/mcp", ListKind::Prompts, &mut err), 0);
+    }
+
+    #[test]
+    fn config_problems_name_their_path() {
+        let errs = crate::config::load_str(
+            "upstream: {groups: {default: {servers: [{id: a, url: 'http://127.0.0.1:1'}]}}}\nsecurity:\n  policies:\n    - {tools: ['x']}\n    - {effect: allow, tools: ['[bad'], routes: [mcp, /nope]}\n",
+            &|_| None,
+        )
+        .unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "security.policies[0].effect",
+                "security.policies[1].routes[0]",
+                "security.policies[1].tools[0]",
+                "security.policies[1].routes[1]",
+            ]
+        );
+    }
+}
