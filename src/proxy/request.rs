@@ -167,21 +167,21 @@ async fn check(
         }
     }
 
+    let tool = match ctx.mcp.method() {
+        Some("tools/call") => ctx.mcp.name(),
+        _ => None,
+    };
+    let subject = Subject {
+        route: &route_path,
+        ip: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
+        identity: ctx.identity.as_ref(),
+        tool,
+    };
     if !gw.state.rate_limits.is_empty() {
-        let tool = match ctx.mcp.method() {
-            Some("tools/call") => ctx.mcp.name(),
-            _ => None,
-        };
-        let subject = Subject {
-            route: &route_path,
-            ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            identity: ctx.identity.as_ref(),
-            tool,
-        };
-        match gw.state.rate_limits.check(&subject) {
+        match gw.state.rate_limits.check(&subject).await {
             Ok(quota) => ctx.quota = quota,
             Err(limited) => {
                 metrics::counter(&METRICS.rate_limited, &[&route_path, &limited.rule]).inc();
@@ -194,7 +194,6 @@ async fn check(
             }
         }
     }
-
     if ctx
         .body
         .as_ref()
