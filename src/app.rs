@@ -57,6 +57,9 @@ pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
         rate_limits: crate::security::rate_limit::RateLimits::build(
             &config.security.rate_limiting,
         )?,
+        streams: crate::security::streams::StreamCaps::new(
+            config.security.rate_limiting.max_concurrent_streams,
+        ),
         routes,
         groups,
         sessions,

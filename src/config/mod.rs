@@ -83,6 +83,9 @@ config_struct! {
         /// Longest wait for Redis on a request; past it (or on any error) this process's
         /// own counters decide until Redis answers again.
         redis_timeout: Dur = Dur::millis(100),
+        /// Open SSE streams (GET) per identity: the authenticated subject, else the
+        /// client IP. Counted per process; `0`: no cap.
+        max_concurrent_streams: u32 = 0,
     }
 }
 

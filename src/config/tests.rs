@@ -414,14 +414,15 @@ fn header_limit_has_a_floor() {
 #[test]
 fn rate_limits_may_share_counters_through_redis() {
     let c = load(&format!(
-        "{MINIMAL}security:\n  rate_limiting:\n    redis: \"redis://:pw@cache:6380/1\"\n    redis_timeout: 250ms\n"
+        "{MINIMAL}security:\n  rate_limiting:\n    redis: \"redis://:pw@cache:6380/1\"\n    redis_timeout: 250ms\n    max_concurrent_streams: 4\n"
     ))
     .unwrap();
     let rl = &c.security.rate_limiting;
     assert_eq!(rl.redis_url(), Some("redis://:pw@cache:6380/1"));
     assert_eq!(rl.redis_key_prefix, "mcp-gateway:rl:");
     assert_eq!(rl.redis_timeout.0, std::time::Duration::from_millis(250));
-    // Defaults: no Redis, a short timeout; an empty URL is none.
+    assert_eq!(rl.max_concurrent_streams, 4);
+    // Defaults: no Redis, a short timeout, no stream cap; an empty URL is none.
     let d = load_with(
         &format!("{MINIMAL}security:\n  rate_limiting:\n    redis: \"${{REDIS_URL:-}}\"\n"),
         &[],
@@ -430,6 +431,7 @@ fn rate_limits_may_share_counters_through_redis() {
     let rl = &d.security.rate_limiting;
     assert_eq!(rl.redis_url(), None);
     assert_eq!(rl.redis_timeout.0, std::time::Duration::from_millis(100));
+    assert_eq!(rl.max_concurrent_streams, 0);
 }
 
 #[test]

@@ -54,6 +54,8 @@ pub struct RequestCtx {
     pub cors_origin: Option<http::HeaderValue>,
     /// The CORS headers every answer to that origin carries.
     pub cors_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// This request's slot under `max_concurrent_streams` (GET streams), freed on drop.
+    pub stream_slot: Option<crate::security::streams::StreamSlot>,
     /// The rate-limit quota left, sent back as `RateLimit-*` headers.
     pub quota: Option<crate::security::rate_limit::Quota>,
     /// Credential headers (API keys) never to forward upstream.
@@ -141,6 +143,7 @@ impl RequestCtx {
             identity: None,
             credential_headers: None,
             quota: None,
+            stream_slot: None,
             cors_origin: None,
             cors_headers: Vec::new(),
             request_id: String::new(),

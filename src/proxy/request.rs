@@ -10,6 +10,7 @@ use crate::mcp::envelope::{self, Body, Era, InspectError};
 use crate::mcp::headers::{self, MCP_SESSION_ID};
 use crate::security::cors::Cors;
 use crate::security::rate_limit::Subject;
+use crate::security::streams::TooManyStreams;
 use crate::telemetry::metrics::{self, METRICS};
 use crate::telemetry::record;
 use crate::telemetry::tracing::RequestSpan;
@@ -21,6 +22,12 @@ use pingora::proxy::Session;
 /// Pingora replays at most this much of a request body by itself (its retry buffer);
 /// larger bodies are forwarded by [`large_body`].
 pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// The `rule` of a refusal by `max_concurrent_streams` (in the error and its metric).
+const STREAM_RULE: &str = "max_concurrent_streams";
+/// What a client refused a stream is told to wait: streams end when their client
+/// closes them, so there is no window to wait for.
+const STREAM_RETRY_AFTER: u64 = 5;
 
 pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
     ctx.request_id = request_id(session);
@@ -194,6 +201,26 @@ async fn check(
             }
         }
     }
+    // A GET is the standing SSE stream: it holds a slot until its request ends.
+    if method == Method::GET && gw.state.streams.is_enabled() {
+        match gw.state.streams.open(subject.identity_key()) {
+            Ok(slot) => ctx.stream_slot = Some(slot),
+            Err(TooManyStreams(cap)) => {
+                metrics::counter(&METRICS.rate_limited, &[&route_path, STREAM_RULE]).inc();
+                return Err(GatewayError::RateLimited {
+                    rule: STREAM_RULE.into(),
+                    limit: cap,
+                    retry_after: STREAM_RETRY_AFTER,
+                    message: format!(
+                        "stream limit: at most {cap} open SSE streams (GET) per client \
+                         (security.rate_limiting.max_concurrent_streams); close one before \
+                         opening another"
+                    ),
+                });
+            }
+        }
+    }
+
     if ctx
         .body
         .as_ref()

@@ -80,6 +80,13 @@ pub struct Subject<'a> {
     pub tool: Option<&'a str>,
 }
 
+impl Subject<'_> {
+    /// Who the request comes from: the authenticated subject, else the client IP.
+    pub fn identity_key(&self) -> String {
+        key(KeyStrategy::UserId, self).unwrap_or_default()
+    }
+}
+
 /// What one rule counted for a request (this request included).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Counts {
