@@ -162,6 +162,39 @@ async fn replicas_share_limits_through_redis_and_fall_back_to_local_ones() {
     }
 }
 
+#[tokio::test]
+async fn a_slow_redis_is_waited_on_for_redis_timeout_only() {
+    let redis = RedisServer::start(None);
+    let up = Upstream::start("u");
+    let yaml = replica(&up, &redis).replace("redis_timeout: 1s", "redis_timeout: 500ms");
+    let gw = Gateway::start(&yaml).await;
+    wait_switch(&gw, "counters shared through Redis", SHARED).await;
+    assert_eq!(send(&gw).await.status(), 200);
+
+    // Redis stops answering: requests are still served, on the local counters.
+    redis.pause(true);
+    for _ in 0..3 {
+        let r = send(&gw).await;
+        assert_eq!(r.status(), 200, "{}", gw.log());
+        assert_eq!(header(&r, "ratelimit-limit").as_deref(), Some("10"));
+    }
+    wait_switch(&gw, "is unavailable (no answer within 500ms)", LOCAL).await;
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"mcp_gateway_rate_limit_fallbacks_total{reason="timeout"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"mcp_gateway_rate_limit_fallbacks_total{reason="unavailable"}"#),
+        "{metrics}"
+    );
+
+    // It answers again: back to Redis.
+    redis.pause(false);
+    wait_switch(&gw, "is back; counters are shared again", SHARED).await;
+    assert_eq!(send(&gw).await.status(), 200);
+}
+
 #[test]
 fn a_bad_redis_url_is_a_config_error() {
     let yaml = config_for(

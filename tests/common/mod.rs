@@ -493,6 +493,17 @@ impl RedisServer {
             .is_ok()
     }
 
+    /// Stop (`SIGSTOP`) or continue (`SIGCONT`) the server: stopped, it accepts
+    /// connections and commands but answers none.
+    pub fn pause(&self, stopped: bool) {
+        let signal = if stopped { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} redis-server failed");
+    }
+
     /// Kill the server now (connections to it break, its port refuses new ones).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
