@@ -57,7 +57,12 @@ pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
         cors,
         auth,
         policies,
-        rate_limits: crate::security::rate_limit::RateLimits::build(&config.security.rate_limiting),
+        rate_limits: crate::security::rate_limit::RateLimits::build(
+            &config.security.rate_limiting,
+        )?,
+        streams: crate::security::streams::StreamCaps::new(
+            config.security.rate_limiting.max_concurrent_streams,
+        ),
         routes,
         groups,
         sessions,
@@ -188,6 +193,12 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         "upstream upkeep",
         upkeep(&config, &state.groups),
     ));
+    if let Some(shared) = state.rate_limits.shared() {
+        server.add_service(pingora::services::background::background_service(
+            "rate-limit store",
+            crate::security::rate_limit::shared::Upkeep(shared),
+        ));
+    }
 
     state.ready.store(true, Ordering::Release);
     log::info!(

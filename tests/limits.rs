@@ -74,16 +74,29 @@ async fn tool_limits_count_calls_of_that_tool_only() {
     }
 }
 
+const KEY_A: &str = "key-of-client-a-0123456789";
+const KEY_B: &str = "key-of-client-b-0123456789";
+
+/// A gateway whose clients `client-a` and `client-b` authenticate with [`KEY_A`] and
+/// [`KEY_B`], with `rate_limiting` (the block's lines) under `security`.
+async fn two_clients(up: &Upstream, rate_limiting: &str) -> Gateway {
+    let extra = format!(
+        "security:\n  auth:\n    - api_keys:\n        keys:\n          - {{id: client-a, sha256: \"{}\"}}\n          - {{id: client-b, sha256: \"{}\"}}\n  rate_limiting:\n{rate_limiting}",
+        sha256_hex(KEY_A.as_bytes()),
+        sha256_hex(KEY_B.as_bytes())
+    );
+    Gateway::start(&config_for(&[up.url()], &extra)).await
+}
+
 #[tokio::test]
 async fn user_limits_follow_the_authenticated_identity() {
     let up = Upstream::start("u");
-    let (a, b) = ("key-of-client-a-0123456789", "key-of-client-b-0123456789");
-    let extra = format!(
-        "security:\n  auth:\n    - api_keys:\n        keys:\n          - {{id: client-a, sha256: \"{}\"}}\n          - {{id: client-b, sha256: \"{}\"}}\n  rate_limiting:\n    rules:\n      - {{name: per-user, key_strategy: user_id, requests_per_minute: 2}}\n",
-        sha256_hex(a.as_bytes()),
-        sha256_hex(b.as_bytes())
-    );
-    let gw = Gateway::start(&config_for(&[up.url()], &extra)).await;
+    let (a, b) = (KEY_A, KEY_B);
+    let gw = two_clients(
+        &up,
+        "    rules:\n      - {name: per-user, key_strategy: user_id, requests_per_minute: 2}\n",
+    )
+    .await;
     for _ in 0..2 {
         assert_eq!(send(&gw, LIST, Some(a)).await.status(), 200);
     }
@@ -92,4 +105,74 @@ async fn user_limits_follow_the_authenticated_identity() {
     assert_eq!(send(&gw, LIST, Some(b)).await.status(), 200);
     // Authentication comes first: an unknown key is 401, not counted.
     assert_eq!(send(&gw, LIST, Some("nope")).await.status(), 401);
+}
+
+/// Open the standing SSE stream (a GET held open 60 s by the mock upstream) as `key`.
+async fn open_stream(gw: &Gateway, key: &str) -> reqwest::Response {
+    client()
+        .get(gw.url("/mcp?delay=60"))
+        .header("accept", "text/event-stream")
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn open_streams_are_capped_per_identity() {
+    let up = Upstream::start("u");
+    let (a, b) = (KEY_A, KEY_B);
+    let gw = two_clients(&up, "    max_concurrent_streams: 2\n").await;
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut s = open_stream(&gw, a).await;
+        assert_eq!(s.status(), 200);
+        let first = s.chunk().await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("event: ready"));
+        streams.push(s);
+    }
+    // The third is refused before it reaches the upstream.
+    let before = up.state().await["requests"].as_u64().unwrap();
+    let r = open_stream(&gw, a).await;
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("5"));
+    assert_eq!(header(&r, "ratelimit-limit").as_deref(), Some("2"));
+    let v = expect_error_naming(r, 429, -32011, "max_concurrent_streams").await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2 open SSE streams"),
+        "{v}"
+    );
+    assert_eq!(up.state().await["requests"].as_u64().unwrap(), before);
+    // Another identity has its own slots; requests that are not streams are not capped.
+    let other = open_stream(&gw, b).await;
+    assert_eq!(other.status(), 200);
+    assert_eq!(send(&gw, LIST, Some(a)).await.status(), 200);
+
+    // A stream that ends gives its slot back.
+    drop(streams.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let reopened = loop {
+        let r = open_stream(&gw, a).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert_eq!(r.status(), 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed stream's slot never came back:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(open_stream(&gw, a).await.status(), 429);
+    drop((reopened, other, streams));
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"mcp_gateway_rate_limited_total{route="/mcp",rule="max_concurrent_streams"} 2"#
+        ),
+        "{metrics}"
+    );
 }

@@ -72,12 +72,12 @@ fn alert_rules_pass_promtool() {
     let out = promtool(&repo(), &["check", "rules", ALERTS], None);
     assert!(out.status.success(), "{}", said(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 4 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 5 rules found"),
         "{}",
         said(&out)
     );
 
-    // The four alerts, each with what it fires on, how long, and both annotations.
+    // The five alerts, each with what it fires on, how long, and both annotations.
     let doc = yaml(ALERTS);
     let rules: Vec<&serde_yaml_ng::Value> = doc["groups"]
         .as_sequence()
@@ -97,6 +97,11 @@ fn alert_rules_pass_promtool() {
             "McpGatewayCircuitBreakerOpen",
             "mcp_gateway_circuit_breaker_state{",
             "1m",
+        ),
+        (
+            "McpGatewayRateLimitsNotShared",
+            r#"mcp_gateway_rate_limit_backend_up{job="mcp-gateway", backend="redis"} == 0"#,
+            "2m",
         ),
     ] {
         let rule = rules

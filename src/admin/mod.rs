@@ -255,7 +255,8 @@ mod tests {
         let mut v = json!({
             "sessions": {"keys": ["abc", ""], "ttl": "1day"},
             "admin": {"token": "0123456789abcdef", "port": 9090},
-            "security": {"auth": [{"jwt": {"secret": "s3cr3t", "algorithms": ["HS256"]}, "basic": {"users": [{"name": "alice", "hash": "$argon2id$x"}]}}]},
+            "security": {"auth": [{"jwt": {"secret": "s3cr3t", "algorithms": ["HS256"]}, "basic": {"users": [{"name": "alice", "hash": "$argon2id$x"}]}}],
+                         "rate_limiting": {"redis": "redis://:r3dis@cache:6379/0", "redis_key_prefix": "rl:"}},
             "auth": {"upstream_auth": {"header": "X-Api-Key", "value": "k-123", "bearer": null}},
             "upstream": {"groups": {"g": {"servers": [{"url": "https://u:p4ss@h:1/mcp"}, {"url": "http://h/mcp"}]}}},
         });
@@ -269,6 +270,11 @@ mod tests {
         assert_eq!(rule["jwt"]["algorithms"][0], "HS256");
         assert_eq!(rule["basic"]["users"][0]["name"], "alice");
         assert_eq!(rule["basic"]["users"][0]["hash"], "<redacted>");
+        assert_eq!(
+            v["security"]["rate_limiting"]["redis"],
+            "redis://:<redacted>@cache:6379/0"
+        );
+        assert_eq!(v["security"]["rate_limiting"]["redis_key_prefix"], "rl:");
         assert_eq!(v["auth"]["upstream_auth"]["header"], "X-Api-Key");
         assert_eq!(v["auth"]["upstream_auth"]["value"], "<redacted>");
         assert!(v["auth"]["upstream_auth"]["bearer"].is_null());

@@ -421,6 +421,16 @@ fn validate(c: &Config, errs: &mut Errors) {
             }
         }
     }
+    let rlp = root.key("security").key("rate_limiting");
+    let rate_limiting = &c.security.rate_limiting;
+    if let Some(url) = rate_limiting.redis_url() {
+        if let Err(e) = crate::security::rate_limit::shared::describe_url(url) {
+            errs.push(&rlp.key("redis"), e);
+        }
+        if rate_limiting.redis_timeout.0.is_zero() {
+            errs.push(&rlp.key("redis_timeout"), "must be greater than 0");
+        }
+    }
     let tracing = root.key("tracing");
     if let Some(endpoint) = c.tracing.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         match endpoint.parse::<http::Uri>() {

@@ -77,6 +77,25 @@ config_struct! {
     /// Request rate limits (docs/security.md#rate-limits). Every rule applies at once.
     pub struct RateLimitingConfig {
         rules: Vec<RateLimitRule> = Vec::new(),
+        /// Share the rules' counters between gateway replicas through Redis:
+        /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://` for TLS. Unset:
+        /// every process counts on its own.
+        redis: Option<String> = None,
+        /// Prefix of every Redis key the rate limits write.
+        redis_key_prefix: String = "mcp-gateway:rl:".to_string(),
+        /// Longest wait for Redis on a request; past it (or on any error) this process's
+        /// own counters decide until Redis answers again.
+        redis_timeout: Dur = Dur::millis(100),
+        /// Open SSE streams (GET) per identity: the authenticated subject, else the
+        /// client IP. Counted per process; `0`: no cap.
+        max_concurrent_streams: u32 = 0,
+    }
+}
+
+impl RateLimitingConfig {
+    /// The Redis URL, if one is set (an empty value from `${VAR:-}` is none).
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis.as_deref().filter(|u| !u.trim().is_empty())
     }
 }
 

@@ -410,3 +410,48 @@ fn header_limit_has_a_floor() {
         (8192, 100)
     );
 }
+
+#[test]
+fn rate_limits_may_share_counters_through_redis() {
+    let c = load(&format!(
+        "{MINIMAL}security:\n  rate_limiting:\n    redis: \"redis://:pw@cache:6380/1\"\n    redis_timeout: 250ms\n    max_concurrent_streams: 4\n"
+    ))
+    .unwrap();
+    let rl = &c.security.rate_limiting;
+    assert_eq!(rl.redis_url(), Some("redis://:pw@cache:6380/1"));
+    assert_eq!(rl.redis_key_prefix, "mcp-gateway:rl:");
+    assert_eq!(rl.redis_timeout.0, std::time::Duration::from_millis(250));
+    assert_eq!(rl.max_concurrent_streams, 4);
+    // Defaults: no Redis, a short timeout, no stream cap; an empty URL is none.
+    let d = load_with(
+        &format!("{MINIMAL}security:\n  rate_limiting:\n    redis: \"${{REDIS_URL:-}}\"\n"),
+        &[],
+    )
+    .unwrap();
+    let rl = &d.security.rate_limiting;
+    assert_eq!(rl.redis_url(), None);
+    assert_eq!(rl.redis_timeout.0, std::time::Duration::from_millis(100));
+    assert_eq!(rl.max_concurrent_streams, 0);
+}
+
+#[test]
+fn a_bad_redis_url_is_reported_with_its_path_and_no_password() {
+    for (url, why) in [
+        ("http://cache:6379", "redis:// or rediss://"),
+        ("redis://:s3cret@cache:port/0", "not a valid Redis URL"),
+    ] {
+        let errs = errors(&format!(
+            "{MINIMAL}security:\n  rate_limiting:\n    redis: \"{url}\"\n    redis_timeout: 0s\n"
+        ));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("security.rate_limiting.redis: ") && errs[0].contains(why),
+            "{url}: {errs:?}"
+        );
+        assert!(!errs[0].contains("s3cret"), "{errs:?}");
+        assert!(
+            errs[1].starts_with("security.rate_limiting.redis_timeout: must be greater than 0"),
+            "{errs:?}"
+        );
+    }
+}

@@ -14,6 +14,9 @@ impl Dur {
     pub const fn secs(s: u64) -> Self {
         Dur(Duration::from_secs(s))
     }
+    pub const fn millis(ms: u64) -> Self {
+        Dur(Duration::from_millis(ms))
+    }
 }
 
 impl<'de> Deserialize<'de> for Dur {

@@ -58,6 +58,8 @@ pub struct RequestCtx {
     pub list_kind: Option<crate::security::policy::ListKind>,
     /// Filters that list's answer.
     pub list_filter: Option<super::list_filter::ListFilter>,
+    /// This request's slot under `max_concurrent_streams` (GET streams), freed on drop.
+    pub stream_slot: Option<crate::security::streams::StreamSlot>,
     /// The rate-limit quota left, sent back as `RateLimit-*` headers.
     pub quota: Option<crate::security::rate_limit::Quota>,
     /// Credential headers (API keys) never to forward upstream.
@@ -147,6 +149,7 @@ impl RequestCtx {
             quota: None,
             list_kind: None,
             list_filter: None,
+            stream_slot: None,
             cors_origin: None,
             cors_headers: Vec::new(),
             request_id: String::new(),

@@ -47,6 +47,8 @@ pub struct State {
     pub auth: crate::security::auth::Auth,
     pub policies: crate::security::policy::Policies,
     pub rate_limits: crate::security::rate_limit::RateLimits,
+    /// Open SSE streams per identity (`security.rate_limiting.max_concurrent_streams`).
+    pub streams: crate::security::streams::StreamCaps,
     pub cors: crate::security::cors::Cors,
     pub max_request_body: u64,
     pub max_request_headers: u64,

@@ -12,6 +12,7 @@ use crate::security::auth::Identity;
 use crate::security::cors::Cors;
 use crate::security::policy::{Action, ListKind};
 use crate::security::rate_limit::Subject;
+use crate::security::streams::TooManyStreams;
 use crate::telemetry::metrics::{self, METRICS};
 use crate::telemetry::record;
 use crate::telemetry::tracing::RequestSpan;
@@ -23,6 +24,12 @@ use pingora::proxy::Session;
 /// Pingora replays at most this much of a request body by itself (its retry buffer);
 /// larger bodies are forwarded by [`large_body`].
 pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// The `rule` of a refusal by `max_concurrent_streams` (in the error and its metric).
+const STREAM_RULE: &str = "max_concurrent_streams";
+/// What a client refused a stream is told to wait: streams end when their client
+/// closes them, so there is no window to wait for.
+const STREAM_RETRY_AFTER: u64 = 5;
 
 pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
     ctx.request_id = request_id(session);
@@ -195,21 +202,21 @@ async fn check(
         ctx.list_kind = ctx.mcp.method().and_then(ListKind::of);
     }
 
+    let tool = match ctx.mcp.method() {
+        Some("tools/call") => ctx.mcp.name(),
+        _ => None,
+    };
+    let subject = Subject {
+        route: &route_path,
+        ip: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
+        identity: ctx.identity.as_ref(),
+        tool,
+    };
     if !gw.state.rate_limits.is_empty() {
-        let tool = match ctx.mcp.method() {
-            Some("tools/call") => ctx.mcp.name(),
-            _ => None,
-        };
-        let subject = Subject {
-            route: &route_path,
-            ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            identity: ctx.identity.as_ref(),
-            tool,
-        };
-        match gw.state.rate_limits.check(&subject) {
+        match gw.state.rate_limits.check(&subject).await {
             Ok(quota) => ctx.quota = quota,
             Err(limited) => {
                 metrics::counter(&METRICS.rate_limited, &[&route_path, &limited.rule]).inc();
@@ -218,6 +225,25 @@ async fn check(
                     limit: limited.limit,
                     retry_after: limited.retry_after,
                     message: limited.message,
+                });
+            }
+        }
+    }
+    // A GET is the standing SSE stream: it holds a slot until its request ends.
+    if method == Method::GET && gw.state.streams.is_enabled() {
+        match gw.state.streams.open(subject.identity_key()) {
+            Ok(slot) => ctx.stream_slot = Some(slot),
+            Err(TooManyStreams(cap)) => {
+                metrics::counter(&METRICS.rate_limited, &[&route_path, STREAM_RULE]).inc();
+                return Err(GatewayError::RateLimited {
+                    rule: STREAM_RULE.into(),
+                    limit: cap,
+                    retry_after: STREAM_RETRY_AFTER,
+                    message: format!(
+                        "stream limit: at most {cap} open SSE streams (GET) per client \
+                         (security.rate_limiting.max_concurrent_streams); close one before \
+                         opening another"
+                    ),
                 });
             }
         }

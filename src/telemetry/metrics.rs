@@ -41,6 +41,10 @@ pub struct Metrics {
     pub sse_streams_active: IntGaugeVec,
     /// Requests refused by a rate limit, by route and rule.
     pub rate_limited: IntCounterVec,
+    /// Requests decided on the local counters because Redis was not usable, by reason.
+    pub rate_limit_fallbacks: IntCounterVec,
+    /// 1 while the shared rate-limit store is in use, by backend (`redis`).
+    pub rate_limit_backend_up: IntGaugeVec,
     /// Requests refused by authentication, by route and reason.
     pub auth_rejections: IntCounterVec,
     /// Requests refused by an authorization policy, by route and rule.
@@ -132,6 +136,18 @@ impl Metrics {
                 "mcp_gateway_rate_limited_total",
                 "Requests refused by a rate limit (429), by route and rule",
                 &["route", "rule"],
+            ),
+            rate_limit_fallbacks: new_counter(
+                &r,
+                "mcp_gateway_rate_limit_fallbacks_total",
+                "Requests whose rate limits were decided on this process's local counters because the shared store (Redis) was unavailable, failed or timed out",
+                &["reason"],
+            ),
+            rate_limit_backend_up: new_gauge(
+                &r,
+                "mcp_gateway_rate_limit_backend_up",
+                "1 while rate-limit counters are shared through the backend (redis), 0 while this process decides on local counters",
+                &["backend"],
             ),
             auth_rejections: new_counter(
                 &r,

@@ -416,3 +416,103 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// A real `redis-server` on a free loopback port, without persistence; killed on drop.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    password: Option<String>,
+}
+
+impl RedisServer {
+    /// Start on a free port, with `requirepass` when `password` is given.
+    pub fn start(password: Option<&str>) -> RedisServer {
+        Self::start_on(free_port(), password)
+    }
+
+    /// Start on `port` (e.g. to bring a killed server back at its address).
+    pub fn start_on(port: u16, password: Option<&str>) -> RedisServer {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"]);
+        if let Some(p) = password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}): these tests need a real Redis. Install \
+                     Debian's redis-server package without starting its service (scripts/test \
+                     does it), or put redis-server on PATH"
+                )
+            });
+        let mut server = RedisServer {
+            child,
+            port,
+            password: password.map(str::to_string),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("redis-server exited with {status} (port {port} taken?)");
+            }
+            if server.ping() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not answer PING on port {port} within 20s");
+    }
+
+    /// `redis://[:password@]127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    /// A plain connection to the server, to look at what the gateway wrote.
+    pub fn connect(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap()
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+    }
+
+    /// Stop (`SIGSTOP`) or continue (`SIGCONT`) the server: stopped, it accepts
+    /// connections and commands but answers none.
+    pub fn pause(&self, stopped: bool) {
+        let signal = if stopped { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} redis-server failed");
+    }
+
+    /// Kill the server now (connections to it break, its port refuses new ones).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

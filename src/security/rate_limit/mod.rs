@@ -1,0 +1,343 @@
+//! Request rate limits: every rule that covers a request counts it under the rule's key
+//! (client IP, user, API key, tool, or one global key) and refuses it once the key is
+//! over the rule's limits.
+//!
+//! Each rule counts over a sliding minute for `requests_per_minute` and a sliding second
+//! for `burst_size`: the previous window weighted by how much of it still overlaps, plus
+//! the current one, so a client cannot double its quota at a window boundary. Refused
+//! requests count too; the rules after the one that refused a request do not count it.
+//!
+//! Where the counting happens:
+//! * on this process's `pingora_limits::rate::Rate` estimators (lock-free), with no
+//!   `security.rate_limiting.redis`;
+//! * in Redis ([`shared`]), one script call for all the rules of a request, so every
+//!   replica sees the same counters. While Redis is unreachable or slow the local
+//!   estimators decide, so the gateway keeps serving (each process then allows the
+//!   limit on its own).
+//!
+//! Both ways end in the same judgement ([`Rule::judge`]) of the same [`Counts`].
+
+pub mod shared;
+
+use super::auth::Identity;
+use crate::config::{KeyStrategy, RateLimitRule, RateLimitingConfig};
+use pingora_limits::rate::{Rate, RateComponents};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) struct Rule {
+    name: String,
+    routes: Vec<String>,
+    strategy: KeyStrategy,
+    per_minute: u32,
+    burst: u32,
+    minute: Rate,
+    second: Rate,
+}
+
+/// All rules, built once from the config.
+#[derive(Default)]
+pub struct RateLimits {
+    rules: Vec<Rule>,
+    /// Counters shared through Redis, when configured.
+    shared: Option<Arc<shared::Shared>>,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("rules", &self.rules.len())
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
+}
+
+/// A refusal: which rule, and what to tell the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited {
+    pub rule: String,
+    pub limit: u32,
+    /// Whole seconds until the client may try again.
+    pub retry_after: u64,
+    pub message: String,
+}
+
+/// What the client may still send under the tightest rule that counted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset: u64,
+}
+
+/// What a request is counted by.
+pub struct Subject<'a> {
+    pub route: &'a str,
+    pub ip: Option<IpAddr>,
+    pub identity: Option<&'a Identity>,
+    /// The tool of a `tools/call`.
+    pub tool: Option<&'a str>,
+}
+
+impl Subject<'_> {
+    /// Who the request comes from: the authenticated subject, else the client IP.
+    pub fn identity_key(&self) -> String {
+        key(KeyStrategy::UserId, self).unwrap_or_default()
+    }
+}
+
+/// What one rule counted for a request (this request included).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Counts {
+    /// Requests over the sliding minute.
+    pub per_minute: f64,
+    /// Seconds until the current minute window ends.
+    pub reset: f64,
+    /// Requests over the sliding second (`None`: the rule has no `burst_size`).
+    pub per_second: Option<f64>,
+}
+
+/// Sliding-window estimate of the events in the last `interval`, and the seconds until
+/// the current window ends.
+fn estimate(c: RateComponents) -> (f64, f64) {
+    let frac = c.current_interval_fraction.clamp(0.0, 1.0);
+    let count = c.prev_samples as f64 * (1.0 - frac) + c.curr_samples as f64;
+    (count, c.interval.as_secs_f64() * (1.0 - frac))
+}
+
+impl RateLimits {
+    /// The rules, and the Redis store when `redis` is set (a bad URL is an error; config
+    /// validation reports it first).
+    pub fn build(cfg: &RateLimitingConfig) -> Result<RateLimits, String> {
+        let rules: Vec<Rule> = cfg
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| rule(i, r))
+            .collect();
+        let shared = match cfg.redis_url() {
+            Some(url) if !rules.is_empty() => Some(Arc::new(shared::Shared::new(
+                url,
+                &cfg.redis_key_prefix,
+                cfg.redis_timeout.0,
+            )?)),
+            _ => None,
+        };
+        Ok(RateLimits { rules, shared })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The Redis store, for its background upkeep.
+    pub fn shared(&self) -> Option<Arc<shared::Shared>> {
+        self.shared.clone()
+    }
+
+    /// The rules that cover a request, each with the request's key under it.
+    fn covering<'r>(&'r self, s: &Subject) -> Vec<(&'r Rule, String)> {
+        self.rules
+            .iter()
+            .filter(|r| r.routes.is_empty() || r.routes.iter().any(|p| p == s.route))
+            .filter_map(|r| Some((r, key(r.strategy, s)?)))
+            .collect()
+    }
+
+    /// Count the request under every rule that covers it. `Err` if any rule is over its
+    /// limit; else the quota left under the tightest rule (for `RateLimit-*` headers).
+    pub async fn check(&self, s: &Subject<'_>) -> Result<Option<Quota>, Limited> {
+        let covering = self.covering(s);
+        if covering.is_empty() {
+            return Ok(None);
+        }
+        if let Some(shared) = &self.shared {
+            if let Some(counts) = shared.count(&covering).await {
+                return decide(covering.iter().map(|(r, _)| *r).zip(counts));
+            }
+        }
+        self.check_locally(&covering)
+    }
+
+    /// [`RateLimits::check`] on this process's counters only.
+    fn check_locally(&self, covering: &[(&Rule, String)]) -> Result<Option<Quota>, Limited> {
+        // Lazy: the rules after a refusing one do not count the request.
+        decide(covering.iter().map(|(r, key)| (*r, r.count_locally(key))))
+    }
+}
+
+/// The tightest quota of the rules that counted a request, or the first refusal.
+fn decide<'a>(counted: impl Iterator<Item = (&'a Rule, Counts)>) -> Result<Option<Quota>, Limited> {
+    let mut tightest: Option<Quota> = None;
+    for (rule, counts) in counted {
+        let quota = rule.judge(counts)?;
+        if tightest.is_none_or(|t| quota.remaining < t.remaining) {
+            tightest = Some(quota);
+        }
+    }
+    Ok(tightest)
+}
+
+impl Rule {
+    /// Count one request under `key` on this process's estimators.
+    fn count_locally(&self, key: &str) -> Counts {
+        self.minute.observe(&key, 1);
+        let (per_minute, reset) = self.minute.rate_with(&key, estimate);
+        let per_second = (self.burst > 0).then(|| {
+            self.second.observe(&key, 1);
+            self.second.rate_with(&key, estimate).0
+        });
+        Counts {
+            per_minute,
+            reset,
+            per_second,
+        }
+    }
+
+    /// Over the limit (the burst first), or the quota left.
+    fn judge(&self, c: Counts) -> Result<Quota, Limited> {
+        if c.per_second.is_some_and(|n| n > f64::from(self.burst)) {
+            return Err(Limited {
+                rule: self.name.clone(),
+                limit: self.burst,
+                retry_after: 1,
+                message: format!(
+                    "rate limit {:?}: more than {} requests in a second; retry in 1 s",
+                    self.name, self.burst
+                ),
+            });
+        }
+        if c.per_minute > f64::from(self.per_minute) {
+            // Until enough of the window has slid by to fall back under the limit.
+            let retry_after = (c.reset.ceil() as u64).clamp(1, 60);
+            return Err(Limited {
+                rule: self.name.clone(),
+                limit: self.per_minute,
+                retry_after,
+                message: format!(
+                    "rate limit {:?}: more than {} requests per minute; retry in {retry_after} s",
+                    self.name, self.per_minute
+                ),
+            });
+        }
+        Ok(Quota {
+            limit: self.per_minute,
+            remaining: (f64::from(self.per_minute) - c.per_minute).max(0.0) as u32,
+            reset: c.reset.ceil() as u64,
+        })
+    }
+}
+
+fn rule(i: usize, r: &RateLimitRule) -> Rule {
+    Rule {
+        name: if r.name.is_empty() {
+            format!("rate_limiting.rules[{i}]")
+        } else {
+            r.name.clone()
+        },
+        routes: r.routes.clone(),
+        strategy: r.key_strategy,
+        per_minute: r.requests_per_minute,
+        burst: r.burst_size,
+        minute: Rate::new(Duration::from_secs(60)),
+        second: Rate::new(Duration::from_secs(1)),
+    }
+}
+
+/// The counter key of a request under a strategy (`None`: the rule does not count it).
+fn key(strategy: KeyStrategy, s: &Subject) -> Option<String> {
+    let ip = || {
+        s.ip.map(|ip| format!("ip:{ip}"))
+            .unwrap_or_else(|| "ip:-".into())
+    };
+    Some(match strategy {
+        KeyStrategy::IpAddress => ip(),
+        KeyStrategy::UserId => match s.identity {
+            Some(id) => format!("user:{}", id.subject),
+            None => ip(),
+        },
+        KeyStrategy::ApiKey => match s.identity.and_then(|id| id.client_id.as_deref()) {
+            Some(client) => format!("client:{client}"),
+            None => ip(),
+        },
+        KeyStrategy::Tool => format!("tool:{}", s.tool?),
+        KeyStrategy::Global => "global".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(strategy: KeyStrategy, per_minute: u32, burst: u32) -> RateLimits {
+        RateLimits::build(&RateLimitingConfig {
+            rules: vec![RateLimitRule {
+                name: "r".into(),
+                routes: vec![],
+                key_strategy: strategy,
+                requests_per_minute: per_minute,
+                burst_size: burst,
+            }],
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    impl RateLimits {
+        /// [`RateLimits::check`] with no Redis configured.
+        fn check_now(&self, s: &Subject) -> Result<Option<Quota>, Limited> {
+            self.check_locally(&self.covering(s))
+        }
+    }
+
+    fn from(ip: &str) -> Subject<'static> {
+        Subject {
+            route: "/mcp",
+            ip: Some(ip.parse().unwrap()),
+            identity: None,
+            tool: None,
+        }
+    }
+
+    #[test]
+    fn per_minute_limit_per_key() {
+        let l = limits(KeyStrategy::IpAddress, 3, 0);
+        for left in [2, 1, 0] {
+            assert_eq!(
+                l.check_now(&from("10.0.0.1")).unwrap().unwrap().remaining,
+                left
+            );
+        }
+        let refused = l.check_now(&from("10.0.0.1")).unwrap_err();
+        assert_eq!((refused.limit, refused.rule.as_str()), (3, "r"));
+        assert!((1..=60).contains(&refused.retry_after));
+        // Another client has its own counter.
+        assert!(l.check_now(&from("10.0.0.2")).is_ok());
+    }
+
+    #[test]
+    fn burst_caps_a_second() {
+        let l = limits(KeyStrategy::Global, 1000, 2);
+        assert!(l.check_now(&from("10.0.0.1")).is_ok());
+        assert!(l.check_now(&from("10.0.0.2")).is_ok());
+        let refused = l.check_now(&from("10.0.0.3")).unwrap_err();
+        assert_eq!((refused.limit, refused.retry_after), (2, 1));
+    }
+
+    #[test]
+    fn tool_rules_count_only_tool_calls() {
+        let l = limits(KeyStrategy::Tool, 1, 0);
+        let call = |tool: Option<&'static str>| Subject {
+            route: "/mcp",
+            ip: None,
+            identity: None,
+            tool,
+        };
+        assert_eq!(l.check_now(&call(None)).unwrap(), None);
+        assert_eq!(l.check_now(&call(None)).unwrap(), None);
+        assert!(l.check_now(&call(Some("search"))).is_ok());
+        assert!(l.check_now(&call(Some("search"))).is_err());
+        assert!(l.check_now(&call(Some("fetch"))).is_ok());
+    }
+}
