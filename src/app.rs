@@ -1,24 +1,28 @@
 //! Config → a running Pingora server: the proxy service on `server.host:server.port`.
 
 use crate::config::Config;
+use crate::live::{Live, Loaded};
 use crate::mcp::session::SessionKeys;
 use crate::proxy::routes::Routes;
 use crate::proxy::{Gateway, State};
-use crate::upstream::health::{GroupUpkeep, Upkeep};
+use crate::upstream::health::Upkeep;
 use crate::upstream::Groups;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Process-level switches from the command line.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct RunOptions {
     /// `-d`: run in the background.
     pub daemon: bool,
     /// `-u`: take over the listening sockets of a running instance (zero-downtime upgrade).
     pub upgrade: bool,
+    /// The config file a reload re-reads (`None`: the embedded default config).
+    pub config_path: Option<String>,
+    /// `--log-level`, which wins over `logging.level`, also after a reload.
+    pub level_override: Option<log::LevelFilter>,
 }
 
 /// Where the running config came from: shown (with its hash) by the admin API.
@@ -40,9 +44,24 @@ fn joined(problems: Vec<(String, String)>) -> String {
 
 /// Build everything the request path reads.
 pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
-    let groups = Groups::build(config)?;
+    build_state_from(config, None).map(|(s, _)| s)
+}
+
+/// [`build_state`] for a reload: `previous` (the running config and state) lends the
+/// servers that remain and the rate-limit store. Also returns how many servers were
+/// carried over.
+pub fn build_state_from(
+    config: &Config,
+    previous: Option<(&Config, &State)>,
+) -> Result<(Arc<State>, usize), String> {
+    let (groups, kept) = Groups::build_from(config, previous.map(|(c, s)| (c, &s.groups)))?;
     let routes = Routes::build(config, &groups)?;
-    let (sessions, generated) = SessionKeys::from_config(&config.sessions.keys)?;
+    // Unchanged keys are kept as they are (a generated key too: sessions live on).
+    let same_keys = previous.filter(|(c, _)| c.sessions.keys == config.sessions.keys);
+    let (sessions, generated) = match same_keys {
+        Some((_, s)) => (s.sessions.clone(), false),
+        None => SessionKeys::from_config(&config.sessions.keys)?,
+    };
     if generated {
         log::warn!(
             "sessions.keys is not set: generated a session key for this process only; \
@@ -53,12 +72,13 @@ pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
     let cors = crate::security::cors::Cors::build(&config.security.cors).map_err(joined)?;
     let policies =
         crate::security::policy::Policies::build(&config.security.policies).map_err(joined)?;
-    Ok(Arc::new(State {
+    let state = Arc::new(State {
         cors,
         auth,
         policies,
-        rate_limits: crate::security::rate_limit::RateLimits::build(
+        rate_limits: crate::security::rate_limit::RateLimits::build_reusing(
             &config.security.rate_limiting,
+            previous.map(|(_, s)| &s.rate_limits),
         )?,
         streams: crate::security::streams::StreamCaps::new(
             config.security.rate_limiting.max_concurrent_streams,
@@ -74,8 +94,8 @@ pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
         },
         session_ttl: Some(config.sessions.ttl.0).filter(|d| !d.is_zero()),
         access_log: config.logging.access_log,
-        ready: AtomicBool::new(false),
-    }))
+    });
+    Ok((state, kept))
 }
 
 /// Resolve every server's address before serving. A name that does not resolve is not
@@ -91,24 +111,6 @@ fn resolve_upstreams(groups: &Groups) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The background upkeep (health checks, DNS) of every group.
-fn upkeep(config: &Config, groups: &Groups) -> Upkeep {
-    Upkeep {
-        groups: config
-            .upstream
-            .groups
-            .iter()
-            .filter_map(|(name, g)| {
-                Some(GroupUpkeep {
-                    group: groups.get(name)?.clone(),
-                    check: g.health_check.clone(),
-                    resolve_interval: g.resolve_interval.0,
-                })
-            })
-            .collect(),
-    }
 }
 
 /// Pingora keeps one LRU of idle upstream connections per process, sized per worker
@@ -160,11 +162,26 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    if !opts.daemon {
+        // Pingora writes it when it daemonizes; `mcp-gateway reload` and `upgrade` read it.
+        if let Err(e) = std::fs::write(&config.server.pid_file, std::process::id().to_string()) {
+            log::warn!(
+                "cannot write server.pid_file {:?}: {e}",
+                config.server.pid_file
+            );
+        }
+    }
 
+    let live = Arc::new(Live::new(
+        state.clone(),
+        Loaded::new(config.clone(), source),
+        opts.config_path.clone(),
+        opts.level_override,
+    ));
     let mut proxy_app = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(
-            state.clone(),
+            live.clone(),
             pool_per_thread(&config) * config.server.threads.max(1),
         ),
     );
@@ -183,15 +200,12 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
     proxy.threads = Some(config.server.threads);
     server.add_service(proxy);
     if config.admin.enabled {
-        let admin = crate::admin::service(
-            crate::admin::Admin::new(state.clone(), &config, &source),
-            &config.admin,
-        )?;
+        let admin = crate::admin::service(crate::admin::Admin::new(live.clone()), &config.admin)?;
         server.add_service(admin);
     }
     server.add_service(pingora::services::background::background_service(
         "upstream upkeep",
-        upkeep(&config, &state.groups),
+        Upkeep { live: live.clone() },
     ));
     if let Some(shared) = state.rate_limits.shared() {
         server.add_service(pingora::services::background::background_service(
@@ -199,13 +213,30 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
             crate::security::rate_limit::shared::Upkeep(shared),
         ));
     }
+    server.add_service(pingora::services::background::background_service(
+        "config reload",
+        crate::lifecycle::Reloader {
+            live: live.clone(),
+            watch: config.reload.watch,
+            interval: config.reload.interval.0,
+        },
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "shutdown",
+        crate::lifecycle::ExitWhenIdle,
+    ));
 
-    state.ready.store(true, Ordering::Release);
     log::info!(
         "mcp-gateway {} listening on {addr} ({} route(s), {} upstream group(s))",
         env!("CARGO_PKG_VERSION"),
         config.routes.len().max(1),
         config.upstream.groups.len()
     );
-    server.run_forever()
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(crate::lifecycle::Signals {
+            live,
+            drain_delay: config.server.drain_delay.0,
+        }),
+    });
+    Ok(())
 }

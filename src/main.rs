@@ -19,7 +19,8 @@ struct Cli {
         short = 'c',
         long = "config",
         value_name = "FILE",
-        env = "MCP_GATEWAY_CONFIG"
+        env = "MCP_GATEWAY_CONFIG",
+        global = true
     )]
     config: Option<String>,
 
@@ -45,6 +46,21 @@ struct Cli {
     /// Print the embedded default config and exit.
     #[arg(long = "print-default-config")]
     print_default_config: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Reload the running gateway's config (everything but the listeners): validates
+    /// the file, then asks the gateway through its admin API (when admin.token is set)
+    /// or with SIGHUP to the PID in server.pid_file.
+    Reload,
+    /// Zero-downtime upgrade to this binary: validates the file, starts this binary
+    /// with -d -u (it takes over the listening sockets), then sends SIGQUIT to the
+    /// running gateway (the PID in server.pid_file), which finishes its work and exits.
+    Upgrade,
 }
 
 fn parse_level(s: &str) -> Result<LogLevel, String> {
@@ -74,10 +90,28 @@ fn main() -> ExitCode {
         println!("{source}: OK");
         return ExitCode::SUCCESS;
     }
+    if let Some(command) = &cli.command {
+        let result = match command {
+            Command::Reload => mcp_gateway::control::reload(&config),
+            Command::Upgrade => mcp_gateway::control::upgrade(&config, cli.config.as_deref()),
+        };
+        return match result {
+            Ok(done) => {
+                println!("{done}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mcp-gateway: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     mcp_gateway::telemetry::init_logger(&config.logging, cli.log_level.map(LogLevel::filter));
     let opts = RunOptions {
         daemon: cli.daemon,
         upgrade: cli.upgrade,
+        config_path: cli.config.clone(),
+        level_override: cli.log_level.map(LogLevel::filter),
     };
     let source = app::ConfigSource {
         name: source.to_string(),

@@ -25,9 +25,9 @@ pub async fn mutate(
 ) -> Result<Option<(StatusCode, Value)>, (StatusCode, String)> {
     let rest = path.trim_start_matches("/api/v1").trim_end_matches('/');
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let state = admin.state();
     let group = |name: &str| {
-        admin
-            .state
+        state
             .groups
             .get(name)
             .cloned()
@@ -35,6 +35,22 @@ pub async fn mutate(
     };
     let conflict = |e: String| (StatusCode::CONFLICT, e);
     match (method, parts.as_slice()) {
+        ("POST", ["reload"]) => Ok(Some(match admin.live.reload().await {
+            Ok(done) => (StatusCode::OK, json!(done)),
+            Err(problems) => {
+                log::error!(
+                    "reload requested through the admin API: config not reloaded: {}",
+                    problems.join("; ")
+                );
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({
+                        "error": "config not reloaded; the running config stays",
+                        "problems": problems,
+                    }),
+                )
+            }
+        })),
         ("POST", ["upstreams", name, "servers"]) => {
             let g = group(name)?;
             let body = read_body(session).await?;
@@ -169,17 +185,18 @@ pub fn route(admin: &Admin, method: &str, path: &str) -> ApiResult {
     };
     match parts.as_slice() {
         ["status"] => get(&|| Ok(status(admin))),
-        ["config"] => get(&|| Ok(admin.config_redacted.clone())),
+        ["config"] => get(&|| Ok(admin.config_redacted())),
         ["summary"] => get(&|| Ok(summary(admin))),
         ["connections"] => get(&|| Ok(json!({ "connections": connections() }))),
         ["upstreams"] => get(&|| {
-            let mut groups: Vec<&std::sync::Arc<Group>> = admin.state.groups.0.values().collect();
+            let state = admin.state();
+            let mut groups: Vec<&std::sync::Arc<Group>> = state.groups.0.values().collect();
             groups.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(json!({ "groups": groups.iter().map(|g| group_json(g)).collect::<Vec<_>>() }))
         }),
         ["upstreams", name, "status"] => get(&|| {
             admin
-                .state
+                .state()
                 .groups
                 .get(name)
                 .map(|g| group_json(g))
@@ -244,7 +261,10 @@ fn status(admin: &Admin) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "uptime_seconds": admin.started.elapsed().as_secs_f64(),
-        "config": { "source": admin.config_name, "sha256": admin.config_sha256 },
+        "config": {
+            "source": admin.live.loaded().source.name,
+            "sha256": admin.live.loaded().sha256,
+        },
         "counters": {
             "requests": total(&METRICS.requests),
             "errors": total(&METRICS.errors),
@@ -365,7 +385,8 @@ fn summary(admin: &Admin) -> Value {
     }
     tools.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.1.cmp(&b.1)));
     tools.truncate(10);
-    let mut groups: Vec<&std::sync::Arc<Group>> = admin.state.groups.0.values().collect();
+    let state = admin.state();
+    let mut groups: Vec<&std::sync::Arc<Group>> = state.groups.0.values().collect();
     groups.sort_by(|a, b| a.name.cmp(&b.name));
     json!({
         "time": std::time::SystemTime::now()

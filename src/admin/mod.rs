@@ -15,8 +15,7 @@ mod api;
 /// `/api/v1/summary` with the admin token the user gives it.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-use crate::app::ConfigSource;
-use crate::config::{AdminConfig, Config};
+use crate::config::AdminConfig;
 use crate::proxy::State;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -24,43 +23,43 @@ use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
 
 pub struct Admin {
-    state: Arc<State>,
-    token: Option<Vec<u8>>,
+    /// The running config and state (both change with a reload).
+    pub live: Arc<crate::live::Live>,
     started: Instant,
-    config_name: String,
-    config_sha256: String,
-    /// The running config (defaults filled in), secrets redacted.
-    config_redacted: Value,
     /// Serializes changes to upstream membership.
     changes: tokio::sync::Mutex<()>,
 }
 
 impl Admin {
-    pub fn new(state: Arc<State>, config: &Config, source: &ConfigSource) -> Admin {
-        let digest = Sha256::digest(source.text.as_bytes());
-        let config_sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let mut redacted = serde_json::to_value(config).unwrap_or(Value::Null);
-        redact(&mut redacted);
+    pub fn new(live: Arc<crate::live::Live>) -> Admin {
         Admin {
-            state,
-            token: config.admin.token().map(|t| t.as_bytes().to_vec()),
+            live,
             started: Instant::now(),
-            config_name: source.name.clone(),
-            config_sha256,
-            config_redacted: redacted,
             changes: tokio::sync::Mutex::new(()),
         }
     }
 
+    /// The current state.
+    pub fn state(&self) -> Arc<State> {
+        self.live.state()
+    }
+
+    /// The running config (defaults filled in), secrets redacted.
+    pub fn config_redacted(&self) -> Value {
+        let mut v = serde_json::to_value(&self.live.loaded().config).unwrap_or(Value::Null);
+        redact(&mut v);
+        v
+    }
+
     /// Does the request carry the admin token? (Constant-time on the token bytes.)
     fn authorized(&self, session: &ServerSession) -> Result<(), (StatusCode, String)> {
-        let Some(token) = &self.token else {
+        let loaded = self.live.loaded();
+        let Some(token) = loaded.config.admin.token().map(str::as_bytes) else {
             return Err((
                 StatusCode::FORBIDDEN,
                 "the admin API is disabled: set admin.token to use it".into(),
@@ -91,7 +90,8 @@ impl ServeHttp for Admin {
         match (method.as_str(), path.as_str()) {
             ("GET", "/health" | "/liveness" | "/readiness") => {
                 let (status, body) =
-                    crate::proxy::health::answer(&path, &self.state).unwrap_or((404, Vec::new()));
+                    crate::proxy::health::answer(&path, &self.state(), self.live.draining())
+                        .unwrap_or((404, Vec::new()));
                 reply(
                     StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
                     "application/json",
@@ -116,7 +116,7 @@ impl ServeHttp for Admin {
             ("GET", "/metrics") => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                crate::telemetry::metrics::METRICS.render(&self.state.groups),
+                crate::telemetry::metrics::METRICS.render(&self.state().groups),
             ),
             (_, p) if p.starts_with("/api/v1/") || p == "/api/v1" => {
                 if let Err((status, message)) = self.authorized(session) {

@@ -36,11 +36,12 @@ config_struct! {
         admin: AdminConfig = AdminConfig::default(),
         tracing: TracingConfig = TracingConfig::default(),
         security: SecurityConfig = SecurityConfig::default(),
+        reload: ReloadConfig = ReloadConfig::default(),
     }
 }
 
 config_struct! {
-    /// Client authentication and, later, authorization and limits (docs/security.md).
+    /// Authentication, authorization, rate limits and browser rules (docs/security.md).
     pub struct SecurityConfig {
         /// Ordered rules; the first whose `routes` include the request's route applies.
         auth: Vec<AuthRule> = Vec::new(),
@@ -296,6 +297,16 @@ impl AdminConfig {
 }
 
 config_struct! {
+    /// Hot reload (docs/operations.md#reload): SIGHUP and `POST /api/v1/reload` always
+    /// work; `watch` also reloads when the file changes.
+    pub struct ReloadConfig {
+        watch: bool = false,
+        /// How often the file is checked when `watch` is on.
+        interval: Dur = Dur::secs(2),
+    }
+}
+
+config_struct! {
     /// The client-facing listener.
     pub struct ServerConfig {
         host: String = "0.0.0.0".to_string(),
@@ -306,7 +317,11 @@ config_struct! {
         pid_file: String = "/tmp/mcp-gateway.pid".to_string(),
         /// The socket over which `-u` takes over the listeners of a running process.
         upgrade_sock: String = "/tmp/mcp-gateway-upgrade.sock".to_string(),
-        /// After SIGTERM, how long in-flight requests and streams may run on.
+        /// After SIGTERM, how long `/readiness` answers 503 (so load balancers stop
+        /// sending) before the listeners close.
+        drain_delay: Dur = Dur::secs(5),
+        /// After the listeners close (SIGTERM, or SIGQUIT for an upgrade), how long
+        /// in-flight requests and streams may run on; the process exits as soon as none is left.
         grace_period: Dur = Dur::secs(30),
         /// Hard stop after the grace period.
         graceful_shutdown_timeout: Dur = Dur::secs(10),

@@ -25,6 +25,7 @@ pub struct Opened {
     pub issued_at: u64,
 }
 
+#[derive(Clone)]
 pub struct SessionKeys {
     ciphers: Vec<XChaCha20Poly1305>,
 }

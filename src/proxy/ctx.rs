@@ -34,6 +34,9 @@ impl McpInfo {
 }
 
 pub struct RequestCtx {
+    /// The state current when the request started: a reload never changes it under a
+    /// request in flight.
+    pub state: Arc<super::State>,
     pub started: Instant,
     /// The matched route's path.
     pub route: Option<Arc<str>>,
@@ -135,8 +138,9 @@ pub struct Timeouts {
 }
 
 impl RequestCtx {
-    pub fn new() -> Self {
+    pub fn new(state: Arc<super::State>) -> Self {
         RequestCtx {
+            state,
             started: Instant::now(),
             route: None,
             upstream_started: None,
@@ -210,12 +214,6 @@ impl Drop for ActiveRequest {
         if let Some(c) = &self.0 {
             c.active.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-}
-
-impl Default for RequestCtx {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -3,7 +3,6 @@
 
 use super::ctx::RequestCtx;
 use super::respond::REQUEST_ID;
-use super::Gateway;
 use crate::error::GatewayError;
 use crate::mcp::envelope::Era;
 use crate::mcp::headers::MCP_SESSION_ID;
@@ -219,7 +218,7 @@ pub fn filter_list(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()
 }
 
 /// The response as the client gets it: the upstream session sealed, the request id added.
-pub fn client_response(gw: &Gateway, resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+pub fn client_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     for h in HOP_BY_HOP_RESPONSE {
         resp.remove_header(h);
     }
@@ -233,7 +232,7 @@ pub fn client_response(gw: &Gateway, resp: &mut ResponseHeader, ctx: &RequestCtx
     ) {
         if ctx.era() != Some(Era::Modern) {
             let minted = String::from_utf8_lossy(minted.as_bytes()).into_owned();
-            let sealed = gw.state.sessions.seal(&group.name, &server.id, &minted);
+            let sealed = ctx.state.sessions.seal(&group.name, &server.id, &minted);
             resp.insert_header(MCP_SESSION_ID, sealed)?;
             if ctx.mcp.method() == Some("initialize") {
                 METRICS.sessions.with_label_values(&[&group.name]).inc();

@@ -1,18 +1,18 @@
 //! `/health`, `/readiness` and `/liveness` on the proxy port.
 //!
-//! `/readiness` answers `200` only once the groups are built and every group has at
-//! least one server up, else `503` naming the groups with none.
+//! `/readiness` answers `200` only while the process is not draining (SIGTERM) and every
+//! group has at least one server up, else `503` naming the groups with none.
 
 use super::State;
-use std::sync::atomic::Ordering;
 
 /// The status and JSON body for a health path, or `None` for any other path.
-pub fn answer(path: &str, state: &State) -> Option<(u16, Vec<u8>)> {
+/// `draining`: SIGTERM was received (readiness is 503 so load balancers stop sending).
+pub fn answer(path: &str, state: &State, draining: bool) -> Option<(u16, Vec<u8>)> {
     match path {
         "/health" | "/liveness" => Some((200, br#"{"status":"ok"}"#.to_vec())),
         "/readiness" => {
-            // Ready once built and every group has a server up (resolved, passing checks).
-            let built = state.ready.load(Ordering::Acquire);
+            // Ready while not draining and every group has a server up (resolved,
+            // passing checks).
             let down: Vec<&str> = state
                 .groups
                 .0
@@ -20,9 +20,10 @@ pub fn answer(path: &str, state: &State) -> Option<(u16, Vec<u8>)> {
                 .filter(|(_, g)| !g.any_up())
                 .map(|(name, _)| name.as_str())
                 .collect();
-            let ready = built && down.is_empty();
+            let ready = !draining && down.is_empty();
             let body = serde_json::json!({
                 "ready": ready,
+                "draining": draining,
                 "groups": state.groups.0.len(),
                 "groups_without_servers_up": down,
             })

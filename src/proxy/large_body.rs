@@ -68,7 +68,7 @@ pub async fn forward(
         .response_header()
         .cloned()
         .ok_or_else(|| GatewayError::Internal("upstream response header missing".into()))?;
-    forward::client_response(gw, &mut resp, ctx).map_err(|e| upstream_failure(ctx, e))?;
+    forward::client_response(&mut resp, ctx).map_err(|e| upstream_failure(ctx, e))?;
     ctx.local_status = Some(resp.status.as_u16());
     ctx.upstream_status = Some(resp.status.as_u16());
     record::upstream_attempt(ctx, record::status_class(resp.status.as_u16()));
@@ -77,7 +77,7 @@ pub async fn forward(
     // A list request padded past the retry buffer is filtered all the same.
     forward::filter_list(&mut resp, ctx).map_err(|e| upstream_failure(ctx, e))?;
     let caller = super::list_filter::Caller {
-        policies: &gw.state.policies,
+        policies: &ctx.state.policies,
         identity: ctx.identity.as_ref(),
         route: ctx.route.as_deref().unwrap_or_default(),
     };

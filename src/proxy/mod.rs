@@ -36,7 +36,6 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use routes::Routes;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Everything the request path reads, built once from the config.
@@ -56,20 +55,19 @@ pub struct State {
     /// Sealed session ids older than this are refused (`None`: never).
     pub session_ttl: Option<std::time::Duration>,
     pub access_log: bool,
-    /// True once the upstream groups are built.
-    pub ready: AtomicBool,
 }
 
 pub struct Gateway {
-    pub state: Arc<State>,
+    /// The running state; each request takes the one current when it starts.
+    pub live: Arc<crate::live::Live>,
     /// Upstream connections for the large-body path.
     pub connector: Connector,
 }
 
 impl Gateway {
-    pub fn new(state: Arc<State>, pool_size: usize) -> Self {
+    pub fn new(live: Arc<crate::live::Live>, pool_size: usize) -> Self {
         Gateway {
-            state,
+            live,
             connector: Connector::new(Some(ConnectorOptions::new(pool_size))),
         }
     }
@@ -80,7 +78,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(self.live.state())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -156,7 +154,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        forward::client_response(self, resp, ctx)?;
+        forward::client_response(resp, ctx)?;
         forward::count_sse(resp, ctx);
         forward::filter_list(resp, ctx)?;
         Ok(())
@@ -174,7 +172,7 @@ impl ProxyHttp for Gateway {
         }
         if let Some(filter) = ctx.list_filter.as_mut() {
             let caller = list_filter::Caller {
-                policies: &self.state.policies,
+                policies: &ctx.state.policies,
                 identity: ctx.identity.as_ref(),
                 route: ctx.route.as_deref().unwrap_or_default(),
             };
@@ -238,7 +236,7 @@ impl ProxyHttp for Gateway {
         if ctx.span.is_some() {
             record::span_end(session, ctx, e);
         }
-        if self.state.access_log {
+        if ctx.state.access_log {
             crate::telemetry::access_log(session, e, ctx);
         }
     }

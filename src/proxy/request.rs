@@ -4,7 +4,7 @@
 //! `Ok(false)` to let Pingora proxy the request.
 
 use super::ctx::RequestCtx;
-use super::{large_body, respond, Gateway};
+use super::{large_body, respond, Gateway, State};
 use crate::error::GatewayError;
 use crate::mcp::envelope::{self, Body, Era, InspectError};
 use crate::mcp::headers::{self, MCP_SESSION_ID};
@@ -32,10 +32,11 @@ const STREAM_RULE: &str = "max_concurrent_streams";
 const STREAM_RETRY_AFTER: u64 = 5;
 
 pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let state = ctx.state.clone();
     ctx.request_id = request_id(session);
-    ctx.timeouts = gw.state.timeouts;
+    ctx.timeouts = state.timeouts;
     let path = session.req_header().uri.path();
-    if let Some(answer) = super::health::answer(path, &gw.state) {
+    if let Some(answer) = super::health::answer(path, &state, gw.live.draining()) {
         let (status, body) = answer;
         respond::json(session, ctx, status, body).await?;
         return Ok(true);
@@ -49,16 +50,16 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
             .iter()
             .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
             .sum::<u64>();
-    if size > gw.state.max_request_headers {
-        let limit = gw.state.max_request_headers;
+    if size > state.max_request_headers {
+        let limit = state.max_request_headers;
         respond::error(session, ctx, GatewayError::HeadersTooLarge { size, limit }).await?;
         return Ok(true);
     }
     // Browsers: refuse foreign origins before reading anything; answer preflights here.
-    match gw.state.cors.check_origin(&session.req_header().headers) {
+    match state.cors.check_origin(&session.req_header().headers) {
         Ok(origin) => {
             if let Some(o) = &origin {
-                ctx.cors_headers = gw.state.cors.headers(o, false);
+                ctx.cors_headers = state.cors.headers(o, false);
             }
             ctx.cors_origin = origin;
         }
@@ -70,8 +71,8 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     let req = session.req_header();
     if Cors::is_preflight(&req.method, &req.headers) {
         match &ctx.cors_origin {
-            Some(origin) if gw.state.cors.method_allowed(&req.headers) => {
-                let headers = gw.state.cors.headers(origin, true);
+            Some(origin) if state.cors.method_allowed(&req.headers) => {
+                let headers = state.cors.headers(origin, true);
                 respond::empty(session, ctx, 204, headers).await?;
             }
             _ => {
@@ -90,7 +91,7 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     // OAuth clients discover the authorization server here (RFC 9728).
     let req = session.req_header();
     if req.method == Method::GET {
-        if let Some(doc) = gw.state.auth.resource_metadata(req.uri.path()) {
+        if let Some(doc) = state.auth.resource_metadata(req.uri.path()) {
             let doc = doc.to_vec();
             respond::json(session, ctx, 200, doc).await?;
             return Ok(true);
@@ -124,10 +125,10 @@ async fn check(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<Next, GatewayError> {
+    let state = ctx.state.clone();
     let req = session.req_header();
     let path = req.uri.path();
-    let route = gw
-        .state
+    let route = state
         .routes
         .get(path)
         .ok_or_else(|| GatewayError::NoRoute(path.to_string()))?;
@@ -137,9 +138,9 @@ async fn check(
     ctx.group = Some(group.clone());
 
     // Who is calling, before anything else is read.
-    if !gw.state.auth.is_empty() {
-        ctx.credential_headers = Some(gw.state.auth.credential_headers.clone());
-        match gw.state.auth.check(&route.path, &req.headers).await {
+    if !state.auth.is_empty() {
+        ctx.credential_headers = Some(state.auth.credential_headers.clone());
+        match state.auth.check(&route.path, &req.headers).await {
             Ok(identity) => ctx.identity = identity,
             Err(refusal) => {
                 metrics::counter(&METRICS.auth_rejections, &[&route.path, refusal.reason]).inc();
@@ -161,7 +162,7 @@ async fn check(
 
     let method = req.method.clone();
     if method == Method::POST {
-        read_and_inspect(gw, session, ctx).await?;
+        read_and_inspect(session, ctx).await?;
     } else if method != Method::GET && method != Method::DELETE {
         return Err(GatewayError::MethodNotAllowed(method.to_string()));
     }
@@ -170,12 +171,11 @@ async fn check(
     if ctx.era() != Some(Era::Modern) {
         if let Some(sealed) = session.req_header().headers.get(MCP_SESSION_ID) {
             let sealed = sealed.to_str().map_err(|_| GatewayError::SessionNotFound)?;
-            let opened = gw
-                .state
+            let opened = state
                 .sessions
                 .open(&group.name, sealed)
                 .ok_or(GatewayError::SessionNotFound)?;
-            if let Some(ttl) = gw.state.session_ttl {
+            if let Some(ttl) = state.session_ttl {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
@@ -192,12 +192,12 @@ async fn check(
         }
     }
 
-    if !gw.state.policies.is_empty() {
+    if !state.policies.is_empty() {
         if ctx.mcp.batch_len.is_none() {
             let env = ctx.mcp.envelope.as_ref();
             let method = env.and_then(|e| e.method.as_deref());
             let name = env.and_then(|e| e.name.as_deref());
-            authorize(gw, &route_path, ctx.identity.as_ref(), method, name)?;
+            authorize(&state, &route_path, ctx.identity.as_ref(), method, name)?;
         }
         ctx.list_kind = ctx.mcp.method().and_then(ListKind::of);
     }
@@ -215,8 +215,8 @@ async fn check(
         identity: ctx.identity.as_ref(),
         tool,
     };
-    if !gw.state.rate_limits.is_empty() {
-        match gw.state.rate_limits.check(&subject).await {
+    if !state.rate_limits.is_empty() {
+        match state.rate_limits.check(&subject).await {
             Ok(quota) => ctx.quota = quota,
             Err(limited) => {
                 metrics::counter(&METRICS.rate_limited, &[&route_path, &limited.rule]).inc();
@@ -230,8 +230,8 @@ async fn check(
         }
     }
     // A GET is the standing SSE stream: it holds a slot until its request ends.
-    if method == Method::GET && gw.state.streams.is_enabled() {
-        match gw.state.streams.open(subject.identity_key()) {
+    if method == Method::GET && state.streams.is_enabled() {
+        match state.streams.open(subject.identity_key()) {
             Ok(slot) => ctx.stream_slot = Some(slot),
             Err(TooManyStreams(cap)) => {
                 metrics::counter(&METRICS.rate_limited, &[&route_path, STREAM_RULE]).inc();
@@ -262,17 +262,13 @@ async fn check(
 
 /// May the caller send this message (`method` `None`: a GET, a DELETE or a response)?
 fn authorize(
-    gw: &Gateway,
+    state: &State,
     route: &str,
     who: Option<&Identity>,
     method: Option<&str>,
     name: Option<&str>,
 ) -> Result<(), GatewayError> {
-    let Err(denied) = gw
-        .state
-        .policies
-        .check(who, &Action::of(route, method, name))
-    else {
+    let Err(denied) = state.policies.check(who, &Action::of(route, method, name)) else {
         return Ok(());
     };
     let rule = denied.rule.as_deref().unwrap_or("(no rule)");
@@ -280,11 +276,7 @@ fn authorize(
     // An OAuth client may get a token with the scopes that would let it through.
     let challenge = who
         .filter(|id| id.method == "jwt" && !denied.missing_scopes.is_empty())
-        .and_then(|_| {
-            gw.state
-                .auth
-                .insufficient_scope(route, &denied.missing_scopes)
-        });
+        .and_then(|_| state.auth.insufficient_scope(route, &denied.missing_scopes));
     Err(GatewayError::Forbidden {
         reason: if challenge.is_some() {
             "insufficient_scope"
@@ -297,11 +289,8 @@ fn authorize(
 }
 
 /// Read the whole POST body (bounded by `limits.max_request_body`) and inspect its envelope.
-async fn read_and_inspect(
-    gw: &Gateway,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-) -> Result<(), GatewayError> {
+async fn read_and_inspect(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let state = ctx.state.clone();
     let headers = &session.req_header().headers;
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
@@ -310,7 +299,7 @@ async fn read_and_inspect(
     if !is_json(&content_type) {
         return Err(GatewayError::UnsupportedMediaType(content_type));
     }
-    let limit = gw.state.max_request_body;
+    let limit = state.max_request_body;
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -363,11 +352,11 @@ async fn read_and_inspect(
                         .into(),
                 ));
             }
-            if !gw.state.policies.is_empty() {
+            if !state.policies.is_empty() {
                 let route = ctx.route.clone().unwrap_or_default();
                 for e in &items {
                     let (method, name) = (e.method.as_deref(), e.name.as_deref());
-                    authorize(gw, &route, ctx.identity.as_ref(), method, name)?;
+                    authorize(&state, &route, ctx.identity.as_ref(), method, name)?;
                 }
             }
             ctx.mcp.batch_len = Some(items.len());

@@ -50,6 +50,14 @@ impl Routes {
         Ok(Routes(map))
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn get(&self, path: &str) -> Option<&Route> {
         self.0.get(path)
     }

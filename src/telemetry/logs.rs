@@ -5,13 +5,55 @@
 
 use crate::config::{LogFormat, LoggingConfig};
 use crate::proxy::ctx::RequestCtx;
+use arc_swap::ArcSwap;
+use once_cell::sync::OnceCell;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde_json::json;
 use std::io::Write;
+use std::sync::Arc;
+
+/// The process logger: an env_logger swapped whole when a reload changes `logging`.
+struct Swappable(ArcSwap<env_logger::Logger>);
+
+impl log::Log for Swappable {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        self.0.load().enabled(m)
+    }
+    fn log(&self, r: &log::Record) {
+        self.0.load().log(r)
+    }
+    fn flush(&self) {
+        self.0.load().flush()
+    }
+}
+
+static LOGGER: OnceCell<Swappable> = OnceCell::new();
 
 /// Install the process logger. `level_override` (from `--log-level`) wins over the config.
 pub fn init_logger(cfg: &LoggingConfig, level_override: Option<log::LevelFilter>) {
+    let logger = build(cfg, level_override);
+    let max = logger.filter();
+    // A second init (tests, embedded use) keeps the first logger.
+    if LOGGER.set(Swappable(ArcSwap::from_pointee(logger))).is_ok() {
+        if let Some(l) = LOGGER.get() {
+            if log::set_logger(l).is_ok() {
+                log::set_max_level(max);
+            }
+        }
+    }
+}
+
+/// Apply a reloaded `logging` section (level and format).
+pub fn reconfigure_logger(cfg: &LoggingConfig, level_override: Option<log::LevelFilter>) {
+    if let Some(l) = LOGGER.get() {
+        let logger = build(cfg, level_override);
+        log::set_max_level(logger.filter());
+        l.0.store(Arc::new(logger));
+    }
+}
+
+fn build(cfg: &LoggingConfig, level_override: Option<log::LevelFilter>) -> env_logger::Logger {
     let level = level_override.unwrap_or_else(|| cfg.level.filter());
     let mut b = env_logger::Builder::new();
     b.filter_level(level);
@@ -54,8 +96,7 @@ pub fn init_logger(cfg: &LoggingConfig, level_override: Option<log::LevelFilter>
             });
         }
     }
-    // A second init (tests, embedded use) keeps the first logger.
-    let _ = b.try_init();
+    b.build()
 }
 
 /// One line per request.

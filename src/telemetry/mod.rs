@@ -5,4 +5,4 @@ pub mod metrics;
 pub mod record;
 pub mod tracing;
 
-pub use logs::{access_log, init_logger};
+pub use logs::{access_log, init_logger, reconfigure_logger};

@@ -39,6 +39,15 @@ pub fn configure(cfg: &TracingConfig) {
     }
 }
 
+/// Ship the spans still buffered (before the process exits).
+pub fn shutdown() {
+    if let Some(Some((provider, _))) = TRACER.get() {
+        if let Err(e) = provider.shutdown() {
+            log::warn!("tracing: flushing spans at exit failed: {e}");
+        }
+    }
+}
+
 /// The OTLP/HTTP traces URL: a bare `scheme://host:port` gets `/v1/traces`.
 pub fn traces_url(endpoint: &str) -> String {
     let endpoint = endpoint.trim_end_matches('/');

@@ -82,6 +82,8 @@ pub struct Group {
     pub tools: ToolCatalog,
     /// The credential header sent to this group's servers (`upstream_auth`).
     pub upstream_auth: Option<(http::HeaderName, http::HeaderValue)>,
+    /// Servers carried over from the group this one replaced (a reload).
+    pub kept: usize,
     /// Signs the client's identity for this group's servers (`forward_identity`).
     pub forward_identity: Option<crate::security::forward_identity::ForwardIdentity>,
     members: ArcSwap<Members>,
@@ -106,6 +108,17 @@ struct ServerIndex(usize);
 impl Group {
     /// Build a group. Names are not resolved here: see [`Group::resolve_all`].
     pub fn build(name: &str, g: &GroupConfig, config: &Config) -> Result<Group, String> {
+        Self::build_reusing(name, g, config, None)
+    }
+
+    /// [`Group::build`], taking the servers of `previous` that are unchanged (same id,
+    /// URL and weight) as they are.
+    pub fn build_reusing(
+        name: &str,
+        g: &GroupConfig,
+        config: &Config,
+        previous: Option<&Group>,
+    ) -> Result<Group, String> {
         let ca = match &g.tls.ca_file {
             Some(path) => Some(super::load_ca(path)?),
             None => None,
@@ -124,7 +137,17 @@ impl Group {
             breaker: g.circuit_breaker.clone(),
         };
         let mut servers = Vec::with_capacity(g.servers.len());
+        let mut kept = 0;
         for s in &g.servers {
+            let same = previous.and_then(|p| {
+                p.server_by_id(&s.id)
+                    .filter(|o| o.url == s.url && o.weight == s.weight)
+            });
+            if let Some(server) = same {
+                servers.push(server.clone());
+                kept += 1;
+                continue;
+            }
             servers.push(Arc::new(Server::new(
                 name,
                 &s.id,
@@ -142,6 +165,7 @@ impl Group {
             close_connections: config.upstream.connection_pool.max_idle_per_host == 0,
             tools: ToolCatalog::default(),
             upstream_auth: g.upstream_auth.as_ref().map(|a| a.header()).transpose()?,
+            kept,
             forward_identity: g
                 .forward_identity
                 .as_ref()

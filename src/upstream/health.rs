@@ -57,16 +57,55 @@ impl GroupUpkeep {
     }
 }
 
-/// The background service: one task per group that needs one.
+/// The background service: one task per group that needs one, restarted on the new
+/// groups after every reload (servers carried over keep their health).
 pub struct Upkeep {
-    pub groups: Vec<GroupUpkeep>,
+    pub live: Arc<crate::live::Live>,
+}
+
+/// The upkeep of the groups of the running config.
+fn plan(live: &crate::live::Live) -> Vec<GroupUpkeep> {
+    let state = live.state();
+    let loaded = live.loaded();
+    loaded
+        .config
+        .upstream
+        .groups
+        .iter()
+        .filter_map(|(name, g)| {
+            Some(GroupUpkeep {
+                group: state.groups.get(name)?.clone(),
+                check: g.health_check.clone(),
+                resolve_interval: g.resolve_interval.0,
+            })
+        })
+        .collect()
 }
 
 #[async_trait]
 impl BackgroundService for Upkeep {
-    async fn start(&self, shutdown: ShutdownWatch) {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
         let connector = Arc::new(Connector::new(None));
-        let tasks = self.groups.iter().filter(|g| g.needed()).map(|g| {
+        let mut reloads = self.live.subscribe();
+        loop {
+            let groups = plan(&self.live);
+            tokio::select! {
+                _ = run(&groups, &connector, shutdown.clone()) => return,
+                changed = reloads.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Check and resolve `groups` until shutdown.
+async fn run(groups: &[GroupUpkeep], connector: &Arc<Connector>, shutdown: ShutdownWatch) {
+    {
+        let tasks = groups.iter().filter(|g| g.needed()).map(|g| {
             let mut shutdown = shutdown.clone();
             let connector = connector.clone();
             async move {
@@ -106,6 +145,8 @@ impl BackgroundService for Upkeep {
         });
         futures::future::join_all(tasks).await;
     }
+    // No group needs upkeep: wait for a reload or the shutdown.
+    std::future::pending::<()>().await;
 }
 
 /// Re-resolve the group's names: all of them when `due`, else only those never resolved.

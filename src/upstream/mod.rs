@@ -38,13 +38,36 @@ pub struct Groups(pub HashMap<String, Arc<Group>>);
 
 impl Groups {
     pub fn build(config: &Config) -> Result<Groups, String> {
+        Self::build_from(config, None).map(|(g, _)| g)
+    }
+
+    /// Build the groups of `config`, carrying over from `previous` (the running config
+    /// and its groups) every server that is unchanged: same group, id, URL and weight,
+    /// and the same group and timeout settings. Carried-over servers keep their health,
+    /// breaker, in-flight count and sessions. Also returns how many were carried over.
+    pub fn build_from(
+        config: &Config,
+        previous: Option<(&Config, &Groups)>,
+    ) -> Result<(Groups, usize), String> {
         let mut out = HashMap::new();
+        let mut kept = 0;
         for (name, g) in &config.upstream.groups {
-            let group = Group::build(name, g, config)
+            let reusable = previous.and_then(|(old, groups)| {
+                let og = old.upstream.groups.get(name)?;
+                let same = og.tls == g.tls
+                    && og.circuit_breaker == g.circuit_breaker
+                    && og.health_check.is_some() == g.health_check.is_some()
+                    && old.timeouts.connect == config.timeouts.connect
+                    && old.timeouts.stream_idle == config.timeouts.stream_idle
+                    && old.upstream.connection_pool == config.upstream.connection_pool;
+                same.then(|| groups.get(name)).flatten()
+            });
+            let group = Group::build_reusing(name, g, config, reusable.map(|g| g.as_ref()))
                 .map_err(|e| format!("upstream.groups.{name}: {e}"))?;
+            kept += group.kept;
             out.insert(name.clone(), Arc::new(group));
         }
-        Ok(Groups(out))
+        Ok((Groups(out), kept))
     }
     pub fn get(&self, name: &str) -> Option<&Arc<Group>> {
         self.0.get(name)

@@ -273,6 +273,27 @@ impl Gateway {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The config file the gateway runs on (placeholders filled in).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path("gateway.yaml")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait (up to `limit`) for the process to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// The admin service's `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(self.admin_url("/metrics"))

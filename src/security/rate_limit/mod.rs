@@ -110,13 +110,24 @@ impl RateLimits {
     /// The rules, and the Redis store when `redis` is set (a bad URL is an error; config
     /// validation reports it first).
     pub fn build(cfg: &RateLimitingConfig) -> Result<RateLimits, String> {
+        Self::build_reusing(cfg, None)
+    }
+
+    /// [`RateLimits::build`], keeping the Redis store of `previous` (a reload; the
+    /// store's connection and its upkeep belong to the process).
+    pub fn build_reusing(
+        cfg: &RateLimitingConfig,
+        previous: Option<&RateLimits>,
+    ) -> Result<RateLimits, String> {
         let rules: Vec<Rule> = cfg
             .rules
             .iter()
             .enumerate()
             .map(|(i, r)| rule(i, r))
             .collect();
+        let kept = previous.and_then(|p| p.shared.clone());
         let shared = match cfg.redis_url() {
+            Some(_) if !rules.is_empty() && kept.is_some() => kept,
             Some(url) if !rules.is_empty() => Some(Arc::new(shared::Shared::new(
                 url,
                 &cfg.redis_key_prefix,

@@ -1,0 +1,321 @@
+//! Operations against the real binary: hot reload (SIGHUP, the admin API, the `reload`
+//! subcommand), graceful shutdown (readiness drains first, in-flight work finishes,
+//! the process exits as soon as it is done), and the zero-downtime upgrade under load.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+const TOKEN: &str = "an-admin-token-for-the-tests-0123456789";
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// A gateway config over `urls` (pid file and upgrade socket in the gateway's directory).
+fn yaml(urls: &[String], extra: &str) -> String {
+    config_for(urls, extra).replace(
+        "  threads: 2\n",
+        "  threads: 2\n  pid_file: {dir}/gw.pid\n  upgrade_sock: {dir}/upgrade.sock\n  drain_delay: 1s\n  grace_period: 20s\n",
+    )
+}
+
+fn admin(port: u16) -> String {
+    format!("admin: {{enabled: true, host: 127.0.0.1, port: {port}, token: {TOKEN}}}\n")
+}
+
+async fn which_server(gw: &Gateway, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = post(&client(), &gw.url("/mcp"), LIST);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn reload_swaps_the_config_and_keeps_what_remains() {
+    let a = Upstream::start("a");
+    let b = Upstream::start("b");
+    let admin_port = free_port();
+    let gw = Gateway::start(&yaml(&[a.url()], &admin(admin_port))).await;
+    let config = gw.config_path();
+    let first = std::fs::read_to_string(&config).unwrap();
+
+    // A session on server a, before the reload.
+    let resp = post(
+        &client(),
+        &gw.url("/mcp"),
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    // SIGHUP: server b joins, API keys are required, access log off.
+    let key = "a-key-for-the-reload-test";
+    let one = format!("        - {{id: s1, url: \"{}\"}}\n", a.url());
+    let two = format!("{one}        - {{id: s2, url: \"{}\"}}\n", b.url());
+    let second = first.replace(&one, &two).replace(
+        "logging:\n",
+        &format!(
+            "security:\n  auth:\n    - api_keys: {{keys: [{{id: ops, sha256: \"{}\"}}]}}\nlogging:\n  access_log: false\n",
+            sha256_hex(key.as_bytes())
+        ),
+    );
+    std::fs::write(&config, &second).unwrap();
+    signal(gw.pid(), "HUP");
+    assert!(
+        gw.wait_log("config reloaded from", Duration::from_secs(20))
+            .await,
+        "{}",
+        gw.log()
+    );
+    assert!(gw.log().contains("1 server(s) kept, 1 new"), "{}", gw.log());
+    let (status, _) = which_server(&gw, &[]).await;
+    assert_eq!(status, 401);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (status, v) = which_server(&gw, &[("x-api-key", key)]).await;
+        assert_eq!(status, 200, "{v}");
+        seen.insert(v["result"]["server"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+    // The session made before the reload still reaches its server.
+    for _ in 0..3 {
+        let (status, v) =
+            which_server(&gw, &[("x-api-key", key), ("mcp-session-id", &session)]).await;
+        assert_eq!(
+            (status, v["result"]["server"].as_str()),
+            (200, Some("a")),
+            "{v}"
+        );
+    }
+
+    // A broken file changes nothing; the admin API lists every problem.
+    std::fs::write(
+        &config,
+        second
+            .replace("threads: 2", "threads: two")
+            .replace("api_keys", "api_kys"),
+    )
+    .unwrap();
+    let resp = client()
+        .post(format!("http://127.0.0.1:{admin_port}/api/v1/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let v: Value = resp.json().await.unwrap();
+    let problems = v["problems"].to_string();
+    assert!(problems.contains("server.threads"), "{v}");
+    assert!(problems.contains("api_kys"), "{v}");
+    assert_eq!(which_server(&gw, &[("x-api-key", key)]).await.0, 200);
+
+    // A new port needs the upgrade: refused, with that said.
+    std::fs::write(
+        &config,
+        second.replace(&format!("port: {}", gw.port), "port: 1"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["reload", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("server.port: a reload cannot change the listeners; use the upgrade"),
+        "{stderr}"
+    );
+    // The `reload` subcommand applies a good file.
+    std::fs::write(&config, &first).unwrap();
+    let out = Command::new(BIN)
+        .args(["reload", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("reloaded: "));
+    assert_eq!(which_server(&gw, &[]).await.0, 200);
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_finishes_in_flight_streams() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&yaml(&[up.url()], "")).await;
+    let stream = {
+        let url = gw.url("/mcp");
+        tokio::spawn(async move {
+            let resp = post(
+                &client(),
+                &url,
+                r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"stream","arguments":{"delay":3}}}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+            resp.text().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    signal(gw.pid(), "TERM");
+    // Readiness turns 503 while the listeners are still open.
+    let mut drained = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        if let Ok(r) = client().get(gw.url("/readiness")).send().await {
+            if r.status() == 503 {
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["draining"], true);
+                drained = true;
+                break;
+            }
+        }
+    }
+    assert!(drained, "readiness never said 503");
+    // The stream in flight ends normally.
+    let body = stream.await.unwrap();
+    assert!(
+        body.contains(r#""id": 7"#) || body.contains(r#""id":7"#),
+        "{body}"
+    );
+    // And the process exits once it is done, not at the end of the 20 s grace period.
+    let mut gw = gw;
+    let status = gw
+        .wait_exit(Duration::from_secs(15))
+        .expect("the gateway did not exit");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        gw.log().contains("no request in flight, exiting"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[tokio::test]
+async fn upgrade_under_load_loses_nothing() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&yaml(&[up.url()], "")).await;
+    let config = gw.config_path();
+    let url = gw.url("/mcp");
+    let before = up.state().await["requests"].as_u64().unwrap();
+
+    // Long SSE streams opened before the upgrade...
+    let streams: Vec<_> = (0..2)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let body = json!({"jsonrpc": "2.0", "id": 100 + i, "method": "tools/call",
+                    "params": {"name": "stream", "arguments": {"delay": 4}}});
+                let resp = post(&client(), &url, body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.text().await.unwrap()
+            })
+        })
+        .collect();
+    // ...and plain calls all along, each on a new connection.
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, ok, failed, stop) = (url.clone(), ok.clone(), failed.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    match post(&c, &url, LIST).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            eprintln!("failed: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The upgrade: the same binary takes over with `-u`; the old one gets SIGQUIT.
+    let old_pid = gw.pid();
+    // The new gateway (a daemon) keeps the command's output open: send it to a file.
+    let log = std::fs::File::create(gw.dir.path("upgrade.log")).unwrap();
+    let status = Command::new(BIN)
+        .args(["upgrade", "-c", config.to_str().unwrap()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+    let upgrade_log = std::fs::read_to_string(gw.dir.path("upgrade.log")).unwrap();
+    assert!(status.success(), "{upgrade_log}\n{}", gw.log());
+    assert!(upgrade_log.contains("upgraded: PID"), "{upgrade_log}");
+    let new_pid: u32 = std::fs::read_to_string(gw.dir.path("gw.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, old_pid);
+
+    // The old process finishes its streams, then exits.
+    for s in streams {
+        let body = s.await.unwrap();
+        assert!(body.contains("\"result\""), "{body}");
+    }
+    let mut gw = gw;
+    let status = gw
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old gateway did not exit");
+    assert!(status.success(), "{status:?}");
+    // The new one serves alone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let answered = ok.load(Ordering::Relaxed);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the upgrade"
+    );
+    assert!(answered > 0);
+    let r = client()
+        .get(url.replace("/mcp", "/readiness"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Every answer the clients got came from the upstream, and nothing else reached it.
+    let seen = up.state().await["requests"].as_u64().unwrap() - before;
+    assert_eq!(
+        seen,
+        answered + 2,
+        "upstream saw {seen}, clients got {answered} + 2 streams"
+    );
+    signal(new_pid, "INT");
+}
