@@ -1,7 +1,9 @@
 """Shared fixtures for the end-to-end tests: real peers, the real gateway binary.
 
 Every process listens on a free loopback port, writes its output to a log file in the
-test's temporary directory, and is killed at teardown. When a test fails, the logs of the
+test's temporary directory, and is killed at teardown. Peers: the Python SDK server
+(peers/python_server.py), a small OAuth authorization server (peers/auth_server.py), the
+reference `server-everything`, the bundled demo server. When a test fails, the logs of the
 gateway and of every peer it started are attached to the report.
 
 Environment:
@@ -30,6 +32,7 @@ GATEWAY_BIN = Path(os.environ.get("MCP_GATEWAY_BIN", REPO / "target/debug/mcp-ga
 DEMO_BIN = Path(os.environ.get("MCP_DEMO_SERVER_BIN", REPO / "target/debug/examples/demo_server"))
 EVERYTHING_JS = E2E / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 PYTHON_PEER = E2E / "peers/python_server.py"
+AUTH_PEER = E2E / "peers/auth_server.py"
 
 START_TIMEOUT = 30.0
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
@@ -138,14 +141,24 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    # ---- upstream peers ------------------------------------------------------------
+    # ---- peers ---------------------------------------------------------------------
+
+    def _python_peer(self, name: str, script: Path, *args: str) -> str:
+        """Start a Python peer that prints `listening on HOST:PORT`; return `http://127.0.0.1:PORT`."""
+        proc = self._spawn(name, [sys.executable, script, "--port", "0", *args])
+        port = proc.wait_listening_line()
+        proc.wait_port(port)
+        return f"http://127.0.0.1:{port}"
 
     def python_server(self, name: str = "python-sdk") -> str:
         """The Python SDK 2.x `MCPServer` peer; returns its MCP URL."""
-        proc = self._spawn(name, [sys.executable, PYTHON_PEER, "--port", "0", "--name", name])
-        port = proc.wait_listening_line()
-        proc.wait_port(port)
-        return f"http://127.0.0.1:{port}/mcp"
+        return self._python_peer(name, PYTHON_PEER, "--name", name) + "/mcp"
+
+    def auth_server(self, name: str = "auth-server", grantable: str | None = None) -> str:
+        """The OAuth 2.1 authorization server peer (peers/auth_server.py); returns its issuer
+        URL (`http://127.0.0.1:PORT`). `grantable` limits the scopes it grants."""
+        args = ["--grantable", grantable] if grantable is not None else []
+        return self._python_peer(name, AUTH_PEER, *args)
 
     def everything_server(self, name: str = "everything", env: dict[str, str] | None = None) -> str:
         """`@modelcontextprotocol/server-everything` in streamableHttp mode; returns its MCP URL.
@@ -185,7 +198,8 @@ class Stack:
 
         `groups` maps a group name to `{"strategy": ..., "servers": [url, ...]}`; servers get
         ids `s1`, `s2`, ... in order. `extra` is YAML appended at the top level of the config
-        (e.g. a `sessions:` section).
+        (e.g. a `sessions:` section); `{port}` in it stands for the gateway's port, for settings
+        that name the gateway's own URL (an OAuth `resource`).
         """
         if not GATEWAY_BIN.exists():
             pytest.fail(f"{GATEWAY_BIN} is missing: run `cargo build --bin mcp-gateway` (or set MCP_GATEWAY_BIN)")
@@ -241,7 +255,7 @@ def gateway_yaml(port: int, run_dir: Path, groups: dict[str, dict], routes, extr
         # The admin service on a free port of its own (its default, 9090, is shared).
         lines += ["admin:", f"  port: {free_port()}"]
     if extra.strip():
-        lines += textwrap.dedent(extra).strip("\n").splitlines()
+        lines += textwrap.dedent(extra).replace("{port}", str(port)).strip("\n").splitlines()
     lines.append("")
     return "\n".join(lines)
 

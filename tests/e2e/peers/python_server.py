@@ -8,15 +8,16 @@ server's own authority (`127.0.0.1:PORT`) as `Host`, so a proxy that forwards th
 
 Usage: python_server.py [--port 0] [--name NAME]. Prints `listening on 127.0.0.1:PORT`.
 Tools: `echo(text)`, `add(a, b)`, `whoami()` (the server name), `slow(steps)` (a progress
-notification every 0.2 s, then "done").
+notification every 0.2 s, then "done"), `headers()` (the HTTP request headers this server
+received with the call, as a JSON object with lower-case names).
 """
 
 import argparse
 import asyncio
-import socket
+import json
 import sys
 
-import uvicorn
+from loopback import bind, serve
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
@@ -47,6 +48,11 @@ def build(name: str) -> MCPServer:
             await ctx.report_progress(i, steps, f"step {i}")
         return "done"
 
+    @mcp.tool()
+    def headers(ctx: Context) -> str:
+        """The HTTP request headers that carried this call (JSON, lower-case names)."""
+        return json.dumps({k.lower(): v for k, v in (ctx.headers or {}).items()})
+
     return mcp
 
 
@@ -56,25 +62,13 @@ def main() -> None:
     parser.add_argument("--name", default="python-sdk")
     args = parser.parse_args()
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", args.port))
-    port = sock.getsockname()[1]
-
+    sock, port = bind(args.port)
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         allowed_hosts=[f"127.0.0.1:{port}"],
         allowed_origins=[f"http://127.0.0.1:{port}"],
     )
-    app = build(args.name).streamable_http_app(transport_security=security)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-
-    async def serve() -> None:
-        sock.listen(128)
-        print(f"listening on 127.0.0.1:{port}", flush=True)
-        await server.serve(sockets=[sock])
-
-    asyncio.run(serve())
+    serve(sock, build(args.name).streamable_http_app(transport_security=security))
 
 
 if __name__ == "__main__":
