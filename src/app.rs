@@ -160,16 +160,20 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
             pool_per_thread(&config) * config.server.threads.max(1),
         ),
     );
+    let head_timeout = Some(config.limits.request_head_timeout.0).filter(|d| !d.is_zero());
+    let mut options = pingora::apps::HttpServerOptions::default();
     if config.limits.requests_per_connection > 0 {
-        let mut options = pingora::apps::HttpServerOptions::default();
         // Pingora counts reuses after the first request.
         options.keepalive_request_limit = Some(config.limits.requests_per_connection - 1);
-        proxy_app.server_options = Some(options);
     }
+    // HTTP/2 connections: a request arrives only once its head is complete, so the head
+    // timeout is Pingora's idle timeout (no request in flight for that long: closed).
+    options.h2_idle_timeout = head_timeout;
+    proxy_app.server_options = Some(options);
     // Connections are tracked (and can be closed) through the admin API.
     let mut proxy = pingora::services::listening::Service::new(
         "mcp-gateway proxy".to_string(),
-        crate::proxy::connections::Tracked::new(proxy_app),
+        crate::proxy::connections::Tracked::new(proxy_app, head_timeout),
     );
     proxy.add_tcp(&addr.to_string());
     proxy.threads = Some(config.server.threads);

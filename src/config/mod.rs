@@ -409,6 +409,9 @@ config_struct! {
         max_request_headers: ByteSize = ByteSize(32 << 10),
         /// Requests served on one client connection before it is closed (`0`: no limit).
         requests_per_connection: u32 = 0,
+        /// Longest time from a connection's accept (or the end of its previous request)
+        /// to a complete request head; slower connections are closed (`0`: no limit).
+        request_head_timeout: Dur = Dur::secs(10),
     }
 }
 

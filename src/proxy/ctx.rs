@@ -8,7 +8,6 @@ use crate::telemetry::tracing::RequestSpan;
 use crate::upstream::{Group, InFlight, Server};
 use bytes::{Bytes, BytesMut};
 use prometheus::IntGauge;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -182,6 +181,8 @@ impl Drop for RequestCtx {
 }
 
 /// Counts a request as active (process-wide and on its connection) for its lifetime.
+/// Created once the request head is complete, it also clears the connection's head
+/// deadline, which its drop sets again for the next request.
 struct ActiveRequest(Option<Arc<Conn>>);
 
 impl ActiveRequest {
@@ -189,7 +190,7 @@ impl ActiveRequest {
         METRICS.requests_active.inc();
         let conn = super::connections::current();
         if let Some(c) = &conn {
-            c.active.fetch_add(1, Ordering::Relaxed);
+            c.request_started();
         }
         ActiveRequest(conn)
     }
@@ -199,7 +200,7 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         METRICS.requests_active.dec();
         if let Some(c) = &self.0 {
-            c.active.fetch_sub(1, Ordering::Relaxed);
+            c.request_ended();
         }
     }
 }
