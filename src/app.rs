@@ -66,6 +66,11 @@ pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
         },
         session_ttl: Some(config.sessions.ttl.0).filter(|d| !d.is_zero()),
         access_log: config.logging.access_log,
+        hsts: config
+            .server
+            .tls
+            .as_ref()
+            .and_then(crate::security::tls::hsts),
         ready: AtomicBool::new(false),
     }))
 }
@@ -130,6 +135,14 @@ pub fn listen_addr(config: &Config) -> Result<SocketAddr, String> {
 pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(), String> {
     let state = build_state(&config)?;
     let addr = listen_addr(&config)?;
+    // Read now: a process started with `-u` serves the files as they are at its start.
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::security::tls::ListenerTls::load)
+        .transpose()
+        .map_err(joined)?;
     crate::telemetry::tracing::configure(&config.tracing);
     resolve_upstreams(&state.groups)?;
 
@@ -175,7 +188,10 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         "mcp-gateway proxy".to_string(),
         crate::proxy::connections::Tracked::new(proxy_app, head_timeout),
     );
-    proxy.add_tcp(&addr.to_string());
+    match &tls {
+        Some(tls) => proxy.add_tls_with_settings(&addr.to_string(), None, tls.settings()?),
+        None => proxy.add_tcp(&addr.to_string()),
+    }
     proxy.threads = Some(config.server.threads);
     server.add_service(proxy);
     if config.admin.enabled {
@@ -192,8 +208,9 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
 
     state.ready.store(true, Ordering::Release);
     log::info!(
-        "mcp-gateway {} listening on {addr} ({} route(s), {} upstream group(s))",
+        "mcp-gateway {} listening on {addr}{} ({} route(s), {} upstream group(s))",
         env!("CARGO_PKG_VERSION"),
+        if tls.is_some() { " with TLS" } else { "" },
         config.routes.len().max(1),
         config.upstream.groups.len()
     );

@@ -53,6 +53,8 @@ pub struct RequestCtx {
     pub cors_origin: Option<http::HeaderValue>,
     /// The CORS headers every answer to that origin carries.
     pub cors_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// `Strict-Transport-Security`, on every answer of a TLS listener.
+    pub hsts: Option<http::HeaderValue>,
     /// The rate-limit quota left, sent back as `RateLimit-*` headers.
     pub quota: Option<crate::security::rate_limit::Quota>,
     /// Credential headers (API keys) never to forward upstream.
@@ -142,6 +144,7 @@ impl RequestCtx {
             quota: None,
             cors_origin: None,
             cors_headers: Vec::new(),
+            hsts: None,
             request_id: String::new(),
             group: None,
             mcp: McpInfo::default(),

@@ -52,6 +52,8 @@ pub struct State {
     /// Sealed session ids older than this are refused (`None`: never).
     pub session_ttl: Option<std::time::Duration>,
     pub access_log: bool,
+    /// `Strict-Transport-Security` for every answer (TLS listeners only).
+    pub hsts: Option<http::HeaderValue>,
     /// True once the upstream groups are built.
     pub ready: AtomicBool,
 }
@@ -76,7 +78,9 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        let mut ctx = RequestCtx::new();
+        ctx.hsts = self.state.hsts.clone();
+        ctx
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
