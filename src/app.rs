@@ -94,6 +94,11 @@ pub fn build_state_from(
         },
         session_ttl: Some(config.sessions.ttl.0).filter(|d| !d.is_zero()),
         access_log: config.logging.access_log,
+        hsts: config
+            .server
+            .tls
+            .as_ref()
+            .and_then(crate::security::tls::hsts),
     });
     Ok((state, kept))
 }
@@ -140,6 +145,14 @@ pub fn listen_addr(config: &Config) -> Result<SocketAddr, String> {
 pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(), String> {
     let state = build_state(&config)?;
     let addr = listen_addr(&config)?;
+    // Read now: a process started with `-u` serves the files as they are at its start.
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::security::tls::ListenerTls::load)
+        .transpose()
+        .map_err(joined)?;
     crate::telemetry::tracing::configure(&config.tracing);
     resolve_upstreams(&state.groups)?;
 
@@ -185,18 +198,25 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
             pool_per_thread(&config) * config.server.threads.max(1),
         ),
     );
+    let head_timeout = Some(config.limits.request_head_timeout.0).filter(|d| !d.is_zero());
+    let mut options = pingora::apps::HttpServerOptions::default();
     if config.limits.requests_per_connection > 0 {
-        let mut options = pingora::apps::HttpServerOptions::default();
         // Pingora counts reuses after the first request.
         options.keepalive_request_limit = Some(config.limits.requests_per_connection - 1);
-        proxy_app.server_options = Some(options);
     }
+    // HTTP/2 connections: a request arrives only once its head is complete, so the head
+    // timeout is Pingora's idle timeout (no request in flight for that long: closed).
+    options.h2_idle_timeout = head_timeout;
+    proxy_app.server_options = Some(options);
     // Connections are tracked (and can be closed) through the admin API.
     let mut proxy = pingora::services::listening::Service::new(
         "mcp-gateway proxy".to_string(),
-        crate::proxy::connections::Tracked::new(proxy_app),
+        crate::proxy::connections::Tracked::new(proxy_app, head_timeout),
     );
-    proxy.add_tcp(&addr.to_string());
+    match &tls {
+        Some(tls) => proxy.add_tls_with_settings(&addr.to_string(), None, tls.settings()?),
+        None => proxy.add_tcp(&addr.to_string()),
+    }
     proxy.threads = Some(config.server.threads);
     server.add_service(proxy);
     if config.admin.enabled {
@@ -227,8 +247,9 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
     ));
 
     log::info!(
-        "mcp-gateway {} listening on {addr} ({} route(s), {} upstream group(s))",
+        "mcp-gateway {} listening on {addr}{} ({} route(s), {} upstream group(s))",
         env!("CARGO_PKG_VERSION"),
+        if tls.is_some() { " with TLS" } else { "" },
         config.routes.len().max(1),
         config.upstream.groups.len()
     );

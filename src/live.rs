@@ -215,6 +215,11 @@ pub fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
         "it is a setting of the listener",
     );
     check(
+        "limits.request_head_timeout",
+        old.limits.request_head_timeout == new.limits.request_head_timeout,
+        "it is a setting of the listener",
+    );
+    check(
         "upstream.connection_pool",
         old.upstream.connection_pool == new.upstream.connection_pool,
         "the connection pool is sized when the process starts",

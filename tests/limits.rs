@@ -176,3 +176,86 @@ async fn open_streams_are_capped_per_identity() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_request_head_trickled_past_request_head_timeout_is_cut_but_served_requests_are_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::{sleep, timeout, Duration, Instant};
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(
+        &[up.url()],
+        "limits:\n  request_head_timeout: 1s\n",
+    ))
+    .await;
+    let port = gw.port;
+
+    // A standing SSE stream whose second event comes well after the head timeout.
+    let c = client();
+    let stream = tokio::spawn(
+        c.get(gw.url("/mcp?delay=3"))
+            .header("accept", "text/event-stream")
+            .send(),
+    );
+    // A body uploaded slowly, byte by byte, over longer than the head timeout.
+    let upload = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+            LIST.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        for chunk in LIST.as_bytes().chunks(12) {
+            sleep(Duration::from_millis(600)).await;
+            s.write_all(chunk).await.unwrap();
+        }
+        let mut answer = vec![0u8; 64];
+        let n = s.read(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    });
+
+    // A head trickled one byte every 200 ms: never silent long enough for Pingora's own
+    // 60 s read timeout, but not complete within request_head_timeout.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    slow.write_all(b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(20) {
+        if slow.write_all(b"a").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => panic!(
+                "the gateway answered a partial head: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "a trickled request head was not cut");
+
+    // Meanwhile everything else is served.
+    for _ in 0..3 {
+        assert_eq!(send(&gw, LIST, None).await.status(), 200);
+    }
+    let answer = upload.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let text = stream.await.unwrap().unwrap().text().await.unwrap();
+    assert!(text.contains("event: later"), "{text}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("mcp_gateway_request_head_timeouts_total 1"),
+        "{metrics}"
+    );
+}

@@ -184,6 +184,17 @@ fn validate(c: &Config, errs: &mut Errors) {
     if c.server.threads == 0 {
         errs.push(&server.key("threads"), "must be at least 1");
     }
+    // The files are read and checked as the listener will read them.
+    if let Some(Err(problems)) = c
+        .server
+        .tls
+        .as_ref()
+        .map(crate::security::tls::ListenerTls::load)
+    {
+        for (path, message) in problems {
+            errs.0.push(ConfigError { path, message });
+        }
+    }
 
     let groups = root.key("upstream").key("groups");
     if c.upstream.groups.is_empty() {
@@ -378,6 +389,15 @@ fn validate(c: &Config, errs: &mut Errors) {
     ];
     for (path, message) in built.into_iter().flatten().flatten() {
         errs.0.push(ConfigError { path, message });
+    }
+    let client_ca = c.server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    for (i, rule) in c.security.auth.iter().enumerate() {
+        if rule.client_cert && !client_ca {
+            errs.push(
+                &root.key("security").key("auth").index(i).key("client_cert"),
+                "needs server.tls.client_ca: client certificates are verified against it",
+            );
+        }
     }
     let security = root.key("security");
     let rule_routes = c

@@ -140,6 +140,8 @@ config_struct! {
         jwt: Option<JwtConfig> = None,
         api_keys: Option<ApiKeysConfig> = None,
         basic: Option<BasicConfig> = None,
+        /// Accept a client certificate verified against `server.tls.client_ca`.
+        client_cert: bool = false,
         /// Make the rule's route an OAuth 2.1 protected resource (needs `jwt`).
         oauth: Option<OAuthConfig> = None,
     }
@@ -325,6 +327,36 @@ config_struct! {
         grace_period: Dur = Dur::secs(30),
         /// Hard stop after the grace period.
         graceful_shutdown_timeout: Dur = Dur::secs(10),
+        /// TLS termination on the listener (docs/security.md#tls); plain HTTP when absent.
+        tls: Option<ListenerTlsConfig> = None,
+    }
+}
+
+/// Whether clients of a TLS listener with `client_ca` must present a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// A certificate is verified when presented; clients without one are served too.
+    Optional,
+    /// The handshake fails without a certificate issued by `client_ca`.
+    Required,
+}
+impl yaml::Leaf for ClientAuth {}
+
+config_struct! {
+    /// TLS on the client-facing listener (read at start, and by a process started with
+    /// `-u`, so an upgrade serves renewed files).
+    pub struct ListenerTlsConfig {
+        /// PEM certificate chain: the server's certificate first, then intermediates.
+        cert: String = String::new(),
+        /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the first certificate.
+        key: String = String::new(),
+        /// PEM file of the CAs that issue client certificates; unset: none are asked for.
+        client_ca: Option<String> = None,
+        /// `optional` or `required` (the default with `client_ca`).
+        client_auth: Option<ClientAuth> = None,
+        /// `Strict-Transport-Security: max-age` on every answer (`0`: no header).
+        hsts_max_age: Dur = Dur::secs(365 * 24 * 3600),
     }
 }
 
@@ -524,6 +556,9 @@ config_struct! {
         max_request_headers: ByteSize = ByteSize(32 << 10),
         /// Requests served on one client connection before it is closed (`0`: no limit).
         requests_per_connection: u32 = 0,
+        /// Longest time from a connection's accept (or the end of its previous request)
+        /// to a complete request head; slower connections are closed (`0`: no limit).
+        request_head_timeout: Dur = Dur::secs(10),
     }
 }
 

@@ -455,3 +455,32 @@ fn a_bad_redis_url_is_reported_with_its_path_and_no_password() {
         );
     }
 }
+
+#[test]
+fn listener_tls_is_checked() {
+    let errs = errors(&format!(
+        "{MINIMAL}server:\n  tls:\n    cert: /nonexistent/cert.pem\n    client_auth: optional\nsecurity:\n  auth:\n    - client_cert: true\n"
+    ));
+    for want in [
+        "server.tls.cert: cannot read PEM certificates from \"/nonexistent/cert.pem\"",
+        "server.tls.key: is required",
+        "server.tls.client_auth: needs client_ca",
+        "security.auth[0].client_cert: needs server.tls.client_ca",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "{want:?} not in {errs:?}"
+        );
+    }
+    // A client-certificate rule without TLS at all.
+    let errs = errors(&format!(
+        "{MINIMAL}security:\n  auth:\n    - client_cert: true\n"
+    ));
+    assert_eq!(
+        errs,
+        ["security.auth[0].client_cert: needs server.tls.client_ca: client certificates are verified against it"]
+    );
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.limits.request_head_timeout.0.as_secs(), 10);
+    assert!(c.server.tls.is_none());
+}

@@ -7,19 +7,35 @@
 //! connection from the admin API wakes the wrapper, which drops the proxy's future: the
 //! client socket closes and any upstream request in progress is dropped with it (in the
 //! modern era that is the cancellation).
+//!
+//! The same wrapper bounds how long an HTTP/1 connection may take to send a request head
+//! (`limits.request_head_timeout`, against slowloris clients): each `Conn` holds the
+//! deadline of its next head in an atomic, set at accept and at the end of each request,
+//! cleared while a request is served (the request's context marks both, see
+//! `ctx::RequestCtx`). A timer per connection sleeps until that deadline, re-reads it and
+//! closes the connection once it has passed with no request in progress. Requests being
+//! served (SSE streams, slow bodies) are never cut. The head is still in Pingora's
+//! parser when the deadline passes, so the connection is closed without an answer (a
+//! `408` would need the socket the parser holds, and under TLS its session). HTTP/2
+//! connections use Pingora's idle timeout instead (a stream starts only once its head
+//! is complete).
 
 use crate::telemetry::metrics::METRICS;
+use crate::upstream::breaker::now_ms;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use crossbeam_skiplist::SkipMap;
 use futures::future::{AbortHandle, Abortable, Aborted};
 use once_cell::sync::Lazy;
 use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// [`Conn::head_deadline`] while a request is served: no deadline.
+const SERVING: u64 = u64::MAX;
 
 /// One client connection.
 #[derive(Debug)]
@@ -42,6 +58,10 @@ pub struct Conn {
     pub identity: ArcSwapOption<String>,
     /// A cheap fingerprint of the last session id seen, to skip re-hashing it.
     session_fingerprint: AtomicU64,
+    /// When the next request head must be complete ([`now_ms`] time), or [`SERVING`].
+    head_deadline: AtomicU64,
+    /// `limits.request_head_timeout` in milliseconds (`0`: none).
+    head_timeout_ms: u64,
     /// Aborts the connection's future (a flag checked on each poll, no lock).
     close: AbortHandle,
 }
@@ -64,6 +84,38 @@ impl Conn {
     pub fn close(&self) {
         self.close.abort();
     }
+
+    /// A request head is complete: no deadline while the request is served.
+    pub fn request_started(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.head_deadline.store(SERVING, Ordering::Release);
+    }
+
+    /// A request ended: the next head is due within the timeout.
+    pub fn request_ended(&self) {
+        if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.head_deadline
+                .store(now_ms() + self.head_timeout_ms, Ordering::Release);
+        }
+    }
+
+    /// Resolves once the connection is past its head deadline with no request served.
+    async fn head_overdue(&self) {
+        if self.head_timeout_ms == 0 {
+            return std::future::pending().await;
+        }
+        loop {
+            let deadline = self.head_deadline.load(Ordering::Acquire);
+            let now = now_ms();
+            let wake = match deadline {
+                // Look again a timeout later: the earliest the next deadline can pass.
+                SERVING => now + self.head_timeout_ms,
+                d if now >= d => return,
+                d => d,
+            };
+            tokio::time::sleep(Duration::from_millis(wake - now)).await;
+        }
+    }
 }
 
 /// Every open client connection of the process, by id.
@@ -82,14 +134,23 @@ pub fn current() -> Option<Arc<Conn>> {
 /// Wraps a [`ServerApp`] (the HTTP proxy) to track its connections.
 pub struct Tracked<A> {
     inner: Arc<A>,
+    /// `limits.request_head_timeout` in milliseconds (`0`: none).
+    head_timeout_ms: u64,
 }
 
 impl<A> Tracked<A> {
-    pub fn new(inner: A) -> Self {
+    /// `head_timeout`: the longest wait for a complete HTTP/1 request head.
+    pub fn new(inner: A, head_timeout: Option<Duration>) -> Self {
         Tracked {
             inner: Arc::new(inner),
+            head_timeout_ms: head_timeout.map_or(0, |d| d.as_millis().max(1) as u64),
         }
     }
+}
+
+/// How a connection's future ended other than by itself.
+enum Cut {
+    HeadTimeout,
 }
 
 /// Removes the connection from the registry however the connection ends.
@@ -114,6 +175,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
             .and_then(|d| d.peer_addr().map(|a| a.to_string()))
             .unwrap_or_default();
         let (close, registration) = AbortHandle::new_pair();
+        // HTTP/2 has its own idle timeout (set on the HTTP app).
+        let head_timeout_ms = match stream.selected_alpn_proto() {
+            Some(ALPN::H2) => 0,
+            _ => self.head_timeout_ms,
+        };
         let conn = Arc::new(Conn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             client,
@@ -128,6 +194,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
             session: ArcSwapOption::empty(),
             identity: ArcSwapOption::empty(),
             session_fingerprint: AtomicU64::new(0),
+            head_deadline: AtomicU64::new(now_ms() + head_timeout_ms),
+            head_timeout_ms,
             close,
         });
         CONNECTIONS.insert(conn.id, conn.clone());
@@ -137,8 +205,25 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
         let served = CURRENT.scope(conn.clone(), async move {
             inner.process_new(stream, shutdown).await
         });
-        match Abortable::new(served, registration).await {
-            Ok(reuse) => reuse,
+        let watched = async {
+            tokio::select! {
+                reuse = served => Ok(reuse),
+                () = conn.head_overdue() => Err(Cut::HeadTimeout),
+            }
+        };
+        match Abortable::new(watched, registration).await {
+            Ok(Ok(reuse)) => reuse,
+            Ok(Err(Cut::HeadTimeout)) => {
+                METRICS.request_head_timeouts.inc();
+                log::info!(
+                    "connection {} from {} closed: no complete request head within {:?} \
+                     (limits.request_head_timeout)",
+                    conn.id,
+                    conn.client,
+                    Duration::from_millis(conn.head_timeout_ms)
+                );
+                None
+            }
             Err(Aborted) => {
                 log::info!(
                     "connection {} from {} closed by the admin API",

@@ -8,7 +8,6 @@ use crate::telemetry::tracing::RequestSpan;
 use crate::upstream::{Group, InFlight, Server};
 use bytes::{Bytes, BytesMut};
 use prometheus::IntGauge;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +62,8 @@ pub struct RequestCtx {
     pub list_filter: Option<super::list_filter::ListFilter>,
     /// This request's slot under `max_concurrent_streams` (GET streams), freed on drop.
     pub stream_slot: Option<crate::security::streams::StreamSlot>,
+    /// `Strict-Transport-Security`, on every answer of a TLS listener.
+    pub hsts: Option<http::HeaderValue>,
     /// The rate-limit quota left, sent back as `RateLimit-*` headers.
     pub quota: Option<crate::security::rate_limit::Quota>,
     /// Credential headers (API keys) never to forward upstream.
@@ -156,6 +157,7 @@ impl RequestCtx {
             stream_slot: None,
             cors_origin: None,
             cors_headers: Vec::new(),
+            hsts: None,
             request_id: String::new(),
             group: None,
             mcp: McpInfo::default(),
@@ -195,6 +197,8 @@ impl Drop for RequestCtx {
 }
 
 /// Counts a request as active (process-wide and on its connection) for its lifetime.
+/// Created once the request head is complete, it also clears the connection's head
+/// deadline, which its drop sets again for the next request.
 struct ActiveRequest(Option<Arc<Conn>>);
 
 impl ActiveRequest {
@@ -202,7 +206,7 @@ impl ActiveRequest {
         METRICS.requests_active.inc();
         let conn = super::connections::current();
         if let Some(c) = &conn {
-            c.active.fetch_add(1, Ordering::Relaxed);
+            c.request_started();
         }
         ActiveRequest(conn)
     }
@@ -212,7 +216,7 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         METRICS.requests_active.dec();
         if let Some(c) = &self.0 {
-            c.active.fetch_sub(1, Ordering::Relaxed);
+            c.request_ended();
         }
     }
 }

@@ -136,7 +136,12 @@ pub fn upstream_request(
     if !xff.is_empty() {
         req.insert_header("x-forwarded-for", xff)?;
     }
-    req.insert_header("x-forwarded-proto", "http")?;
+    let proto = if crate::security::tls::is_tls(session) {
+        "https"
+    } else {
+        "http"
+    };
+    req.insert_header("x-forwarded-proto", proto)?;
     req.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
 
     match (&ctx.upstream_session, ctx.era()) {

@@ -55,6 +55,8 @@ pub struct State {
     /// Sealed session ids older than this are refused (`None`: never).
     pub session_ttl: Option<std::time::Duration>,
     pub access_log: bool,
+    /// `Strict-Transport-Security` for every answer (TLS listeners only).
+    pub hsts: Option<http::HeaderValue>,
 }
 
 pub struct Gateway {
@@ -78,7 +80,10 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.live.state())
+        let state = self.live.state();
+        let mut ctx = RequestCtx::new(state);
+        ctx.hsts = ctx.state.hsts.clone();
+        ctx
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

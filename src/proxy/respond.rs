@@ -12,11 +12,20 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// Headers every answer of the proxy port carries: security headers, and CORS headers
 /// when the request came from an allowed browser origin.
 pub fn common_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    security_headers(resp, ctx)?;
+    for (name, value) in &ctx.cors_headers {
+        resp.insert_header(name.clone(), value.clone())?;
+    }
+    Ok(())
+}
+
+/// The security headers (and HSTS on a TLS listener).
+fn security_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     for (name, value) in crate::security::cors::SECURITY_HEADERS {
         resp.insert_header(name, value)?;
     }
-    for (name, value) in &ctx.cors_headers {
-        resp.insert_header(name.clone(), value.clone())?;
+    if let Some(hsts) = &ctx.hsts {
+        resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
     }
     Ok(())
 }
@@ -32,9 +41,7 @@ pub async fn empty(
     for (name, value) in headers {
         resp.insert_header(name, value)?;
     }
-    for (name, value) in crate::security::cors::SECURITY_HEADERS {
-        resp.insert_header(name, value)?;
-    }
+    security_headers(&mut resp, ctx)?;
     resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
     if !ctx.request_id.is_empty() {
         resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;

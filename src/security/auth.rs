@@ -14,8 +14,12 @@
 //!   every configured one in constant time.
 //! * Basic: argon2 or bcrypt hashes, verified on a blocking thread (they are slow on
 //!   purpose and must not stall the proxy's workers).
+//! * Client certificates (`client_cert: true`): a request carrying none of the above on a
+//!   connection whose certificate was verified against `server.tls.client_ca` is
+//!   identified by that certificate (see [`super::tls::ClientCert`]).
 
 use crate::config::{ApiKeysConfig, AuthRule, BasicConfig, JwtConfig, OAuthConfig, SecurityConfig};
+use crate::security::tls::ClientCert;
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -219,6 +223,7 @@ struct Rule {
     api_keys: Option<ApiKeys>,
     basic: Option<Basic>,
     oauth: Option<OAuth>,
+    client_cert: bool,
 }
 
 /// All rules, built once from the config.
@@ -308,25 +313,27 @@ impl Auth {
             .find(|r| r.routes.is_empty() || r.routes.iter().any(|p| p == route))
     }
 
-    /// Authenticate a request to `route`: `Ok(None)` when no rule covers the route.
+    /// Authenticate a request to `route` (`cert`: its connection's verified client
+    /// certificate): `Ok(None)` when no rule covers the route.
     pub async fn check(
         &self,
         route: &str,
         headers: &http::HeaderMap,
+        cert: Option<&ClientCert>,
     ) -> Result<Option<Identity>, Refusal> {
         let Some(rule) = self.rule_for(route) else {
             return Ok(None);
         };
-        rule.check(headers).await.map(Some)
+        rule.check(headers, cert).await.map(Some)
     }
 }
 
 fn build_rule(i: usize, r: &AuthRule) -> Result<Rule, Vec<(String, String)>> {
     let mut errs = Vec::new();
-    if r.jwt.is_none() && r.api_keys.is_none() && r.basic.is_none() {
+    if r.jwt.is_none() && r.api_keys.is_none() && r.basic.is_none() && !r.client_cert {
         errs.push((
             "jwt".into(),
-            "a rule needs at least one of jwt, api_keys, basic".into(),
+            "a rule needs at least one of jwt, api_keys, basic, client_cert".into(),
         ));
     }
     for (j, p) in r.routes.iter().enumerate() {
@@ -368,6 +375,7 @@ fn build_rule(i: usize, r: &AuthRule) -> Result<Rule, Vec<(String, String)>> {
         api_keys,
         basic,
         oauth,
+        client_cert: r.client_cert,
     })
 }
 
@@ -844,6 +852,10 @@ impl Rule {
         if let Some(k) = &self.api_keys {
             schemes.push(format!("ApiKey header=\"{}\"", k.header));
         }
+        if self.client_cert && schemes.is_empty() {
+            // No HTTP scheme: the credential is the TLS client certificate.
+            schemes.push("ClientCertificate realm=\"mcp-gateway\"".to_string());
+        }
         schemes.join(", ")
     }
 
@@ -864,7 +876,11 @@ impl Rule {
         }
     }
 
-    async fn check(&self, headers: &http::HeaderMap) -> Result<Identity, Refusal> {
+    async fn check(
+        &self,
+        headers: &http::HeaderMap,
+        cert: Option<&ClientCert>,
+    ) -> Result<Identity, Refusal> {
         let authorization = headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
@@ -885,12 +901,17 @@ impl Rule {
         if let (Some(b64), Some(basic)) = (scheme("Basic "), &self.basic) {
             return self.check_basic(basic, b64).await;
         }
+        if let (true, Some(cert)) = (self.client_cert, cert) {
+            return Ok(cert.identity(&self.name));
+        }
         let accepted = [
             self.jwt.as_ref().map(|_| "a bearer JWT".to_string()),
             self.api_keys
                 .as_ref()
                 .map(|k| format!("an API key in {}", k.header)),
             self.basic.as_ref().map(|_| "Basic credentials".to_string()),
+            self.client_cert
+                .then(|| "a TLS client certificate".to_string()),
         ]
         .into_iter()
         .flatten()

@@ -1,9 +1,9 @@
 //! Security at the edge, all decided in the proxy's request filter: who is calling
-//! ([`auth`], with OAuth resource-server metadata), what they may call ([`policy`], which
-//! also filters lists), how often ([`rate_limit`]) and how many streams at once
-//! ([`streams`]), from which browser origins ([`cors`]), and what servers learn of the
-//! client ([`forward_identity`]; the client's own credentials are never forwarded, see
-//! `proxy::forward`).
+//! ([`auth`], with OAuth resource-server metadata and client certificates from [`tls`]),
+//! what they may call ([`policy`], which also filters lists), how often ([`rate_limit`])
+//! and how many streams at once ([`streams`]), from which browser origins ([`cors`]), and
+//! what servers learn of the client ([`forward_identity`]; the client's own credentials
+//! are never forwarded, see `proxy::forward`).
 
 pub mod auth;
 pub mod cors;
@@ -11,3 +11,4 @@ pub mod forward_identity;
 pub mod policy;
 pub mod rate_limit;
 pub mod streams;
+pub mod tls;

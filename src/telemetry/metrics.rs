@@ -37,6 +37,8 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     /// Client requests in progress, SSE streams included.
     pub requests_active: IntGauge,
+    /// Client connections closed for not sending a complete request head in time.
+    pub request_head_timeouts: IntCounter,
     /// SSE answers being relayed, by group.
     pub sse_streams_active: IntGaugeVec,
     /// Requests refused by a rate limit, by route and rule.
@@ -62,6 +64,16 @@ pub struct Metrics {
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
 
+/// A metric without labels, registered.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: prometheus::Result<M>,
+) -> M {
+    let m = m.expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
 fn new_counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(m.clone())).expect("unique metric");
@@ -84,20 +96,27 @@ fn new_histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histo
 impl Metrics {
     fn new() -> Self {
         let r = Registry::new();
-        let connections_active = IntGauge::new(
-            "mcp_gateway_connections_active",
-            "Open client connections to the proxy port",
-        )
-        .expect("valid metric");
-        r.register(Box::new(connections_active.clone()))
-            .expect("unique metric");
-        let requests_active = IntGauge::new(
-            "mcp_gateway_requests_active",
-            "Client requests in progress, SSE streams included",
-        )
-        .expect("valid metric");
-        r.register(Box::new(requests_active.clone()))
-            .expect("unique metric");
+        let connections_active = registered(
+            &r,
+            IntGauge::new(
+                "mcp_gateway_connections_active",
+                "Open client connections to the proxy port",
+            ),
+        );
+        let requests_active = registered(
+            &r,
+            IntGauge::new(
+                "mcp_gateway_requests_active",
+                "Client requests in progress, SSE streams included",
+            ),
+        );
+        let request_head_timeouts = registered(
+            &r,
+            IntCounter::new(
+                "mcp_gateway_request_head_timeouts_total",
+                "Client connections closed for not sending a complete request head within limits.request_head_timeout",
+            ),
+        );
         Metrics {
             requests: new_counter(
                 &r,
@@ -125,6 +144,7 @@ impl Metrics {
             ),
             connections_active,
             requests_active,
+            request_head_timeouts,
             sse_streams_active: new_gauge(
                 &r,
                 "mcp_gateway_sse_streams_active",
