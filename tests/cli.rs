@@ -60,6 +60,7 @@ fn every_shipped_config_validates() {
                 "MCP_GATEWAY_JWT_SECRET",
                 "a-validation-only-secret-0123456789abcdef",
             )
+            .env("MCP_GATEWAY_ADMIN_TOKEN", "a-validation-only-admin-token")
             .env_remove("MCP_GATEWAY_CONFIG")
             .output()
             .unwrap();
