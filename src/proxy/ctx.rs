@@ -62,8 +62,6 @@ pub struct RequestCtx {
     pub list_filter: Option<super::list_filter::ListFilter>,
     /// This request's slot under `max_concurrent_streams` (GET streams), freed on drop.
     pub stream_slot: Option<crate::security::streams::StreamSlot>,
-    /// `Strict-Transport-Security`, on every answer of a TLS listener.
-    pub hsts: Option<http::HeaderValue>,
     /// The rate-limit quota left, sent back as `RateLimit-*` headers.
     pub quota: Option<crate::security::rate_limit::Quota>,
     /// Credential headers (API keys) never to forward upstream.
@@ -157,7 +155,6 @@ impl RequestCtx {
             stream_slot: None,
             cors_origin: None,
             cors_headers: Vec::new(),
-            hsts: None,
             request_id: String::new(),
             group: None,
             mcp: McpInfo::default(),

@@ -80,10 +80,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        let state = self.live.state();
-        let mut ctx = RequestCtx::new(state);
-        ctx.hsts = ctx.state.hsts.clone();
-        ctx
+        RequestCtx::new(self.live.state())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

@@ -32,6 +32,8 @@ const STREAM_RULE: &str = "max_concurrent_streams";
 const STREAM_RETRY_AFTER: u64 = 5;
 
 pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    // One reference to this request's state for the whole filter (a reload may swap
+    // the live one meanwhile).
     let state = ctx.state.clone();
     ctx.request_id = request_id(session);
     ctx.timeouts = state.timeouts;
@@ -101,7 +103,7 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         let req = session.req_header();
         ctx.span = RequestSpan::start(format!("{} {}", req.method, path), &req.headers);
     }
-    let checked = check(gw, session, ctx).await;
+    let checked = check(gw, &state, session, ctx).await;
     if ctx.span.is_some() {
         record::span_request(session, ctx);
     }
@@ -122,10 +124,10 @@ enum Next {
 
 async fn check(
     gw: &Gateway,
+    state: &State,
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<Next, GatewayError> {
-    let state = ctx.state.clone();
     let req = session.req_header();
     let path = req.uri.path();
     let route = state
@@ -163,7 +165,7 @@ async fn check(
 
     let method = req.method.clone();
     if method == Method::POST {
-        read_and_inspect(session, ctx).await?;
+        read_and_inspect(state, session, ctx).await?;
     } else if method != Method::GET && method != Method::DELETE {
         return Err(GatewayError::MethodNotAllowed(method.to_string()));
     }
@@ -198,7 +200,7 @@ async fn check(
             let env = ctx.mcp.envelope.as_ref();
             let method = env.and_then(|e| e.method.as_deref());
             let name = env.and_then(|e| e.name.as_deref());
-            authorize(&state, &route_path, ctx.identity.as_ref(), method, name)?;
+            authorize(state, &route_path, ctx.identity.as_ref(), method, name)?;
         }
         ctx.list_kind = ctx.mcp.method().and_then(ListKind::of);
     }
@@ -290,8 +292,11 @@ fn authorize(
 }
 
 /// Read the whole POST body (bounded by `limits.max_request_body`) and inspect its envelope.
-async fn read_and_inspect(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
-    let state = ctx.state.clone();
+async fn read_and_inspect(
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
     let headers = &session.req_header().headers;
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
@@ -357,7 +362,7 @@ async fn read_and_inspect(session: &mut Session, ctx: &mut RequestCtx) -> Result
                 let route = ctx.route.clone().unwrap_or_default();
                 for e in &items {
                     let (method, name) = (e.method.as_deref(), e.name.as_deref());
-                    authorize(&state, &route, ctx.identity.as_ref(), method, name)?;
+                    authorize(state, &route, ctx.identity.as_ref(), method, name)?;
                 }
             }
             ctx.mcp.batch_len = Some(items.len());

@@ -24,7 +24,7 @@ fn security_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     for (name, value) in crate::security::cors::SECURITY_HEADERS {
         resp.insert_header(name, value)?;
     }
-    if let Some(hsts) = &ctx.hsts {
+    if let Some(hsts) = &ctx.state.hsts {
         resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
     }
     Ok(())
