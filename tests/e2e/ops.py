@@ -84,10 +84,14 @@ def seconds(value) -> float:
 
 
 def drain_seconds(config: dict) -> float:
-    """How long a graceful stop may take: server.grace_period + graceful_shutdown_timeout
-    (their defaults, 30s and 10s, when unset)."""
+    """How long a graceful stop may take: server.drain_delay + grace_period +
+    graceful_shutdown_timeout (their defaults, 5s, 30s and 10s, when unset)."""
     server = config.get("server", {})
-    return seconds(server.get("grace_period", "30s")) + seconds(server.get("graceful_shutdown_timeout", "10s"))
+    return (
+        seconds(server.get("drain_delay", "5s"))
+        + seconds(server.get("grace_period", "30s"))
+        + seconds(server.get("graceful_shutdown_timeout", "10s"))
+    )
 
 
 __all__ = ["REPO", "GATEWAY_BIN"]
