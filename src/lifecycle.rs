@@ -107,7 +107,7 @@ impl BackgroundService for Reloader {
         };
         let path = self.live.path().map(str::to_string).filter(|_| self.watch);
         let mut seen = path.as_deref().and_then(modified);
-        let mut tick = tokio::time::interval(self.interval.max(Duration::from_millis(100)));
+        let mut tick = tokio::time::interval(self.interval);
         loop {
             tokio::select! {
                 _ = hup.recv() => self.reload("SIGHUP").await,

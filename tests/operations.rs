@@ -181,6 +181,8 @@ async fn sigterm_drains_then_finishes_in_flight_streams() {
     while started.elapsed() < Duration::from_secs(5) {
         if let Ok(r) = client().get(gw.url("/readiness")).send().await {
             if r.status() == 503 {
+                // Keep-alive clients are told to leave before the listeners close.
+                assert_eq!(r.headers()["connection"], "close");
                 let v: Value = r.json().await.unwrap();
                 assert_eq!(v["draining"], true);
                 drained = true;
@@ -189,6 +191,17 @@ async fn sigterm_drains_then_finishes_in_flight_streams() {
         }
     }
     assert!(drained, "readiness never said 503");
+    // MCP traffic is still served during the drain, on connections that then close.
+    let r = post(
+        &client(),
+        &gw.url("/mcp"),
+        r#"{"jsonrpc":"2.0","id":8,"method":"tools/list"}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["connection"], "close");
     // The stream in flight ends normally.
     let body = stream.await.unwrap();
     assert!(

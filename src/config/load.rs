@@ -1,6 +1,7 @@
 //! Reading a config: YAML text → `${ENV}` expansion → `MCP_GATEWAY_*` overrides →
 //! typed tree → semantic validation. Every problem is collected with its path.
 
+use super::units::Dur;
 use super::yaml::{ConfigError, Errors, FromYaml, Path};
 use super::{Config, HealthKind};
 use crate::mcp::session::SessionKeys;
@@ -352,6 +353,15 @@ fn validate(c: &Config, errs: &mut Errors) {
         );
     }
 
+    if c.reload.interval < Dur::millis(100) {
+        errs.push(
+            &root.key("reload").key("interval"),
+            format!(
+                "{:?} is too short: the config file is checked at most every 100ms",
+                c.reload.interval.0
+            ),
+        );
+    }
     if c.limits.max_request_headers.0 < 1024 {
         errs.push(
             &root.key("limits").key("max_request_headers"),

@@ -484,3 +484,15 @@ fn listener_tls_is_checked() {
     assert_eq!(c.limits.request_head_timeout.0.as_secs(), 10);
     assert!(c.server.tls.is_none());
 }
+
+#[test]
+fn reload_interval_has_a_floor() {
+    let errs = errors(&format!(
+        "{MINIMAL}reload:\n  watch: true\n  interval: 10ms\n"
+    ));
+    assert!(
+        errs.len() == 1 && errs[0].starts_with("reload.interval: 10ms is too short"),
+        "{errs:?}"
+    );
+    assert!(load(&format!("{MINIMAL}reload:\n  interval: 100ms\n")).is_ok());
+}

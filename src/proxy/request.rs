@@ -37,8 +37,14 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     let state = ctx.state.clone();
     ctx.request_id = request_id(session);
     ctx.timeouts = state.timeouts;
+    let draining = gw.live.draining();
+    if draining {
+        // Shutting down: answer with `Connection: close`, so keep-alive clients move to
+        // a fresh connection (another replica) before the listeners close.
+        session.set_keepalive(None);
+    }
     let path = session.req_header().uri.path();
-    if let Some(answer) = super::health::answer(path, &state, gw.live.draining()) {
+    if let Some(answer) = super::health::answer(path, &state, draining) {
         let (status, body) = answer;
         respond::json(session, ctx, status, body).await?;
         return Ok(true);
