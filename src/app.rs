@@ -211,7 +211,7 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
     // Connections are tracked (and can be closed) through the admin API.
     let mut proxy = pingora::services::listening::Service::new(
         "mcp-gateway proxy".to_string(),
-        crate::proxy::connections::Tracked::new(proxy_app, head_timeout),
+        crate::proxy::connections::Tracked::new(proxy_app, head_timeout).lingering(live.clone()),
     );
     match &tls {
         Some(tls) => proxy.add_tls_with_settings(&addr.to_string(), None, tls.settings()?),
@@ -243,7 +243,7 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
     ));
     server.add_service(pingora::services::background::background_service(
         "shutdown",
-        crate::lifecycle::ExitWhenIdle,
+        crate::lifecycle::ExitWhenIdle { live: live.clone() },
     ));
 
     log::info!(

@@ -5,7 +5,11 @@
 //! * SIGTERM: `/readiness` turns 503 at once, the listeners close `server.drain_delay`
 //!   later, then requests and streams in flight run on for up to `server.grace_period`.
 //! * SIGQUIT: the zero-downtime upgrade: the listening sockets go to the new process
-//!   (started with `-u`), then the same graceful end.
+//!   (started with `-u`); both accept for 5 s (Pingora's handoff window), then this one
+//!   stops. Client connections it still holds may then send one last request for up
+//!   to `server.drain_delay` (answered with `Connection: close`, so the client's next
+//!   request opens a connection to the new process) before the idle ones are closed
+//!   ([`linger_after_handoff`]); then the same graceful end.
 //! * SIGINT: stop now.
 //!
 //! Pingora waits out the whole grace period even when nothing is in flight;
@@ -33,7 +37,12 @@ impl ShutdownSignalWatch for Signals {
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         tokio::select! {
             _ = quit.recv() => {
-                log::info!("SIGQUIT: handing the listening sockets to the new process");
+                log::info!(
+                    "SIGQUIT: handing the listening sockets to the new process; once this \
+                     one stops accepting, open connections may send one last request for {:?}",
+                    self.drain_delay
+                );
+                self.live.start_handoff(self.drain_delay);
                 ShutdownSignal::GracefulUpgrade
             }
             _ = int.recv() => ShutdownSignal::FastShutdown,
@@ -52,8 +61,30 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Ends the process once shutdown has begun and no request is in flight.
-pub struct ExitWhenIdle;
+/// After an upgrade handoff, once shutdown has begun: resolves when no client
+/// connection is left, or `server.drain_delay` after the first call. At once when there
+/// was no handoff.
+///
+/// Closing a kept-alive connection races with the client's next request on it, which
+/// then fails. Pingora closes idle connections when its HTTP app is cleaned up, right
+/// after the listeners stop; during the linger, connections stay open instead, and
+/// each request they bring is answered with `Connection: close` (Pingora does that
+/// once shutdown has begun), so busy clients move to the new process without an error.
+pub async fn linger_after_handoff(live: &Live) {
+    let Some(deadline) = live.handoff_deadline() else {
+        return;
+    };
+    while std::time::Instant::now() < deadline && !crate::proxy::connections::CONNECTIONS.is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Ends the process once shutdown has begun, connections have had their linger after a
+/// handoff, and no request is in flight.
+pub struct ExitWhenIdle {
+    pub live: Arc<Live>,
+}
 
 #[async_trait]
 impl BackgroundService for ExitWhenIdle {
@@ -61,6 +92,14 @@ impl BackgroundService for ExitWhenIdle {
         if shutdown.changed().await.is_err() {
             return;
         }
+        if let Some(deadline) = self.live.handoff_deadline() {
+            log::info!(
+                "shutdown: the new process accepts alone now; open connections may send one \
+                 last request for {:?}",
+                deadline.saturating_duration_since(std::time::Instant::now())
+            );
+        }
+        linger_after_handoff(&self.live).await;
         let active = &crate::telemetry::metrics::METRICS.requests_active;
         while active.get() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -49,6 +49,11 @@ pub struct Live {
     generation: tokio::sync::watch::Sender<u64>,
     /// SIGTERM was received: readiness answers 503 while the process drains.
     draining: AtomicBool,
+    /// SIGQUIT handed the listeners to a new process: for this long once shutdown has
+    /// begun, client connections still open may send one last request.
+    handoff: std::sync::OnceLock<std::time::Duration>,
+    /// When that linger ends (fixed by the first to ask, once shutdown has begun).
+    handoff_deadline: std::sync::OnceLock<std::time::Instant>,
 }
 
 /// What a successful reload did.
@@ -81,6 +86,8 @@ impl Live {
             reloading: tokio::sync::Mutex::new(()),
             generation: tokio::sync::watch::channel(0).0,
             draining: AtomicBool::new(false),
+            handoff: std::sync::OnceLock::new(),
+            handoff_deadline: std::sync::OnceLock::new(),
         }
     }
 
@@ -108,6 +115,23 @@ impl Live {
 
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// The listeners go to a new process; once shutdown begins, open client connections
+    /// linger `for_how_long`.
+    pub fn start_handoff(&self, for_how_long: std::time::Duration) {
+        let _ = self.handoff.set(for_how_long);
+    }
+
+    /// Until when open client connections linger after a handoff (`None`: no handoff).
+    /// The linger starts at the first call, made when shutdown begins.
+    pub fn handoff_deadline(&self) -> Option<std::time::Instant> {
+        let linger = *self.handoff.get()?;
+        Some(
+            *self
+                .handoff_deadline
+                .get_or_init(|| std::time::Instant::now() + linger),
+        )
     }
 
     /// Re-read the config file and swap in what it describes. On any problem nothing

@@ -221,11 +221,125 @@ async fn sigterm_drains_then_finishes_in_flight_streams() {
     );
 }
 
+/// The upgrade: the same binary takes over with `-u` (`mcp-gateway upgrade`), and the
+/// old process gets SIGQUIT. Returns the new process's PID.
+fn upgrade(gw: &Gateway) -> u32 {
+    let old_pid = gw.pid();
+    // The new gateway (a daemon) keeps the command's output open: send it to a file.
+    let log = std::fs::File::create(gw.dir.path("upgrade.log")).unwrap();
+    let status = Command::new(BIN)
+        .args(["upgrade", "-c", gw.config_path().to_str().unwrap()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+    let upgrade_log = std::fs::read_to_string(gw.dir.path("upgrade.log")).unwrap();
+    assert!(status.success(), "{upgrade_log}\n{}", gw.log());
+    assert!(upgrade_log.contains("upgraded: PID"), "{upgrade_log}");
+    let new_pid: u32 = std::fs::read_to_string(gw.dir.path("gw.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, old_pid);
+    new_pid
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_may_send_one_last_request_after_the_handoff() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("u");
+    let gw =
+        Gateway::start(&yaml(&[up.url()], "").replace("drain_delay: 1s", "drain_delay: 5s")).await;
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{LIST}",
+        LIST.len()
+    );
+    // Read one whole response (its head says how long the body is).
+    async fn response(conn: &mut tokio::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+            let n = conn.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return text;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    // A connection to the old process, kept alive and idle across the handoff.
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let first = response(&mut conn).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        first
+            .to_ascii_lowercase()
+            .contains("connection: keep-alive"),
+        "{first}"
+    );
+
+    let new_pid = upgrade(&gw);
+    // Both processes accept for Pingora's 5 s handoff window; then the old one stops.
+    assert!(
+        gw.wait_log("the new process accepts alone now", Duration::from_secs(15))
+            .await,
+        "{}",
+        gw.log()
+    );
+    // Well after it let go of its listeners (it used to close its idle connections at
+    // that moment), but within its 5 s linger.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let last = response(&mut conn).await;
+    assert!(
+        last.starts_with("HTTP/1.1 200"),
+        "the last request on the old connection failed: {last:?}\n{}",
+        gw.log()
+    );
+    // ...and the client is told to go elsewhere, where the new process answers.
+    assert!(
+        last.to_ascii_lowercase().contains("connection: close"),
+        "{last}"
+    );
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    let r = post(&client(), &gw.url("/mcp"), LIST).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // With no connection left, the old process exits without waiting out the linger.
+    let mut gw = gw;
+    assert!(
+        gw.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "{}",
+        gw.log()
+    );
+    signal(new_pid, "INT");
+}
+
 #[tokio::test]
 async fn upgrade_under_load_loses_nothing() {
     let up = Upstream::start("u");
     let gw = Gateway::start(&yaml(&[up.url()], "")).await;
-    let config = gw.config_path();
     let url = gw.url("/mcp");
     let before = up.state().await["requests"].as_u64().unwrap();
 
@@ -245,16 +359,17 @@ async fn upgrade_under_load_loses_nothing() {
             })
         })
         .collect();
-    // ...and plain calls all along, each on a new connection.
+    // ...and plain calls all along: half the clients open a new connection for every
+    // call, half keep theirs alive from one call to the next.
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load: Vec<_> = (0..4)
-        .map(|_| {
+    let load: Vec<_> = (0..16)
+        .map(|i| {
             let (url, ok, failed, stop) = (url.clone(), ok.clone(), failed.clone(), stop.clone());
             tokio::spawn(async move {
                 let c = reqwest::Client::builder()
-                    .pool_max_idle_per_host(0)
+                    .pool_max_idle_per_host(if i % 2 == 0 { 0 } else { 1 })
                     .timeout(Duration::from_secs(30))
                     .build()
                     .unwrap();
@@ -263,8 +378,13 @@ async fn upgrade_under_load_loses_nothing() {
                         Ok(r) if r.status() == 200 => {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
-                        other => {
-                            eprintln!("failed: {other:?}");
+                        Ok(r) => {
+                            let status = r.status();
+                            eprintln!("failed: {status} {}", r.text().await.unwrap_or_default());
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            eprintln!("failed: {e:?}");
                             failed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -274,25 +394,7 @@ async fn upgrade_under_load_loses_nothing() {
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // The upgrade: the same binary takes over with `-u`; the old one gets SIGQUIT.
-    let old_pid = gw.pid();
-    // The new gateway (a daemon) keeps the command's output open: send it to a file.
-    let log = std::fs::File::create(gw.dir.path("upgrade.log")).unwrap();
-    let status = Command::new(BIN)
-        .args(["upgrade", "-c", config.to_str().unwrap()])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .status()
-        .unwrap();
-    let upgrade_log = std::fs::read_to_string(gw.dir.path("upgrade.log")).unwrap();
-    assert!(status.success(), "{upgrade_log}\n{}", gw.log());
-    assert!(upgrade_log.contains("upgraded: PID"), "{upgrade_log}");
-    let new_pid: u32 = std::fs::read_to_string(gw.dir.path("gw.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_ne!(new_pid, old_pid);
+    let new_pid = upgrade(&gw);
 
     // The old process finishes its streams, then exits.
     for s in streams {
@@ -314,7 +416,9 @@ async fn upgrade_under_load_loses_nothing() {
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
-        "requests failed during the upgrade"
+        "requests failed during the upgrade\nold process:\n{}\nnew process:\n{}",
+        gw.log(),
+        std::fs::read_to_string(gw.dir.path("upgrade.log")).unwrap_or_default()
     );
     assert!(answered > 0);
     let r = client()

@@ -320,7 +320,9 @@ config_struct! {
         /// The socket over which `-u` takes over the listeners of a running process.
         upgrade_sock: String = "/tmp/mcp-gateway-upgrade.sock".to_string(),
         /// After SIGTERM, how long `/readiness` answers 503 (so load balancers stop
-        /// sending) before the listeners close.
+        /// sending) and responses carry `Connection: close` before the listeners close.
+        /// After an upgrade handoff, how long kept-alive client connections may bring
+        /// one last request once this process stops accepting.
         drain_delay: Dur = Dur::secs(5),
         /// After the listeners close (SIGTERM, or SIGQUIT for an upgrade), how long
         /// in-flight requests and streams may run on; the process exits as soon as none is left.

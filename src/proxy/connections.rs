@@ -136,6 +136,9 @@ pub struct Tracked<A> {
     inner: Arc<A>,
     /// `limits.request_head_timeout` in milliseconds (`0`: none).
     head_timeout_ms: u64,
+    /// Whose upgrade handoff makes the cleanup wait (see
+    /// [`crate::lifecycle::linger_after_handoff`]).
+    live: Option<Arc<crate::live::Live>>,
 }
 
 impl<A> Tracked<A> {
@@ -144,7 +147,15 @@ impl<A> Tracked<A> {
         Tracked {
             inner: Arc::new(inner),
             head_timeout_ms: head_timeout.map_or(0, |d| d.as_millis().max(1) as u64),
+            live: None,
         }
+    }
+
+    /// After an upgrade handoff of `live`'s process, keep the connections open for their
+    /// linger before the app's cleanup closes the idle ones.
+    pub fn lingering(mut self, live: Arc<crate::live::Live>) -> Self {
+        self.live = Some(live);
+        self
     }
 }
 
@@ -236,6 +247,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
     }
 
     async fn cleanup(&self) {
+        if let Some(live) = &self.live {
+            crate::lifecycle::linger_after_handoff(live).await;
+        }
         self.inner.cleanup().await;
     }
 }

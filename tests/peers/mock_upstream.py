@@ -185,6 +185,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = 128
 
     def get_request(self):
         conn, _ = super().get_request()
@@ -207,6 +208,9 @@ def main():
         print("listening on %s" % a.unix, flush=True)
     else:
         ThreadingHTTPServer.daemon_threads = True
+        # socketserver's default backlog (5) overflows when many clients connect at
+        # once, and the kernel then resets connections a second later.
+        ThreadingHTTPServer.request_queue_size = 128
         srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
         if a.tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
