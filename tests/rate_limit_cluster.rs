@@ -210,3 +210,82 @@ fn a_bad_redis_url_is_a_config_error() {
     );
     assert!(!stderr.contains("secret-pw"), "{stderr}");
 }
+
+#[tokio::test]
+async fn replicas_share_limits_through_a_tls_redis_they_verify() {
+    let pki = TempDir::new("redis-pki");
+    make_cert(
+        &pki,
+        "ca",
+        "/CN=Redis Test CA",
+        None,
+        &[
+            "basicConstraints=critical,CA:TRUE",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    make_cert(
+        &pki,
+        "redis",
+        "/CN=redis",
+        Some("ca"),
+        &[
+            "subjectAltName=IP:127.0.0.1",
+            "basicConstraints=critical,CA:FALSE",
+        ],
+    );
+    let redis = RedisServer::start_tls(
+        Some(PASSWORD),
+        &pki.path("redis.pem"),
+        &pki.path("redis.key"),
+    );
+    assert!(redis.url().starts_with("rediss://"));
+    let up = Upstream::start("u");
+    // The replicas trust the test CA (rustls reads the roots named by SSL_CERT_FILE).
+    let ca = pki.path("ca.pem");
+    let trust = [("SSL_CERT_FILE", ca.to_str().unwrap())];
+    let replicas = [
+        Gateway::start_env(&replica(&up, &redis), &trust).await,
+        Gateway::start_env(&replica(&up, &redis), &trust).await,
+    ];
+    for gw in &replicas {
+        wait_switch(gw, "counters shared through Redis at 127.0.0.1:", SHARED).await;
+    }
+    for i in 0..10u32 {
+        let r = send(&replicas[i as usize % 2]).await;
+        assert_eq!(r.status(), 200, "request {}", i + 1);
+        assert_eq!(header(&r, "ratelimit-remaining"), Some((9 - i).to_string()));
+    }
+    for gw in &replicas {
+        expect_error_naming(send(gw).await, 429, -32011, "cluster-wide").await;
+    }
+
+    // A replica that does not trust the certificate does not use that Redis: it
+    // serves on its own counters and says so.
+    make_cert(
+        &pki,
+        "other-ca",
+        "/CN=Another CA",
+        None,
+        &[
+            "basicConstraints=critical,CA:TRUE",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    let other = pki.path("other-ca.pem");
+    let untrusting = Gateway::start_env(
+        &replica(&up, &redis),
+        &[("SSL_CERT_FILE", other.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(send(&untrusting).await.status(), 200);
+    wait_switch(&untrusting, TO_LOCAL, LOCAL).await;
+    assert!(
+        untrusting.log().contains("UnknownIssuer"),
+        "{}",
+        untrusting.log()
+    );
+    for gw in replicas.iter().chain([&untrusting]) {
+        assert!(!gw.log().contains(PASSWORD), "{}", gw.log());
+    }
+}

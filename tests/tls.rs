@@ -48,33 +48,8 @@ impl Pki {
         pki
     }
 
-    /// `NAME.pem` and `NAME.key`: signed by `ca`, or self-signed.
     fn make(&self, name: &str, subject: &str, ca: Option<&str>, ext: &[&str]) {
-        let mut cmd = Command::new("openssl");
-        cmd.current_dir(&self.dir.0)
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .args([
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.pem"),
-            ])
-            .args(["-subj", subject]);
-        if let Some(ca) = ca {
-            cmd.args(["-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key")]);
-        }
-        for e in ext {
-            cmd.args(["-addext", e]);
-        }
-        let out = cmd
-            .output()
-            .expect("openssl must be installed (scripts/test installs it)");
-        assert!(
-            out.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        make_cert(&self.dir, name, subject, ca, ext);
     }
 
     fn path(&self, name: &str) -> String {

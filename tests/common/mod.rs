@@ -438,11 +438,44 @@ pub fn sha256_hex(data: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// `NAME.pem` and `NAME.key` in `dir` (P-256, by `openssl`): signed by `ca` (`CA.pem`
+/// and `CA.key` in `dir`), or self-signed; `ext`: `-addext` values.
+#[allow(dead_code)]
+pub fn make_cert(dir: &TempDir, name: &str, subject: &str, ca: Option<&str>, ext: &[&str]) {
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(&dir.0)
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args([
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ])
+        .args(["-subj", subject]);
+    if let Some(ca) = ca {
+        cmd.args(["-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key")]);
+    }
+    for e in ext {
+        cmd.args(["-addext", e]);
+    }
+    let out = cmd
+        .output()
+        .expect("openssl must be installed (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A real `redis-server` on a free loopback port, without persistence; killed on drop.
 pub struct RedisServer {
     child: Child,
     pub port: u16,
     password: Option<String>,
+    /// Serving TLS only (`rediss://`).
+    tls: bool,
 }
 
 impl RedisServer {
@@ -453,9 +486,29 @@ impl RedisServer {
 
     /// Start on `port` (e.g. to bring a killed server back at its address).
     pub fn start_on(port: u16, password: Option<&str>) -> RedisServer {
+        Self::spawn(port, password, None)
+    }
+
+    /// Start on a free port speaking TLS only, with the certificate `cert` and key `key`
+    /// (PEM files); clients are not asked for certificates.
+    #[allow(dead_code)]
+    pub fn start_tls(password: Option<&str>, cert: &Path, key: &Path) -> RedisServer {
+        Self::spawn(free_port(), password, Some((cert, key)))
+    }
+
+    fn spawn(port: u16, password: Option<&str>, tls: Option<(&Path, &Path)>) -> RedisServer {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"]);
+        match tls {
+            None => cmd.args(["--port", &port.to_string()]),
+            Some((cert, key)) => cmd
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
         if let Some(p) = password {
             cmd.args(["--requirepass", p]);
         }
@@ -474,6 +527,7 @@ impl RedisServer {
             child,
             port,
             password: password.map(str::to_string),
+            tls: tls.is_some(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -488,11 +542,12 @@ impl RedisServer {
         panic!("redis-server did not answer PING on port {port} within 20s");
     }
 
-    /// `redis://[:password@]127.0.0.1:PORT/0`.
+    /// `redis://[:password@]127.0.0.1:PORT/0` (`rediss://` with TLS).
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
-            None => format!("redis://127.0.0.1:{}/0", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("{scheme}://127.0.0.1:{}/0", self.port),
         }
     }
 
@@ -505,6 +560,10 @@ impl RedisServer {
     }
 
     fn ping(&self) -> bool {
+        if self.tls {
+            // This process does not trust the test CA: a listening port will do.
+            return std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        }
         let Ok(client) = redis::Client::open(self.url()) else {
             return false;
         };
