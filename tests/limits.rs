@@ -17,12 +17,6 @@ async fn send(gw: &Gateway, body: &'static str, key: Option<&str>) -> reqwest::R
     req.send().await.unwrap()
 }
 
-fn header(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_string())
-}
-
 #[tokio::test]
 async fn over_the_limit_gets_429_with_retry_after_and_nothing_reaches_the_upstream() {
     let up = Upstream::start("u");

@@ -28,12 +28,6 @@ async fn send(gw: &Gateway) -> reqwest::Response {
     post(&client(), &gw.url("/mcp"), LIST).send().await.unwrap()
 }
 
-fn header(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_string())
-}
-
 /// Wait (generously) until `/metrics` of `gw` contains `needle`.
 async fn wait_metric(gw: &Gateway, needle: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);

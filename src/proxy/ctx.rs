@@ -64,8 +64,6 @@ pub struct RequestCtx {
     pub stream_slot: Option<crate::security::streams::StreamSlot>,
     /// The rate-limit quota left, sent back as `RateLimit-*` headers.
     pub quota: Option<crate::security::rate_limit::Quota>,
-    /// Credential headers (API keys) never to forward upstream.
-    pub credential_headers: Option<Arc<[http::HeaderName]>>,
     pub request_id: String,
     /// The upstream group of the matched route.
     pub group: Option<Arc<Group>>,
@@ -148,7 +146,6 @@ impl RequestCtx {
             sse: None,
             span: None,
             identity: None,
-            credential_headers: None,
             quota: None,
             list_kind: None,
             list_filter: None,

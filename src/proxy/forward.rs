@@ -99,7 +99,8 @@ pub fn upstream_request(
     // No token passthrough: the client's credentials are for the gateway, never for the
     // server; a group may send its own.
     req.remove_header(&http::header::AUTHORIZATION);
-    for h in ctx.credential_headers.iter().flat_map(|h| h.iter()) {
+    // Credential headers (API keys) of the auth rules: never forwarded either.
+    for h in ctx.state.auth.credential_headers.iter() {
         req.remove_header(h);
     }
     if let Some(group) = &ctx.group {

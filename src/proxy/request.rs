@@ -147,7 +147,6 @@ async fn check(
 
     // Who is calling, before anything else is read.
     if !state.auth.is_empty() {
-        ctx.credential_headers = Some(state.auth.credential_headers.clone());
         let cert = crate::security::tls::peer_cert(session);
         match state.auth.check(&route.path, &req.headers, cert).await {
             Ok(identity) => ctx.identity = identity,

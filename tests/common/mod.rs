@@ -438,6 +438,14 @@ pub fn sha256_hex(data: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// A response header as text (`None` when absent).
+#[allow(dead_code)]
+pub fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
 /// `NAME.pem` and `NAME.key` in `dir` (P-256, by `openssl`): signed by `ca` (`CA.pem`
 /// and `CA.key` in `dir`), or self-signed; `ext`: `-addext` values.
 #[allow(dead_code)]
