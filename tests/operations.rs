@@ -336,7 +336,9 @@ async fn a_kept_alive_connection_may_send_one_last_request_after_the_handoff() {
     signal(new_pid, "INT");
 }
 
-#[tokio::test]
+// Several worker threads: the load goes on while this test blocks on the `upgrade`
+// command and on the old process's exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upgrade_under_load_loses_nothing() {
     let up = Upstream::start("u");
     let gw = Gateway::start(&yaml(&[up.url()], "")).await;
