@@ -173,6 +173,22 @@ impl RequestCtx {
         self.active.0.as_ref()
     }
 
+    /// A request not served in its connection's task (an HTTP/2 stream) finds its
+    /// connection by the session's socket digest, which all its streams share.
+    pub fn find_conn(&mut self, session: &pingora::proxy::Session) {
+        if self.active.0.is_some() {
+            return;
+        }
+        let conn = session
+            .digest()
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(super::connections::of_socket);
+        if let Some(c) = conn {
+            c.request_started();
+            self.active.0 = Some(c);
+        }
+    }
+
     pub fn server(&self) -> Option<&Arc<Server>> {
         self.upstream.as_ref().map(InFlight::server)
     }
