@@ -74,7 +74,8 @@ pub struct RequestCtx {
     pub pinned: Option<Arc<Server>>,
     /// The upstream's own session id, unsealed from the client's `Mcp-Session-Id`.
     pub upstream_session: Option<String>,
-    /// The server chosen for this request, counted as in flight until the request ends.
+    /// The server chosen for this request, counted as in flight until the request ends;
+    /// it holds the breaker's permit (a half-open probe's goes back if it ends unjudged).
     pub upstream: Option<InFlight>,
     /// An error the gateway answered (or will answer) with.
     pub error: Option<GatewayError>,

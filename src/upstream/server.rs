@@ -238,11 +238,6 @@ impl InFlight {
         self.permit.take()?;
         self.server.breaker.record(success, now)
     }
-
-    /// Whether the attempt's outcome is still to be recorded.
-    pub fn unjudged(&self) -> bool {
-        self.permit.is_some()
-    }
 }
 
 impl std::ops::Deref for InFlight {
