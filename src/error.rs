@@ -73,13 +73,15 @@ pub enum GatewayError {
     SessionServerDown(String),
     #[error("no server of upstream group {0:?} is available")]
     NoUpstream(String),
-    #[error("upstream server {server} of group {group:?} failed: {detail}")]
+    /// `detail` (Pingora's text, with internal addresses) goes to the log, never to the
+    /// client: see [`GatewayError::detail`].
+    #[error("upstream server {server} of group {group:?} failed before answering (the gateway's log has the details)")]
     UpstreamFailed {
         group: String,
         server: String,
         detail: String,
     },
-    #[error("upstream server {server} of group {group:?} timed out: {detail}")]
+    #[error("upstream server {server} of group {group:?} did not answer in time (timeouts.connect, timeouts.request; the gateway's log has the details)")]
     UpstreamTimeout {
         group: String,
         server: String,
@@ -89,7 +91,8 @@ pub enum GatewayError {
     BodyRead(String),
     #[error("the client closed the connection before the response was complete")]
     ClientClosed,
-    #[error("internal error: {0}")]
+    /// The text goes to the log only (it may come from Pingora).
+    #[error("internal error in the gateway (its log has the details)")]
     Internal(String),
 }
 
@@ -151,6 +154,18 @@ impl GatewayError {
         }
     }
 
+    /// What the log gets beyond the client's message: Pingora's text, which names
+    /// internal addresses. Never part of an answer.
+    pub fn detail(&self) -> Option<&str> {
+        use GatewayError::*;
+        match self {
+            UpstreamFailed { detail, .. } | UpstreamTimeout { detail, .. } | Internal(detail) => {
+                Some(detail)
+            }
+            _ => None,
+        }
+    }
+
     /// The JSON-RPC error body, echoing the request id when it is known.
     pub fn to_body(&self, id: Option<&RawValue>) -> Vec<u8> {
         let (_, code) = self.status_and_code();
@@ -169,6 +184,21 @@ mod tests {
     #[test]
     fn body_is_a_jsonrpc_error() {
         let id = RawValue::from_string("7".into()).unwrap();
+        let up = GatewayError::UpstreamFailed {
+            group: "g".into(),
+            server: "s1".into(),
+            detail: "ConnectRefused context: Fail to connect to 10.1.2.3:8443".into(),
+        };
+        let body = String::from_utf8(up.to_body(None)).unwrap();
+        assert!(body.contains(r#"server s1 of group \"g\""#), "{body}");
+        assert!(
+            !body.contains("10.1.2.3") && !body.contains("8443"),
+            "{body}"
+        );
+        assert_eq!(
+            up.detail(),
+            Some("ConnectRefused context: Fail to connect to 10.1.2.3:8443")
+        );
         let e = GatewayError::HeaderMismatch("Mcp-Method header \"a\" does not match".into());
         let v: serde_json::Value = serde_json::from_slice(&e.to_body(Some(&id))).unwrap();
         assert_eq!(v["jsonrpc"], "2.0");

@@ -19,6 +19,13 @@
 //! `408` would need the socket the parser holds, and under TLS its session). HTTP/2
 //! connections use Pingora's idle timeout instead (a stream starts only once its head
 //! is complete).
+//!
+//! HTTP/2: Pingora runs each stream in a task of its own (spawned, so the task-local is
+//! not there), but every stream's session carries the connection's `Digest`, whose
+//! `socket_digest` is the very `Arc` the accepted stream had. Each connection is also
+//! registered under that `Arc`'s address ([`of_socket`]); the registration holds a clone
+//! of the `Arc`, so the address cannot be reused by another connection while it is
+//! registered. A request finds its connection by the task-local, else by that address.
 
 use crate::telemetry::metrics::METRICS;
 use crate::upstream::breaker::now_ms;
@@ -28,6 +35,7 @@ use crossbeam_skiplist::SkipMap;
 use futures::future::{AbortHandle, Abortable, Aborted};
 use once_cell::sync::Lazy;
 use pingora::apps::ServerApp;
+use pingora::protocols::SocketDigest;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,15 +128,26 @@ impl Conn {
 
 /// Every open client connection of the process, by id.
 pub static CONNECTIONS: Lazy<SkipMap<u64, Arc<Conn>>> = Lazy::new(SkipMap::new);
+/// The same connections by the address of their socket digest (see the module docs).
+static BY_SOCKET: Lazy<SkipMap<usize, Arc<Conn>>> = Lazy::new(SkipMap::new);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 tokio::task_local! {
     static CURRENT: Arc<Conn>;
 }
 
-/// The connection the current request arrived on (inside a [`Tracked`] app).
+/// The connection the current request arrived on (inside a [`Tracked`] app), for
+/// requests served in the connection's own task (HTTP/1).
 pub fn current() -> Option<Arc<Conn>> {
     CURRENT.try_with(Arc::clone).ok()
+}
+
+/// The connection whose socket digest `socket` is (HTTP/2 streams: the session's
+/// `digest().socket_digest`).
+pub fn of_socket(socket: &Arc<SocketDigest>) -> Option<Arc<Conn>> {
+    BY_SOCKET
+        .get(&(Arc::as_ptr(socket) as usize))
+        .map(|e| e.value().clone())
 }
 
 /// Wraps a [`ServerApp`] (the HTTP proxy) to track its connections.
@@ -164,11 +183,20 @@ enum Cut {
     HeadTimeout,
 }
 
-/// Removes the connection from the registry however the connection ends.
-struct Registered(Arc<Conn>);
+/// Removes the connection from the registry however the connection ends. Holds the
+/// socket digest it is registered under, so that address stays this connection's.
+struct Registered(Arc<Conn>, Option<Arc<SocketDigest>>);
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        if let Some(socket) = &self.1 {
+            let key = Arc::as_ptr(socket) as usize;
+            if let Some(e) = BY_SOCKET.get(&key) {
+                if Arc::ptr_eq(e.value(), &self.0) {
+                    e.remove();
+                }
+            }
+        }
         CONNECTIONS.remove(&self.0.id);
         METRICS.connections_active.dec();
     }
@@ -181,8 +209,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let client = stream
-            .get_socket_digest()
+        let socket = stream.get_socket_digest();
+        let client = socket
+            .as_ref()
             .and_then(|d| d.peer_addr().map(|a| a.to_string()))
             .unwrap_or_default();
         let (close, registration) = AbortHandle::new_pair();
@@ -210,8 +239,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
             close,
         });
         CONNECTIONS.insert(conn.id, conn.clone());
+        if let Some(socket) = &socket {
+            BY_SOCKET.insert(Arc::as_ptr(socket) as usize, conn.clone());
+        }
         METRICS.connections_active.inc();
-        let _registered = Registered(conn.clone());
+        let _registered = Registered(conn.clone(), socket);
         let inner = self.inner.clone();
         let served = CURRENT.scope(conn.clone(), async move {
             inner.process_new(stream, shutdown).await

@@ -74,7 +74,8 @@ pub struct RequestCtx {
     pub pinned: Option<Arc<Server>>,
     /// The upstream's own session id, unsealed from the client's `Mcp-Session-Id`.
     pub upstream_session: Option<String>,
-    /// The server chosen for this request, counted as in flight until the request ends.
+    /// The server chosen for this request, counted as in flight until the request ends;
+    /// it holds the breaker's permit (a half-open probe's goes back if it ends unjudged).
     pub upstream: Option<InFlight>,
     /// An error the gateway answered (or will answer) with.
     pub error: Option<GatewayError>,
@@ -171,6 +172,22 @@ impl RequestCtx {
     /// The client connection this request arrived on.
     pub fn conn(&self) -> Option<&Arc<Conn>> {
         self.active.0.as_ref()
+    }
+
+    /// A request not served in its connection's task (an HTTP/2 stream) finds its
+    /// connection by the session's socket digest, which all its streams share.
+    pub fn find_conn(&mut self, session: &pingora::proxy::Session) {
+        if self.active.0.is_some() {
+            return;
+        }
+        let conn = session
+            .digest()
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(super::connections::of_socket);
+        if let Some(c) = conn {
+            c.request_started();
+            self.active.0 = Some(c);
+        }
     }
 
     pub fn server(&self) -> Option<&Arc<Server>> {

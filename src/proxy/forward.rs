@@ -27,7 +27,7 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
     } else {
         ctx.timeouts.request
     };
-    let (server, peer) = match &ctx.pinned {
+    let (attempt, peer) = match &ctx.pinned {
         Some(s) => {
             // Sessions stay on their server whatever its breaker says; a server that is
             // down (failed health checks, unresolvable) cannot hold them.
@@ -36,27 +36,28 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
                 .then(|| s.peer(read_timeout))
                 .flatten()
                 .ok_or_else(|| GatewayError::SessionServerDown(s.id.clone()))?;
-            (s.clone(), peer)
+            (InFlight::new(s.clone()), peer)
         }
         None => {
             let ip = session
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip());
-            let server = group
+            let attempt = group
                 .select(ip, ctx.tried.as_slice())
                 .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?;
-            ctx.tried.push(server.uid);
-            let peer = server
+            ctx.tried.push(attempt.uid);
+            // (Dropping the attempt here gives its breaker permit back.)
+            let peer = attempt
                 .peer(read_timeout)
                 .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?;
-            (server, peer)
+            (attempt, peer)
         }
     };
     ctx.outcome_recorded = false;
     ctx.upstream_status = None;
     ctx.upstream_started = Some(std::time::Instant::now());
-    ctx.upstream = Some(InFlight::new(server));
+    ctx.upstream = Some(attempt);
     Ok(peer)
 }
 

@@ -1,6 +1,8 @@
 //! The proxy service: `impl ProxyHttp for Gateway`. Each hook calls one function.
 //!
 //! Phase order for one request:
+//! 0. `early_request_filter`: an HTTP/2 stream finds its client connection
+//!    ([`ctx::RequestCtx::find_conn`]).
 //! 1. `request_filter` ([`request::filter`]): health probes; route → method →
 //!    body (bounded) → JSON-RPC inspection → modern header check → sealed session.
 //!    Bodies over 64 KiB are forwarded here by [`large_body`].
@@ -81,6 +83,15 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new(self.live.state())
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.find_conn(session);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

@@ -3,7 +3,9 @@
 //! One outcome per attempt: a connect failure (recorded in `fail_to_connect`, before a
 //! failover); else the answer's status when its header arrives (5xx: failure, anything
 //! else: success); else, at the end, an upstream error before any answer (timeout, reset)
-//! is a failure. A client that went away says nothing about the server.
+//! is a failure. A client that went away says nothing about the server: the attempt
+//! ([`crate::upstream::InFlight`]) is dropped unjudged, which gives a half-open probe
+//! permit back, on every path (Pingora's proxy path and the large-body path alike).
 
 use super::ctx::RequestCtx;
 use crate::upstream::breaker::{now_ms, State};
@@ -15,19 +17,18 @@ pub fn record(ctx: &mut RequestCtx, success: bool) {
         return;
     }
     ctx.outcome_recorded = true;
-    let (Some(server), Some(group)) = (ctx.server(), ctx.group.as_ref()) else {
+    let Some(attempt) = ctx.upstream.as_mut() else {
         return;
     };
-    match server.breaker.record(success, now_ms()) {
+    let group = ctx.group.as_ref().map_or("", |g| g.name.as_str());
+    match attempt.record(success, now_ms()) {
         Some(State::Open) => log::warn!(
-            "upstream {}/{}: circuit breaker open after consecutive failures",
-            group.name,
-            server.id
+            "upstream {group}/{}: circuit breaker open after consecutive failures",
+            attempt.id
         ),
         Some(state) => log::info!(
-            "upstream {}/{}: circuit breaker {}",
-            group.name,
-            server.id,
+            "upstream {group}/{}: circuit breaker {}",
+            attempt.id,
             state.as_str()
         ),
         None => {}

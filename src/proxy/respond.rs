@@ -104,6 +104,18 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: GatewayErro
         session.set_keepalive(None);
     }
     let (status, _) = err.status_and_code();
+    if let Some(detail) = err.detail() {
+        // The client's message names the group and server only; where it went wrong
+        // (addresses, Pingora's text) is for the operator.
+        match ctx.server().and_then(|s| s.address()) {
+            Some(address) => log::warn!(
+                "request {}: {} (upstream address {address}): {detail}",
+                ctx.request_id,
+                err.kind()
+            ),
+            None => log::warn!("request {}: {}: {detail}", ctx.request_id, err.kind()),
+        }
+    }
     let id = ctx.mcp.envelope.as_ref().and_then(|e| e.id.as_deref());
     let body = err.to_body(id);
     ctx.error = Some(err);

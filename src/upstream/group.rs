@@ -14,7 +14,7 @@
 //!   requests (open SSE streams included), ties broken in rotation.
 
 use super::breaker;
-use super::server::{PeerSettings, Server, ToolCatalog};
+use super::server::{InFlight, PeerSettings, Server, ToolCatalog};
 use crate::config::{BreakerConfig, Config, GroupConfig, Strategy};
 use arc_swap::ArcSwap;
 use pingora::lb::discovery::Static;
@@ -213,19 +213,27 @@ impl Group {
 
     /// Choose a server for a request that is not bound to a session, skipping servers that
     /// are down, draining, whose breaker is open, or whose `uid` is in `tried` (failover).
-    /// `client` is the client's IP, used by `ip_hash`.
-    pub fn select(&self, client: Option<IpAddr>, tried: &[u64]) -> Option<Arc<Server>> {
+    /// `client` is the client's IP, used by `ip_hash`. The attempt holds the breaker's
+    /// permit (see [`InFlight`]).
+    pub fn select(&self, client: Option<IpAddr>, tried: &[u64]) -> Option<InFlight> {
         let now = breaker::now_ms();
         let members = self.members.load();
         let servers = &members.servers;
         let usable = |i: usize| !tried.contains(&servers[i].uid) && servers[i].candidate(now);
-        let index = match &members.selector {
+        let claim = |i: usize| {
+            if usable(i) {
+                servers[i].claim(now).map(|p| (i, p))
+            } else {
+                None
+            }
+        };
+        let (index, permit) = match &members.selector {
             Selector::RoundRobin(schedule) => {
                 let len = schedule.len().max(1);
                 let start = self.next.fetch_add(1, Ordering::Relaxed) % len;
                 (0..schedule.len())
                     .map(|k| schedule[(start + k) % len] as usize)
-                    .find(|&i| usable(i) && servers[i].claim(now))
+                    .find_map(claim)
             }
             Selector::IpHash(lb) => {
                 let key = match client {
@@ -233,12 +241,14 @@ impl Group {
                     Some(IpAddr::V6(ip)) => ip.octets().to_vec(),
                     None => Vec::new(),
                 };
+                let claimed = std::cell::Cell::new(None);
                 let accept = |b: &Backend, _: bool| {
-                    b.ext
-                        .get::<ServerIndex>()
-                        .is_some_and(|&ServerIndex(i)| usable(i) && servers[i].claim(now))
+                    b.ext.get::<ServerIndex>().is_some_and(|&ServerIndex(i)| {
+                        claim(i).map(|(_, p)| claimed.set(Some(p))).is_some()
+                    })
                 };
-                backend_index(lb.select_with(&key, 256, accept))
+                let index = backend_index(lb.select_with(&key, 256, accept));
+                index.zip(claimed.take())
             }
             Selector::LeastConnections => {
                 // Start the scan at a rotating offset so ties spread evenly. A server whose
@@ -253,14 +263,16 @@ impl Group {
                         .filter(|&i| usable(i) && !passed.contains(&i))
                         .min_by_key(|&i| servers[i].in_flight());
                     match best {
-                        Some(i) if servers[i].claim(now) => break Some(i),
-                        Some(i) => passed.push(i),
+                        Some(i) => match servers[i].claim(now) {
+                            Some(p) => break Some((i, p)),
+                            None => passed.push(i),
+                        },
                         None => break None,
                     }
                 }
             }
         }?;
-        servers.get(index).cloned()
+        Some(InFlight::with_permit(servers.get(index)?.clone(), permit))
     }
 
     /// Is there a server not in `tried` that could take a request now? (Claims nothing.)

@@ -148,6 +148,50 @@ upstream:
     }
 
     #[test]
+    fn an_attempt_dropped_unjudged_gives_its_probe_permit_back() {
+        for strategy in ["round_robin", "ip_hash", "least_connections"] {
+            let g = group(&format!(
+                "
+upstream:
+  groups:
+    default:
+      strategy: {strategy}
+      circuit_breaker: {{failure_threshold: 1, open_for: 1s, half_open_requests: 1}}
+      servers:
+        - {{id: a, url: http://127.0.0.1:3001/mcp}}
+"
+            ));
+            let a = g.server_by_id("a").unwrap();
+            a.set_address(Address::Inet("127.0.0.1:3001".parse().unwrap()))
+                .unwrap();
+            let mut first = g.select(None, &[]).unwrap();
+            assert_eq!(
+                first.record(false, breaker::now_ms()),
+                Some(breaker::State::Open)
+            );
+            std::thread::sleep(Duration::from_millis(1050));
+            // Half-open: one probe permit, held by the attempt.
+            let probe = g.select(None, &[]).unwrap();
+            assert_eq!(a.breaker.state(), breaker::State::HalfOpen);
+            assert!(
+                g.select(None, &[]).is_none(),
+                "{strategy}: one probe at a time"
+            );
+            assert_eq!(a.in_flight(), 2);
+            drop(probe);
+            assert_eq!(a.in_flight(), 1);
+            let mut next = g.select(None, &[]).expect("the permit came back");
+            assert_eq!(
+                next.record(true, breaker::now_ms()),
+                Some(breaker::State::Closed)
+            );
+            assert_eq!(next.record(false, breaker::now_ms()), None, "recorded once");
+            drop((first, next));
+            assert_eq!(a.in_flight(), 0);
+        }
+    }
+
+    #[test]
     fn smooth_schedule_interleaves() {
         assert_eq!(smooth_schedule(&[1, 1, 1]), vec![0, 1, 2]);
         assert_eq!(smooth_schedule(&[100, 100]), vec![0, 1]);

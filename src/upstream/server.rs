@@ -1,7 +1,7 @@
 //! One upstream server (a replica): where it is, how to reach it, and its live state
 //! (health, drain, breaker, in-flight requests). Also the group's tool catalog.
 
-use super::breaker::Breaker;
+use super::breaker::{Breaker, Permit, State};
 use super::target::{Address, Target};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use pingora::upstreams::peer::HttpPeer;
@@ -150,8 +150,12 @@ impl Server {
     }
 
     /// A candidate whose breaker granted a request (a half-open probe permit, if so).
-    pub(super) fn claim(&self, now: u64) -> bool {
-        self.candidate(now) && self.breaker.acquire(now)
+    pub(super) fn claim(&self, now: u64) -> Option<Permit> {
+        if self.candidate(now) {
+            self.breaker.acquire(now)
+        } else {
+            None
+        }
     }
 }
 
@@ -197,22 +201,57 @@ impl ToolCatalog {
     }
 }
 
-/// Counts a request against its server while alive (dropped with the request context).
+/// One attempt at a server: counts the request against the server while alive (dropped
+/// with the request context, or replaced by the next attempt on failover), and holds the
+/// breaker permit the attempt was sent under. Its outcome goes to the breaker through
+/// [`InFlight::record`]; an attempt dropped without one (its client hung up before the
+/// server answered) gives a half-open probe permit back, so the breaker can never wait
+/// forever on a probe nobody will judge, whatever path the request took.
 #[derive(Debug)]
-pub struct InFlight(Arc<Server>);
+pub struct InFlight {
+    server: Arc<Server>,
+    /// The breaker's permit, until the attempt's outcome is recorded.
+    permit: Option<Permit>,
+}
 
 impl InFlight {
+    /// An attempt not gated by the breaker (a session's server); its outcome still counts.
     pub fn new(server: Arc<Server>) -> Self {
-        server.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(server)
+        Self::with_permit(server, Permit::default())
     }
+
+    pub(super) fn with_permit(server: Arc<Server>, permit: Permit) -> Self {
+        server.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            server,
+            permit: Some(permit),
+        }
+    }
+
     pub fn server(&self) -> &Arc<Server> {
-        &self.0
+        &self.server
+    }
+
+    /// Record how the attempt went (once: later calls change nothing). Returns the
+    /// breaker's new state when it changed.
+    pub fn record(&mut self, success: bool, now: u64) -> Option<State> {
+        self.permit.take()?;
+        self.server.breaker.record(success, now)
+    }
+}
+
+impl std::ops::Deref for InFlight {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(permit) = self.permit.take() {
+            self.server.breaker.release(permit);
+        }
+        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -10,6 +10,8 @@ the gateway forwarded. Behaviour by method / tool name:
   ``arguments.delay`` seconds the final result (``arguments.idle`` to stay silent);
   if the client went away the stream is recorded as cancelled (see ``GET /_state``);
 * ``tools/call`` ``status``: answers with HTTP status ``arguments.code``;
+* ``tools/call`` ``slow``: sends nothing at all (not even headers) for ``arguments.delay``
+  seconds (default 30), then the result;
 * ``tools/list``, ``prompts/list``, ``resources/list``, ``resources/templates/list``:
   a few items each (see ``LISTS``); as SSE (a progress event, then the result) when
   ``params._meta.sse`` is true;
@@ -160,6 +162,13 @@ class Handler(BaseHTTPRequestHandler):
         if method == "tools/call" and params.get("name") == "status":
             code = int(params.get("arguments", {}).get("code", 500))
             return self.send_json(code, {"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32603, "message": "as asked"}})
+        if method == "tools/call" and params.get("name") == "slow":
+            time.sleep(float(params.get("arguments", {}).get("delay", 30)))
+            try:
+                self.send_json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result})
+            except (BrokenPipeError, ConnectionResetError):
+                bump("cancelled")
+            return
         if method == "tools/call" and params.get("name") == "stream":
             args = params.get("arguments", {})
             self.start_sse()
