@@ -13,7 +13,8 @@
 //!
 //! A server with checks starts down; its first passing check brings it up, after that it
 //! takes `healthy_threshold` consecutive passes to come back and `unhealthy_threshold`
-//! consecutive failures to go down.
+//! consecutive failures to go down. The counts live in the server, so a server that a
+//! reload keeps keeps its counts (the checks restart at once, the streak does not).
 
 use super::target::Address;
 use super::{Group, Server};
