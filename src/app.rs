@@ -80,8 +80,10 @@ pub fn build_state_from(
             &config.security.rate_limiting,
             previous.map(|(_, s)| &s.rate_limits),
         )?,
-        streams: crate::security::streams::StreamCaps::new(
+        // Streams open before a reload keep their slots.
+        streams: crate::security::streams::StreamCaps::reusing(
             config.security.rate_limiting.max_concurrent_streams,
+            previous.map(|(_, s)| &s.streams),
         ),
         routes,
         groups,

@@ -63,7 +63,7 @@ pub enum GatewayError {
     },
     #[error("HTTP method {0} is not allowed on an MCP endpoint (use POST, GET or DELETE)")]
     MethodNotAllowed(String),
-    #[error("session not found: the Mcp-Session-Id is unknown, expired or was not issued by this gateway; start a new session with initialize")]
+    #[error("session not found: the Mcp-Session-Id is unknown, expired, was issued to another client or not by this gateway; start a new session with initialize")]
     SessionNotFound,
     #[error("the server that holds this session ({0}) is no longer part of the group; start a new session with initialize")]
     SessionServerGone(String),

@@ -125,11 +125,13 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
     Ok(out)
 }
 
-/// `MCP_GATEWAY_HOST`, `MCP_GATEWAY_PORT` and `MCP_GATEWAY_LOG_LEVEL` win over the file.
+/// `MCP_GATEWAY_HOST`, `MCP_GATEWAY_PORT`, `MCP_GATEWAY_ADMIN_PORT` and
+/// `MCP_GATEWAY_LOG_LEVEL` win over the file.
 fn apply_overrides(root: &mut Value, env: &dyn Fn(&str) -> Option<String>, errs: &mut Errors) {
     let overrides = [
         ("MCP_GATEWAY_HOST", "server", "host"),
         ("MCP_GATEWAY_PORT", "server", "port"),
+        ("MCP_GATEWAY_ADMIN_PORT", "admin", "port"),
         ("MCP_GATEWAY_LOG_LEVEL", "logging", "level"),
     ];
     for (var, section, key) in overrides {
@@ -508,12 +510,10 @@ fn validate(c: &Config, errs: &mut Errors) {
             );
         }
     }
+    // The same reading of the keys as at start (empty entries skipped).
     let keys = root.key("sessions").key("keys");
-    for (i, k) in c.sessions.keys.iter().enumerate() {
-        if k.trim().is_empty() {
-            continue;
-        }
-        if let Err(e) = SessionKeys::decode_key(k) {
+    if let Err(problems) = SessionKeys::decode_keys(&c.sessions.keys) {
+        for (i, e) in problems {
             errs.push(&keys.index(i), e);
         }
     }

@@ -192,10 +192,12 @@ upstream:
             ("UP_HOST", "127.0.0.1"),
             ("MCP_GATEWAY_PORT", "9100"),
             ("MCP_GATEWAY_HOST", "::1"),
+            ("MCP_GATEWAY_ADMIN_PORT", "9191"),
             ("MCP_GATEWAY_LOG_LEVEL", "debug"),
         ],
     )
     .unwrap();
+    assert_eq!(c.admin.port, 9191);
     assert_eq!(
         c.upstream.groups["default"].servers[0].url,
         "http://127.0.0.1:3001/mcp"

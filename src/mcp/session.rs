@@ -1,19 +1,27 @@
 //! Sealed session ids: session affinity with no shared store.
 //!
 //! When a replica answers `initialize` with `Mcp-Session-Id: X`, the client receives
-//! `seal(group, server id, X)` instead: XChaCha20-Poly1305 over the server id, `X` and the
-//! issue time, with the group name as associated data. On the way in the gateway opens it,
-//! routes to that server and forwards `X`. Any gateway replica holding the key can do this,
-//! so no session table is shared or kept. Keys rotate: the first key seals, every key opens.
+//! `seal(group, owner, server id, X)` instead: XChaCha20-Poly1305 over the server id, `X`
+//! and the issue time, with a digest of the group name and of the client's identity (its
+//! auth method, rule and subject; "anonymous" on routes without authentication) as
+//! associated data. On the way in the gateway opens it for the group and the identity of
+//! that request, so an id presented by anyone but the client it was issued to does not
+//! open. It then routes to that server and forwards `X`. Any gateway replica holding the
+//! key can do this, so no session table is shared or kept. Keys rotate: the first key
+//! seals, every key opens.
 
+use crate::security::auth::Identity;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const VERSION: u8 = 1;
+/// 2: the associated data binds the owner's identity (1 bound the group only; such ids
+/// no longer open).
+const VERSION: u8 = 2;
 const NONCE_LEN: usize = 24;
 
 /// What a sealed id carries.
@@ -55,13 +63,38 @@ impl SessionKeys {
         })
     }
 
+    /// Decode the configured keys, skipping empty entries (`${VAR:-}` with `VAR` unset).
+    /// The one reading of `sessions.keys`, for validation and start alike: every
+    /// problem comes with the index of its entry.
+    pub fn decode_keys(keys: &[String]) -> Result<Vec<[u8; 32]>, Vec<(usize, String)>> {
+        let mut raw = Vec::with_capacity(keys.len());
+        let mut problems = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            if k.trim().is_empty() {
+                continue;
+            }
+            match Self::decode_key(k) {
+                Ok(k) => raw.push(k),
+                Err(e) => problems.push((i, e)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(raw)
+        } else {
+            Err(problems)
+        }
+    }
+
     /// Keys from config; with none, one random key (sessions then live only as long as
     /// this process and cannot span gateway replicas). Returns whether a key was generated.
     pub fn from_config(keys: &[String]) -> Result<(SessionKeys, bool), String> {
-        let mut raw = keys
-            .iter()
-            .map(|k| Self::decode_key(k))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut raw = Self::decode_keys(keys).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(i, e)| format!("sessions.keys[{i}]: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
         let generated = raw.is_empty();
         if generated {
             let mut k = [0u8; 32];
@@ -75,18 +108,13 @@ impl SessionKeys {
         Ok((SessionKeys { ciphers }, generated))
     }
 
-    /// Seal an upstream session id minted by `server_id` of `group`.
-    pub fn seal(&self, group: &str, server_id: &str, upstream_session: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.seal_at(group, server_id, upstream_session, now)
-    }
-
-    fn seal_at(
+    /// Seal an upstream session id minted by `server_id` of `group` for `owner` (`None`:
+    /// an anonymous client), issued at `issued_at` (seconds since the Unix epoch; see
+    /// [`now`]).
+    pub fn seal(
         &self,
         group: &str,
+        owner: Option<&Identity>,
         server_id: &str,
         upstream_session: &str,
         issued_at: u64,
@@ -101,12 +129,13 @@ impl SessionKeys {
         plain.extend_from_slice(upstream_session.as_bytes());
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
+        let aad = associated_data(group, owner);
         let sealed = self.ciphers[0]
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: &plain,
-                    aad: group.as_bytes(),
+                    aad: &aad,
                 },
             )
             .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
@@ -116,20 +145,22 @@ impl SessionKeys {
         URL_SAFE_NO_PAD.encode(out)
     }
 
-    /// Open a sealed id presented for `group`; `None` if forged, tampered, for another
-    /// group, or sealed with a key no longer configured.
-    pub fn open(&self, group: &str, token: &str) -> Option<Opened> {
+    /// Open a sealed id presented for `group` by `owner`; `None` if forged, tampered, for
+    /// another group, issued to another identity, or sealed with a key no longer
+    /// configured.
+    pub fn open(&self, group: &str, owner: Option<&Identity>, token: &str) -> Option<Opened> {
         let raw = URL_SAFE_NO_PAD.decode(token.as_bytes()).ok()?;
         if raw.len() <= NONCE_LEN {
             return None;
         }
         let (nonce, sealed) = raw.split_at(NONCE_LEN);
+        let aad = associated_data(group, owner);
         let plain = self.ciphers.iter().find_map(|c| {
             c.decrypt(
                 XNonce::from_slice(nonce),
                 Payload {
                     msg: sealed,
-                    aad: group.as_bytes(),
+                    aad: &aad,
                 },
             )
             .ok()
@@ -145,11 +176,46 @@ impl SessionKeys {
         }
         let (id, session) = rest.split_at(id_len);
         Some(Opened {
-            server_id: String::from_utf8(id.to_vec()).ok()?,
-            upstream_session: String::from_utf8(session.to_vec()).ok()?,
+            server_id: std::str::from_utf8(id).ok()?.to_string(),
+            upstream_session: std::str::from_utf8(session).ok()?.to_string(),
             issued_at,
         })
     }
+}
+
+/// Seconds since the Unix epoch (the clock of `issued_at`).
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What a sealed id is bound to: SHA-256 over the group and the owner (auth method, rule,
+/// subject and client id, each length-prefixed so no two owners share an encoding), on the stack.
+fn associated_data(group: &str, owner: Option<&Identity>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"mcp-gateway session v2\0");
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(group.as_bytes());
+    match owner {
+        None => field(b"anonymous"),
+        Some(who) => {
+            field(b"identity");
+            field(who.method.as_bytes());
+            field(who.rule.as_bytes());
+            field(who.subject.as_bytes());
+            // Tells apart tokens without `sub` (client credentials) of different clients.
+            match &who.client_id {
+                Some(c) => field(c.as_bytes()),
+                None => field(b""),
+            }
+        }
+    }
+    h.finalize().into()
 }
 
 #[cfg(test)]
@@ -164,38 +230,95 @@ mod tests {
     const K1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
     const K2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
 
+    fn who(method: &'static str, rule: &str, subject: &str) -> Identity {
+        Identity {
+            method,
+            subject: subject.into(),
+            client_id: None,
+            scopes: Vec::new(),
+            claims: Default::default(),
+            rule: rule.into(),
+        }
+    }
+
     #[test]
     fn round_trip_and_visible_ascii() {
         let k = keys(&[K1]);
-        let t = k.seal("files", "files-1", "abc-123");
+        let t = k.seal("files", None, "files-1", "abc-123", 1234);
         assert!(t.bytes().all(|b| (0x21..=0x7e).contains(&b)));
-        let o = k.open("files", &t).unwrap();
+        let o = k.open("files", None, &t).unwrap();
         assert_eq!(o.server_id, "files-1");
         assert_eq!(o.upstream_session, "abc-123");
-        assert!(o.issued_at > 0);
+        assert_eq!(o.issued_at, 1234);
     }
 
     #[test]
     fn other_group_tampered_or_forged_is_refused() {
         let k = keys(&[K1]);
-        let t = k.seal("files", "files-1", "abc");
-        assert!(k.open("web", &t).is_none());
+        let t = k.seal("files", None, "files-1", "abc", now());
+        assert!(k.open("web", None, &t).is_none());
         let mut b = t.into_bytes();
         let last = b.len() - 1;
         b[last] = if b[last] == b'A' { b'B' } else { b'A' };
-        assert!(k.open("files", std::str::from_utf8(&b).unwrap()).is_none());
-        assert!(k.open("files", "not-a-session").is_none());
-        assert!(k.open("files", "").is_none());
-        assert!(k.open("files", "!!!").is_none());
+        assert!(k
+            .open("files", None, std::str::from_utf8(&b).unwrap())
+            .is_none());
+        assert!(k.open("files", None, "not-a-session").is_none());
+        assert!(k.open("files", None, "").is_none());
+        assert!(k.open("files", None, "!!!").is_none());
+    }
+
+    #[test]
+    fn only_the_owner_opens_it() {
+        let k = keys(&[K1]);
+        let alice = who("jwt", "idp", "alice");
+        let t = k.seal("g", Some(&alice), "s", "x", now());
+        assert_eq!(k.open("g", Some(&alice), &t).unwrap().upstream_session, "x");
+        let others = [
+            who("jwt", "idp", "bob"),
+            who("jwt", "other-rule", "alice"),
+            who("api_key", "idp", "alice"),
+            who("jwt", "idp", "alic"),
+            Identity {
+                client_id: Some("app".into()),
+                ..who("jwt", "idp", "alice")
+            },
+        ];
+        for other in &others {
+            assert!(k.open("g", Some(other), &t).is_none(), "{other:?}");
+        }
+        assert!(k.open("g", None, &t).is_none(), "anonymous");
+        // And an anonymous session opens for no identity.
+        let anon = k.seal("g", None, "s", "x", now());
+        assert!(k.open("g", Some(&alice), &anon).is_none());
+        assert!(k.open("g", None, &anon).is_some());
+        // Fields are length-prefixed: moving a byte between them changes the binding.
+        let split = k.seal("g", Some(&who("jwt", "ab", "c")), "s", "x", now());
+        assert!(k.open("g", Some(&who("jwt", "a", "bc")), &split).is_none());
     }
 
     #[test]
     fn rotation_opens_with_previous_key() {
         let old = keys(&[K1]);
-        let t = old.seal("g", "s", "x");
+        let t = old.seal("g", None, "s", "x", now());
         let rotated = keys(&[K2, K1]);
-        assert_eq!(rotated.open("g", &t).unwrap().upstream_session, "x");
-        assert!(keys(&[K2]).open("g", &t).is_none());
+        assert_eq!(rotated.open("g", None, &t).unwrap().upstream_session, "x");
+        assert!(keys(&[K2]).open("g", None, &t).is_none());
+    }
+
+    #[test]
+    fn empty_entries_are_skipped_and_problems_name_their_entry() {
+        let (_, generated) = SessionKeys::from_config(&["".into(), "  ".into()]).unwrap();
+        assert!(generated, "no key left: one is generated");
+        let (k, generated) = SessionKeys::from_config(&["".into(), K1.into()]).unwrap();
+        assert!(!generated);
+        let t = keys(&[K1]).seal("g", None, "s", "x", now());
+        assert!(k.open("g", None, &t).is_some());
+        let err = SessionKeys::from_config(&["".into(), "c2hvcnQ=".into()]).unwrap_err();
+        assert!(
+            err.starts_with("sessions.keys[1]: a key must be 32 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct RequestCtx {
     pub pinned: Option<Arc<Server>>,
     /// The upstream's own session id, unsealed from the client's `Mcp-Session-Id`.
     pub upstream_session: Option<String>,
+    /// When that session was first sealed: re-sealing keeps it, so `sessions.ttl` counts
+    /// from the session's start, not from its last use.
+    pub session_issued_at: Option<u64>,
     /// The server chosen for this request, counted as in flight until the request ends;
     /// it holds the breaker's permit (a half-open probe's goes back if it ends unjudged).
     pub upstream: Option<InFlight>,
@@ -159,6 +162,7 @@ impl RequestCtx {
             body: None,
             pinned: None,
             upstream_session: None,
+            session_issued_at: None,
             upstream: None,
             error: None,
             local_status: None,

@@ -232,18 +232,32 @@ pub fn client_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()
     if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
         resp.remove_header(&http::header::UPGRADE);
     }
-    if let (Some(minted), Some(group), Some(server)) = (
+    if ctx.era() == Some(Era::Modern) {
+        // Sessions belong to the legacy era: an upstream's own id never reaches the
+        // client unsealed (nor does the gateway seal one it would never honour).
+        resp.remove_header(MCP_SESSION_ID);
+    } else if let (Some(minted), Some(group), Some(server)) = (
         resp.headers.get(MCP_SESSION_ID),
         ctx.group.as_ref(),
         ctx.server(),
     ) {
-        if ctx.era() != Some(Era::Modern) {
-            let minted = String::from_utf8_lossy(minted.as_bytes()).into_owned();
-            let sealed = ctx.state.sessions.seal(&group.name, &server.id, &minted);
-            resp.insert_header(MCP_SESSION_ID, sealed)?;
-            if ctx.mcp.method() == Some("initialize") {
-                METRICS.sessions.with_label_values(&[&group.name]).inc();
-            }
+        let minted = String::from_utf8_lossy(minted.as_bytes());
+        // The session the request carried keeps its start (`sessions.ttl` does not
+        // slide); an id the upstream mints anew starts now.
+        let issued_at = match (&ctx.upstream_session, ctx.session_issued_at) {
+            (Some(current), Some(at)) if *current == minted => at,
+            _ => crate::mcp::session::now(),
+        };
+        let sealed = ctx.state.sessions.seal(
+            &group.name,
+            ctx.identity.as_ref(),
+            &server.id,
+            &minted,
+            issued_at,
+        );
+        resp.insert_header(MCP_SESSION_ID, sealed)?;
+        if ctx.mcp.method() == Some("initialize") {
+            METRICS.sessions.with_label_values(&[&group.name]).inc();
         }
     }
     resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;

@@ -179,15 +179,13 @@ async fn check(
     if ctx.era() != Some(Era::Modern) {
         if let Some(sealed) = session.req_header().headers.get(MCP_SESSION_ID) {
             let sealed = sealed.to_str().map_err(|_| GatewayError::SessionNotFound)?;
+            // Opens only for the identity it was issued to (anonymous: no identity).
             let opened = state
                 .sessions
-                .open(&group.name, sealed)
+                .open(&group.name, ctx.identity.as_ref(), sealed)
                 .ok_or(GatewayError::SessionNotFound)?;
             if let Some(ttl) = state.session_ttl {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                let now = crate::mcp::session::now();
                 if now.saturating_sub(opened.issued_at) > ttl.as_secs() {
                     return Err(GatewayError::SessionNotFound);
                 }
@@ -197,6 +195,7 @@ async fn check(
                 .ok_or_else(|| GatewayError::SessionServerGone(opened.server_id.clone()))?;
             ctx.pinned = Some(server.clone());
             ctx.upstream_session = Some(opened.upstream_session);
+            ctx.session_issued_at = Some(opened.issued_at);
         }
     }
 

@@ -36,6 +36,15 @@ impl StreamCaps {
         }
     }
 
+    /// [`StreamCaps::new`] for a reload: the open streams counted by `previous` stay
+    /// counted (they hold their slots in its map), under the new cap.
+    pub fn reusing(cap: u32, previous: Option<&StreamCaps>) -> StreamCaps {
+        StreamCaps {
+            cap,
+            open: previous.map(|p| p.open.clone()).unwrap_or_default(),
+        }
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.cap > 0
     }

@@ -13,7 +13,8 @@
 //!
 //! A server with checks starts down; its first passing check brings it up, after that it
 //! takes `healthy_threshold` consecutive passes to come back and `unhealthy_threshold`
-//! consecutive failures to go down.
+//! consecutive failures to go down. The counts live in the server, so a server that a
+//! reload keeps keeps its counts (the checks restart at once, the streak does not).
 
 use super::target::Address;
 use super::{Group, Server};
@@ -109,8 +110,6 @@ async fn run(groups: &[GroupUpkeep], connector: &Arc<Connector>, shutdown: Shutd
             let mut shutdown = shutdown.clone();
             let connector = connector.clone();
             async move {
-                // By server uid: membership may change between ticks.
-                let mut state = std::collections::HashMap::<u64, Counters>::new();
                 let mut last_resolve = Instant::now();
                 loop {
                     let resolve_due = !g.resolve_interval.is_zero()
@@ -126,14 +125,13 @@ async fn run(groups: &[GroupUpkeep], connector: &Arc<Connector>, shutdown: Shutd
                                 probe(s, check, &connector, g.group.upstream_auth.as_ref())
                             }))
                             .await;
-                        state.retain(|uid, _| servers.iter().any(|s| s.uid == *uid));
+                        // The counts live in each server: a reload keeping it keeps them.
                         for (server, result) in servers.iter().zip(results) {
-                            state.entry(server.uid).or_default().apply(
-                                &g.group.name,
-                                server,
-                                check,
-                                result,
-                            );
+                            server
+                                .health_counts
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .apply(&g.group.name, server, check, result);
                         }
                     }
                     tokio::select! {
@@ -182,8 +180,9 @@ async fn resolve(group: &Group, due: bool) {
     }
 }
 
-#[derive(Clone, Default)]
-struct Counters {
+/// A server's consecutive health-check results (see [`Server`]'s `health_counts`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Counters {
     checked: bool,
     passes: u32,
     failures: u32,

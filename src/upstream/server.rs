@@ -48,6 +48,9 @@ pub struct Server {
     /// Draining: no new requests or sessions; requests of its sessions still come.
     draining: AtomicBool,
     pub breaker: Breaker,
+    /// Its consecutive health-check passes and failures: they live with the server, so
+    /// a reload that keeps it keeps them (only the health-check task takes the lock).
+    pub(crate) health_counts: std::sync::Mutex<super::health::Counters>,
 }
 
 impl Server {
@@ -81,6 +84,7 @@ impl Server {
                 breaker.open_for.0,
                 breaker.half_open_requests,
             ),
+            health_counts: Default::default(),
         })
     }
 

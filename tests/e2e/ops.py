@@ -43,6 +43,51 @@ def assert_config_valid(path: Path, env: dict[str, str] | None = None) -> None:
     assert out.returncode == 0, f"{path} does not validate:\n{out.stderr}"
 
 
+def assert_config_starts(path: Path, env: dict[str, str], log_dir: Path, timeout: float = 30.0) -> None:
+    """Run the gateway on `path` with only `env` (and PATH) set, on free loopback ports
+    (MCP_GATEWAY_HOST/PORT/ADMIN_PORT override the file), until it serves /liveness.
+    Upstreams need not be reachable."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    from conftest import free_port
+
+    assert GATEWAY_BIN.exists(), f"build the gateway first: {GATEWAY_BIN}"
+    port = free_port()
+    log = log_dir / f"start-{path.stem}-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(GATEWAY_BIN), "--config", str(path)],
+            env={
+                "PATH": "/usr/bin:/bin",
+                **env,
+                "MCP_GATEWAY_HOST": "127.0.0.1",
+                "MCP_GATEWAY_PORT": str(port),
+                "MCP_GATEWAY_ADMIN_PORT": str(free_port()),
+            },
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"{path} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/liveness", timeout=1) as r:
+                        if r.status == 200:
+                            return
+                except (urllib.error.URLError, OSError):
+                    pass
+                assert time.monotonic() < deadline, f"{path} not live in {timeout}s:\n{log.read_text(errors='replace')}"
+                time.sleep(0.05)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def venv_tool(name: str) -> str:
     """A command installed into the test virtualenv by requirements.txt."""
     tool = Path(sys.executable).parent / name

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from helm_python.chart import Chart, lint
 from helm_python.errors import HelmRenderError
-from ops import REPO, VALID_SECRETS, assert_config_valid, drain_seconds, load_all_yaml, load_yaml, validate_config
+from ops import REPO, VALID_SECRETS, assert_config_starts, assert_config_valid, drain_seconds, load_all_yaml, load_yaml, validate_config
 
 K8S = REPO / "k8s"
 CHART = K8S / "helm/mcp-gateway"
@@ -87,6 +87,26 @@ def test_configmap_holds_a_valid_gateway_config(source, tmp_path):
     assert_config_valid(config, {**env, **VALID_SECRETS})
     # The admin service listens on the pod network: no token, no start.
     assert validate_config(config, env).returncode == 64
+
+
+STARTS = {
+    "kustomize": kustomize,
+    "helm": lambda: helm_render(CHART_SECRETS),
+    "helm-existing-secret": lambda: helm_render({"secrets": {"existingSecret": "gateway-secrets"}}),
+}
+
+
+@pytest.mark.parametrize("source", STARTS)
+@pytest.mark.parametrize("session_key", [None, "", VALID_SECRETS["MCP_GATEWAY_SESSION_KEY"]])
+def test_configmap_config_starts(source, session_key, tmp_path):
+    """Not only valid: the rendered config starts, with the session key unset, empty
+    (`${MCP_GATEWAY_SESSION_KEY:-}`: a generated key) or set."""
+    objects = STARTS[source]()
+    env = {e["name"]: e["value"] for e in container(objects)["env"] if "value" in e}
+    env["MCP_GATEWAY_ADMIN_TOKEN"] = VALID_SECRETS["MCP_GATEWAY_ADMIN_TOKEN"]
+    if session_key is not None:
+        env["MCP_GATEWAY_SESSION_KEY"] = session_key
+    assert_config_starts(config_of(objects, tmp_path), env, tmp_path)
 
 
 def container(objects: list[dict]) -> dict:

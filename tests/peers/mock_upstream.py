@@ -12,6 +12,8 @@ the gateway forwarded. Behaviour by method / tool name:
 * ``tools/call`` ``status``: answers with HTTP status ``arguments.code``;
 * ``tools/call`` ``slow``: sends nothing at all (not even headers) for ``arguments.delay``
   seconds (default 30), then the result;
+* ``tools/call`` ``mint_session``: answers with a fresh ``Mcp-Session-Id: <id>-raw-<n>``
+  (whatever the protocol version);
 * ``tools/list``, ``prompts/list``, ``resources/list``, ``resources/templates/list``:
   a few items each (see ``LISTS``); as SSE (a progress event, then the result) when
   ``params._meta.sse`` is true;
@@ -21,7 +23,8 @@ the gateway forwarded. Behaviour by method / tool name:
 * DELETE: ``200``.
 
 ``GET /_state`` returns counters (and ``health_probe``: the last health-check request). Flags: ``--port`` (0 = any), ``--id``, ``--unix PATH``,
-``--tls CERT KEY``. Prints ``listening on HOST:PORT`` (or the socket path) when ready.
+``--tls CERT KEY``, ``--echo-session`` (every JSON answer to a request carrying
+``Mcp-Session-Id`` carries it back, as SDK servers do). Prints ``listening on HOST:PORT`` (or the socket path) when ready.
 """
 
 import argparse
@@ -39,6 +42,7 @@ from urllib.parse import parse_qs, urlparse
 STATE = {"requests": 0, "cancelled": 0, "completed_streams": 0, "sessions": 0, "deletes": 0}
 LOCK = threading.Lock()
 SERVER_ID = "mock"
+ECHO_SESSION = False
 
 
 LISTS = {
@@ -80,7 +84,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        for k, v in (extra or {}).items():
+        extra = dict(extra or {})
+        if ECHO_SESSION and self.headers.get("Mcp-Session-Id") and "Mcp-Session-Id" not in extra:
+            extra["Mcp-Session-Id"] = self.headers["Mcp-Session-Id"]
+        for k, v in extra.items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
@@ -159,6 +166,10 @@ class Handler(BaseHTTPRequestHandler):
             n = bump("sessions")
             return self.send_json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result},
                                   {"Mcp-Session-Id": "%s-session-%d" % (SERVER_ID, n)})
+        if method == "tools/call" and params.get("name") == "mint_session":
+            n = bump("sessions")
+            return self.send_json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result},
+                                  {"Mcp-Session-Id": "%s-raw-%d" % (SERVER_ID, n)})
         if method == "tools/call" and params.get("name") == "status":
             code = int(params.get("arguments", {}).get("code", 500))
             return self.send_json(code, {"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32603, "message": "as asked"}})
@@ -202,14 +213,16 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
 
 
 def main():
-    global SERVER_ID
+    global SERVER_ID, ECHO_SESSION
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--id", default="mock")
     p.add_argument("--unix")
     p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    p.add_argument("--echo-session", action="store_true")
     a = p.parse_args()
     SERVER_ID = a.id
+    ECHO_SESSION = a.echo_session
     if a.unix:
         if os.path.exists(a.unix):
             os.unlink(a.unix)
