@@ -528,7 +528,7 @@ async fn upgrade_requests_are_refused_and_never_reach_the_upstream() {
             &post_head(
                 "/mcp",
                 body.len(),
-                "Connection: Upgrade\r\nUpgrade: h2c\r\n",
+                "Connection: Upgrade\r\nUpgrade: websocket\r\n",
             ),
             body.as_bytes(),
             false,
@@ -541,6 +541,27 @@ async fn upgrade_requests_are_refused_and_never_reach_the_upstream() {
         0,
         "nothing reached the upstream"
     );
+
+    // A cleartext HTTP/2 offer (curl --http2 on http://) is ignored: served as HTTP/1.1,
+    // and neither the offer nor its settings go upstream.
+    for (path, pad) in PATHS {
+        let body = call("echo", json!({}), pad);
+        let x = exchange(
+            gw.port,
+            &post_head(
+                "/mcp",
+                body.len(),
+                "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n",
+            ),
+            body.as_bytes(),
+            false,
+        )
+        .await;
+        assert!(x.head.starts_with("HTTP/1.1 200"), "{path}: {}", x.head);
+        let v: Value = serde_json::from_slice(&x.body).unwrap();
+        assert_eq!(v["result"]["version"], "HTTP/1.1", "{path}: {v}");
+        assert_no_hop_fields(&v["result"]["headers"], path);
+    }
 }
 
 #[tokio::test]

@@ -96,7 +96,7 @@ fn is_token(t: &[u8]) -> bool {
 /// not honour: an `Upgrade` (no protocol switch is tunnelled through the gateway) and a
 /// `Connection` header naming a field the gateway owns, malformed, or too long.
 pub fn check_request(req: &RequestHeader) -> Result<(), GatewayError> {
-    if let Some(upgrade) = req.headers.get(header::UPGRADE) {
+    if let Some(upgrade) = req.headers.get(header::UPGRADE).filter(|_| !only_h2c(req)) {
         return Err(GatewayError::InvalidRequest(format!(
             "protocol upgrades are not supported on MCP endpoints (Upgrade: {:?}): \
              send MCP over Streamable HTTP (POST, and GET for the SSE stream) without an \
@@ -129,6 +129,21 @@ pub fn check_request(req: &RequestHeader) -> Result<(), GatewayError> {
         }
     }
     Ok(())
+}
+
+/// An offer of cleartext HTTP/2 only (`curl --http2` on `http://` sends one with every
+/// request): ignored, as RFC 9110 §7.8 lets a server do, and the request is served over
+/// HTTP/1.1 (its `Upgrade` and `HTTP2-Settings` never go upstream).
+fn only_h2c(req: &RequestHeader) -> bool {
+    let mut offers = req
+        .headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
+        .peekable();
+    offers.peek().is_some() && offers.all(|p| p.eq_ignore_ascii_case(b"h2c"))
 }
 
 /// The extension fields a `Connection` header names (standard ones are removed anyway).
@@ -235,6 +250,17 @@ mod tests {
             );
         }
         check_request(&request(&[("connection", "a,b,c,d,e,f,g,h,i")])).unwrap();
+        // A cleartext HTTP/2 offer is ignored (served as HTTP/1.1), not refused.
+        let mut h2c = request(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+        ]);
+        check_request(&h2c).unwrap();
+        strip_request(&mut h2c);
+        assert!(h2c.headers.is_empty());
+        let both = request(&[("upgrade", "h2c, websocket")]);
+        assert!(check_request(&both).is_err());
     }
 
     #[test]
