@@ -85,14 +85,15 @@ pub fn upstream_request(
     // fields stay on its connection (`hop_by_hop`), `Expect` included.
     req.set_version(http::Version::HTTP_11);
     super::hop_by_hop::strip_request(req);
-    // The client's authority: HTTP/2's `:authority` (or an absolute-form target), else
-    // its `Host`. Taken before the URI is replaced by the upstream's path.
-    let client_authority = req
-        .uri
-        .authority()
-        .map(|a| http::HeaderValue::from_str(a.as_str()))
-        .transpose()
-        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "the request's authority", e))?;
+    // Under `preserve_host`, the client's authority: HTTP/2's `:authority` (or an
+    // absolute-form target), else its `Host`. Taken before the URI is replaced.
+    let preserve_host = ctx.group.as_ref().is_some_and(|g| g.preserve_host);
+    let client_authority = match req.uri.authority() {
+        Some(a) if preserve_host => Some(http::HeaderValue::from_str(a.as_str()).map_err(|e| {
+            Error::because(ErrorType::InvalidHTTPHeader, "the request's authority", e)
+        })?),
+        _ => None,
+    };
 
     // The upstream URL's path replaces the route's; the client's query string is kept
     // unless the upstream URL has its own.
@@ -134,7 +135,6 @@ pub fn upstream_request(
             }
         }
     }
-    let preserve_host = ctx.group.as_ref().is_some_and(|g| g.preserve_host);
     if !preserve_host {
         req.insert_header(http::header::HOST, target.authority.as_str())?;
     } else if let Some(authority) = client_authority {
