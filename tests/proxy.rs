@@ -420,20 +420,35 @@ async fn large_bodies_arrive_intact_and_oversized_ones_get_413() {
     .await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("2097152"), "{head}");
-    // Over the limit while reading (no Content-Length).
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..48).map(|_| Ok(vec![b' '; 64 * 1024])).collect();
-    let resp = post(
-        &c,
-        &url,
-        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)),
-    )
-    .send()
-    .await;
-    // The gateway answers before reading the rest; the client may see the 413 or a reset
-    // while still sending, but never a hang (the client's timeout would fail the test).
-    if let Ok(resp) = resp {
-        expect_error(resp, 413, -32600).await;
+    // Over the limit while reading (no Content-Length): the client sends one byte more
+    // than the limit and no end of body; the gateway answers 413 without waiting for it.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+            .await
+            .unwrap();
+        let (mut rx, mut tx) = s.into_split();
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        let chunk = vec![b' '; 64 * 1024];
+        let _ = tx
+            .write_all(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await;
+        for _ in 0..32 {
+            if tx.write_all(b"10000\r\n").await.is_err()
+                || tx.write_all(&chunk).await.is_err()
+                || tx.write_all(b"\r\n").await.is_err()
+            {
+                break;
+            }
+        }
+        let _ = tx.write_all(b"1\r\n \r\n").await;
+        let head = reader.await.unwrap();
+        assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+        assert!(head.contains("2097152"), "{head}");
     }
     // The gateway is still healthy.
     received(post(&c, &url, LIST).send().await.unwrap()).await;
@@ -472,8 +487,10 @@ async fn sse_streams_pass_through_unbuffered_and_disconnects_cancel_upstream() {
         gw.log()
     );
 
-    // Large-body requests stream too.
-    let mut body: Value = serde_json::from_str(&call(60)).unwrap();
+    // Large-body requests stream too; the upstream stays silent after its first event,
+    // so only the gateway noticing the client leave can close it.
+    let silent = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"stream","arguments":{"delay":60,"idle":true,"watch":true}}});
+    let mut body: Value = silent;
     body["params"]["arguments"]["pad"] = json!("y".repeat(100 * 1024));
     let mut resp = post(&c, &gw.url("/mcp"), body.to_string())
         .send()

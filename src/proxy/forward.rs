@@ -68,8 +68,10 @@ fn client_ip(session: &Session) -> String {
     }
 }
 
-/// The request as the upstream gets it: its own path and authority, forwarding headers,
-/// the unsealed session id, and an exact `Content-Length` for the body we read.
+/// The request as the upstream gets it: HTTP/1.1, its own path and authority, no
+/// connection fields of the client's (see `hop_by_hop`), forwarding headers, the unsealed
+/// session id, and an exact `Content-Length` for the body we read. Both paths (Pingora's
+/// and the large-body one) send exactly this.
 pub fn upstream_request(
     session: &Session,
     req: &mut RequestHeader,
@@ -79,6 +81,20 @@ pub fn upstream_request(
         return Ok(());
     };
     let target = &server.target;
+
+    // One HTTP/1.1 request to the upstream, whatever the client spoke; its connection
+    // fields stay on its connection (`hop_by_hop`), `Expect` included.
+    req.set_version(http::Version::HTTP_11);
+    super::hop_by_hop::strip_request(req);
+    // Under `preserve_host`, the client's authority: HTTP/2's `:authority` (or an
+    // absolute-form target), else its `Host`. Taken before the URI is replaced.
+    let preserve_host = ctx.group.as_ref().is_some_and(|g| g.preserve_host);
+    let client_authority = match req.uri.authority() {
+        Some(a) if preserve_host => Some(http::HeaderValue::from_str(a.as_str()).map_err(|e| {
+            Error::because(ErrorType::InvalidHTTPHeader, "the request's authority", e)
+        })?),
+        _ => None,
+    };
 
     // The upstream URL's path replaces the route's; the client's query string is kept
     // unless the upstream URL has its own.
@@ -120,9 +136,10 @@ pub fn upstream_request(
             }
         }
     }
-    let preserve_host = ctx.group.as_ref().is_some_and(|g| g.preserve_host);
     if !preserve_host {
         req.insert_header(http::header::HOST, target.authority.as_str())?;
+    } else if let Some(authority) = client_authority {
+        req.insert_header(http::header::HOST, authority)?;
     }
 
     let client = client_ip(session);
@@ -178,16 +195,6 @@ pub fn upstream_request(
     Ok(())
 }
 
-/// Hop-by-hop response fields not to pass on (Pingora owns framing: `Transfer-Encoding`,
-/// `Content-Length` and `Connection` are left to it).
-const HOP_BY_HOP_RESPONSE: [&str; 5] = [
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-];
-
 /// Count an SSE answer in `mcp_gateway_sse_streams_active` until the request ends.
 pub fn count_sse(resp: &ResponseHeader, ctx: &mut RequestCtx) {
     let is_sse = resp
@@ -226,12 +233,8 @@ pub fn filter_list(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()
 
 /// The response as the client gets it: the upstream session sealed, the request id added.
 pub fn client_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
-    for h in HOP_BY_HOP_RESPONSE {
-        resp.remove_header(h);
-    }
-    if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
-        resp.remove_header(&http::header::UPGRADE);
-    }
+    // Never a `101` here: upstream_response_filter and large_body refuse it.
+    super::hop_by_hop::strip_response(resp);
     if ctx.era() == Some(Era::Modern) {
         // Sessions belong to the legacy era: an upstream's own id never reaches the
         // client unsealed (nor does the gateway seal one it would never honour).

@@ -4,7 +4,9 @@
 //! 64 KiB; past that the upstream would get headers and no body. For those requests the
 //! gateway sends the request itself over a pooled upstream connection and relays the
 //! response (streamed, chunk by chunk, so SSE works here too), applying the same
-//! header shaping as the proxy path (`forward`). This is the only place that does so.
+//! header shaping as the proxy path (`forward`, `hop_by_hop`). This is the only place
+//! that does so. Like Pingora's proxy path it watches the client while the upstream is
+//! silent: a client that leaves closes the upstream request (the modern cancellation).
 
 use super::ctx::RequestCtx;
 use super::{forward, Gateway};
@@ -49,19 +51,35 @@ pub async fn forward(
         up.write_request_header(Box::new(req)).await?;
         up.write_request_body(body, true).await?;
         up.finish_request_body().await?;
-        up.read_response_header().await?;
-        // Skip informational (1xx) responses to the final one.
-        while up
-            .response_header()
-            .is_some_and(|h| h.status.is_informational())
-        {
+        // Skip informational (1xx) responses to the final one; a 101 is refused.
+        loop {
             up.read_response_header().await?;
+            match up.response_header().map(|h| h.status) {
+                Some(http::StatusCode::SWITCHING_PROTOCOLS) => return Ok(Answer::Switched),
+                Some(s) if s.is_informational() => continue,
+                _ => return Ok(Answer::Final),
+            }
         }
-        Ok::<_, Box<Error>>(())
     };
-    if let Err(e) = exchange.await {
+    // Watch the client while the upstream is silent, as Pingora's proxy path does.
+    let answer = tokio::select! {
+        biased;
+        answer = exchange => answer,
+        _ = session.read_body_or_idle(true) => {
+            client_left(ctx, session, &mut up, "before the upstream answered").await;
+            return Ok(());
+        }
+    };
+    match answer {
+        Ok(Answer::Final) => {}
+        Ok(Answer::Switched) => {
+            record::upstream_attempt(ctx, "error");
+            super::outcome::record(ctx, false);
+            up.shutdown().await;
+            return Err(super::hop_by_hop::switched_protocols(ctx));
+        }
         // Sent (at least in part): never replayed, but it counts against the server.
-        return Err(upstream_failure(ctx, e));
+        Err(e) => return Err(upstream_failure(ctx, e)),
     }
 
     let mut resp = up
@@ -88,7 +106,17 @@ pub async fn forward(
         session.write_response_header(Box::new(resp), false).await?;
         // `response_done` also prepares the body reader; call it before each read.
         while !up.response_done() {
-            match up.read_response_body().await? {
+            // The client leaving while the upstream is silent ends the relay too.
+            let read = tokio::select! {
+                biased;
+                read = up.read_response_body() => read?,
+                idle = session.read_body_or_idle(true) => {
+                    return Err(idle.err().unwrap_or_else(|| {
+                        Error::explain(ErrorType::ConnectionClosed, "the client sent data after its request")
+                    }));
+                }
+            };
+            match read {
                 Some(chunk) => {
                     let mut chunk = Some(chunk);
                     if let Some(f) = filter.as_mut() {
@@ -126,6 +154,30 @@ pub async fn forward(
         }
     }
     Ok(())
+}
+
+/// What the upstream answered with.
+enum Answer {
+    Final,
+    /// `101 Switching Protocols`: refused.
+    Switched,
+}
+
+/// The client went away before the answer began: close the upstream request (in the
+/// modern era that is the cancellation). It says nothing about the server.
+async fn client_left(
+    ctx: &mut RequestCtx,
+    session: &mut Session,
+    up: &mut pingora::protocols::http::client::HttpSession,
+    when: &str,
+) {
+    log::debug!(
+        "large-body request {}: the client went away {when}",
+        ctx.request_id
+    );
+    up.shutdown().await;
+    session.set_keepalive(None);
+    ctx.error = Some(GatewayError::ClientClosed);
 }
 
 /// Record a failed attempt and name it for the client.

@@ -3,14 +3,18 @@
 //! Phase order for one request:
 //! 0. `early_request_filter`: an HTTP/2 stream finds its client connection
 //!    ([`ctx::RequestCtx::find_conn`]).
-//! 1. `request_filter` ([`request::filter`]): health probes; route → method →
-//!    body (bounded) → JSON-RPC inspection → modern header check → sealed session.
+//! 1. `request_filter` ([`request::filter`]): health probes; route → connection fields
+//!    ([`hop_by_hop::check_request`]: no `Upgrade`) → method → `100 Continue` → body
+//!    (bounded) → JSON-RPC inspection → modern header check → sealed session.
 //!    Bodies over 64 KiB are forwarded here by [`large_body`].
 //! 2. `upstream_peer` ([`forward::select`]): the session's server, else the group's strategy.
-//! 3. `upstream_request_filter` ([`forward::upstream_request`]): path, `Host`,
-//!    `X-Forwarded-*`, `X-Request-Id`, the upstream's own session id, `Content-Length`.
-//! 4. `response_filter` ([`forward::client_response`]): seal `Mcp-Session-Id`, add the
-//!    request id. Bodies (SSE included) stream through untouched.
+//! 3. `upstream_request_filter` ([`forward::upstream_request`]): HTTP/1.1, no hop-by-hop
+//!    fields, path, `Host`, `X-Forwarded-*`, `X-Request-Id`, the upstream's own session
+//!    id, `Content-Length`.
+//! 4. `upstream_response_filter`: a `101` becomes a 502; a final answer judges the
+//!    attempt for the breaker (1xx do not). `response_filter`
+//!    ([`forward::client_response`]): no hop-by-hop fields, seal `Mcp-Session-Id`, add
+//!    the request id. Bodies (SSE included) stream through untouched.
 //! 5. `fail_to_proxy`: upstream failures become JSON-RPC errors (502/503/504).
 //! 6. `logging`: the access log line.
 
@@ -18,6 +22,7 @@ pub mod connections;
 pub mod ctx;
 pub mod forward;
 pub mod health;
+pub mod hop_by_hop;
 pub mod large_body;
 pub mod list_filter;
 pub mod outcome;
@@ -125,6 +130,20 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // Nothing asked for a protocol switch (upgrades never go upstream): the
+            // gateway does not tunnel what it cannot inspect.
+            record::upstream_attempt(ctx, "error");
+            outcome::record(ctx, false);
+            let err = hop_by_hop::switched_protocols(ctx);
+            let status = err.status_and_code().0;
+            ctx.error = Some(err);
+            return Err(Error::new(ErrorType::HTTPStatus(status)));
+        }
+        if resp.status.is_informational() {
+            // A 1xx is not the answer: the final one judges the attempt.
+            return Ok(());
+        }
         ctx.upstream_status = Some(resp.status.as_u16());
         record::upstream_attempt(ctx, record::status_class(resp.status.as_u16()));
         if resp.status == 200 && ctx.mcp.method() == Some("tools/list") {
@@ -167,6 +186,11 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status.is_informational() {
+            // Relayed as it is (a 101 never gets here).
+            hop_by_hop::strip_response(resp);
+            return Ok(());
+        }
         forward::client_response(resp, ctx)?;
         forward::count_sse(resp, ctx);
         forward::filter_list(resp, ctx)?;
@@ -209,7 +233,7 @@ impl ProxyHttp for Gateway {
         }
         let err = ctx.error.take().unwrap_or_else(|| upstream_error(e, ctx));
         let status = err.status_and_code().0;
-        if session.response_written().is_some() {
+        if respond::final_response_written(session).is_some() {
             // Headers already went out: all we can do is end the response.
             ctx.error = Some(err);
             return FailToProxy {

@@ -144,6 +144,8 @@ async fn check(
     let route_path = route.path.clone();
     ctx.route = Some(route.path.clone());
     ctx.group = Some(group.clone());
+    // No protocol switch, and no connection fields the gateway will not honour.
+    super::hop_by_hop::check_request(req)?;
 
     // Who is calling, before anything else is read.
     if !state.auth.is_empty() {
@@ -318,6 +320,14 @@ async fn read_and_inspect(
         return Err(GatewayError::PayloadTooLarge { limit });
     }
 
+    // A client waiting for `100 Continue` gets it now, from the gateway: the upstream
+    // never sees `Expect` (the body is read here, before any upstream is chosen).
+    if expects_continue(session.req_header()) && !session.is_body_done() {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| GatewayError::ClientClosed)?;
+    }
     // Bodies up to the retry buffer's size are replayed upstream by Pingora itself.
     session.enable_retry_buffering();
     let body = read_body(session, limit, declared).await?;
@@ -399,6 +409,15 @@ async fn read_body(
             Err(e) => return Err(GatewayError::BodyRead(e.to_string())),
         }
     }
+}
+
+/// An HTTP/1.1 request with `Expect: 100-continue` (RFC 9110 §10.1.1).
+fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// `application/json`, with optional parameters (`; charset=utf-8`).

@@ -9,6 +9,15 @@ use pingora::proxy::Session;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// The final response header already sent to the client, if any: a `100 Continue` the
+/// gateway wrote before reading the body is not one (Pingora reports it until the
+/// final header replaces it).
+pub fn final_response_written(session: &Session) -> Option<&ResponseHeader> {
+    session.response_written().filter(|r| {
+        !r.status.is_informational() || r.status == http::StatusCode::SWITCHING_PROTOCOLS
+    })
+}
+
 /// Headers every answer of the proxy port carries: security headers, and CORS headers
 /// when the request came from an allowed browser origin.
 pub fn common_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {

@@ -8,8 +8,7 @@ use pingora::proxy::Session;
 
 /// The status the client got (0 when nothing was sent).
 pub fn client_status(session: &Session, ctx: &RequestCtx) -> u16 {
-    session
-        .response_written()
+    crate::proxy::respond::final_response_written(session)
         .map(|r| r.status.as_u16())
         .or(ctx.local_status)
         .unwrap_or(0)

@@ -120,6 +120,11 @@ upstream:
         assert_eq!(peer._address.to_string(), second.to_string());
         assert_eq!(peer.sni, "files.example");
         assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(7)));
+        // No upgrade handshake is ever forwarded to a server.
+        assert!(
+            peer.options.http_upstream_request_policy
+                == pingora::upstreams::peer::HttpUpstreamRequestPolicy::deny_upgrades()
+        );
         // Tried servers are skipped; with every server tried there is none.
         let servers = g.servers();
         let (ua, ub) = (servers[0].uid, servers[1].uid);

@@ -4,7 +4,7 @@
 use super::breaker::{Breaker, Permit, State};
 use super::target::{Address, Target};
 use arc_swap::{ArcSwap, ArcSwapOption};
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use pingora::utils::tls::WrappedX509;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -142,6 +142,9 @@ impl Server {
         peer.options.verify_cert = s.verify;
         peer.options.verify_hostname = s.verify;
         peer.options.ca = s.ca.clone();
+        // Hop-by-hop fields are stripped and no HTTP/1 upgrade handshake is ever
+        // forwarded: the gateway inspects every message, so it tunnels nothing.
+        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
         self.peer.store(Some(Arc::new(peer)));
         self.address.store(Some(Arc::new(address)));
         Ok(true)

@@ -9,11 +9,20 @@ the gateway forwarded. Behaviour by method / tool name:
 * ``tools/call`` ``stream``: an SSE response: one event at once, then after
   ``arguments.delay`` seconds the final result (``arguments.idle`` to stay silent);
   if the client went away the stream is recorded as cancelled (see ``GET /_state``);
-* ``tools/call`` ``status``: answers with HTTP status ``arguments.code``;
+  with ``arguments.watch`` (and ``idle``) a client that closes the connection while the
+  stream is silent is noticed at once (and counted as cancelled); ``arguments.head_delay``
+  (with ``watch``) stays silent that long before even the response header;
+* ``tools/call`` ``status``: answers with HTTP status ``arguments.code``, after an
+  informational response for each code in ``arguments.early`` (e.g. ``[103]``);
 * ``tools/call`` ``slow``: sends nothing at all (not even headers) for ``arguments.delay``
   seconds (default 30), then the result;
 * ``tools/call`` ``mint_session``: answers with a fresh ``Mcp-Session-Id: <id>-raw-<n>``
   (whatever the protocol version);
+* ``tools/call`` ``switch``: answers ``101 Switching Protocols`` (``Upgrade: websocket``)
+  and then raw bytes, as a server taking over the connection would;
+* ``tools/call`` ``hop``: a normal answer carrying hop-by-hop response fields
+  (``Connection: X-Secret``, ``X-Secret``, ``Keep-Alive``, ``Proxy-Authenticate``,
+  ``Proxy-Connection``, ``Upgrade``) and ``X-Kept``, an end-to-end one;
 * ``tools/list``, ``prompts/list``, ``resources/list``, ``resources/templates/list``:
   a few items each (see ``LISTS``); as SSE (a progress event, then the result) when
   ``params._meta.sse`` is true;
@@ -31,6 +40,8 @@ import argparse
 import hashlib
 import json
 import os
+import select
+import socket
 import socketserver
 import ssl
 import sys
@@ -74,6 +85,7 @@ class Handler(BaseHTTPRequestHandler):
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body_len": len(body),
+            "version": self.request_version,
             # The gateway's side of this connection: tells reused connections apart.
             "client_port": self.client_address[1],
             "body_sha256": hashlib.sha256(body).hexdigest(),
@@ -95,6 +107,24 @@ class Handler(BaseHTTPRequestHandler):
     def chunk(self, data):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
+
+    def wait_watching(self, seconds):
+        """Stay silent up to ``seconds``; False as soon as the client closed the connection."""
+        deadline = time.time() + seconds
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                return True
+            readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+            if readable:
+                try:
+                    data = self.connection.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    return False
+                if not data:
+                    return False
+                # Unexpected bytes from the client: keep waiting without reading them.
+                time.sleep(min(left, 0.05))
 
     def start_sse(self):
         self.send_response(200)
@@ -170,7 +200,29 @@ class Handler(BaseHTTPRequestHandler):
             n = bump("sessions")
             return self.send_json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result},
                                   {"Mcp-Session-Id": "%s-raw-%d" % (SERVER_ID, n)})
+        if method == "tools/call" and params.get("name") == "switch":
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.write(b"\x81\x05hello")
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if method == "tools/call" and params.get("name") == "hop":
+            return self.send_json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result}, {
+                "Connection": "keep-alive, X-Secret",
+                "X-Secret": "upstream-only",
+                "Keep-Alive": "timeout=5",
+                "Proxy-Authenticate": "Basic realm=upstream",
+                "Proxy-Connection": "keep-alive",
+                "Upgrade": "h2c",
+                "X-Kept": "yes",
+            })
         if method == "tools/call" and params.get("name") == "status":
+            for early in params.get("arguments", {}).get("early", []):
+                self.send_response_only(int(early))
+                self.end_headers()
             code = int(params.get("arguments", {}).get("code", 500))
             return self.send_json(code, {"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32603, "message": "as asked"}})
         if method == "tools/call" and params.get("name") == "slow":
@@ -182,12 +234,19 @@ class Handler(BaseHTTPRequestHandler):
             return
         if method == "tools/call" and params.get("name") == "stream":
             args = params.get("arguments", {})
+            watch = args.get("watch") and args.get("idle")
+            if watch and not self.wait_watching(float(args.get("head_delay", 0))):
+                bump("cancelled")
+                return
             self.start_sse()
             try:
                 first = {"jsonrpc": "2.0", "method": "notifications/progress",
                          "params": {"progressToken": 1, "progress": 0, "server": SERVER_ID}}
                 self.chunk(b"event: message\ndata: %s\n\n" % json.dumps(first).encode())
                 deadline = time.time() + float(args.get("delay", 1))
+                if watch and not self.wait_watching(float(args.get("delay", 1))):
+                    bump("cancelled")
+                    return
                 while time.time() < deadline:
                     time.sleep(0.05)
                     if not args.get("idle"):

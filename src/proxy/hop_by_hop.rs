@@ -1,0 +1,284 @@
+//! The fields that describe one connection, not the message (RFC 9110 §7.6.1): what the
+//! gateway refuses, strips or rewrites between the client's connection and the
+//! upstream's, the same way on every path (Pingora's proxy path and the large-body path).
+//!
+//! * Requests: `Upgrade` is refused on MCP routes ([`check_request`]); `Connection` may
+//!   not name fields the gateway owns; the standard hop-by-hop fields, those `Connection`
+//!   names, and `Expect` (the gateway answers `100 Continue` itself) never go upstream
+//!   ([`strip_request`]).
+//! * Responses: the standard hop-by-hop fields and those the upstream's `Connection`
+//!   names never reach the client ([`strip_response`]); framing (`Content-Length`,
+//!   `Transfer-Encoding`) is left to Pingora, which writes the client's own.
+
+use crate::error::GatewayError;
+use http::header::{self, HeaderMap, HeaderName};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// At most this many `Connection` tokens (Pingora's proxy path refuses a tenth).
+const MAX_CONNECTION_TOKENS: usize = 9;
+
+/// Fields a `Connection` header may not name: removing them would strip what the
+/// gateway tells the upstream about the request.
+const PROTECTED: [&str; 4] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+/// Standard hop-by-hop request fields (RFC 9110 §7.6.1, plus `Proxy-Connection`,
+/// `HTTP2-Settings` and `Expect`). `Transfer-Encoding` goes too: the gateway frames the
+/// body it read with `Content-Length`.
+const REQUEST: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "expect",
+];
+
+/// Standard hop-by-hop response fields. `Transfer-Encoding` and `Content-Length` frame
+/// the body Pingora relays; it writes the client's `Connection` itself.
+const RESPONSE: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Response fields never removed for being named in `Connection` (framing).
+const RESPONSE_FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
+
+/// The tokens of every `Connection` field, trimmed, empty ones skipped.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// An HTTP `token` (RFC 9110 §5.6.2).
+fn is_token(t: &[u8]) -> bool {
+    t.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            )
+    })
+}
+
+/// Refuse, before anything is read, a request whose connection fields the gateway will
+/// not honour: an `Upgrade` (no protocol switch is tunnelled through the gateway) and a
+/// `Connection` header naming a field the gateway owns, malformed, or too long.
+pub fn check_request(req: &RequestHeader) -> Result<(), GatewayError> {
+    if let Some(upgrade) = req.headers.get(header::UPGRADE).filter(|_| !only_h2c(req)) {
+        return Err(GatewayError::InvalidRequest(format!(
+            "protocol upgrades are not supported on MCP endpoints (Upgrade: {:?}): \
+             send MCP over Streamable HTTP (POST, and GET for the SSE stream) without an \
+             Upgrade header",
+            String::from_utf8_lossy(upgrade.as_bytes())
+        )));
+    }
+    let mut count = 0;
+    for token in connection_tokens(&req.headers) {
+        count += 1;
+        if count > MAX_CONNECTION_TOKENS {
+            return Err(GatewayError::InvalidRequest(format!(
+                "the Connection header lists more than {MAX_CONNECTION_TOKENS} options"
+            )));
+        }
+        let shown = String::from_utf8_lossy(token);
+        if !is_token(token) {
+            return Err(GatewayError::InvalidRequest(format!(
+                "the Connection header option {shown:?} is not an HTTP token"
+            )));
+        }
+        if PROTECTED
+            .iter()
+            .any(|p| p.as_bytes().eq_ignore_ascii_case(token))
+        {
+            return Err(GatewayError::InvalidRequest(format!(
+                "the Connection header may not name {shown:?}: the gateway sets that field \
+                 for the upstream"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An offer of cleartext HTTP/2 only (`curl --http2` on `http://` sends one with every
+/// request): ignored, as RFC 9110 §7.8 lets a server do, and the request is served over
+/// HTTP/1.1 (its `Upgrade` and `HTTP2-Settings` never go upstream).
+fn only_h2c(req: &RequestHeader) -> bool {
+    let mut offers = req
+        .headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
+        .peekable();
+    offers.peek().is_some() && offers.all(|p| p.eq_ignore_ascii_case(b"h2c"))
+}
+
+/// The extension fields a `Connection` header names (standard ones are removed anyway).
+fn nominated(headers: &HeaderMap) -> Vec<HeaderName> {
+    connection_tokens(headers)
+        .take(MAX_CONNECTION_TOKENS)
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect()
+}
+
+/// Remove the request's connection fields: those its `Connection` names, then the
+/// standard hop-by-hop ones (`Expect` included). Protected fields are never named here:
+/// [`check_request`] refused such requests.
+pub fn strip_request(req: &mut RequestHeader) {
+    if req.headers.contains_key(header::CONNECTION) {
+        for name in nominated(&req.headers) {
+            if !PROTECTED.contains(&name.as_str()) {
+                req.remove_header(&name);
+            }
+        }
+    }
+    for name in REQUEST {
+        req.remove_header(name);
+    }
+}
+
+/// Remove the response's connection fields: those the upstream's `Connection` names
+/// (framing excepted), then the standard hop-by-hop ones.
+pub fn strip_response(resp: &mut ResponseHeader) {
+    if resp.headers.contains_key(header::CONNECTION) {
+        for name in nominated(&resp.headers) {
+            if !RESPONSE_FRAMING.contains(&name.as_str()) {
+                resp.remove_header(&name);
+            }
+        }
+    }
+    for name in RESPONSE {
+        resp.remove_header(name);
+    }
+}
+
+/// The error for an upstream that answered `101 Switching Protocols`: nothing asked it
+/// to (upgrades never go upstream), and a switched connection would carry traffic the
+/// gateway cannot inspect.
+pub fn switched_protocols(ctx: &super::ctx::RequestCtx) -> GatewayError {
+    GatewayError::UpstreamFailed {
+        group: ctx
+            .group
+            .as_ref()
+            .map(|g| g.name.clone())
+            .unwrap_or_default(),
+        server: ctx.server().map(|s| s.id.clone()).unwrap_or_default(),
+        detail: "it answered 101 Switching Protocols, but the gateway does not tunnel \
+                 protocol upgrades"
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("POST", b"/mcp", None).unwrap();
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn requests_lose_nominated_and_standard_fields() {
+        let mut req = request(&[
+            ("connection", "keep-alive, X-Hop"),
+            ("connection", "x-other"),
+            ("x-hop", "1"),
+            ("x-other", "2"),
+            ("x-kept", "3"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("expect", "100-continue"),
+            ("proxy-authorization", "Basic eDp5"),
+        ]);
+        check_request(&req).unwrap();
+        strip_request(&mut req);
+        let left: Vec<_> = req.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn refused_connection_fields() {
+        for (name, value) in [
+            ("upgrade", "websocket"),
+            ("connection", "close, Host"),
+            ("connection", "x-forwarded-for"),
+            ("connection", "\"x-forwarded-for\""),
+            ("connection", ":authority"),
+            ("connection", "a,b,c,d,e,f,g,h,i,j"),
+        ] {
+            let req = request(&[(name, value)]);
+            assert!(
+                matches!(check_request(&req), Err(GatewayError::InvalidRequest(_))),
+                "{name}: {value}"
+            );
+        }
+        check_request(&request(&[("connection", "a,b,c,d,e,f,g,h,i")])).unwrap();
+        // A cleartext HTTP/2 offer is ignored (served as HTTP/1.1), not refused.
+        let mut h2c = request(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+        ]);
+        check_request(&h2c).unwrap();
+        strip_request(&mut h2c);
+        assert!(h2c.headers.is_empty());
+        let both = request(&[("upgrade", "h2c, websocket")]);
+        assert!(check_request(&both).is_err());
+    }
+
+    #[test]
+    fn responses_keep_their_framing() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in [
+            ("connection", "x-secret, content-length"),
+            ("x-secret", "1"),
+            ("content-length", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic"),
+            ("x-kept", "3"),
+        ] {
+            resp.append_header(k, v).unwrap();
+        }
+        strip_response(&mut resp);
+        let mut left: Vec<_> = resp.headers.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-length", "x-kept"]);
+    }
+}

@@ -1,0 +1,650 @@
+//! What crosses the gateway between a client's connection and an upstream's, against the
+//! real binary: hop-by-hop fields (request and response), HTTP/2 clients, protocol
+//! upgrades, `Expect: 100-continue`, and cancellation while an upstream is silent. Every
+//! rule is checked on both forwarding paths: Pingora's (small bodies) and the large-body
+//! one (bodies over the 64 KiB retry buffer).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A `tools/call` of the mock's `tool`, padded to at least `pad` bytes.
+fn call(tool: &str, arguments: Value, pad: usize) -> String {
+    let mut arguments = arguments;
+    if pad > 0 {
+        arguments["pad"] = json!("p".repeat(pad));
+    }
+    json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":tool,"arguments":arguments}})
+        .to_string()
+}
+
+/// The two forwarding paths: `(name, padding)`.
+const PATHS: [(&str, usize); 2] = [("small body", 0), ("large body", 100 * 1024)];
+
+/// Hop-by-hop request fields a client may send over HTTP/1.1, and the extension field
+/// its `Connection` names.
+const HOP_REQUEST: [(&str, &str); 8] = [
+    ("connection", "keep-alive, X-Hop"),
+    ("x-hop", "secret"),
+    ("keep-alive", "timeout=5"),
+    ("proxy-authorization", "Basic eDp5"),
+    ("proxy-connection", "keep-alive"),
+    ("te", "trailers"),
+    ("trailer", "x-trailer"),
+    ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+];
+
+fn assert_no_hop_fields(h: &Value, what: &str) {
+    for name in [
+        "x-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "http2-settings",
+        "upgrade",
+        "expect",
+        "transfer-encoding",
+    ] {
+        assert!(
+            h.get(name).is_none(),
+            "{what}: {name} reached the upstream: {h}"
+        );
+    }
+    assert_ne!(
+        h.get("connection").and_then(Value::as_str),
+        Some("keep-alive, X-Hop"),
+        "{what}: the client's Connection reached the upstream: {h}"
+    );
+}
+
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The admin service's block, with a token (the API needs one).
+fn admin() -> String {
+    format!("admin:\n  port: {{admin_port}}\n  token: {ADMIN_TOKEN}\n")
+}
+
+/// The first server of the first group, as the admin API shows it.
+async fn admin_server(gw: &Gateway) -> Value {
+    let v: Value = client()
+        .get(gw.admin_url("/api/v1/upstreams"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let s = v["groups"][0]["servers"][0].clone();
+    assert!(s.is_object(), "admin API: {v}");
+    s
+}
+
+/// Poll `check` every 50 ms for up to `limit`.
+async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn request_connection_fields_never_reach_the_upstream_over_http1() {
+    let up = Upstream::start("u");
+    let yaml = format!(
+        "server:\n  host: 127.0.0.1\n  port: {{port}}\nupstream:\n  groups:\n    plain:\n      servers:\n        - {{id: a, url: \"{url}\"}}\n    kept:\n      preserve_host: true\n      servers:\n        - {{id: b, url: \"{url}\"}}\nroutes:\n  - {{path: /mcp, group: plain}}\n  - {{path: /mcp/kept, group: kept}}\nlimits:\n  max_request_body: 2MiB\n",
+        url = up.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let c = client();
+    for (path, pad) in PATHS {
+        let body = call("echo", json!({}), pad);
+        let mut req = post(&c, &gw.url("/mcp"), body.clone()).header("x-kept", "yes");
+        for (k, v) in HOP_REQUEST {
+            req = req.header(k, v);
+        }
+        let r = received(req.send().await.unwrap()).await;
+        let h = &r["headers"];
+        assert_eq!(r["version"], "HTTP/1.1", "{path}: {r}");
+        assert_no_hop_fields(h, path);
+        assert_eq!(h["x-kept"], "yes", "{path}: {h}");
+        assert_eq!(h["host"], up.addr.as_str(), "{path}: {h}");
+        assert_eq!(h["content-length"], body.len().to_string(), "{path}");
+        assert_eq!(r["body_len"], body.len(), "{path}");
+
+        // preserve_host: the client's Host, on both paths.
+        let r = received(
+            post(&c, &gw.url("/mcp/kept"), body.clone())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            r["headers"]["host"],
+            format!("127.0.0.1:{}", gw.port),
+            "{path}: {r}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn connection_naming_fields_the_gateway_sets_is_refused_on_both_paths() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let c = client();
+    for (path, pad) in PATHS {
+        for named in ["Host", "X-Forwarded-For", "x-forwarded-proto"] {
+            let resp = post(&c, &gw.url("/mcp"), call("echo", json!({}), pad))
+                .header("connection", format!("keep-alive, {named}"))
+                .send()
+                .await
+                .unwrap();
+            let v = expect_error(resp, 400, -32600).await;
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("Connection header may not name"),
+                "{path}, {named}: {v}"
+            );
+        }
+    }
+    assert_eq!(
+        up.state().await["requests"],
+        0,
+        "nothing reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_fields_never_reach_the_client() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let c = client();
+    for (path, pad) in PATHS {
+        let resp = post(&c, &gw.url("/mcp"), call("hop", json!({}), pad))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(header(&resp, "x-kept").as_deref(), Some("yes"), "{path}");
+        for name in [
+            "x-secret",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-connection",
+            "upgrade",
+        ] {
+            assert!(
+                header(&resp, name).is_none(),
+                "{path}: {name} reached the client: {:?}",
+                resp.headers()
+            );
+        }
+        let connection = header(&resp, "connection").unwrap_or_default();
+        assert!(
+            !connection.to_ascii_lowercase().contains("x-secret"),
+            "{path}: {connection}"
+        );
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["id"], 7, "{path}: {v}");
+    }
+}
+
+/// A test CA and a server certificate for 127.0.0.1 it issued.
+fn pki() -> TempDir {
+    let dir = TempDir::new("pki");
+    make_cert(
+        &dir,
+        "ca",
+        "/CN=Test CA",
+        None,
+        &[
+            "basicConstraints=critical,CA:TRUE",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    make_cert(
+        &dir,
+        "server",
+        "/CN=gateway",
+        Some("ca"),
+        &[
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "extendedKeyUsage=serverAuth",
+            "basicConstraints=critical,CA:FALSE",
+        ],
+    );
+    dir
+}
+
+/// A client trusting the test CA; it speaks HTTP/2 when ALPN offers it.
+fn tls_client(pki: &TempDir) -> reqwest::Client {
+    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// The gateway with a TLS listener (`h2` and `http/1.1` by ALPN), ready.
+async fn tls_gateway(pki: &TempDir, yaml: &str) -> (std::process::Child, TempDir, u16) {
+    let yaml = yaml.replacen(
+        "server:\n",
+        &format!(
+            "server:\n  tls:\n    cert: {}\n    key: {}\n",
+            pki.path("server.pem").display(),
+            pki.path("server.key").display()
+        ),
+        1,
+    );
+    let (config, dir, port) = Gateway::prepare(&yaml, &[]);
+    let mut child = Gateway::spawn(&config, &dir, &[], &[]);
+    let c = tls_client(pki);
+    let ready = eventually(Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            c.get(format!("https://127.0.0.1:{port}/readiness"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    if !ready {
+        let _ = child.kill();
+        panic!(
+            "TLS gateway not ready:\n{}",
+            std::fs::read_to_string(dir.path("gateway.log")).unwrap_or_default()
+        );
+    }
+    (child, dir, port)
+}
+
+#[tokio::test]
+async fn http2_clients_reach_the_upstream_as_http1_on_both_paths() {
+    let pki = pki();
+    let up = Upstream::start("u");
+    let yaml = format!(
+        "server:\n  host: 127.0.0.1\n  port: {{port}}\nupstream:\n  groups:\n    plain:\n      retries: 0\n      circuit_breaker: {{failure_threshold: 2}}\n      servers:\n        - {{id: a, url: \"{url}\"}}\n    kept:\n      preserve_host: true\n      servers:\n        - {{id: b, url: \"{url}\"}}\nroutes:\n  - {{path: /mcp, group: plain}}\n  - {{path: /mcp/kept, group: kept}}\n",
+        url = up.url()
+    );
+    let (mut child, dir, port) = tls_gateway(&pki, &yaml).await;
+    let c = tls_client(&pki);
+    let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+    for (path, pad) in PATHS {
+        // More than the breaker's threshold: a failing path would shut the server out.
+        for _ in 0..3 {
+            let resp = post(&c, &url("/mcp"), call("echo", json!({}), pad))
+                .header("te", "trailers")
+                .header("proxy-authorization", "Basic eDp5")
+                .header("x-kept", "yes")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+            let r = received(resp).await;
+            assert_eq!(r["version"], "HTTP/1.1", "{path}: {r}");
+            let h = &r["headers"];
+            assert_no_hop_fields(h, path);
+            assert_eq!(h["x-kept"], "yes", "{path}: {h}");
+            assert_eq!(h["host"], up.addr.as_str(), "{path}: {h}");
+            assert_eq!(h["x-forwarded-proto"], "https", "{path}: {h}");
+        }
+        // preserve_host: Host comes from the client's :authority.
+        let resp = post(&c, &url("/mcp/kept"), call("echo", json!({}), pad))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        let r = received(resp).await;
+        assert_eq!(
+            r["headers"]["host"],
+            format!("127.0.0.1:{port}"),
+            "{path}: {r}"
+        );
+        // Hop-by-hop response fields never reach an HTTP/2 client either.
+        let resp = post(&c, &url("/mcp"), call("hop", json!({}), pad))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert!(header(&resp, "x-secret").is_none(), "{path}");
+        assert_eq!(header(&resp, "x-kept").as_deref(), Some("yes"), "{path}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(dir);
+}
+
+/// Send `head` (then `body`, once the gateway said `100 Continue` when `expect`) on a
+/// fresh connection; the final response's head and body. `continued`: a `100 Continue`
+/// arrived within a bounded wait.
+struct Exchange {
+    continued: bool,
+    head: String,
+    body: Vec<u8>,
+}
+
+async fn exchange(port: u16, head: &str, body: &[u8], expect: bool) -> Exchange {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut continued = false;
+    if expect {
+        // Wait (bounded) for the interim answer before sending any of the body.
+        let wait = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(end) = find(&buf, b"\r\n\r\n") {
+                    return Some(end);
+                }
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await;
+        if let Ok(Some(end)) = wait {
+            if buf.starts_with(b"HTTP/1.1 100") {
+                continued = true;
+                buf.drain(..end + 4);
+            }
+        }
+    }
+    if !body.is_empty() {
+        s.write_all(body).await.unwrap();
+    }
+    // The final answer: its head, then Content-Length bytes.
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                if buf.starts_with(b"HTTP/1.1 1") {
+                    // A late interim answer (not the gateway's own, in time): skip it.
+                    buf.drain(..end + 4);
+                    continue;
+                }
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())
+                            .flatten()
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    return (head, buf[end + 4..end + 4 + len].to_vec());
+                }
+            }
+            let mut chunk = [0u8; 16384];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return (String::from_utf8_lossy(&buf).into_owned(), Vec::new()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| (String::from_utf8_lossy(&buf).into_owned(), Vec::new()));
+    Exchange {
+        continued,
+        head: read.0,
+        body: read.1,
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn post_head(path: &str, len: usize, extra: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {len}\r\n{extra}\r\n"
+    )
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_by_the_gateway_and_never_forwarded() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    for (path, pad) in PATHS {
+        let body = call("echo", json!({}), pad);
+        let x = exchange(
+            gw.port,
+            &post_head("/mcp", body.len(), "Expect: 100-continue\r\n"),
+            body.as_bytes(),
+            true,
+        )
+        .await;
+        assert!(
+            x.continued,
+            "{path}: no 100 Continue before the body was sent; then got {:?}",
+            x.head
+        );
+        assert!(x.head.starts_with("HTTP/1.1 200"), "{path}: {}", x.head);
+        let v: Value = serde_json::from_slice(&x.body).unwrap();
+        let h = &v["result"]["headers"];
+        assert!(
+            h.get("expect").is_none(),
+            "{path}: Expect went upstream: {h}"
+        );
+        assert_eq!(v["result"]["body_len"], body.len(), "{path}");
+    }
+    // Refused before the body is read: the final answer comes instead of a 100.
+    let x = exchange(
+        gw.port,
+        &post_head("/nowhere", 10, "Expect: 100-continue\r\n"),
+        b"",
+        true,
+    )
+    .await;
+    assert!(!x.continued);
+    assert!(x.head.starts_with("HTTP/1.1 404"), "{}", x.head);
+}
+
+#[tokio::test]
+async fn informational_answers_do_not_decide_the_breaker() {
+    let up = Upstream::start("u");
+    let group = "      retries: 0\n      circuit_breaker: {failure_threshold: 3, open_for: 60s}\n";
+    let yaml = config_for(&[up.url()], &admin()).replacen(
+        "    default:\n",
+        &format!("    default:\n{group}"),
+        1,
+    );
+    let c = client();
+    for (path, pad) in PATHS {
+        // A client expecting 100-continue (the upstream must not answer it: the gateway
+        // did), and an upstream sending 103 Early Hints before its 500s.
+        let gw = Gateway::start(&yaml).await;
+        for _ in 0..3 {
+            let body = call("status", json!({"code": 500}), pad);
+            let x = exchange(
+                gw.port,
+                &post_head("/mcp", body.len(), "Expect: 100-continue\r\n"),
+                body.as_bytes(),
+                true,
+            )
+            .await;
+            assert!(x.head.starts_with("HTTP/1.1 500"), "{path}: {}", x.head);
+        }
+        let s = admin_server(&gw).await;
+        assert_eq!(s["breaker"], "open", "{path}, Expect: {s}\n{}", gw.log());
+        drop(gw);
+
+        let gw = Gateway::start(&yaml).await;
+        for _ in 0..3 {
+            let resp = post(
+                &c,
+                &gw.url("/mcp"),
+                call("status", json!({"code": 500, "early": [103]}), pad),
+            )
+            .send()
+            .await
+            .unwrap();
+            assert_eq!(resp.status(), 500, "{path}");
+        }
+        let s = admin_server(&gw).await;
+        assert_eq!(s["breaker"], "open", "{path}, 103: {s}\n{}", gw.log());
+    }
+}
+
+#[tokio::test]
+async fn upgrade_requests_are_refused_and_never_reach_the_upstream() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let ws = "GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAccept: text/event-stream\r\n\r\n";
+    let x = exchange(gw.port, ws, b"", false).await;
+    assert!(x.head.starts_with("HTTP/1.1 400"), "{}", x.head);
+    let v: Value = serde_json::from_slice(&x.body).unwrap();
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("upgrade"),
+        "{v}"
+    );
+    for (path, pad) in PATHS {
+        let body = call("echo", json!({}), pad);
+        let x = exchange(
+            gw.port,
+            &post_head(
+                "/mcp",
+                body.len(),
+                "Connection: Upgrade\r\nUpgrade: websocket\r\n",
+            ),
+            body.as_bytes(),
+            false,
+        )
+        .await;
+        assert!(x.head.starts_with("HTTP/1.1 400"), "{path}: {}", x.head);
+    }
+    assert_eq!(
+        up.state().await["requests"],
+        0,
+        "nothing reached the upstream"
+    );
+
+    // A cleartext HTTP/2 offer (curl --http2 on http://) is ignored: served as HTTP/1.1,
+    // and neither the offer nor its settings go upstream.
+    for (path, pad) in PATHS {
+        let body = call("echo", json!({}), pad);
+        let x = exchange(
+            gw.port,
+            &post_head(
+                "/mcp",
+                body.len(),
+                "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n",
+            ),
+            body.as_bytes(),
+            false,
+        )
+        .await;
+        assert!(x.head.starts_with("HTTP/1.1 200"), "{path}: {}", x.head);
+        let v: Value = serde_json::from_slice(&x.body).unwrap();
+        assert_eq!(v["result"]["version"], "HTTP/1.1", "{path}: {v}");
+        assert_no_hop_fields(&v["result"]["headers"], path);
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_switching_protocols_gets_a_502_on_both_paths() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let c = client();
+    for (path, pad) in PATHS {
+        let resp = post(&c, &gw.url("/mcp"), call("switch", json!({}), pad))
+            .send()
+            .await
+            .unwrap();
+        let v = expect_error(resp, 502, -32603).await;
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("101"),
+            "{path}: {v}"
+        );
+        // The gateway still serves.
+        received(
+            post(&c, &gw.url("/mcp"), call("echo", json!({}), pad))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_leaving_while_the_upstream_is_silent_cancels_on_both_paths() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(
+        &[up.url()],
+        &format!("limits:\n  max_request_body: 2MiB\n{}", admin()),
+    ))
+    .await;
+    let c = client();
+    let mut cancelled = 0;
+    for (path, pad) in PATHS {
+        // Silent after its first event: the client reads that, then hangs up.
+        let args = json!({"delay": 60, "idle": true, "watch": true});
+        let mut resp = post(&c, &gw.url("/mcp"), call("stream", args, pad))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let first = resp.chunk().await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+        drop(resp);
+        cancelled += 1;
+        let seen = eventually(Duration::from_secs(10), || async {
+            up.state().await["cancelled"].as_u64().unwrap() >= cancelled
+        })
+        .await;
+        assert!(
+            seen,
+            "{path}: the upstream never saw the client go away (stream)"
+        );
+
+        // Silent before its answer even begins: the client gives up waiting.
+        let args = json!({"delay": 1, "head_delay": 60, "idle": true, "watch": true});
+        let impatient = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let gave_up = post(&impatient, &gw.url("/mcp"), call("stream", args, pad))
+            .send()
+            .await;
+        assert!(gave_up.is_err(), "{path}: an answer came");
+        cancelled += 1;
+        let seen = eventually(Duration::from_secs(10), || async {
+            up.state().await["cancelled"].as_u64().unwrap() >= cancelled
+        })
+        .await;
+        assert!(
+            seen,
+            "{path}: the upstream never saw the client go away (head)"
+        );
+        // And the request no longer counts against the server.
+        let idle = eventually(Duration::from_secs(10), || async {
+            admin_server(&gw).await["in_flight"] == 0
+        })
+        .await;
+        assert!(idle, "{path}: still in flight: {}", admin_server(&gw).await);
+    }
+}
