@@ -163,6 +163,51 @@ async fn lists_on_a_get_stream_are_filtered() {
     }
 }
 
+#[tokio::test]
+async fn streams_without_lists_pass_unchanged_and_compressed_lists_fail_closed() {
+    let up = Upstream::start("u");
+    let gw = policy_gateway(&up).await;
+    let c = client();
+    // The GET stream's other events flow as the server wrote them.
+    let resp = c
+        .get(gw.url("/mcp?delay=0.1"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with("event: ready\ndata: {"), "{text}");
+    assert!(text.ends_with("event: later\ndata: {}\n\n"), "{text}");
+    // A list the server compressed although asked not to cannot be read: an error instead.
+    let body = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"_meta": {"gzip": true}}});
+    let resp = post(&c, &gw.url("/mcp"), body.to_string())
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().get("content-encoding").is_none());
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (v["id"].as_i64(), v["error"]["code"].as_i64()),
+        (Some(5), Some(-32603)),
+        "{v}"
+    );
+    // The gateway asked for an uncompressed answer.
+    let r = received(
+        post(
+            &c,
+            &gw.url("/mcp"),
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#,
+        )
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert!(r["headers"].get("accept-encoding").is_none(), "{r}");
+}
+
 /// A GET stream or a POST list answer, framed as `frame`, with `Content-Type` `ct`.
 async fn framed(gw: &Gateway, get: bool, frame: &str, ct: Option<&str>) -> String {
     let c = client();

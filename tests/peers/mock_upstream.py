@@ -20,6 +20,7 @@ the gateway forwarded. Behaviour by method / tool name:
   result (id 7), framed as ``FRAME`` says (see ``sse_frame``), and ``?ct=`` as the
   ``Content-Type``;
 * list requests as SSE (``_meta.sse``) take ``_meta.frame`` and ``_meta.ct`` the same way;
+  with ``_meta.gzip`` a JSON list answer comes gzip-compressed whatever was accepted;
 * batches: each request answered with the description, plus its list for list methods;
 * DELETE: ``200``.
 
@@ -28,6 +29,7 @@ the gateway forwarded. Behaviour by method / tool name:
 """
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -203,6 +205,15 @@ class Handler(BaseHTTPRequestHandler):
                 else:
                     self.chunk(sse_frame(frame, final, "1"))
                 self.chunk(b"")
+                return
+            if meta.get("gzip"):
+                data = gzip.compress(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}).encode())
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
                 return
         if method == "initialize":
             n = bump("sessions")
