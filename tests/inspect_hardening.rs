@@ -208,6 +208,20 @@ async fn streams_without_lists_pass_unchanged_and_compressed_lists_fail_closed()
     assert!(r["headers"].get("accept-encoding").is_none(), "{r}");
 }
 
+#[tokio::test]
+async fn lists_answering_unknown_methods_are_filtered() {
+    let up = Upstream::start("u");
+    let gw = policy_gateway(&up).await;
+    for sse in [false, true] {
+        let body = json!({"jsonrpc": "2.0", "id": 8, "method": "vendor/tools", "params": {"_meta": {"sse": sse}}});
+        let resp = send(&gw, body.to_string()).await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(!text.contains("\"status\""), "sse={sse}: {text}");
+        assert!(text.contains("\"echo\""), "sse={sse}: {text}");
+    }
+}
+
 /// A GET stream or a POST list answer, framed as `frame`, with `Content-Type` `ct`.
 async fn framed(gw: &Gateway, get: bool, frame: &str, ct: Option<&str>) -> String {
     let c = client();

@@ -67,6 +67,11 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// The method is one of [`KNOWN_METHODS`] (those are interned, so this is one check).
+    pub fn method_is_known(&self) -> bool {
+        matches!(self.method, Some(Cow::Borrowed(_)))
+    }
+
     pub fn era(&self) -> Era {
         if self.method.as_deref() == Some("initialize") {
             return Era::Legacy;

@@ -210,11 +210,13 @@ async fn check(
         for env in ctx.mcp.messages() {
             authorize(state, &route_path, ctx.identity.as_ref(), Some(env))?;
         }
+        // JSON answers are filtered for list requests, for methods the gateway does not
+        // know (a server may answer one with a list) and for GETs; SSE answers always.
         let lists = method == Method::GET
-            || ctx
-                .mcp
-                .messages()
-                .any(|e| e.method.as_deref().and_then(ListKind::of).is_some());
+            || ctx.mcp.messages().any(|e| match e.method.as_deref() {
+                Some(m) => ListKind::of(m).is_some() || !e.method_is_known(),
+                None => false,
+            });
         ctx.list_scope = Scope::of(&state.policies, lists);
     }
 

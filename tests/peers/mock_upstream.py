@@ -21,6 +21,7 @@ the gateway forwarded. Behaviour by method / tool name:
   ``Content-Type``;
 * list requests as SSE (``_meta.sse``) take ``_meta.frame`` and ``_meta.ct`` the same way;
   with ``_meta.gzip`` a JSON list answer comes gzip-compressed whatever was accepted;
+  ``vendor/tools`` (a method of its own) answers like ``tools/list``;
 * batches: each request answered with the description, plus its list for list methods;
 * DELETE: ``200``.
 
@@ -187,6 +188,9 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 STATE["health_probe"] = {"method": method, "headers": {k.lower(): v for k, v in self.headers.items()}}
         result = self.describe(body)
+        if method == "vendor/tools":
+            # A method of the server's own that answers with the tool list.
+            method = "tools/list"
         if method in LISTS:
             key, items = LISTS[method]
             result[key] = items

@@ -161,6 +161,8 @@ fn notifications_and_responses() {
     assert_eq!(r.kind, Kind::Response);
     let unknown = one(r#"{"jsonrpc":"2.0","id":1,"method":"vendor/thing","params":[1,2]}"#);
     assert_eq!(unknown.method.as_deref(), Some("vendor/thing"));
+    assert!(!unknown.method_is_known());
+    assert!(n.method_is_known());
 }
 
 #[test]
