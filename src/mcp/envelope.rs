@@ -248,20 +248,20 @@ fn single(body: &str) -> Result<Envelope, InspectError> {
     })
 }
 
-/// The keys read at one level of the message, and which of them were seen.
-struct Keys {
+/// The keys read at one level of a JSON object, and which of them were seen (at most 8).
+pub(crate) struct Keys {
     watched: &'static [&'static str],
     seen: u8,
 }
 
 impl Keys {
-    const fn new(watched: &'static [&'static str]) -> Keys {
+    pub(crate) const fn new(watched: &'static [&'static str]) -> Keys {
         Keys { watched, seen: 0 }
     }
 
     /// Note `key`: `Err` with the reason when it repeats a watched key or equals one but
     /// for case. Keys that are neither cost one length comparison per watched key.
-    fn note(&mut self, key: &str) -> Result<(), String> {
+    pub(crate) fn note(&mut self, key: &str) -> Result<(), String> {
         for (i, w) in self.watched.iter().enumerate() {
             if key == *w {
                 if self.seen & (1 << i) != 0 {

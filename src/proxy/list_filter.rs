@@ -16,10 +16,11 @@
 //! cannot be read (not JSON, not UTF-8, compressed, or larger than [`MAX_LIST`]) is
 //! never passed on: the client gets a JSON-RPC error in its place.
 
+use crate::mcp::envelope::Keys;
 use crate::security::auth::Identity;
 use crate::security::policy::{ListKind, Policies};
 use bytes::{Bytes, BytesMut};
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -96,17 +97,15 @@ enum Filtered {
 }
 
 impl Caller<'_> {
-    /// Filter one JSON text; `probe` first checks cheaply that it carries a list.
-    fn filter(&self, message: &[u8], probe: bool) -> Filtered {
+    /// Filter one JSON text, once a skim found a list in it.
+    fn filter(&self, message: &[u8]) -> Filtered {
         let Ok(text) = std::str::from_utf8(message) else {
             return Filtered::Unreadable;
         };
-        if probe {
-            match carries_list(text) {
-                Err(()) => return Filtered::Unreadable,
-                Ok(false) => return Filtered::Unchanged,
-                Ok(true) => {}
-            }
+        match carries_list(text) {
+            Err(()) => return Filtered::Unreadable,
+            Ok(false) => return Filtered::Unchanged,
+            Ok(true) => {}
         }
         let mut v: Value = match serde_json::from_str(text) {
             Ok(v) => v,
@@ -197,13 +196,15 @@ impl ListFilter {
         if matches!(self.mode, Mode::Json) {
             if end {
                 let whole = self.buf.split().freeze();
-                *body = Some(match who.filter(&whole, false) {
+                *body = Some(match who.filter(&whole) {
                     Filtered::Unchanged => whole,
                     Filtered::Changed(out) => {
                         self.dropped += 1;
                         Bytes::from(out)
                     }
-                    Filtered::Unreadable => self.give_up("the answer is not JSON"),
+                    Filtered::Unreadable => {
+                        self.give_up("the answer is not JSON (or is ambiguous)")
+                    }
                 });
             }
             return;
@@ -217,13 +218,8 @@ impl ListFilter {
             };
             let first = std::mem::replace(&mut split.first, false);
             let event = self.buf.split_to(n).freeze();
-            match self.event(who, event, first) {
-                Ok(bytes) => out.extend_from_slice(&bytes),
-                Err(why) => {
-                    out.extend_from_slice(&self.give_up(why));
-                    break;
-                }
-            }
+            let bytes = self.event(who, event, first);
+            out.extend_from_slice(&bytes);
         }
         if self.buf.len() > MAX_LIST && !matches!(self.mode, Mode::Done) {
             out.extend_from_slice(&self.give_up("an event is too large"));
@@ -233,24 +229,24 @@ impl ListFilter {
         }
     }
 
-    /// One SSE event: its `data` filtered when it is a list answer; `Err` when its data
-    /// cannot be read.
-    fn event(&mut self, who: &Caller, event: Bytes, first: bool) -> Result<Bytes, &'static str> {
+    /// One SSE event: its `data` filtered when it is a list answer, replaced by an error
+    /// when it cannot be read.
+    fn event(&mut self, who: &Caller, event: Bytes, first: bool) -> Bytes {
         let fields = Fields::parse(&event, first);
         let Some(data) = fields.data.as_deref().filter(|d| !d.trim().is_empty()) else {
-            return Ok(event);
+            return event;
         };
-        match who.filter(data.as_bytes(), true) {
-            Filtered::Unchanged => Ok(event),
+        match who.filter(data.as_bytes()) {
+            Filtered::Unchanged => event,
             Filtered::Changed(filtered) => {
                 self.dropped += 1;
-                Ok(sse_event(&fields.others, &filtered))
+                sse_event(&fields.others, &filtered)
             }
             Filtered::Unreadable => {
                 // Replace this event's data, keeping its id (the client's resume cursor).
-                let err = self.error("an event's data is not JSON");
+                let err = self.error("an event's data is not JSON (or is ambiguous)");
                 log::warn!("a list answer's event was not passed on: its data is not JSON");
-                Ok(sse_event(&fields.others, &err))
+                sse_event(&fields.others, &err)
             }
         }
     }
@@ -387,7 +383,9 @@ const LIST_KEYS: [&str; 4] = [
 ];
 
 /// Whether a JSON text (a message or a batch) has a result with a list in it; `Err`
-/// when it is not JSON. Skims without building anything.
+/// when it is not JSON, or when `result` or a list member appears twice (or again under
+/// another case): clients differ on which one they read, so it is not passed on.
+/// Skims without building anything.
 fn carries_list(text: &str) -> Result<bool, ()> {
     serde_json::from_str::<Probe>(text)
         .map(|p| p.0)
@@ -433,7 +431,9 @@ impl<'de> Deserialize<'de> for Probe {
             scalars_are_false!(Probe);
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
                 let mut found = false;
+                let mut keys = Keys::new(&["result"]);
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    keys.note(&key).map_err(de::Error::custom)?;
                     if key == "result" {
                         found |= map.next_value::<ResultProbe>()?.0;
                     } else {
@@ -465,7 +465,9 @@ impl<'de> Deserialize<'de> for ResultProbe {
             scalars_are_false!(ResultProbe);
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ResultProbe, A::Error> {
                 let mut found = false;
+                let mut keys = Keys::new(&LIST_KEYS);
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    keys.note(&key).map_err(de::Error::custom)?;
                     found |= LIST_KEYS.contains(&key.as_ref());
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -628,6 +630,16 @@ mod tests {
             let v = &filtered_tools(&out)[0];
             assert_eq!(v["error"]["code"], -32603, "{v}");
             assert_eq!(v["id"], 9, "{v}");
+        }
+        // A list member or result twice (or again under another case) is not passed on.
+        for dup in [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret_x"}],"tools":[]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"Tools":[{"name":"secret_x"}],"tools":[]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret_x"}]},"result":{}}"#,
+        ] {
+            let mut f = ListFilter::new(Some("1"), false);
+            let v: Value = serde_json::from_slice(&run(&mut f, &p, &[dup.as_bytes()])).unwrap();
+            assert_eq!(v["error"]["code"], -32603, "{dup}: {v}");
         }
         // Events without data (a priming event, a comment) pass as they are.
         let prime = "id: 0\ndata:\n\n: keep-alive\n\n";
