@@ -1,7 +1,14 @@
 //! JSON-RPC envelope inspection: one pass over the body that reads only what routing and
-//! policy need (`jsonrpc`, `id`, `method`, `params.name` / `params.uri`, the `_meta`
-//! protocol version) and skips everything else (tool arguments are never materialised).
-//! The original bytes are what gets forwarded.
+//! policy need (`jsonrpc`, `id`, `method`, `params.name` / `params.uri` / `params.ref`,
+//! the `_meta` protocol version) and skips everything else (tool arguments are never
+//! materialised). The original bytes are what gets forwarded.
+//!
+//! The body must be UTF-8 (else it is not JSON: a parse error). At the levels read here
+//! (the message, `params`, `params.ref`, `params._meta`) a key the gateway reads may
+//! appear once, and no other key may equal it but for case (as Go's `encoding/json`
+//! folds it, `ſ` and `K` included): an upstream that matches keys case-insensitively or
+//! keeps the first duplicate would otherwise act on a different value than the one
+//! authorized. Such bodies are refused as invalid requests.
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -48,13 +55,23 @@ pub struct Envelope {
     /// The raw JSON of the id (`1`, `"abc"`), echoed in errors the gateway produces.
     pub id: Option<Box<RawValue>>,
     pub method: Option<Cow<'static, str>>,
-    /// `params.name` (tools/call, prompts/get) or `params.uri` (resources/*).
+    /// What the method names, read from the field that method defines: `params.name`
+    /// (`tools/call`, `prompts/get`), `params.uri` (`resources/read`, `resources/subscribe`,
+    /// `resources/unsubscribe`), `params.ref.name` / `params.ref.uri`
+    /// (`completion/complete`); `None` for other methods.
     pub name: Option<String>,
+    /// What [`Envelope::name`] names.
+    pub names: Option<Names>,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
     pub protocol_version: Option<String>,
 }
 
 impl Envelope {
+    /// The method is one of [`KNOWN_METHODS`] (those are interned, so this is one check).
+    pub fn method_is_known(&self) -> bool {
+        matches!(self.method, Some(Cow::Borrowed(_)))
+    }
+
     pub fn era(&self) -> Era {
         if self.method.as_deref() == Some("initialize") {
             return Era::Legacy;
@@ -64,6 +81,14 @@ impl Envelope {
             _ => Era::Legacy,
         }
     }
+}
+
+/// The kind of item a message names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Names {
+    Tool,
+    Prompt,
+    Resource,
 }
 
 /// The body of one POST: a single message or (2025-03-26 only) a batch.
@@ -124,11 +149,19 @@ fn intern(m: &str) -> Cow<'static, str> {
 
 /// Inspect a POST body.
 pub fn inspect(body: &[u8]) -> Result<Body, InspectError> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    // JSON text is UTF-8 (RFC 8259 §8.1). Checked once here, so the parser below reads a
+    // `str` and does not check again string by string (it never checks skipped ones).
+    let body = std::str::from_utf8(body).map_err(|e| {
+        InspectError::Parse(format!(
+            "the body is not valid JSON: it is not UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let first = body.bytes().find(|b| !b.is_ascii_whitespace());
     match first {
         None => Err(InspectError::Parse("the request body is empty".into())),
         Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_slice(body)
+            let items: Vec<&RawValue> = serde_json::from_str(body)
                 .map_err(|e| InspectError::Parse(format!("the body is not valid JSON: {e}")))?;
             if items.is_empty() {
                 return Err(InspectError::Invalid(
@@ -138,7 +171,7 @@ pub fn inspect(body: &[u8]) -> Result<Body, InspectError> {
             }
             items
                 .into_iter()
-                .map(|raw| single(raw.get().as_bytes()))
+                .map(|raw| single(raw.get()))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Body::Batch)
         }
@@ -146,8 +179,8 @@ pub fn inspect(body: &[u8]) -> Result<Body, InspectError> {
     }
 }
 
-fn single(body: &[u8]) -> Result<Envelope, InspectError> {
-    let raw: RawMessage = match serde_json::from_slice(body) {
+fn single(body: &str) -> Result<Envelope, InspectError> {
+    let raw: RawMessage = match serde_json::from_str(body) {
         Ok(r) => r,
         Err(e) if e.is_syntax() || e.is_eof() => {
             return Err(InspectError::Parse(format!(
@@ -163,6 +196,19 @@ fn single(body: &[u8]) -> Result<Envelope, InspectError> {
     };
     let id = raw.id.filter(|v| v.get() != "null");
     let invalid = |m: &str| Err(InspectError::Invalid(m.to_string(), id.clone()));
+    let params = raw.params.unwrap_or_default();
+    if let Some(why) = raw.ambiguous.or(params.ambiguous) {
+        return Err(InspectError::Invalid(
+            format!(
+                "the message is ambiguous: {why}; servers differ on which value they read, so \
+                 the gateway does not forward it (send each member once, with its exact name)"
+            ),
+            id.clone(),
+        ));
+    }
+    if raw.method_not_string {
+        return invalid("\"method\" must be a string");
+    }
     if !raw.jsonrpc_2_0 {
         return invalid("\"jsonrpc\" must be \"2.0\"");
     }
@@ -179,14 +225,81 @@ fn single(body: &[u8]) -> Result<Envelope, InspectError> {
         (None, _, true) => Kind::Response,
         (None, _, false) => return invalid("a message needs a \"method\" (request or notification) or a \"result\"/\"error\" (response)"),
     };
-    let params = raw.params.unwrap_or_default();
+    let (names, name) = match raw.method.as_deref() {
+        Some("tools/call") => (Names::Tool, params.name),
+        Some("prompts/get") => (Names::Prompt, params.name),
+        Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
+            (Names::Resource, params.uri)
+        }
+        Some("completion/complete") => match params.reference {
+            Some(Ref::Prompt(n)) => (Names::Prompt, n),
+            Some(Ref::Resource(u)) => (Names::Resource, u),
+            None => (Names::Prompt, None),
+        },
+        _ => (Names::Tool, None),
+    };
     Ok(Envelope {
         kind,
         id,
         method: raw.method,
-        name: params.name,
+        names: name.is_some().then_some(names),
+        name,
         protocol_version: params.protocol_version,
     })
+}
+
+/// The keys read at one level of a JSON object, and which of them were seen (at most 8).
+pub(crate) struct Keys {
+    watched: &'static [&'static str],
+    seen: u8,
+}
+
+impl Keys {
+    pub(crate) const fn new(watched: &'static [&'static str]) -> Keys {
+        Keys { watched, seen: 0 }
+    }
+
+    /// Note `key`: `Err` with the reason when it repeats a watched key or equals one but
+    /// for case. Keys that are neither cost one length comparison per watched key.
+    pub(crate) fn note(&mut self, key: &str) -> Result<(), String> {
+        for (i, w) in self.watched.iter().enumerate() {
+            if key == *w {
+                if self.seen & (1 << i) != 0 {
+                    return Err(format!("the member {w:?} appears more than once"));
+                }
+                self.seen |= 1 << i;
+                return Ok(());
+            }
+            if folds_to(key, w) {
+                return Err(format!(
+                    "the member {key:?} differs from {w:?} only by case"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `key` equals `target` (ASCII) under Go's case folding: ASCII letters of
+/// either case, and `ſ` (U+017F) for `s`, `K` (U+212A) for `k`.
+fn folds_to(key: &str, target: &str) -> bool {
+    // Each folded char is 1 to 3 bytes.
+    if key.len() < target.len() || key.len() > target.len() * 3 {
+        return false;
+    }
+    let mut t = target.bytes();
+    for c in key.chars() {
+        let folded = match c {
+            '\u{17f}' => b's',
+            '\u{212a}' => b'k',
+            c if c.is_ascii() => (c as u8).to_ascii_lowercase(),
+            _ => return false,
+        };
+        if t.next().map(|b| b.to_ascii_lowercase()) != Some(folded) {
+            return false;
+        }
+    }
+    t.next().is_none()
 }
 
 /// The top-level object; unknown members are skipped without being built.
@@ -198,7 +311,18 @@ struct RawMessage {
     method: Option<Cow<'static, str>>,
     params: Option<Params>,
     has_result_or_error: bool,
+    /// `method` was there but not a string.
+    method_not_string: bool,
+    /// Why the message is ambiguous (a key repeated, or repeated but for case).
+    ambiguous: Option<String>,
 }
+
+/// The message keys the gateway reads.
+const MESSAGE_KEYS: &[&str] = &["jsonrpc", "id", "method", "params"];
+/// The `params` keys the gateway reads.
+const PARAMS_KEYS: &[&str] = &["name", "uri", "ref", "_meta"];
+/// The `params.ref` keys the gateway reads.
+const REF_KEYS: &[&str] = &["type", "name", "uri"];
 
 impl<'de> Deserialize<'de> for RawMessage {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -216,8 +340,14 @@ impl<'de> Deserialize<'de> for RawMessage {
                     method: None,
                     params: None,
                     has_result_or_error: false,
+                    method_not_string: false,
+                    ambiguous: None,
                 };
+                let mut keys = Keys::new(MESSAGE_KEYS);
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if let Err(why) = keys.note(&key) {
+                        out.ambiguous.get_or_insert(why);
+                    }
                     match key.as_ref() {
                         "jsonrpc" => out.jsonrpc_2_0 = map.next_value::<Cow<'de, str>>()? == "2.0",
                         "id" => {
@@ -225,12 +355,10 @@ impl<'de> Deserialize<'de> for RawMessage {
                             out.id_was_null = v.get() == "null";
                             out.id = Some(v);
                         }
-                        "method" => {
-                            let m = map
-                                .next_value::<Cow<'de, str>>()
-                                .map_err(|_| de::Error::custom("\"method\" must be a string"))?;
-                            out.method = Some(intern(&m));
-                        }
+                        "method" => match map.next_value::<StrOrOther<'de>>()?.0 {
+                            Some(m) => out.method = Some(intern(&m)),
+                            None => out.method_not_string = true,
+                        },
                         "params" => out.params = Some(map.next_value::<Params>()?),
                         "result" | "error" => {
                             map.next_value::<IgnoredAny>()?;
@@ -248,11 +376,21 @@ impl<'de> Deserialize<'de> for RawMessage {
     }
 }
 
-/// `params`: an object (we read `name`, `uri`, `_meta`) or an array (nothing to read).
+/// `params`: an object (we read `name`, `uri`, `ref`, `_meta`) or an array (nothing to read).
 #[derive(Default)]
 struct Params {
     name: Option<String>,
+    uri: Option<String>,
+    reference: Option<Ref>,
     protocol_version: Option<String>,
+    ambiguous: Option<String>,
+}
+
+/// `params.ref` of `completion/complete`: `{type: "ref/prompt", name}` or
+/// `{type: "ref/resource", uri}`.
+enum Ref {
+    Prompt(Option<String>),
+    Resource(Option<String>),
 }
 
 impl<'de> Deserialize<'de> for Params {
@@ -265,21 +403,34 @@ impl<'de> Deserialize<'de> for Params {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params, A::Error> {
                 let mut out = Params::default();
-                let mut uri = None;
+                let mut keys = Keys::new(PARAMS_KEYS);
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if let Err(why) = keys.note(&key) {
+                        out.ambiguous.get_or_insert(format!("in \"params\", {why}"));
+                    }
                     match key.as_ref() {
-                        "name" => {
-                            out.name = map.next_value::<Option<StrOrOther>>()?.and_then(|s| s.0)
+                        "name" => out.name = owned(map.next_value::<StrOrOther>()?),
+                        "uri" => out.uri = owned(map.next_value::<StrOrOther>()?),
+                        "ref" => {
+                            let r = map.next_value::<RefValue>()?;
+                            if let Some(why) = r.ambiguous {
+                                out.ambiguous
+                                    .get_or_insert(format!("in \"params.ref\", {why}"));
+                            }
+                            out.reference = r.reference;
                         }
-                        "uri" => uri = map.next_value::<Option<StrOrOther>>()?.and_then(|s| s.0),
-                        "_meta" => out.protocol_version = map.next_value::<Meta>()?.0,
+                        "_meta" => {
+                            let m = map.next_value::<Meta>()?;
+                            if let Some(why) = m.ambiguous {
+                                out.ambiguous
+                                    .get_or_insert(format!("in \"params._meta\", {why}"));
+                            }
+                            out.protocol_version = m.version;
+                        }
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
-                }
-                if out.name.is_none() {
-                    out.name = uri;
                 }
                 Ok(out)
             }
@@ -292,40 +443,48 @@ impl<'de> Deserialize<'de> for Params {
     }
 }
 
-/// A string value, or `None` for any other JSON type (not our business to reject).
-struct StrOrOther(Option<String>);
+fn owned(s: StrOrOther) -> Option<String> {
+    s.0.map(Cow::into_owned)
+}
 
-impl<'de> Deserialize<'de> for StrOrOther {
+/// A string value (borrowed when it has no escapes), or `None` for any other JSON type
+/// (not our business to reject).
+struct StrOrOther<'de>(Option<Cow<'de, str>>);
+
+impl<'de> Deserialize<'de> for StrOrOther<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = StrOrOther;
+            type Value = StrOrOther<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<StrOrOther, E> {
-                Ok(StrOrOther(Some(v.to_string())))
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(StrOrOther(Some(Cow::Borrowed(v))))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<StrOrOther, E> {
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StrOrOther(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
                 Ok(StrOrOther(None))
             }
-            fn visit_i64<E>(self, _: i64) -> Result<StrOrOther, E> {
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
                 Ok(StrOrOther(None))
             }
-            fn visit_u64<E>(self, _: u64) -> Result<StrOrOther, E> {
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
                 Ok(StrOrOther(None))
             }
-            fn visit_f64<E>(self, _: f64) -> Result<StrOrOther, E> {
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
                 Ok(StrOrOther(None))
             }
-            fn visit_unit<E>(self) -> Result<StrOrOther, E> {
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
                 Ok(StrOrOther(None))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<StrOrOther, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
                 while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(StrOrOther(None))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<StrOrOther, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
                 while s.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(StrOrOther(None))
             }
@@ -334,8 +493,65 @@ impl<'de> Deserialize<'de> for StrOrOther {
     }
 }
 
+/// `params.ref`: its `type` decides whether `name` or `uri` is what it names.
+struct RefValue {
+    reference: Option<Ref>,
+    ambiguous: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RefValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RefValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"ref\" as an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RefValue, A::Error> {
+                let (mut kind, mut name, mut uri, mut ambiguous) = (None, None, None, None);
+                let mut keys = Keys::new(REF_KEYS);
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if let Err(why) = keys.note(&key) {
+                        ambiguous.get_or_insert(why);
+                    }
+                    match key.as_ref() {
+                        "type" => kind = map.next_value::<StrOrOther>()?.0,
+                        "name" => name = owned(map.next_value::<StrOrOther>()?),
+                        "uri" => uri = owned(map.next_value::<StrOrOther>()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                let reference = match kind.as_deref() {
+                    Some("ref/prompt") => Some(Ref::Prompt(name)),
+                    Some("ref/resource") => Some(Ref::Resource(uri)),
+                    _ => None,
+                };
+                Ok(RefValue {
+                    reference,
+                    ambiguous,
+                })
+            }
+            fn visit_unit<E>(self) -> Result<RefValue, E> {
+                Ok(RefValue {
+                    reference: None,
+                    ambiguous: None,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// `_meta`: only the protocol version is read.
-struct Meta(Option<String>);
+struct Meta {
+    version: Option<String>,
+    ambiguous: Option<String>,
+}
+
+/// The `_meta` key the gateway reads.
+const META_KEYS: &[&str] = &[META_PROTOCOL_VERSION];
 
 impl<'de> Deserialize<'de> for Meta {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -346,18 +562,25 @@ impl<'de> Deserialize<'de> for Meta {
                 f.write_str("\"_meta\" as an object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Meta, A::Error> {
-                let mut version = None;
+                let (mut version, mut ambiguous) = (None, None);
+                let mut keys = Keys::new(META_KEYS);
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if let Err(why) = keys.note(&key) {
+                        ambiguous.get_or_insert(why);
+                    }
                     if key == META_PROTOCOL_VERSION {
-                        version = map.next_value::<Option<StrOrOther>>()?.and_then(|s| s.0);
+                        version = owned(map.next_value::<StrOrOther>()?);
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
-                Ok(Meta(version))
+                Ok(Meta { version, ambiguous })
             }
             fn visit_unit<E>(self) -> Result<Meta, E> {
-                Ok(Meta(None))
+                Ok(Meta {
+                    version: None,
+                    ambiguous: None,
+                })
             }
         }
         d.deserialize_any(V)

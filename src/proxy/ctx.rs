@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 pub struct McpInfo {
     /// The single message's envelope (for a batch: the first message's).
     pub envelope: Option<Envelope>,
+    /// A batch's other messages, in order.
+    pub batch_rest: Vec<Envelope>,
     /// Number of messages when the body was a batch.
     pub batch_len: Option<usize>,
 }
@@ -29,6 +31,10 @@ impl McpInfo {
     }
     pub fn name(&self) -> Option<&str> {
         self.envelope.as_ref().and_then(|e| e.name.as_deref())
+    }
+    /// Every message of the body: the single one, or each of a batch.
+    pub fn messages(&self) -> impl Iterator<Item = &Envelope> {
+        self.envelope.iter().chain(self.batch_rest.iter())
     }
 }
 
@@ -56,8 +62,8 @@ pub struct RequestCtx {
     pub cors_origin: Option<http::HeaderValue>,
     /// The CORS headers every answer to that origin carries.
     pub cors_headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// A list the caller's policies filter (set for `*/list` requests when policies exist).
-    pub list_kind: Option<crate::security::policy::ListKind>,
+    /// Which answers the caller's policies filter for lists (off without policies).
+    pub list_scope: super::list_filter::Scope,
     /// Filters that list's answer.
     pub list_filter: Option<super::list_filter::ListFilter>,
     /// This request's slot under `max_concurrent_streams` (GET streams), freed on drop.
@@ -151,7 +157,7 @@ impl RequestCtx {
             span: None,
             identity: None,
             quota: None,
-            list_kind: None,
+            list_scope: Default::default(),
             list_filter: None,
             stream_slot: None,
             cors_origin: None,

@@ -183,8 +183,8 @@ pub fn upstream_request(
         }
     }
 
-    if ctx.list_kind.is_some() {
-        // The answer is filtered: it must come uncompressed.
+    if ctx.list_scope != super::list_filter::Scope::Off {
+        // The answer may be filtered: it must come uncompressed.
         req.remove_header(&http::header::ACCEPT_ENCODING);
     }
 
@@ -208,26 +208,48 @@ pub fn count_sse(resp: &ResponseHeader, ctx: &mut RequestCtx) {
     }
 }
 
-/// A list answer the caller's policies filter: its length changes, so it is sent chunked.
+/// An answer whose lists the caller's policies filter (every SSE answer when policies
+/// exist; JSON answers to list requests and GET streams): its length changes, so it is
+/// sent chunked.
 pub fn filter_list(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
-    let Some(kind) = ctx.list_kind else {
+    use super::list_filter::{ListFilter, Scope};
+    if ctx.list_scope == Scope::Off
+        || !resp.status.is_success()
+        || resp.status == http::StatusCode::NO_CONTENT
+    {
         return Ok(());
+    }
+    let header = |name| {
+        resp.headers
+            .get(name)
+            .map(|v: &http::HeaderValue| v.as_bytes())
+            .unwrap_or_default()
     };
-    if !resp.status.is_success() {
+    let sse = super::list_filter::is_sse(header(http::header::CONTENT_TYPE));
+    if !sse && ctx.list_scope != Scope::All {
         return Ok(());
     }
-    let content_type = resp
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    let id = ctx.mcp.envelope.as_ref().and_then(|e| e.id.as_deref());
-    ctx.list_filter =
-        super::list_filter::ListFilter::new(kind, id.map(|id| id.get()), content_type);
-    if ctx.list_filter.is_some() {
-        resp.remove_header(&http::header::CONTENT_LENGTH);
-        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-    }
+    // A single request's id goes in an error sent in place of its answer (a batch's:
+    // `null`, the answer being many).
+    let id = match ctx.mcp.batch_len {
+        None => ctx.mcp.envelope.as_ref().and_then(|e| e.id.as_deref()),
+        Some(_) => None,
+    };
+    let encoding = header(http::header::CONTENT_ENCODING);
+    let filter = if encoding.is_empty() || encoding.eq_ignore_ascii_case(b"identity") {
+        ListFilter::new(id.map(|id| id.get()), sse)
+    } else {
+        // Asked uncompressed, sent compressed: it cannot be read, so it is not passed on.
+        resp.remove_header(&http::header::CONTENT_ENCODING);
+        ListFilter::refusing(
+            id.map(|id| id.get()),
+            sse,
+            "the server compressed its answer",
+        )
+    };
+    ctx.list_filter = Some(filter);
+    resp.remove_header(&http::header::CONTENT_LENGTH);
+    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     Ok(())
 }
 

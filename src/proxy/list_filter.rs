@@ -1,35 +1,84 @@
-//! Lists filtered by identity: the answer to a `tools/list`, `prompts/list`,
-//! `resources/list` or `resources/templates/list` loses the items the caller's policies
-//! would not let it use.
+//! Lists filtered by identity: every `tools/list`, `prompts/list`, `resources/list` or
+//! `resources/templates/list` result the caller receives loses the items the caller's
+//! policies would not let it use.
+//!
+//! Where: with policies on, every SSE answer (POST or GET, so a list completed on the GET
+//! stream or replayed to a client resuming with `Last-Event-ID` is filtered too), and the
+//! JSON answers of list requests (alone or in a batch) and of GETs. A list result is
+//! recognised by its shape (`result.tools`, `.prompts`, `.resources`,
+//! `.resourceTemplates`), not by the request it answers.
 //!
 //! A JSON answer is collected whole, filtered and sent. An SSE answer is filtered event
-//! by event, so progress notifications before the result still flow at once. Answers
-//! that need no change are sent as the bytes the server wrote. An answer that cannot be
-//! read (not JSON, or larger than [`MAX_LIST`]) is never passed on unfiltered: the
-//! client gets a JSON-RPC error in its place.
+//! by event in one pass over its bytes (events are split and read as the SSE standard
+//! says: LF, CRLF or lone CR line ends, an opening BOM, `data:` with or without its
+//! space, over several lines), so progress notifications before the result still flow
+//! at once. Answers that need no change are sent as the bytes the server wrote. What
+//! cannot be read (not JSON, not UTF-8, compressed, or larger than [`MAX_LIST`]) is
+//! never passed on: the client gets a JSON-RPC error in its place.
 
+use crate::mcp::envelope::Keys;
 use crate::security::auth::Identity;
 use crate::security::policy::{ListKind, Policies};
 use bytes::{Bytes, BytesMut};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value;
+use std::borrow::Cow;
+use std::fmt;
 
 /// The largest list answer (or SSE event) the gateway will filter.
 pub const MAX_LIST: usize = 16 << 20;
 
+/// Which answers of a request are filtered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// No policies: nothing is filtered.
+    #[default]
+    Off,
+    /// SSE answers (any of their events may be a list result).
+    Streams,
+    /// SSE and JSON answers (a list request, a batch with one, a GET).
+    All,
+}
+
+impl Scope {
+    /// The scope of a request's answers: `lists` says whether it asks for a list (or is
+    /// a GET, whose answer is the server's to choose).
+    pub fn of(policies: &Policies, lists: bool) -> Scope {
+        match (policies.is_empty(), lists) {
+            (true, _) => Scope::Off,
+            (false, false) => Scope::Streams,
+            (false, true) => Scope::All,
+        }
+    }
+}
+
+/// `text/event-stream`, in any case, with optional parameters.
+pub fn is_sse(content_type: &[u8]) -> bool {
+    let media = content_type
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    media.eq_ignore_ascii_case(b"text/event-stream")
+}
+
 enum Mode {
     Json,
-    Sse,
+    Sse(Splitter),
+    /// Nothing of the answer can be read: the error goes out in its place.
+    Refuse(&'static str),
     /// The answer was replaced by an error: nothing more of it is sent.
     Done,
 }
 
 pub struct ListFilter {
-    kind: ListKind,
     /// The request's JSON-RPC id, for the error sent in place of an unreadable answer.
     id: String,
+    sse: bool,
     mode: Mode,
     buf: BytesMut,
-    /// Items dropped so far.
+    /// Answers (or events) changed so far.
     pub dropped: usize,
 }
 
@@ -40,46 +89,69 @@ pub struct Caller<'a> {
     pub route: &'a str,
 }
 
+/// What filtering one JSON-RPC message (or batch) gave.
+enum Filtered {
+    Unchanged,
+    Changed(Vec<u8>),
+    Unreadable,
+}
+
 impl Caller<'_> {
-    /// Filter one JSON-RPC message; `None` when it is unchanged.
-    fn filter(&self, kind: ListKind, message: &[u8]) -> Option<Result<Vec<u8>, ()>> {
-        let mut v: Value = match serde_json::from_slice(message) {
+    /// Filter one JSON text, once a skim found a list in it.
+    fn filter(&self, message: &[u8]) -> Filtered {
+        let Ok(text) = std::str::from_utf8(message) else {
+            return Filtered::Unreadable;
+        };
+        match carries_list(text) {
+            Err(()) => return Filtered::Unreadable,
+            Ok(false) => return Filtered::Unchanged,
+            Ok(true) => {}
+        }
+        let mut v: Value = match serde_json::from_str(text) {
             Ok(v) => v,
-            Err(_) => return Some(Err(())),
+            Err(_) => return Filtered::Unreadable,
         };
         match self
             .policies
-            .filter_list(self.identity, self.route, kind, &mut v)
+            .filter_lists(self.identity, self.route, &mut v)
         {
-            0 => None,
-            _ => Some(serde_json::to_vec(&v).map_err(|_| ())),
+            0 => Filtered::Unchanged,
+            _ => match serde_json::to_vec(&v) {
+                Ok(out) => Filtered::Changed(out),
+                Err(_) => Filtered::Unreadable,
+            },
         }
     }
 }
 
 impl ListFilter {
-    /// A filter for the answer with this `Content-Type`; `None` for answers that carry
-    /// no list (neither JSON nor SSE).
-    pub fn new(kind: ListKind, id: Option<&str>, content_type: &[u8]) -> Option<ListFilter> {
-        let mode = if content_type.starts_with(b"text/event-stream") {
-            Mode::Sse
-        } else if content_type.starts_with(b"application/json") {
-            Mode::Json
-        } else {
-            return None;
-        };
-        Some(ListFilter {
-            kind,
+    /// A filter for a JSON answer, or an SSE one (`sse`).
+    pub fn new(id: Option<&str>, sse: bool) -> ListFilter {
+        ListFilter {
             id: id.unwrap_or("null").to_string(),
-            mode,
+            sse,
+            mode: if sse {
+                Mode::Sse(Splitter::default())
+            } else {
+                Mode::Json
+            },
             buf: BytesMut::new(),
             dropped: 0,
-        })
+        }
+    }
+
+    /// A filter that sends an error in place of the whole answer (`why` it cannot be read).
+    pub fn refusing(id: Option<&str>, sse: bool, why: &'static str) -> ListFilter {
+        ListFilter {
+            mode: Mode::Refuse(why),
+            ..ListFilter::new(id, sse)
+        }
     }
 
     fn error(&self, why: &str) -> Vec<u8> {
         let message = serde_json::to_string(&format!(
-            "the gateway could not apply the caller's policies to this list: {why}"
+            "the gateway could not apply the caller's policies to this answer, so it was \
+             not passed on: {why}"
         ))
         .unwrap_or_default();
         format!(
@@ -90,105 +162,323 @@ impl ListFilter {
         .into_bytes()
     }
 
+    /// The error in place of the rest of the answer; nothing more is sent after it.
+    fn give_up(&mut self, why: &str) -> Bytes {
+        log::warn!("a list answer was not passed on: {why}");
+        self.buf = BytesMut::new();
+        self.mode = Mode::Done;
+        let err = self.error(why);
+        if self.sse {
+            sse_event(&[], &err)
+        } else {
+            Bytes::from(err)
+        }
+    }
+
     /// Pass one body chunk through the filter (`body` is replaced by what to send).
     pub fn chunk(&mut self, who: &Caller, body: &mut Option<Bytes>, end: bool) {
-        if let Some(chunk) = body.take() {
-            if matches!(self.mode, Mode::Done) {
+        let chunk = body.take();
+        match self.mode {
+            Mode::Done => return,
+            Mode::Refuse(why) => {
+                *body = Some(self.give_up(why));
                 return;
             }
-            if self.buf.len() + chunk.len() > MAX_LIST {
-                log::warn!("a list answer over {MAX_LIST} bytes was not passed on");
-                self.buf = BytesMut::new();
-                let err = self.error("the answer is too large");
-                *body = Some(match self.mode {
-                    Mode::Sse => sse_event(&err),
-                    _ => Bytes::from(err),
-                });
-                self.mode = Mode::Done;
+            Mode::Json | Mode::Sse(_) => {}
+        }
+        if let Some(chunk) = chunk {
+            if self.buf.len() + chunk.len() > MAX_LIST && matches!(self.mode, Mode::Json) {
+                *body = Some(self.give_up("the answer is too large"));
                 return;
             }
             self.buf.extend_from_slice(&chunk);
         }
-        match self.mode {
-            Mode::Done => {}
-            Mode::Json if end => {
+        if matches!(self.mode, Mode::Json) {
+            if end {
                 let whole = self.buf.split().freeze();
-                *body = Some(match who.filter(self.kind, &whole) {
-                    None => whole,
-                    Some(Ok(filtered)) => {
+                *body = Some(match who.filter(&whole) {
+                    Filtered::Unchanged => whole,
+                    Filtered::Changed(out) => {
                         self.dropped += 1;
-                        Bytes::from(filtered)
+                        Bytes::from(out)
                     }
-                    Some(Err(())) => Bytes::from(self.error("the answer is not JSON")),
+                    Filtered::Unreadable => {
+                        self.give_up("the answer is not JSON (or is ambiguous)")
+                    }
                 });
             }
-            Mode::Json => {}
-            Mode::Sse => {
-                let mut out = BytesMut::new();
-                while let Some(n) = event_end(&self.buf) {
-                    let event = self.buf.split_to(n).freeze();
-                    out.extend_from_slice(&self.event(who, event));
-                }
-                if end && !self.buf.is_empty() {
-                    let rest = self.buf.split().freeze();
-                    out.extend_from_slice(&self.event(who, rest));
-                }
-                if !out.is_empty() || end {
-                    *body = Some(out.freeze());
-                }
-            }
+            return;
+        }
+        let mut out = BytesMut::new();
+        while let Mode::Sse(split) = &mut self.mode {
+            let n = match split.next_event(&self.buf) {
+                Some(n) => n,
+                None if end && !self.buf.is_empty() => self.buf.len(),
+                None => break,
+            };
+            let first = std::mem::replace(&mut split.first, false);
+            let event = self.buf.split_to(n).freeze();
+            let bytes = self.event(who, event, first);
+            out.extend_from_slice(&bytes);
+        }
+        if self.buf.len() > MAX_LIST && !matches!(self.mode, Mode::Done) {
+            out.extend_from_slice(&self.give_up("an event is too large"));
+        }
+        if !out.is_empty() || end {
+            *body = Some(out.freeze());
         }
     }
 
-    /// One SSE event: its `data` filtered when it is a list answer.
-    fn event(&mut self, who: &Caller, event: Bytes) -> Bytes {
-        let text = String::from_utf8_lossy(&event);
-        let data: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect();
-        if data.is_empty() {
+    /// One SSE event: its `data` filtered when it is a list answer, replaced by an error
+    /// when it cannot be read.
+    fn event(&mut self, who: &Caller, event: Bytes, first: bool) -> Bytes {
+        let fields = Fields::parse(&event, first);
+        let Some(data) = fields.data.as_deref().filter(|d| !d.trim().is_empty()) else {
             return event;
-        }
-        let joined = data.join("\n");
-        match who.filter(self.kind, joined.as_bytes()) {
-            None => event,
-            // Not JSON: not a list answer either (the answer is a JSON-RPC message).
-            Some(Err(())) => event,
-            Some(Ok(filtered)) => {
+        };
+        match who.filter(data.as_bytes()) {
+            Filtered::Unchanged => event,
+            Filtered::Changed(filtered) => {
                 self.dropped += 1;
-                let mut out = String::new();
-                for line in text.lines().filter(|l| !l.is_empty()) {
-                    if !line.starts_with("data:") {
-                        out.push_str(line);
-                        out.push('\n');
-                    }
-                }
-                out.push_str("data: ");
-                out.push_str(&String::from_utf8_lossy(&filtered));
-                out.push_str("\n\n");
-                Bytes::from(out)
+                sse_event(&fields.others, &filtered)
+            }
+            Filtered::Unreadable => {
+                // Replace this event's data, keeping its id (the client's resume cursor).
+                let err = self.error("an event's data is not JSON (or is ambiguous)");
+                log::warn!("a list answer's event was not passed on: its data is not JSON");
+                sse_event(&fields.others, &err)
             }
         }
     }
 }
 
-/// An SSE `message` event carrying `data`.
-fn sse_event(data: &[u8]) -> Bytes {
-    let mut out = b"event: message\ndata: ".to_vec();
+/// An SSE event: the `other` lines (id, event, retry, comments) then `data`.
+fn sse_event(others: &[Cow<str>], data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 32);
+    if others.is_empty() {
+        out.extend_from_slice(b"event: message\n");
+    }
+    for line in others {
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
     out.extend_from_slice(data);
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
 }
 
-/// The length of the first complete event in `buf` (through its blank line), if any.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+/// Finds where SSE events end, scanning each byte once across chunks.
+struct Splitter {
+    /// Bytes of the buffer already scanned.
+    scan: usize,
+    /// The scan stands at the start of a line.
+    line_start: bool,
+    /// The last byte scanned was a CR (an LF right after it ends the same line).
+    last_cr: bool,
+    /// No event was read yet (a BOM may open the stream).
+    first: bool,
+}
+
+impl Default for Splitter {
+    fn default() -> Self {
+        Splitter {
+            scan: 0,
+            line_start: true,
+            last_cr: false,
+            first: true,
+        }
+    }
+}
+
+impl Splitter {
+    /// The length of the first complete event in `buf` (through its blank line), if any;
+    /// `buf` must start where the last event ended and only grow meanwhile.
+    fn next_event(&mut self, buf: &[u8]) -> Option<usize> {
+        while self.scan < buf.len() {
+            let b = buf[self.scan];
+            self.scan += 1;
+            match b {
+                b'\n' if self.last_cr => self.last_cr = false,
+                b'\n' | b'\r' => {
+                    self.last_cr = b == b'\r';
+                    if self.line_start {
+                        let n = self.scan;
+                        self.scan = 0;
+                        return Some(n);
+                    }
+                    self.line_start = true;
+                }
+                _ => {
+                    self.last_cr = false;
+                    self.line_start = false;
+                }
+            }
+        }
+        None
+    }
+}
+
+/// An event's fields as an SSE client reads them.
+struct Fields<'a> {
+    /// The `data` lines joined by LF (`None`: no data field).
+    data: Option<String>,
+    /// Every other non-empty line, as written.
+    others: Vec<Cow<'a, str>>,
+}
+
+impl<'a> Fields<'a> {
+    fn parse(event: &'a [u8], first: bool) -> Fields<'a> {
+        let mut text = String::from_utf8_lossy(event);
+        if first && text.starts_with('\u{feff}') {
+            text = match text {
+                Cow::Borrowed(t) => Cow::Borrowed(&t[3..]),
+                Cow::Owned(t) => Cow::Owned(t[3..].to_string()),
+            };
+        }
+        let mut data: Option<String> = None;
+        let mut others = Vec::new();
+        let lines: Vec<Cow<'a, str>> = match text {
+            Cow::Borrowed(t) => t
+                .split(['\r', '\n'])
+                .filter(|l| !l.is_empty())
+                .map(Cow::Borrowed)
+                .collect(),
+            Cow::Owned(t) => t
+                .split(['\r', '\n'])
+                .filter(|l| !l.is_empty())
+                .map(|l| Cow::Owned(l.to_string()))
+                .collect(),
+        };
+        for line in lines {
+            let (field, value) = match line.find(':') {
+                Some(i) => {
+                    let v = &line[i + 1..];
+                    (&line[..i], v.strip_prefix(' ').unwrap_or(v))
+                }
+                None => (line.as_ref(), ""),
+            };
+            if field == "data" {
+                match &mut data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => data = Some(value.to_string()),
+                }
+                continue;
+            }
+            others.push(line);
+        }
+        Fields { data, others }
+    }
+}
+
+/// The list members of a result.
+const LIST_KEYS: [&str; 4] = [
+    ListKind::ALL[0].key(),
+    ListKind::ALL[1].key(),
+    ListKind::ALL[2].key(),
+    ListKind::ALL[3].key(),
+];
+
+/// Whether a JSON text (a message or a batch) has a result with a list in it; `Err`
+/// when it is not JSON, or when `result` or a list member appears twice (or again under
+/// another case): clients differ on which one they read, so it is not passed on.
+/// Skims without building anything.
+fn carries_list(text: &str) -> Result<bool, ()> {
+    serde_json::from_str::<Probe>(text)
+        .map(|p| p.0)
+        .map_err(|_| ())
+}
+
+/// A message (any `result` with a list member) or a batch of them.
+struct Probe(bool);
+/// A `result`: has it a list member?
+struct ResultProbe(bool);
+
+macro_rules! scalars_are_false {
+    ($t:ident) => {
+        fn visit_bool<E>(self, _: bool) -> Result<$t, E> {
+            Ok($t(false))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<$t, E> {
+            Ok($t(false))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<$t, E> {
+            Ok($t(false))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<$t, E> {
+            Ok($t(false))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<$t, E> {
+            Ok($t(false))
+        }
+        fn visit_unit<E>(self) -> Result<$t, E> {
+            Ok($t(false))
+        }
+    };
+}
+
+impl<'de> Deserialize<'de> for Probe {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Probe;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON-RPC message")
+            }
+            scalars_are_false!(Probe);
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
+                let mut found = false;
+                let mut keys = Keys::new(&["result"]);
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    keys.note(&key).map_err(de::Error::custom)?;
+                    if key == "result" {
+                        found |= map.next_value::<ResultProbe>()?.0;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Probe(found))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Probe, A::Error> {
+                let mut found = false;
+                while let Some(p) = seq.next_element::<Probe>()? {
+                    found |= p.0;
+                }
+                Ok(Probe(found))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for ResultProbe {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ResultProbe;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON-RPC result")
+            }
+            scalars_are_false!(ResultProbe);
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ResultProbe, A::Error> {
+                let mut found = false;
+                let mut keys = Keys::new(&LIST_KEYS);
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    keys.note(&key).map_err(de::Error::custom)?;
+                    found |= LIST_KEYS.contains(&key.as_ref());
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Ok(ResultProbe(found))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ResultProbe, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(ResultProbe(false))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -226,17 +516,18 @@ mod tests {
     #[test]
     fn json_answers_are_filtered_whole() {
         let p = policies();
-        let mut f = ListFilter::new(ListKind::Tools, Some("1"), b"application/json").unwrap();
+        let mut f = ListFilter::new(Some("1"), false);
         let (a, b) = LIST.as_bytes().split_at(30);
         let out = run(&mut f, &p, &[a, b]);
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["result"]["tools"], serde_json::json!([{"name": "echo"}]));
         assert_eq!(f.dropped, 1);
         // Unchanged answers keep their bytes.
-        let mut f = ListFilter::new(ListKind::Prompts, Some("1"), b"application/json").unwrap();
-        assert_eq!(run(&mut f, &p, &[LIST.as_bytes()]), LIST.as_bytes());
+        const OTHER: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"prompts":[{"name":"echo"}]}}"#;
+        let mut f = ListFilter::new(Some("1"), false);
+        assert_eq!(run(&mut f, &p, &[OTHER.as_bytes()]), OTHER.as_bytes());
         // Unreadable answers never pass.
-        let mut f = ListFilter::new(ListKind::Tools, Some("7"), b"application/json").unwrap();
+        let mut f = ListFilter::new(Some("7"), false);
         let v: Value = serde_json::from_slice(&run(&mut f, &p, &[b"{nope"])).unwrap();
         assert_eq!(
             (v["id"].as_i64(), v["error"]["code"].as_i64()),
@@ -250,7 +541,7 @@ mod tests {
         let progress = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n";
         let result = format!("id: 9\nevent: message\ndata: {LIST}\n\n");
         let stream = format!("{progress}{result}");
-        let mut f = ListFilter::new(ListKind::Tools, Some("1"), b"text/event-stream").unwrap();
+        let mut f = ListFilter::new(Some("1"), true);
         // Split inside the second event: the first is sent at once.
         let split = progress.len() + 20;
         let who = Caller {
@@ -275,8 +566,131 @@ mod tests {
         );
         // CRLF framing is understood too.
         let crlf = format!("data: {LIST}\r\n\r\n");
-        let mut f = ListFilter::new(ListKind::Tools, None, b"text/event-stream").unwrap();
+        let mut f = ListFilter::new(None, true);
         let out = String::from_utf8(run(&mut f, &p, &[crlf.as_bytes()])).unwrap();
         assert!(!out.contains("secret_x"), "{out}");
+    }
+
+    fn filtered_tools(out: &[u8]) -> Vec<Value> {
+        let text = String::from_utf8_lossy(out);
+        text.split("\n\n")
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .map(|d| serde_json::from_str::<Value>(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn sse_framing_is_read_as_clients_read_it() {
+        let p = policies();
+        let streams = [
+            format!("id: 1\revent: message\rdata: {LIST}\r\r"),
+            format!("\u{feff}data: {LIST}\n\n"),
+            format!("data:{LIST}\n\n"),
+            {
+                let at = LIST.find(",\"id\"").unwrap() + 1;
+                format!("data: {}\ndata: {}\n\n", &LIST[..at], &LIST[at..])
+            },
+            format!(": hi\r\n\r\nid: 3\r\ndata: {LIST}\r\n\r\n"),
+        ];
+        for stream in &streams {
+            // Whole, and byte by byte.
+            for bytewise in [false, true] {
+                let mut f = ListFilter::new(None, true);
+                let chunks: Vec<&[u8]> = if bytewise {
+                    stream.as_bytes().chunks(1).collect()
+                } else {
+                    vec![stream.as_bytes()]
+                };
+                let out = run(&mut f, &p, &chunks);
+                let text = String::from_utf8_lossy(&out).to_string();
+                assert!(!text.contains("secret_x"), "{stream:?} -> {text:?}");
+                let data = filtered_tools(&out);
+                let lists: Vec<_> = data.iter().filter(|v| v.get("result").is_some()).collect();
+                assert_eq!(lists.len(), 1, "{stream:?} -> {text:?}");
+                assert_eq!(
+                    lists[0]["result"]["tools"],
+                    serde_json::json!([{"name": "echo"}])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unreadable_events_fail_closed() {
+        let p = policies();
+        let bad = LIST.replace(r#""echo"}"#, r#""echo","x":"\ud800"}"#);
+        for stream in [
+            format!("id: 4\ndata: {bad}\n\n"),
+            "data: {nope\n\n".to_string(),
+        ] {
+            let mut f = ListFilter::new(Some("9"), true);
+            let out = run(&mut f, &p, &[stream.as_bytes()]);
+            let text = String::from_utf8_lossy(&out).to_string();
+            assert!(!text.contains("secret_x"), "{text}");
+            let v = &filtered_tools(&out)[0];
+            assert_eq!(v["error"]["code"], -32603, "{v}");
+            assert_eq!(v["id"], 9, "{v}");
+        }
+        // A list member or result twice (or again under another case) is not passed on.
+        for dup in [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret_x"}],"tools":[]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"Tools":[{"name":"secret_x"}],"tools":[]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret_x"}]},"result":{}}"#,
+        ] {
+            let mut f = ListFilter::new(Some("1"), false);
+            let v: Value = serde_json::from_slice(&run(&mut f, &p, &[dup.as_bytes()])).unwrap();
+            assert_eq!(v["error"]["code"], -32603, "{dup}: {v}");
+        }
+        // Events without data (a priming event, a comment) pass as they are.
+        let prime = "id: 0\ndata:\n\n: keep-alive\n\n";
+        let mut f = ListFilter::new(None, true);
+        assert_eq!(run(&mut f, &p, &[prime.as_bytes()]), prime.as_bytes());
+        // A compressed answer is refused whole.
+        let mut f = ListFilter::refusing(Some("2"), false, "compressed");
+        let out = run(&mut f, &p, &[b"\x1f\x8b...", b"more"]);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["error"]["code"], -32603);
+    }
+
+    #[test]
+    fn lists_are_found_by_shape_in_batches() {
+        let p = policies();
+        let batch = format!(r#"[{{"jsonrpc":"2.0","id":0,"result":{{}}}},{LIST}]"#);
+        let mut f = ListFilter::new(None, false);
+        let v: Value = serde_json::from_slice(&run(&mut f, &p, &[batch.as_bytes()])).unwrap();
+        assert_eq!(
+            v[1]["result"]["tools"],
+            serde_json::json!([{"name": "echo"}])
+        );
+        // An SSE event carrying a batch, and a non-list message beside it.
+        let stream = format!("data: {batch}\n\ndata: {{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{{\"content\":[]}}}}\n\n");
+        let mut f = ListFilter::new(None, true);
+        let out = run(&mut f, &p, &[stream.as_bytes()]);
+        assert!(!String::from_utf8_lossy(&out).contains("secret_x"));
+        assert!(out.ends_with(b"{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"content\":[]}}\n\n"));
+    }
+
+    #[test]
+    fn the_splitter_scans_each_byte_once() {
+        // A large event arriving byte by byte: each call scans only the new byte.
+        let mut s = Splitter::default();
+        let event = format!("data: {}\n\n", "x".repeat(10_000));
+        let mut buf = Vec::new();
+        let mut scanned = 0;
+        let mut found = None;
+        for b in event.bytes() {
+            buf.push(b);
+            let before = s.scan;
+            found = s.next_event(&buf);
+            scanned += if found.is_some() {
+                buf.len() - before
+            } else {
+                s.scan - before
+            };
+        }
+        assert_eq!(found, Some(event.len()));
+        assert_eq!(scanned, event.len());
+        assert!(is_sse(b"Text/Event-Stream; charset=utf-8"));
+        assert!(!is_sse(b"application/json"));
     }
 }

@@ -4,6 +4,7 @@
 //! `Ok(false)` to let Pingora proxy the request.
 
 use super::ctx::RequestCtx;
+use super::list_filter::Scope;
 use super::{large_body, respond, Gateway, State};
 use crate::error::GatewayError;
 use crate::mcp::envelope::{self, Body, Era, InspectError};
@@ -201,43 +202,74 @@ async fn check(
         }
     }
 
+    // Every message of a batch is authorized, rate-limited and filtered as if sent alone.
     if !state.policies.is_empty() {
-        if ctx.mcp.batch_len.is_none() {
-            let env = ctx.mcp.envelope.as_ref();
-            let method = env.and_then(|e| e.method.as_deref());
-            let name = env.and_then(|e| e.name.as_deref());
-            authorize(state, &route_path, ctx.identity.as_ref(), method, name)?;
+        if ctx.mcp.envelope.is_none() {
+            // A GET stream or a DELETE: only rules without method or item conditions match.
+            authorize(state, &route_path, ctx.identity.as_ref(), None)?;
         }
-        ctx.list_kind = ctx.mcp.method().and_then(ListKind::of);
+        for env in ctx.mcp.messages() {
+            authorize(state, &route_path, ctx.identity.as_ref(), Some(env))?;
+        }
+        // JSON answers are filtered for list requests, for methods the gateway does not
+        // know (a server may answer one with a list) and for GETs; SSE answers always.
+        let lists = method == Method::GET
+            || ctx.mcp.messages().any(|e| match e.method.as_deref() {
+                Some(m) => ListKind::of(m).is_some() || !e.method_is_known(),
+                None => false,
+            });
+        ctx.list_scope = Scope::of(&state.policies, lists);
     }
 
-    let tool = match ctx.mcp.method() {
-        Some("tools/call") => ctx.mcp.name(),
-        _ => None,
-    };
-    let subject = Subject {
-        route: &route_path,
-        ip: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
-        identity: ctx.identity.as_ref(),
-        tool,
-    };
+    let ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
     if !state.rate_limits.is_empty() {
-        match state.rate_limits.check(&subject).await {
-            Ok(quota) => ctx.quota = quota,
-            Err(limited) => {
-                metrics::counter(&METRICS.rate_limited, &[&route_path, &limited.rule]).inc();
-                return Err(GatewayError::RateLimited {
-                    rule: limited.rule,
-                    limit: limited.limit,
-                    retry_after: limited.retry_after,
-                    message: limited.message,
-                });
+        // One count per message (a GET or DELETE: one), each `tools/call` under its tool.
+        fn tool(e: &envelope::Envelope) -> Option<&str> {
+            match e.method.as_deref() {
+                Some("tools/call") => e.name.as_deref(),
+                _ => None,
             }
         }
+        let tools = std::iter::once(ctx.mcp.envelope.as_ref().and_then(tool))
+            .chain(ctx.mcp.batch_rest.iter().map(tool));
+        let mut tightest: Option<crate::security::rate_limit::Quota> = None;
+        for tool in tools {
+            let subject = Subject {
+                route: &route_path,
+                ip,
+                identity: ctx.identity.as_ref(),
+                tool,
+            };
+            match state.rate_limits.check(&subject).await {
+                Ok(quota) => {
+                    if let Some(q) = quota {
+                        if tightest.is_none_or(|t| q.remaining < t.remaining) {
+                            tightest = Some(q);
+                        }
+                    }
+                }
+                Err(limited) => {
+                    metrics::counter(&METRICS.rate_limited, &[&route_path, &limited.rule]).inc();
+                    return Err(GatewayError::RateLimited {
+                        rule: limited.rule,
+                        limit: limited.limit,
+                        retry_after: limited.retry_after,
+                        message: limited.message,
+                    });
+                }
+            }
+        }
+        ctx.quota = tightest;
     }
+    let subject = Subject {
+        route: &route_path,
+        ip,
+        identity: ctx.identity.as_ref(),
+        tool: None,
+    };
     // A GET is the standing SSE stream: it holds a slot until its request ends.
     if method == Method::GET && state.streams.is_enabled() {
         match state.streams.open(subject.identity_key()) {
@@ -269,15 +301,17 @@ async fn check(
     Ok(Next::Proxy)
 }
 
-/// May the caller send this message (`method` `None`: a GET, a DELETE or a response)?
+/// May the caller send this message (`None`: a GET or a DELETE)?
 fn authorize(
     state: &State,
     route: &str,
     who: Option<&Identity>,
-    method: Option<&str>,
-    name: Option<&str>,
+    message: Option<&envelope::Envelope>,
 ) -> Result<(), GatewayError> {
-    let Err(denied) = state.policies.check(who, &Action::of(route, method, name)) else {
+    let Err(denied) = state
+        .policies
+        .check(who, &Action::of_message(route, message))
+    else {
         return Ok(());
     };
     let rule = denied.rule.as_deref().unwrap_or("(no rule)");
@@ -341,6 +375,7 @@ async fn read_and_inspect(
                 id: Some(id),
                 method: None,
                 name: None,
+                names: None,
                 protocol_version: None,
             });
             GatewayError::InvalidRequest(m)
@@ -372,15 +407,10 @@ async fn read_and_inspect(
                         .into(),
                 ));
             }
-            if !state.policies.is_empty() {
-                let route = ctx.route.clone().unwrap_or_default();
-                for e in &items {
-                    let (method, name) = (e.method.as_deref(), e.name.as_deref());
-                    authorize(state, &route, ctx.identity.as_ref(), method, name)?;
-                }
-            }
             ctx.mcp.batch_len = Some(items.len());
-            ctx.mcp.envelope = items.into_iter().next();
+            let mut items = items.into_iter();
+            ctx.mcp.envelope = items.next();
+            ctx.mcp.batch_rest = items.collect();
         }
     }
     ctx.body = Some(body);

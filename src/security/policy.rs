@@ -13,6 +13,7 @@
 
 use super::auth::Identity;
 use crate::config::{Effect, PolicyRuleConfig};
+use crate::mcp::envelope::{Envelope, Names};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::Value;
 
@@ -34,7 +35,31 @@ pub enum Item<'a> {
 }
 
 impl<'a> Action<'a> {
-    /// The action of a message: `name` is its `params.name` or `params.uri`.
+    /// The action of a message (`None`: a GET stream or a DELETE): its method, and the
+    /// item it names as the envelope read it from the field that method defines
+    /// (`params.uri` for `resources/*`, `params.ref` for `completion/complete`).
+    pub fn of_message(route: &'a str, message: Option<&'a Envelope>) -> Action<'a> {
+        let Some(env) = message else {
+            return Action {
+                route,
+                method: None,
+                item: None,
+            };
+        };
+        let item = match (env.names, env.name.as_deref()) {
+            (Some(Names::Tool), Some(n)) => Some(Item::Tool(n)),
+            (Some(Names::Prompt), Some(n)) => Some(Item::Prompt(n)),
+            (Some(Names::Resource), Some(n)) => Some(Item::Resource(n)),
+            _ => None,
+        };
+        Action {
+            route,
+            method: env.method.as_deref(),
+            item,
+        }
+    }
+
+    /// The action of using a listed item: `name` is what `method` names.
     pub fn of(route: &'a str, method: Option<&'a str>, name: Option<&'a str>) -> Action<'a> {
         let item = match (method, name) {
             (Some("tools/call"), Some(n)) => Some(Item::Tool(n)),
@@ -75,6 +100,23 @@ pub enum ListKind {
 }
 
 impl ListKind {
+    pub const ALL: [ListKind; 4] = [
+        ListKind::Tools,
+        ListKind::Prompts,
+        ListKind::Resources,
+        ListKind::ResourceTemplates,
+    ];
+
+    /// The member of a result that holds this list.
+    pub const fn key(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Prompts => "prompts",
+            ListKind::Resources => "resources",
+            ListKind::ResourceTemplates => "resourceTemplates",
+        }
+    }
+
     pub fn of(method: &str) -> Option<ListKind> {
         Some(match method {
             "tools/list" => ListKind::Tools,
@@ -88,10 +130,10 @@ impl ListKind {
     /// The result's array, each item's name field, and the method that uses an item.
     fn shape(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            ListKind::Tools => ("tools", "name", "tools/call"),
-            ListKind::Prompts => ("prompts", "name", "prompts/get"),
-            ListKind::Resources => ("resources", "uri", "resources/read"),
-            ListKind::ResourceTemplates => ("resourceTemplates", "uriTemplate", "resources/read"),
+            ListKind::Tools => (self.key(), "name", "tools/call"),
+            ListKind::Prompts => (self.key(), "name", "prompts/get"),
+            ListKind::Resources => (self.key(), "uri", "resources/read"),
+            ListKind::ResourceTemplates => (self.key(), "uriTemplate", "resources/read"),
         }
     }
 }
@@ -361,6 +403,23 @@ impl Policies {
         })
     }
 
+    /// Drop from every list a JSON-RPC answer carries what `who` may not use, whatever
+    /// request it answers: `message` is one response or a batch of them, and each
+    /// `result.tools`, `.prompts`, `.resources` and `.resourceTemplates` array is
+    /// filtered. Returns how many items were dropped (0: leave the bytes as they are).
+    pub fn filter_lists(&self, who: Option<&Identity>, route: &str, message: &mut Value) -> usize {
+        if let Value::Array(batch) = message {
+            return batch
+                .iter_mut()
+                .map(|m| self.filter_lists(who, route, m))
+                .sum();
+        }
+        ListKind::ALL
+            .iter()
+            .map(|kind| self.filter_list(who, route, *kind, message))
+            .sum()
+    }
+
     /// Drop from a list result what `who` may not use. `message` is one JSON-RPC
     /// response; returns how many items were dropped (0: leave the bytes as they are).
     pub fn filter_list(
@@ -372,7 +431,8 @@ impl Policies {
     ) -> usize {
         let (key, field, method) = kind.shape();
         let Some(items) = message
-            .pointer_mut(&format!("/result/{key}"))
+            .get_mut("result")
+            .and_then(|r| r.get_mut(key))
             .and_then(Value::as_array_mut)
         else {
             return 0;

@@ -72,9 +72,13 @@ pub fn request_end(session: &Session, ctx: &RequestCtx) {
         let code = e.status_and_code().1.to_string();
         metrics::counter(&METRICS.errors, &[route, e.kind(), &code]).inc();
     }
-    if method == "tools/call" {
-        if let Some(g) = &ctx.group {
-            let tool = match ctx.mcp.name() {
+    // Each call of a batch counts as if sent alone.
+    if let Some(g) = &ctx.group {
+        for env in ctx.mcp.messages() {
+            if env.method.as_deref() != Some("tools/call") {
+                continue;
+            }
+            let tool = match env.name.as_deref() {
                 Some(n) if g.tools.contains(n) => n,
                 _ => "other",
             };

@@ -28,7 +28,14 @@ the gateway forwarded. Behaviour by method / tool name:
   ``params._meta.sse`` is true;
 * notifications and responses: ``202`` with no body;
 * GET with ``Accept: text/event-stream``: an SSE stream with one ``ready`` event, then
-  one more event after ``?delay=`` seconds;
+  one more event after ``?delay=`` seconds; with ``?list=FRAME`` (or a ``Last-Event-ID``
+  starting with ``list``: a resumed stream) instead one event carrying a ``tools/list``
+  result (id 7), framed as ``FRAME`` says (see ``sse_frame``), and ``?ct=`` as the
+  ``Content-Type``;
+* list requests as SSE (``_meta.sse``) take ``_meta.frame`` and ``_meta.ct`` the same way;
+  with ``_meta.gzip`` a JSON list answer comes gzip-compressed whatever was accepted;
+  ``vendor/tools`` (a method of its own) answers like ``tools/list``;
+* batches: each request answered with the description, plus its list for list methods;
 * DELETE: ``200``.
 
 ``GET /_state`` returns counters (and ``health_probe``: the last health-check request). Flags: ``--port`` (0 = any), ``--id``, ``--unix PATH``,
@@ -37,6 +44,7 @@ the gateway forwarded. Behaviour by method / tool name:
 """
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -64,6 +72,23 @@ LISTS = {
     "resources/templates/list": ("resourceTemplates", [{"uriTemplate": "mem://public/{name}", "name": "pub"},
                                                        {"uriTemplate": "mem://private/{name}", "name": "priv"}]),
 }
+
+
+def sse_frame(frame, obj, event_id="2"):
+    """One SSE event carrying ``obj``, framed as asked: ``lf`` (default), ``crlf``, ``cr``
+    (lone CR line ends), ``multiline`` (the JSON over several ``data:`` lines),
+    ``surrogate`` (a lone-surrogate escape: JSON to a browser, not to strict parsers),
+    ``nospace`` (``data:`` without the space)."""
+    data = json.dumps(obj)
+    if frame == "surrogate":
+        data = data[:-1] + ', "x": "\\ud800"}'
+    if frame == "multiline":
+        lines = json.dumps(obj, indent=1).split("\n")
+        return ("id: %s\nevent: message\n%s\n\n" % (event_id, "\n".join("data: " + l for l in lines))).encode()
+    if frame == "nospace":
+        return ("id: %s\nevent: message\ndata:%s\n\n" % (event_id, data)).encode()
+    nl = {"crlf": "\r\n", "cr": "\r"}.get(frame, "\n")
+    return ("id: %s%sevent: message%sdata: %s%s%s" % (event_id, nl, nl, data, nl, nl)).encode()
 
 
 def bump(key, n=1):
@@ -126,9 +151,9 @@ class Handler(BaseHTTPRequestHandler):
                 # Unexpected bytes from the client: keep waiting without reading them.
                 time.sleep(min(left, 0.05))
 
-    def start_sse(self):
+    def start_sse(self, content_type=None):
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Type", content_type or "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
@@ -141,7 +166,20 @@ class Handler(BaseHTTPRequestHandler):
         bump("requests")
         if "text/event-stream" not in self.headers.get("Accept", ""):
             return self.send_json(405, {"error": "GET needs Accept: text/event-stream"})
-        delay = float(parse_qs(url.query).get("delay", ["0.2"])[0])
+        query = parse_qs(url.query)
+        last = self.headers.get("Last-Event-ID", "")
+        if "list" in query or last.startswith("list"):
+            # A resumed stream (or SSE polling) delivering a tools/list answer.
+            frame = query.get("list", ["lf"])[0]
+            self.start_sse(query.get("ct", [None])[0])
+            result = self.describe(b"")
+            result["tools"] = LISTS["tools/list"][1]
+            if frame == "bom":
+                self.chunk(b"\xef\xbb\xbf")
+            self.chunk(sse_frame(frame, {"jsonrpc": "2.0", "id": 7, "result": result}))
+            self.chunk(b"")
+            return
+        delay = float(query.get("delay", ["0.2"])[0])
         self.start_sse()
         info = self.describe(b"")
         try:
@@ -167,7 +205,16 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             return self.send_json(400, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse"}})
         if isinstance(msg, list):
-            return self.send_json(200, [{"jsonrpc": "2.0", "id": m.get("id"), "result": self.describe(body)} for m in msg if "id" in m])
+            answers = []
+            for m in msg:
+                if "id" not in m:
+                    continue
+                result = self.describe(body)
+                if m.get("method") in LISTS:
+                    key, items = LISTS[m["method"]]
+                    result[key] = items
+                answers.append({"jsonrpc": "2.0", "id": m.get("id"), "result": result})
+            return self.send_json(200, answers)
         if "method" not in msg or "id" not in msg:
             self.send_response(202)
             self.send_header("Content-Length", "0")
@@ -180,17 +227,36 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 STATE["health_probe"] = {"method": method, "headers": {k.lower(): v for k, v in self.headers.items()}}
         result = self.describe(body)
+        if method == "vendor/tools":
+            # A method of the server's own that answers with the tool list.
+            method = "tools/list"
         if method in LISTS:
             key, items = LISTS[method]
             result[key] = items
-            if (params.get("_meta") or {}).get("sse"):
-                self.start_sse()
+            meta = params.get("_meta") or {}
+            if meta.get("sse"):
+                frame = meta.get("frame", "lf")
+                self.start_sse(meta.get("ct"))
+                if frame == "bom":
+                    self.chunk(b"\xef\xbb\xbf")
                 progress = {"jsonrpc": "2.0", "method": "notifications/progress",
                             "params": {"progressToken": 1, "progress": 0}}
                 self.chunk(b"event: message\ndata: %s\n\n" % json.dumps(progress).encode())
                 final = {"jsonrpc": "2.0", "id": msg["id"], "result": result}
-                self.chunk(b"id: 1\nevent: message\ndata: %s\n\n" % json.dumps(final).encode())
+                if frame == "lf":
+                    self.chunk(b"id: 1\nevent: message\ndata: %s\n\n" % json.dumps(final).encode())
+                else:
+                    self.chunk(sse_frame(frame, final, "1"))
                 self.chunk(b"")
+                return
+            if meta.get("gzip"):
+                data = gzip.compress(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}).encode())
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
                 return
         if method == "initialize":
             n = bump("sessions")

@@ -24,11 +24,113 @@ fn request_with_name_and_modern_version() {
 }
 
 #[test]
-fn uri_is_the_name_of_resources_read() {
-    let e =
-        one(r#"{"jsonrpc":"2.0","id":"a","method":"resources/read","params":{"uri":"file:///x"}}"#);
-    assert_eq!(e.name.as_deref(), Some("file:///x"));
-    assert_eq!(e.era(), Era::Legacy);
+fn each_method_is_read_on_its_own_field() {
+    // A decoy field beside the one the method defines changes nothing, in either order.
+    for params in [
+        r#"{"name":"decoy","uri":"file:///x"}"#,
+        r#"{"uri":"file:///x","name":"decoy"}"#,
+    ] {
+        for method in [
+            "resources/read",
+            "resources/subscribe",
+            "resources/unsubscribe",
+        ] {
+            let e = one(&format!(
+                r#"{{"jsonrpc":"2.0","id":"a","method":"{method}","params":{params}}}"#
+            ));
+            assert_eq!(e.name.as_deref(), Some("file:///x"), "{method} {params}");
+            assert_eq!(e.names, Some(Names::Resource));
+            assert_eq!(e.era(), Era::Legacy);
+        }
+        for (method, names) in [("tools/call", Names::Tool), ("prompts/get", Names::Prompt)] {
+            let e = one(&format!(
+                r#"{{"jsonrpc":"2.0","id":"a","method":"{method}","params":{params}}}"#
+            ));
+            assert_eq!(e.name.as_deref(), Some("decoy"), "{method} {params}");
+            assert_eq!(e.names, Some(names));
+        }
+    }
+    // A resource read without a uri names nothing (its `name` is not a URI).
+    let e = one(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"name":"x"}}"#);
+    assert_eq!((e.name, e.names), (None, None));
+    // Completions name what their ref names.
+    let e = one(
+        r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"argument":{"name":"a","value":"b"},"ref":{"name":"p","type":"ref/prompt","uri":"u"}}}"#,
+    );
+    assert_eq!(
+        (e.name.as_deref(), e.names),
+        (Some("p"), Some(Names::Prompt))
+    );
+    let e = one(
+        r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"name":"p","uri":"mem://{x}","type":"ref/resource"}}}"#,
+    );
+    assert_eq!(
+        (e.name.as_deref(), e.names),
+        (Some("mem://{x}"), Some(Names::Resource))
+    );
+    let e = one(
+        r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/other","name":"p"}}}"#,
+    );
+    assert_eq!((e.name, e.names), (None, None));
+    // Other methods name nothing.
+    let e = one(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"x"}}"#);
+    assert_eq!(e.name, None);
+}
+
+#[test]
+fn ambiguous_keys_are_refused() {
+    let ambiguous = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"a","METHOD":"b"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"a"}"#,
+        r#"{"jsonrpc":"2.0","Id":1,"method":"a"}"#,
+        r#"{"jsonrpc":"2.0","jsonrpc":"2.0","id":1,"method":"a"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{},"params":{}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"name":"x","nAme":"y"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"uri":"x","uri":"y"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"ref":{},"REF":{}}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"ref":{"type":"ref/prompt","tYpe":"ref/resource"}}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"1","io.modelcontextprotocol/protocolversion":"2"}}}"#,
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"a\",\"param\u{17f}\":{}}",
+        r#"{"jsonrpc":"2.0","id":1,"method":"a","para\u006ds":{},"params":{}}"#,
+    ];
+    for b in ambiguous {
+        match inspect(b.as_bytes()) {
+            Err(InspectError::Invalid(m, _)) => assert!(m.contains("ambiguous"), "{b}: {m}"),
+            other => panic!("{b}: {other:?}"),
+        }
+    }
+    // Members the gateway does not read are not its business.
+    let e = one(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"name":1,"NAME":2},"Arguments":1,"names":2},"Result":1,"methods":2}"#,
+    );
+    assert_eq!(e.name.as_deref(), Some("x"));
+    assert!(!folds_to("nam", "name") && !folds_to("names", "name"));
+    assert!(folds_to("NAME", "name") && folds_to("\u{17f}", "s") && folds_to("\u{212a}", "k"));
+}
+
+#[test]
+fn bodies_that_are_not_utf8_are_parse_errors() {
+    for b in [
+        &b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\xfe\"}"[..],
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":{\"arguments\":\"\xc3\"}}",
+        b"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xed\xa0\x80\"}]",
+    ] {
+        match inspect(b) {
+            Err(InspectError::Parse(m)) => assert!(m.contains("UTF-8"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A method that is JSON but not a string is an invalid request, not a parse error.
+    assert!(matches!(
+        inspect(br#"{"jsonrpc":"2.0","id":1,"method":["x"]}"#),
+        Err(InspectError::Invalid(m, _)) if m == "\"method\" must be a string"
+    ));
+    // A body cut inside the method is a parse error.
+    assert!(matches!(
+        inspect(br#"{"jsonrpc":"2.0","id":1,"method":"too"#),
+        Err(InspectError::Parse(_))
+    ));
 }
 
 #[test]
@@ -59,6 +161,8 @@ fn notifications_and_responses() {
     assert_eq!(r.kind, Kind::Response);
     let unknown = one(r#"{"jsonrpc":"2.0","id":1,"method":"vendor/thing","params":[1,2]}"#);
     assert_eq!(unknown.method.as_deref(), Some("vendor/thing"));
+    assert!(!unknown.method_is_known());
+    assert!(n.method_is_known());
 }
 
 #[test]
