@@ -165,12 +165,16 @@ impl Windows {
         let window = now / self.length_ms;
         let mut h = self.hasher.hash_one(key);
         if !self.slots.contains_key(&h) {
+            let bucket = self.hasher.hash_one(("overflow", h % OVERFLOW_BUCKETS));
             if n == 0 {
-                return self.sample(&Slot::default(), now);
+                // Not counted on its own: maybe in its bucket, when the table was full.
+                let mut slot = self.slots.get(&bucket).map(|s| *s).unwrap_or_default();
+                slot.roll(window);
+                return self.sample(&slot, now);
             }
             if !self.room(window) {
                 // Shared with the other keys that found no room (never under-counted).
-                h = self.hasher.hash_one(("overflow", h % OVERFLOW_BUCKETS));
+                h = bucket;
             }
         }
         let mut slot = self.slots.entry(h).or_insert(Slot {
@@ -257,8 +261,10 @@ mod tests {
         for i in 0..10u32 {
             w.hit(&i, 0);
         }
-        // Full: a new key shares an overflow bucket; nothing is lost.
+        // Full: a new key shares an overflow bucket; nothing is lost, and looking it
+        // up finds what was counted.
         assert!(w.hit(&"new", 10).estimate() >= 1.0);
+        assert!(w.peek(&"new", 20).estimate() >= 1.0);
         assert!(w.len() <= 11);
         // Two windows later the idle keys are swept and new keys fit exactly again.
         assert_eq!(w.hit(&"later", 2500).estimate(), 1.0);
