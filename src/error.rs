@@ -91,6 +91,9 @@ pub enum GatewayError {
     BodyRead(String),
     #[error("the client closed the connection before the response was complete")]
     ClientClosed,
+    /// Too busy to check the request now (every password-verification slot in use).
+    #[error("{0}")]
+    Busy(String),
     /// The text goes to the log only (it may come from Pingora).
     #[error("internal error in the gateway (its log has the details)")]
     Internal(String),
@@ -122,6 +125,7 @@ impl GatewayError {
             BodyRead(_) => (400, code::INVALID_REQUEST),
             // Never sent (nobody is listening); 499 as nginx logs it.
             ClientClosed => (499, code::INTERNAL_ERROR),
+            Busy(_) => (503, code::INTERNAL_ERROR),
             Internal(_) => (500, code::INTERNAL_ERROR),
         }
     }
@@ -150,6 +154,7 @@ impl GatewayError {
             UpstreamTimeout { .. } => "upstream_timeout",
             BodyRead(_) => "body_read",
             ClientClosed => "client_closed",
+            Busy(_) => "busy",
             Internal(_) => "internal",
         }
     }

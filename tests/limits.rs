@@ -36,7 +36,8 @@ async fn over_the_limit_gets_429_with_retry_after_and_nothing_reaches_the_upstre
     let r = send(&gw, LIST, None).await;
     assert_eq!(r.status(), 429);
     let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
-    assert!((1..=60).contains(&retry), "{retry}");
+    // Until one more fits the sliding minute: up to two windows.
+    assert!((1..=120).contains(&retry), "{retry}");
     assert_eq!(header(&r, "ratelimit-remaining").as_deref(), Some("0"));
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], -32011, "{v}");

@@ -455,6 +455,20 @@ fn validate(c: &Config, errs: &mut Errors) {
     }
     let rlp = root.key("security").key("rate_limiting");
     let rate_limiting = &c.security.rate_limiting;
+    if rate_limiting.max_tracked_keys == 0 {
+        errs.push(&rlp.key("max_tracked_keys"), "must be at least 1");
+    }
+    let throttle = &c.security.auth_throttle;
+    let atp = root.key("security").key("auth_throttle");
+    if throttle.max_failures > 0 && throttle.window.0.is_zero() {
+        errs.push(
+            &atp.key("window"),
+            "must be greater than 0 (or set max_failures: 0 to turn the lockout off)",
+        );
+    }
+    if throttle.max_tracked_keys == 0 {
+        errs.push(&atp.key("max_tracked_keys"), "must be at least 1");
+    }
     if let Some(url) = rate_limiting.redis_url() {
         if let Err(e) = crate::security::rate_limit::shared::describe_url(url) {
             errs.push(&rlp.key("redis"), e);

@@ -50,6 +50,28 @@ config_struct! {
         policies: Vec<PolicyRuleConfig> = Vec::new(),
         rate_limiting: RateLimitingConfig = RateLimitingConfig::default(),
         cors: CorsConfig = CorsConfig::default(),
+        /// Failed authentication: lockouts, bounded password hashing, verified-credential cache.
+        auth_throttle: AuthThrottleConfig = AuthThrottleConfig::default(),
+    }
+}
+
+config_struct! {
+    /// Credential guessing and hash-cost exhaustion (docs/security.md#authentication-failures).
+    pub struct AuthThrottleConfig {
+        /// Failed attempts (a wrong password, API key or bearer token) a client IP may
+        /// make, and a Basic user name may receive, within `window`; further attempts are
+        /// refused with 429 before any credential is checked. `0`: no lockout.
+        max_failures: u32 = 10,
+        /// The sliding window failures are counted over.
+        window: Dur = Dur::secs(300),
+        /// Password hashes verified at the same time; a Basic request finding them all
+        /// busy gets 503. `0`: the number of CPUs.
+        max_concurrent_verifications: u32 = 0,
+        /// How long a verified Basic credential is remembered (as a keyed hash, never the
+        /// password), so its next requests skip the hash. `0`: no cache.
+        cache_ttl: Dur = Dur::secs(60),
+        /// Client IPs and user names tracked exactly; beyond, new ones share buckets.
+        max_tracked_keys: u32 = 100_000,
     }
 }
 
@@ -90,6 +112,10 @@ config_struct! {
         /// Open SSE streams (GET) per identity: the authenticated subject, else the
         /// client IP. Counted per process; `0`: no cap.
         max_concurrent_streams: u32 = 0,
+        /// Keys (client IPs, users, API keys, tools) each rule counts exactly on this
+        /// process; beyond, new keys share buckets (and may be over-counted) until idle
+        /// keys age out.
+        max_tracked_keys: u32 = 100_000,
     }
 }
 

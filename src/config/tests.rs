@@ -498,3 +498,46 @@ fn reload_interval_has_a_floor() {
     );
     assert!(load(&format!("{MINIMAL}reload:\n  interval: 100ms\n")).is_ok());
 }
+
+#[test]
+fn auth_throttle_and_tracked_keys_are_read_and_checked() {
+    let c = load(&format!(
+        "{MINIMAL}security:\n  auth_throttle: {{max_failures: 3, window: 1m, max_concurrent_verifications: 2, cache_ttl: 0s, max_tracked_keys: 50}}\n  rate_limiting:\n    max_tracked_keys: 1000\n"
+    ))
+    .unwrap();
+    let t = &c.security.auth_throttle;
+    assert_eq!((t.max_failures, t.max_concurrent_verifications), (3, 2));
+    assert_eq!(t.window.0, std::time::Duration::from_secs(60));
+    assert!(t.cache_ttl.0.is_zero());
+    assert_eq!(t.max_tracked_keys, 50);
+    assert_eq!(c.security.rate_limiting.max_tracked_keys, 1000);
+    // Defaults: on, with a five-minute window and a one-minute cache.
+    let d = load(MINIMAL).unwrap().security.auth_throttle;
+    assert_eq!(
+        (
+            d.max_failures,
+            d.window.0.as_secs(),
+            d.cache_ttl.0.as_secs()
+        ),
+        (10, 300, 60)
+    );
+    let errs = errors(&format!(
+        "{MINIMAL}security:\n  auth_throttle: {{window: 0s, max_tracked_keys: 0}}\n  rate_limiting:\n    max_tracked_keys: 0\n"
+    ))
+    .join("\n");
+    for needle in [
+        "security.auth_throttle.window: must be greater than 0",
+        "security.auth_throttle.max_tracked_keys: must be at least 1",
+        "security.rate_limiting.max_tracked_keys: must be at least 1",
+    ] {
+        assert!(errs.contains(needle), "{needle} not in {errs}");
+    }
+    let errs = errors(&format!(
+        "{MINIMAL}security:\n  auth_throttle: {{max_failure: 3}}\n"
+    ))
+    .join("\n");
+    assert!(
+        errs.contains("security.auth_throttle.max_failure"),
+        "{errs}"
+    );
+}

@@ -10,6 +10,7 @@ use crate::error::GatewayError;
 use crate::mcp::envelope::{self, Body, Era, InspectError};
 use crate::mcp::headers::{self, MCP_SESSION_ID};
 use crate::security::auth::Identity;
+use crate::security::auth_throttle::Throttled;
 use crate::security::cors::Cors;
 use crate::security::policy::{Action, ListKind};
 use crate::security::rate_limit::Subject;
@@ -26,6 +27,8 @@ use pingora::proxy::Session;
 /// larger bodies are forwarded by [`large_body`].
 pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 
+/// The `rule` of a lockout after failed authentication (`Retry-After` as rate limits).
+const AUTH_THROTTLE_RULE: &str = "auth_throttle";
 /// The `rule` of a refusal by `max_concurrent_streams` (in the error and its metric).
 const STREAM_RULE: &str = "max_concurrent_streams";
 /// What a client refused a stream is told to wait: streams end when their client
@@ -148,13 +151,30 @@ async fn check(
     // No protocol switch, and no connection fields the gateway will not honour.
     super::hop_by_hop::check_request(req)?;
 
+    // The address rate limits and the authentication throttle count the client by.
+    let ip = client_ip(session);
+
     // Who is calling, before anything else is read.
     if !state.auth.is_empty() {
         let cert = crate::security::tls::peer_cert(session);
-        match state.auth.check(&route.path, &req.headers, cert).await {
+        match state.auth.check(&route.path, &req.headers, cert, ip).await {
             Ok(identity) => ctx.identity = identity,
             Err(refusal) => {
                 metrics::counter(&METRICS.auth_rejections, &[&route.path, refusal.reason]).inc();
+                if let Some(throttled) = refusal.throttled {
+                    metrics::counter(&METRICS.auth_throttled, &[throttled.reason()]).inc();
+                    return Err(match throttled {
+                        Throttled::Locked {
+                            limit, retry_after, ..
+                        } => GatewayError::RateLimited {
+                            rule: AUTH_THROTTLE_RULE.into(),
+                            limit,
+                            retry_after,
+                            message: refusal.message,
+                        },
+                        Throttled::Busy { .. } => GatewayError::Busy(refusal.message),
+                    });
+                }
                 if refusal.forbidden {
                     return Err(GatewayError::Forbidden {
                         reason: refusal.reason,
@@ -221,10 +241,6 @@ async fn check(
         ctx.list_scope = Scope::of(&state.policies, lists);
     }
 
-    let ip = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
     if !state.rate_limits.is_empty() {
         // One count per message (a GET or DELETE: one), each `tools/call` under its tool.
         fn tool(e: &envelope::Envelope) -> Option<&str> {
@@ -457,6 +473,14 @@ fn is_json(content_type: &str) -> bool {
         .next()
         .map(|t| t.trim().eq_ignore_ascii_case("application/json"))
         .unwrap_or(false)
+}
+
+/// The client's address, as rate limits and the authentication throttle count it.
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// The client's `X-Request-Id` when it is a sane token, else a fresh random one.

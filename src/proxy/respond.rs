@@ -95,6 +95,9 @@ pub async fn json(
             resp.insert_header("ratelimit-remaining", "0")?;
             resp.insert_header("ratelimit-reset", retry_after.to_string())?;
         }
+        Some(GatewayError::Busy(_)) => {
+            resp.insert_header(http::header::RETRY_AFTER, "1")?;
+        }
         _ => {}
     }
     ctx.local_status = Some(status);

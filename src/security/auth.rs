@@ -13,20 +13,29 @@
 //! * API keys: only their SHA-256 is configured; the presented key's hash is compared with
 //!   every configured one in constant time.
 //! * Basic: argon2 or bcrypt hashes, verified on a blocking thread (they are slow on
-//!   purpose and must not stall the proxy's workers).
+//!   purpose and must not stall the proxy's workers), a bounded number at once; a
+//!   credential that verified is remembered briefly by a keyed hash.
+//! * Failed attempts are counted per client IP (and per Basic user name) and past
+//!   `security.auth_throttle.max_failures` refused before any check
+//!   ([`super::auth_throttle`]).
+//! * A JWT naming critical header extensions (`crit`, RFC 7515 §4.1.11) is refused:
+//!   the gateway implements none.
 //! * Client certificates (`client_cert: true`): a request carrying none of the above on a
 //!   connection whose certificate was verified against `server.tls.client_ca` is
 //!   identified by that certificate (see [`super::tls::ClientCert`]).
 
 use crate::config::{ApiKeysConfig, AuthRule, BasicConfig, JwtConfig, OAuthConfig, SecurityConfig};
+use crate::security::auth_throttle::{AuthThrottle, Throttled};
 use crate::security::tls::ClientCert;
-use arc_swap::ArcSwap;
+use crate::telemetry::metrics::{self, METRICS};
+use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +67,8 @@ pub struct Refusal {
     pub challenge: String,
     /// 403 (authenticated, but the token lacks required scopes) rather than 401.
     pub forbidden: bool,
+    /// Refused before checking the credential (429 or 503) rather than 401.
+    pub throttled: Option<Throttled>,
 }
 
 /// The well-known path of RFC 9728 Protected Resource Metadata.
@@ -214,6 +225,30 @@ struct ApiKeys {
 struct Basic {
     /// Each user's password hash and grant.
     users: Vec<(String, Grant)>,
+    /// Each user's last verified credential, by index into `users`.
+    verified: Vec<ArcSwapOption<Verified>>,
+}
+
+/// A credential that verified: its keyed hash ([`AuthThrottle::tag`]) and until when
+/// (ms, [`now_ms`]) it is trusted without hashing again.
+struct Verified {
+    tag: [u8; 32],
+    until: u64,
+}
+
+/// Refusals that count as a failed attempt: a credential was presented and is wrong
+/// (as opposed to missing, or genuine but expired, for another audience, …).
+fn is_guess(reason: &str) -> bool {
+    matches!(
+        reason,
+        "bad_password"
+            | "bad_api_key"
+            | "bad_signature"
+            | "malformed"
+            | "unknown_key"
+            | "wrong_algorithm"
+            | "unsupported_crit"
+    )
 }
 
 struct Rule {
@@ -234,6 +269,8 @@ pub struct Auth {
     metadata: HashMap<String, bytes::Bytes>,
     /// Every API-key header of every rule: never forwarded upstream.
     pub credential_headers: std::sync::Arc<[http::HeaderName]>,
+    /// Failed-attempt lockouts, password-verification slots.
+    throttle: AuthThrottle,
 }
 
 impl std::fmt::Debug for Auth {
@@ -283,6 +320,7 @@ impl Auth {
                 rules,
                 metadata,
                 credential_headers: headers.into(),
+                throttle: AuthThrottle::build(&cfg.auth_throttle),
             })
         } else {
             Err(errs)
@@ -313,18 +351,23 @@ impl Auth {
             .find(|r| r.routes.is_empty() || r.routes.iter().any(|p| p == route))
     }
 
-    /// Authenticate a request to `route` (`cert`: its connection's verified client
-    /// certificate): `Ok(None)` when no rule covers the route.
+    /// Authenticate a request to `route` from `ip` (`cert`: its connection's verified
+    /// client certificate): `Ok(None)` when no rule covers the route.
     pub async fn check(
         &self,
         route: &str,
         headers: &http::HeaderMap,
         cert: Option<&ClientCert>,
+        ip: Option<IpAddr>,
     ) -> Result<Option<Identity>, Refusal> {
         let Some(rule) = self.rule_for(route) else {
             return Ok(None);
         };
-        rule.check(headers, cert).await.map(Some)
+        let attempt = Attempt {
+            throttle: &self.throttle,
+            ip,
+        };
+        rule.check(headers, cert, &attempt).await.map(Some)
     }
 }
 
@@ -380,6 +423,12 @@ fn build_rule(i: usize, r: &AuthRule) -> Result<Rule, Vec<(String, String)>> {
 }
 
 type Problems = Vec<(String, String)>;
+
+/// Where an attempt comes from, and the throttle that counts its failures.
+struct Attempt<'a> {
+    throttle: &'a AuthThrottle,
+    ip: Option<IpAddr>,
+}
 
 /// An absolute `http(s)` URL without a fragment.
 fn is_http_url(u: &str) -> bool {
@@ -809,6 +858,7 @@ fn build_basic(c: &BasicConfig) -> Result<Basic, Problems> {
     }
     if errs.is_empty() {
         Ok(Basic {
+            verified: c.users.iter().map(|_| ArcSwapOption::empty()).collect(),
             users: c
                 .users
                 .iter()
@@ -865,7 +915,42 @@ impl Rule {
             message: message.into(),
             challenge: self.challenge(false),
             forbidden: false,
+            throttled: None,
         }
+    }
+
+    /// A refusal before the credential was checked.
+    fn throttled(&self, t: Throttled) -> Refusal {
+        Refusal {
+            reason: if matches!(t, Throttled::Busy { .. }) {
+                "busy"
+            } else {
+                "locked_out"
+            },
+            message: t.message(),
+            challenge: self.challenge(false),
+            forbidden: false,
+            throttled: Some(t),
+        }
+    }
+
+    /// Check a credential (not a Basic one) unless `at`'s client IP is locked out,
+    /// counting a wrong one against it.
+    async fn throttled_check(
+        &self,
+        at: &Attempt<'_>,
+        check: impl std::future::Future<Output = Result<Identity, Refusal>>,
+    ) -> Result<Identity, Refusal> {
+        at.throttle
+            .check(at.ip, None)
+            .map_err(|t| self.throttled(t))?;
+        let result = check.await;
+        if let Err(r) = &result {
+            if is_guess(r.reason) {
+                at.throttle.failed(at.ip, None);
+            }
+        }
+        result
     }
 
     /// A refusal of a bearer token that was presented but is not valid.
@@ -880,6 +965,7 @@ impl Rule {
         &self,
         headers: &http::HeaderMap,
         cert: Option<&ClientCert>,
+        at: &Attempt<'_>,
     ) -> Result<Identity, Refusal> {
         let authorization = headers
             .get(http::header::AUTHORIZATION)
@@ -891,15 +977,18 @@ impl Rule {
             })
         };
         if let (Some(token), Some(jwt)) = (scheme("Bearer "), &self.jwt) {
-            return self.check_jwt(jwt, token).await;
+            return self.throttled_check(at, self.check_jwt(jwt, token)).await;
         }
         if let Some(keys) = &self.api_keys {
             if let Some(key) = headers.get(&keys.header) {
-                return self.check_api_key(keys, key.as_bytes());
+                let key = key.as_bytes();
+                return self
+                    .throttled_check(at, async { self.check_api_key(keys, key) })
+                    .await;
             }
         }
         if let (Some(b64), Some(basic)) = (scheme("Basic "), &self.basic) {
-            return self.check_basic(basic, b64).await;
+            return self.check_basic(basic, b64, at).await;
         }
         if let (true, Some(cert)) = (self.client_cert, cert) {
             return Ok(cert.identity(&self.name));
@@ -928,17 +1017,29 @@ impl Rule {
     async fn check_jwt(&self, jwt: &Jwt, token: &[u8]) -> Result<Identity, Refusal> {
         use jsonwebtoken::errors::ErrorKind as K;
         let token = std::str::from_utf8(token).unwrap_or_default().trim();
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            self.refuse_token(
+                "malformed",
+                "invalid bearer token: the token is not a valid JWT",
+            )
+        })?;
+        // RFC 7515 §4.1.11: extensions the token marks critical must be understood, and
+        // this gateway implements none (an empty list is not allowed either).
+        if let Some(crit) = &header.crit {
+            return Err(self.refuse_token(
+                "unsupported_crit",
+                format!(
+                    "invalid bearer token: its header marks the extension(s) {:?} critical \
+                     (crit), which this gateway does not support",
+                    crit
+                ),
+            ));
+        }
         let jwks_key;
         let key = match &jwt.keys {
             JwtKeys::One(key) => key,
             JwtKeys::Jwks(jwks) => {
-                let header = jsonwebtoken::decode_header(token).map_err(|_| {
-                    self.refuse_token(
-                        "malformed",
-                        "invalid bearer token: the token is not a valid JWT",
-                    )
-                })?;
-                let kid = header.kid.unwrap_or_default();
+                let kid = header.kid.clone().unwrap_or_default();
                 jwks_key = jwks.key(&kid).await.ok_or_else(|| {
                     self.refuse_token(
                         "unknown_key",
@@ -1010,6 +1111,7 @@ impl Rule {
                     ),
                     challenge: insufficient_scope_challenge(o, &[]),
                     forbidden: true,
+                    throttled: None,
                 });
             }
         }
@@ -1045,18 +1147,46 @@ impl Rule {
         })
     }
 
-    async fn check_basic(&self, basic: &Basic, b64: &[u8]) -> Result<Identity, Refusal> {
+    async fn check_basic(
+        &self,
+        basic: &Basic,
+        b64: &[u8],
+        at: &Attempt<'_>,
+    ) -> Result<Identity, Refusal> {
         let bad = || self.refuse("bad_password", "wrong user name or password");
-        let decoded = STANDARD.decode(b64.trim_ascii()).map_err(|_| bad())?;
-        let text = String::from_utf8(decoded).map_err(|_| bad())?;
-        let (user, password) = text.split_once(':').ok_or_else(bad)?;
+        let throttle = at.throttle;
+        let (decoded, user, password) = match decode_basic(b64) {
+            Some(parts) => parts,
+            None => {
+                // Malformed credentials: a failure of the address (there is no user).
+                throttle.check(at.ip, None).map_err(|t| self.throttled(t))?;
+                throttle.failed(at.ip, None);
+                return Err(bad());
+            }
+        };
+        let who = Some((self.name.as_str(), user.as_str()));
+        throttle.check(at.ip, who).map_err(|t| self.throttled(t))?;
+        let known = basic.users.iter().position(|(_, g)| g.id == user);
+        // A credential that verified a moment ago: no hash again.
+        let tag = throttle.tag(&self.name, &decoded);
+        if let Some(i) = known {
+            let now = now_ms();
+            let cached = basic.verified[i].load();
+            if cached
+                .as_ref()
+                .is_some_and(|v| now < v.until && bool::from(v.tag.ct_eq(&tag)))
+            {
+                let grant = &basic.users[i].1;
+                return Ok(self.basic_identity(grant));
+            }
+        }
         // An unknown user is checked against another user's hash and refused anyway, so
         // the answer takes as long as for a known one (no user enumeration by timing).
-        let known = basic.users.iter().find(|(_, g)| g.id == user).cloned();
-        let (hash, grant) = known.clone().unwrap_or_else(|| basic.users[0].clone());
-        let password = password.to_string();
-        // Slow on purpose: off the proxy's worker threads.
+        let (hash, _) = basic.users[known.unwrap_or(0)].clone();
+        let permit = throttle.permit().map_err(|t| self.throttled(t))?;
+        // Slow on purpose: off the proxy's worker threads, holding the slot until done.
         let ok = tokio::task::spawn_blocking(move || {
+            let _slot = permit;
             if hash.starts_with("$argon2") {
                 use argon2::PasswordVerifier;
                 argon2::PasswordHash::new(&hash)
@@ -1072,16 +1202,40 @@ impl Rule {
         })
         .await
         .unwrap_or(false);
-        if !ok || known.is_none() {
+        let ok = ok && known.is_some();
+        let result = if ok { "ok" } else { "failed" };
+        metrics::counter(&METRICS.password_verifications, &[result]).inc();
+        let Some(i) = known.filter(|_| ok) else {
+            throttle.failed(at.ip, who);
             return Err(bad());
+        };
+        log::debug!("auth: password of {user:?} verified (rule {})", self.name);
+        if throttle.cache_ttl_ms() > 0 {
+            basic.verified[i].store(Some(Arc::new(Verified {
+                tag,
+                until: now_ms().saturating_add(throttle.cache_ttl_ms()),
+            })));
         }
-        Ok(Identity {
-            method: "basic",
-            subject: grant.id,
-            client_id: None,
-            scopes: grant.scopes,
-            claims: grant.claims,
-            rule: self.name.clone(),
-        })
+        Ok(self.basic_identity(&basic.users[i].1))
     }
+
+    fn basic_identity(&self, grant: &Grant) -> Identity {
+        Identity {
+            method: "basic",
+            subject: grant.id.clone(),
+            client_id: None,
+            scopes: grant.scopes.clone(),
+            claims: grant.claims.clone(),
+            rule: self.name.clone(),
+        }
+    }
+}
+
+/// `Authorization: Basic` credentials: the decoded `user:password`, the user, the password.
+fn decode_basic(b64: &[u8]) -> Option<(Vec<u8>, String, String)> {
+    let decoded = STANDARD.decode(b64.trim_ascii()).ok()?;
+    let text = std::str::from_utf8(&decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    let (user, password) = (user.to_string(), password.to_string());
+    Some((decoded, user, password))
 }

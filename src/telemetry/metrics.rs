@@ -49,6 +49,10 @@ pub struct Metrics {
     pub rate_limit_backend_up: IntGaugeVec,
     /// Requests refused by authentication, by route and reason.
     pub auth_rejections: IntCounterVec,
+    /// Basic passwords checked against their hash, by result (`ok`, `failed`).
+    pub password_verifications: IntCounterVec,
+    /// Authentication attempts refused before any credential was checked, by reason.
+    pub auth_throttled: IntCounterVec,
     /// Requests refused by an authorization policy, by route and rule.
     pub policy_denials: IntCounterVec,
     /// Sessions sealed (upstream `initialize` answers with an `Mcp-Session-Id`), by group.
@@ -174,6 +178,18 @@ impl Metrics {
                 "mcp_gateway_auth_rejections_total",
                 "Requests refused by authentication, by route and reason (missing, expired, bad_signature, bad_api_key, bad_password, ...)",
                 &["route", "reason"],
+            ),
+            password_verifications: new_counter(
+                &r,
+                "mcp_gateway_password_verifications_total",
+                "Basic passwords verified against their argon2/bcrypt hash, by result (ok, failed); a request answered from the verified-credential cache runs none",
+                &["result"],
+            ),
+            auth_throttled: new_counter(
+                &r,
+                "mcp_gateway_auth_throttled_total",
+                "Authentication attempts refused before checking the credential: client_ip or user locked out after too many failures (429), busy when every password verification slot was in use (503)",
+                &["reason"],
             ),
             policy_denials: new_counter(
                 &r,

@@ -8,20 +8,24 @@
 //! requests count too; the rules after the one that refused a request do not count it.
 //!
 //! Where the counting happens:
-//! * on this process's `pingora_limits::rate::Rate` estimators (lock-free), with no
+//! * on this process's exact per-key counters ([`super::window::Windows`]: every key
+//!   counted on its own, so clients never count against each other; at most
+//!   `security.rate_limiting.max_tracked_keys` keys per rule), with no
 //!   `security.rate_limiting.redis`;
 //! * in Redis ([`shared`]), one script call for all the rules of a request, so every
 //!   replica sees the same counters. While Redis is unreachable or slow the local
 //!   estimators decide, so the gateway keeps serving (each process then allows the
 //!   limit on its own).
 //!
-//! Both ways end in the same judgement ([`Rule::judge`]) of the same [`Counts`].
+//! Both ways end in the same judgement ([`Rule::judge`]) of the same [`Counts`]: the
+//! previous and current windows' counts, from which the estimate and the time a refused
+//! client must wait (`Retry-After`, until one more request fits every window) follow.
 
 pub mod shared;
 
 use super::auth::Identity;
+use super::window::{self, Sample, Windows};
 use crate::config::{KeyStrategy, RateLimitRule, RateLimitingConfig};
-use pingora_limits::rate::{Rate, RateComponents};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +36,8 @@ pub(crate) struct Rule {
     strategy: KeyStrategy,
     per_minute: u32,
     burst: u32,
-    minute: Rate,
-    second: Rate,
+    minute: Windows,
+    second: Windows,
 }
 
 /// All rules, built once from the config.
@@ -90,20 +94,10 @@ impl Subject<'_> {
 /// What one rule counted for a request (this request included).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Counts {
-    /// Requests over the sliding minute.
-    pub per_minute: f64,
-    /// Seconds until the current minute window ends.
-    pub reset: f64,
-    /// Requests over the sliding second (`None`: the rule has no `burst_size`).
-    pub per_second: Option<f64>,
-}
-
-/// Sliding-window estimate of the events in the last `interval`, and the seconds until
-/// the current window ends.
-fn estimate(c: RateComponents) -> (f64, f64) {
-    let frac = c.current_interval_fraction.clamp(0.0, 1.0);
-    let count = c.prev_samples as f64 * (1.0 - frac) + c.curr_samples as f64;
-    (count, c.interval.as_secs_f64() * (1.0 - frac))
+    /// The minute windows.
+    pub minute: Sample,
+    /// The second windows (`None`: the rule has no `burst_size`).
+    pub second: Option<Sample>,
 }
 
 impl RateLimits {
@@ -119,11 +113,12 @@ impl RateLimits {
         cfg: &RateLimitingConfig,
         previous: Option<&RateLimits>,
     ) -> Result<RateLimits, String> {
+        let max_keys = cfg.max_tracked_keys as usize;
         let rules: Vec<Rule> = cfg
             .rules
             .iter()
             .enumerate()
-            .map(|(i, r)| rule(i, r))
+            .map(|(i, r)| rule(i, r, max_keys))
             .collect();
         let kept = previous.and_then(|p| p.shared.clone());
         let shared = match cfg.redis_url() {
@@ -174,7 +169,12 @@ impl RateLimits {
     /// [`RateLimits::check`] on this process's counters only.
     fn check_locally(&self, covering: &[(&Rule, String)]) -> Result<Option<Quota>, Limited> {
         // Lazy: the rules after a refusing one do not count the request.
-        decide(covering.iter().map(|(r, key)| (*r, r.count_locally(key))))
+        let now = window::now_ms();
+        decide(
+            covering
+                .iter()
+                .map(|(r, key)| (*r, r.count_locally(key, now))),
+        )
     }
 }
 
@@ -191,37 +191,41 @@ fn decide<'a>(counted: impl Iterator<Item = (&'a Rule, Counts)>) -> Result<Optio
 }
 
 impl Rule {
-    /// Count one request under `key` on this process's estimators.
-    fn count_locally(&self, key: &str) -> Counts {
-        self.minute.observe(&key, 1);
-        let (per_minute, reset) = self.minute.rate_with(&key, estimate);
-        let per_second = (self.burst > 0).then(|| {
-            self.second.observe(&key, 1);
-            self.second.rate_with(&key, estimate).0
-        });
+    /// Count one request under `key` on this process's counters at `now` (ms).
+    fn count_locally(&self, key: &str, now: u64) -> Counts {
         Counts {
-            per_minute,
-            reset,
-            per_second,
+            minute: self.minute.hit(&key, now),
+            second: (self.burst > 0).then(|| self.second.hit(&key, now)),
         }
+    }
+
+    /// Seconds until one more request fits every window of the rule.
+    fn retry_after(&self, c: &Counts) -> u64 {
+        let minute = c.minute.wait_for(self.per_minute);
+        let second = c.second.map_or(0.0, |s| s.wait_for(self.burst));
+        window::whole_seconds(minute.max(second))
     }
 
     /// Over the limit (the burst first), or the quota left.
     fn judge(&self, c: Counts) -> Result<Quota, Limited> {
-        if c.per_second.is_some_and(|n| n > f64::from(self.burst)) {
+        let per_minute = c.minute.estimate();
+        if c.second
+            .is_some_and(|s| s.estimate() > f64::from(self.burst))
+        {
+            let retry_after = self.retry_after(&c);
             return Err(Limited {
                 rule: self.name.clone(),
                 limit: self.burst,
-                retry_after: 1,
+                retry_after,
                 message: format!(
-                    "rate limit {:?}: more than {} requests in a second; retry in 1 s",
+                    "rate limit {:?}: more than {} requests in a second; retry in {retry_after} s",
                     self.name, self.burst
                 ),
             });
         }
-        if c.per_minute > f64::from(self.per_minute) {
-            // Until enough of the window has slid by to fall back under the limit.
-            let retry_after = (c.reset.ceil() as u64).clamp(1, 60);
+        if per_minute > f64::from(self.per_minute) {
+            // Until enough of the window has slid by for one more request to fit.
+            let retry_after = self.retry_after(&c);
             return Err(Limited {
                 rule: self.name.clone(),
                 limit: self.per_minute,
@@ -234,13 +238,13 @@ impl Rule {
         }
         Ok(Quota {
             limit: self.per_minute,
-            remaining: (f64::from(self.per_minute) - c.per_minute).max(0.0) as u32,
-            reset: c.reset.ceil() as u64,
+            remaining: (f64::from(self.per_minute) - per_minute).max(0.0) as u32,
+            reset: c.minute.reset().ceil() as u64,
         })
     }
 }
 
-fn rule(i: usize, r: &RateLimitRule) -> Rule {
+fn rule(i: usize, r: &RateLimitRule, max_keys: usize) -> Rule {
     Rule {
         name: if r.name.is_empty() {
             format!("rate_limiting.rules[{i}]")
@@ -251,8 +255,8 @@ fn rule(i: usize, r: &RateLimitRule) -> Rule {
         strategy: r.key_strategy,
         per_minute: r.requests_per_minute,
         burst: r.burst_size,
-        minute: Rate::new(Duration::from_secs(60)),
-        second: Rate::new(Duration::from_secs(1)),
+        minute: Windows::new(Duration::from_secs(60), max_keys),
+        second: Windows::new(Duration::from_secs(1), max_keys),
     }
 }
 
@@ -322,7 +326,8 @@ mod tests {
         }
         let refused = l.check_now(&from("10.0.0.1")).unwrap_err();
         assert_eq!((refused.limit, refused.rule.as_str()), (3, "r"));
-        assert!((1..=60).contains(&refused.retry_after));
+        // Until one more fits: the count of this window slides out in the next one.
+        assert!((1..=120).contains(&refused.retry_after), "{refused:?}");
         // Another client has its own counter.
         assert!(l.check_now(&from("10.0.0.2")).is_ok());
     }
@@ -333,7 +338,9 @@ mod tests {
         assert!(l.check_now(&from("10.0.0.1")).is_ok());
         assert!(l.check_now(&from("10.0.0.2")).is_ok());
         let refused = l.check_now(&from("10.0.0.3")).unwrap_err();
-        assert_eq!((refused.limit, refused.retry_after), (2, 1));
+        assert_eq!(refused.limit, 2);
+        // Three in this second: one more fits ⅓ into the next one at the earliest.
+        assert!((1..=2).contains(&refused.retry_after), "{refused:?}");
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! Redis's clock, so replicas with skewed clocks agree on the windows. Each rule keeps
 //! one hash per window (`<prefix><rule>:<key>:m` for the minute, `…:s` for the second)
 //! holding the current window's number and count and the previous window's count; the
-//! script answers the same sliding-window [`Counts`] the local estimators give, and the
-//! same judgement applies. Keys expire two windows after their last request.
+//! script answers those counts and how far into the window it is — the same
+//! [`Counts`] the local counters give — and the same judgement (estimate and
+//! `Retry-After`) applies. Keys expire two windows after their last request.
 //!
 //! Redis is never waited on for long: each call is bounded by `redis_timeout`, and
 //! connecting happens only in the background upkeep ([`Shared::upkeep`]), never on the
@@ -15,6 +16,7 @@
 //! whether Redis is in use, and the switches are logged once each way.
 
 use super::{Counts, Rule};
+use crate::security::window::Sample;
 use crate::telemetry::metrics::{self, METRICS};
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -29,9 +31,9 @@ use std::time::Duration;
 /// Counts the requests of every rule that covers a request, in order, and stops after
 /// the first rule the request is over (the rules after it do not count it), like the
 /// local check. `KEYS`: per rule its minute hash, then its second hash if it has a burst
-/// cap. `ARGV`: per rule `requests_per_minute`, `burst_size`. Answers, per rule counted:
-/// requests over the sliding minute ×1000, milliseconds until the minute window ends,
-/// requests over the sliding second ×1000 (`-1`: no burst cap).
+/// cap. `ARGV`: per rule `requests_per_minute`, `burst_size`. Answers, per rule counted,
+/// for the minute then the second window: the previous window's count, the current
+/// one's, and milliseconds into the current window (three `-1`s: no burst cap).
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,23 +49,23 @@ local function hit(key, window)
   redis.call('HSET', key, 'w', cur, 'c', c, 'p', p)
   redis.call('PEXPIRE', key, window * 2)
   local into = now - cur * window
-  return math.floor((p * (1 - into / window) + c) * 1000), window - into
+  return p, c, into, p * (1 - into / window) + c
 end
 local out = {}
 local k = 1
 for i = 1, #ARGV, 2 do
   local per_minute, burst = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-  local m, reset = hit(KEYS[k], 60000)
+  local mp, mc, minto, m = hit(KEYS[k], 60000)
   k = k + 1
-  local s = -1
+  local sp, sc, sinto, s = -1, -1, -1, -1
   if burst > 0 then
-    s = hit(KEYS[k], 1000)
+    sp, sc, sinto, s = hit(KEYS[k], 1000)
     k = k + 1
   end
-  out[#out + 1] = m
-  out[#out + 1] = reset
-  out[#out + 1] = s
-  if (burst > 0 and s > burst * 1000) or m > per_minute * 1000 then
+  for _, v in ipairs({mp, mc, minto, sp, sc, sinto}) do
+    out[#out + 1] = v
+  end
+  if (burst > 0 and s > burst) or m > per_minute then
     break
   end
 end
@@ -156,21 +158,33 @@ fn keys_and_args(prefix: &str, covering: &[(&Rule, String)]) -> (Vec<String>, Ve
     (keys, args)
 }
 
+/// One window's counts from the script (`None`: not counted, or malformed).
+fn window(prev: i64, curr: i64, into_ms: i64, length_ms: i64) -> Option<Sample> {
+    (prev >= 0 && curr >= 0 && (0..length_ms).contains(&into_ms)).then(|| Sample {
+        prev: prev as u64,
+        curr: curr as u64,
+        into: into_ms as f64 / length_ms as f64,
+        length: length_ms as f64 / 1000.0,
+    })
+}
+
 /// The script's answer as [`Counts`], one per rule counted (`None` if malformed).
 fn parse(answer: &[i64]) -> Option<Vec<Counts>> {
-    if answer.is_empty() || answer.len() % 3 != 0 {
+    if answer.is_empty() || answer.len() % 6 != 0 {
         return None;
     }
-    Some(
-        answer
-            .chunks_exact(3)
-            .map(|c| Counts {
-                per_minute: c[0] as f64 / 1000.0,
-                reset: c[1] as f64 / 1000.0,
-                per_second: (c[2] >= 0).then(|| c[2] as f64 / 1000.0),
+    answer
+        .chunks_exact(6)
+        .map(|c| {
+            Some(Counts {
+                minute: window(c[0], c[1], c[2], 60_000)?,
+                second: match c[3] {
+                    -1 => None,
+                    _ => Some(window(c[3], c[4], c[5], 1000)?),
+                },
             })
-            .collect(),
-    )
+        })
+        .collect()
 }
 
 impl Shared {
@@ -432,33 +446,42 @@ mod tests {
         assert_eq!(args, [10, 0, 100, 5]);
     }
 
+    fn sample(prev: u64, curr: u64, into: f64, length: f64) -> Sample {
+        Sample {
+            prev,
+            curr,
+            into,
+            length,
+        }
+    }
+
     #[test]
     fn script_answers_become_counts() {
-        let counts = parse(&[2500, 41_000, -1, 7000, 12_500, 3000]).unwrap();
+        let counts = parse(&[2, 1, 19_000, -1, -1, -1, 7, 3, 47_500, 1, 3, 250]).unwrap();
         assert_eq!(
             counts,
             [
                 Counts {
-                    per_minute: 2.5,
-                    reset: 41.0,
-                    per_second: None
+                    minute: sample(2, 1, 19.0 / 60.0, 60.0),
+                    second: None
                 },
                 Counts {
-                    per_minute: 7.0,
-                    reset: 12.5,
-                    per_second: Some(3.0)
+                    minute: sample(7, 3, 47.5 / 60.0, 60.0),
+                    second: Some(sample(1, 3, 0.25, 1.0))
                 }
             ]
         );
         assert_eq!(parse(&[]), None);
-        assert_eq!(parse(&[1, 2]), None);
+        assert_eq!(parse(&[1, 2, 3]), None);
+        assert_eq!(parse(&[1, 2, 60_000, -1, -1, -1]), None);
     }
 
     #[test]
     fn redis_counts_are_judged_like_local_ones() {
         let l = limits("redis://127.0.0.1:1/0", &[("a", 10, 0), ("b", 3, 0)]);
         let rules: Vec<&Rule> = l.rules.iter().collect();
-        let answer = parse(&[5000, 30_000, -1, 3000, 30_000, -1]).unwrap();
+        // 30 s into the minute: a has 4 + 6·½ = 7, b has 3.
+        let answer = parse(&[6, 4, 30_000, -1, -1, -1, 0, 3, 30_000, -1, -1, -1]).unwrap();
         let quota = super::super::decide(rules.iter().copied().zip(answer)).unwrap();
         assert_eq!(
             quota,
@@ -468,11 +491,16 @@ mod tests {
                 reset: 30
             })
         );
-        // The script stops at the first rule over its limit; that one refuses.
-        let answer = parse(&[11_000, 12_300, -1]).unwrap();
+        // The script stops at the first rule over its limit; that one refuses, and its
+        // Retry-After is the local one for the same counts: 11 in this window, 12.3 s
+        // left, so one more fits when 11·(1−g) + 1 ≤ 10 in the next window, g = 2/11:
+        // 12.3 + 10.9 s.
+        let answer = parse(&[0, 11, 47_700, -1, -1, -1]).unwrap();
+        let counts = answer[0];
         let refused = super::super::decide(rules.iter().copied().zip(answer)).unwrap_err();
         assert_eq!((refused.rule.as_str(), refused.limit), ("a", 10));
-        assert_eq!(refused.retry_after, 13);
+        assert_eq!(refused.retry_after, rules[0].retry_after(&counts));
+        assert_eq!(refused.retry_after, 24);
     }
 
     #[test]
