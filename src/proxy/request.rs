@@ -43,6 +43,19 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         // a fresh connection (another replica) before the listeners close.
         session.set_keepalive(None);
     }
+    // DNS rebinding: a request for a host this listener does not answer for is refused
+    // before anything else is read (health probes may also name an address, or none).
+    let path = session.req_header().uri.path();
+    let probe = super::health::is_probe(path);
+    let tls = crate::security::tls::is_tls(session);
+    if let Err(e) = state
+        .edge
+        .hosts
+        .check(session.req_header(), tls, probe, "server.allowed_hosts")
+    {
+        respond::error(session, ctx, e).await?;
+        return Ok(true);
+    }
     let path = session.req_header().uri.path();
     if let Some(answer) = super::health::answer(path, &state, draining) {
         let (status, body) = answer;
@@ -64,7 +77,16 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         return Ok(true);
     }
     // Browsers: refuse foreign origins before reading anything; answer preflights here.
-    match state.cors.check_origin(&session.req_header().headers) {
+    // The request's own origin is allowed once its Host was checked above.
+    let req = session.req_header();
+    let own = match crate::security::edge::authority(req) {
+        Ok(Some(authority)) if state.edge.hosts.is_enabled() => Some((
+            crate::security::edge::scheme(session, &state.edge),
+            authority,
+        )),
+        _ => None,
+    };
+    match state.cors.check_origin(&req.headers, own) {
         Ok(origin) => {
             if let Some(o) = &origin {
                 ctx.cors_headers = state.cors.headers(o, false);
@@ -216,10 +238,7 @@ async fn check(
     };
     let subject = Subject {
         route: &route_path,
-        ip: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
+        ip: crate::security::edge::client_ip(session, state),
         identity: ctx.identity.as_ref(),
         tool,
     };

@@ -1,4 +1,5 @@
-//! Security at the edge, all decided in the proxy's request filter: who is calling
+//! Security at the edge, all decided in the proxy's request filter: where the request
+//! comes from and which host it names ([`edge`]), who is calling
 //! ([`auth`], with OAuth resource-server metadata and client certificates from [`tls`]),
 //! what they may call ([`policy`], which also filters lists), how often ([`rate_limit`])
 //! and how many streams at once ([`streams`]), from which browser origins ([`cors`]), and
@@ -7,6 +8,7 @@
 
 pub mod auth;
 pub mod cors;
+pub mod edge;
 pub mod forward_identity;
 pub mod policy;
 pub mod rate_limit;
