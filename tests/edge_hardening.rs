@@ -564,3 +564,26 @@ async fn a_reload_changes_trusted_proxies_and_allowed_hosts() {
     let seen = received(call("b.example").send().await.unwrap()).await;
     assert_eq!(seen["headers"]["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
 }
+
+#[tokio::test]
+async fn a_trusted_proxy_that_terminated_tls_tells_the_scheme() {
+    let up = Upstream::start("u");
+    let c = client();
+    let send = |gw: &Gateway| {
+        let origin = format!("https://localhost:{}", gw.port);
+        post(&c, &format!("http://localhost:{}/mcp", gw.port), LIST)
+            .header("origin", origin)
+            .header("x-forwarded-proto", "https")
+    };
+    let proxied = Gateway::start(&with_server(
+        &[up.url()],
+        "  trusted_proxies: [127.0.0.1]\n",
+        "",
+    ))
+    .await;
+    let seen = received(send(&proxied).send().await.unwrap()).await;
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
+    // The same claim from a client that is no proxy: its scheme is the listener's.
+    let direct = Gateway::start(&config_for(&[up.url()], "")).await;
+    expect_error(send(&direct).send().await.unwrap(), 403, -32012).await;
+}

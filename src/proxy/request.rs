@@ -47,11 +47,14 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     // before anything else is read (health probes may also name an address, or none).
     let path = session.req_header().uri.path();
     let probe = super::health::is_probe(path);
-    let tls = crate::security::tls::is_tls(session);
-    if let Err(e) = state
-        .edge
-        .hosts
-        .check(session.req_header(), tls, probe, "server.allowed_hosts")
+    // The client's scheme: the listener's, or a trusted proxy's X-Forwarded-Proto.
+    let scheme = crate::security::edge::scheme(session, &state.edge);
+    let https = scheme == "https";
+    if let Err(e) =
+        state
+            .edge
+            .hosts
+            .check(session.req_header(), https, probe, "server.allowed_hosts")
     {
         respond::error(session, ctx, e).await?;
         return Ok(true);
@@ -80,10 +83,7 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     // The request's own origin is allowed once its Host was checked above.
     let req = session.req_header();
     let own = match crate::security::edge::authority(req) {
-        Ok(Some(authority)) if state.edge.hosts.is_enabled() => Some((
-            crate::security::edge::scheme(session, &state.edge),
-            authority,
-        )),
+        Ok(Some(authority)) if state.edge.hosts.is_enabled() => Some((scheme, authority)),
         _ => None,
     };
     match state.cors.check_origin(&req.headers, own) {

@@ -235,17 +235,18 @@ impl AllowedHosts {
     /// which may also name no host or an IP address (load balancers and the kubelet send
     /// the address they connect to; a DNS-rebinding page always sends a name).
     /// `setting` names the list in the error.
+    /// `https`: the client's scheme (for the default port of a request without one).
     pub fn check(
         &self,
         req: &RequestHeader,
-        tls: bool,
+        https: bool,
         probe: bool,
         setting: &'static str,
     ) -> Result<(), GatewayError> {
         if !self.is_enabled() {
             return Ok(());
         }
-        let default_port = if tls { 443 } else { 80 };
+        let default_port = if https { 443 } else { 80 };
         let refused = |host: String| GatewayError::MisdirectedRequest { host, setting };
         match authority(req) {
             Ok(None) if probe => Ok(()),
