@@ -72,8 +72,10 @@ pub fn build_state_from(
     let cors = crate::security::cors::Cors::build(&config.security.cors).map_err(joined)?;
     let policies =
         crate::security::policy::Policies::build(&config.security.policies).map_err(joined)?;
+    let edge = crate::security::edge::Edge::build(&config.server, &config.admin).map_err(joined)?;
     let state = Arc::new(State {
         cors,
+        edge,
         auth,
         policies,
         rate_limits: crate::security::rate_limit::RateLimits::build_reusing(

@@ -40,6 +40,13 @@ pub enum GatewayError {
     NoRoute(String),
     #[error("origin {0:?} is not allowed to call this gateway (security.cors.allowed_origins)")]
     ForbiddenOrigin(String),
+    /// A `Host` (or `:authority`) the listener does not answer for, or none (`host` empty).
+    #[error("{}", misdirected(host, setting))]
+    MisdirectedRequest {
+        host: String,
+        /// The list that decides: `server.allowed_hosts` or `admin.allowed_hosts`.
+        setting: &'static str,
+    },
     #[error("{message}")]
     RateLimited {
         rule: String,
@@ -99,6 +106,18 @@ pub enum GatewayError {
     Internal(String),
 }
 
+fn misdirected(host: &str, setting: &str) -> String {
+    if host.is_empty() {
+        format!(
+            "the request names no host (Host header or :authority); this gateway answers only for the hosts in {setting}"
+        )
+    } else {
+        format!(
+            "host {host:?} is not served here: this gateway answers only for the hosts in {setting} (a request for another name may come from a DNS-rebinding web page; add the name there if it is yours)"
+        )
+    }
+}
+
 impl GatewayError {
     /// The HTTP status and JSON-RPC code of this error.
     pub fn status_and_code(&self) -> (u16, i32) {
@@ -114,6 +133,7 @@ impl GatewayError {
             Unauthorized { .. } => (401, code::UNAUTHORIZED),
             RateLimited { .. } => (429, code::RATE_LIMITED),
             ForbiddenOrigin(_) => (403, code::FORBIDDEN_ORIGIN),
+            MisdirectedRequest { .. } => (421, code::INVALID_REQUEST),
             Forbidden { .. } => (403, code::FORBIDDEN),
             MethodNotAllowed(_) => (405, code::INVALID_REQUEST),
             SessionNotFound | SessionServerGone(_) | SessionServerDown(_) => {
@@ -144,6 +164,7 @@ impl GatewayError {
             Unauthorized { .. } => "unauthorized",
             RateLimited { .. } => "rate_limited",
             ForbiddenOrigin(_) => "forbidden_origin",
+            MisdirectedRequest { .. } => "misdirected_request",
             Forbidden { .. } => "forbidden",
             MethodNotAllowed(_) => "method_not_allowed",
             SessionNotFound => "session_not_found",

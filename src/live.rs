@@ -221,9 +221,15 @@ pub fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
     let listeners = "a reload cannot change the listeners";
     check("server.host", old.server.host == new.server.host, listeners);
     check("server.port", old.server.port == new.server.port, listeners);
+    // Who is trusted and which hosts are served are request-path settings: reloadable.
+    let process = |s: &config::ServerConfig| config::ServerConfig {
+        trusted_proxies: Vec::new(),
+        allowed_hosts: None,
+        ..s.clone()
+    };
     check(
         "server",
-        old.server == new.server,
+        process(&old.server) == process(&new.server),
         "a reload cannot change the process settings (threads, pid file, upgrade socket, grace period)",
     );
     check(
@@ -304,5 +310,19 @@ mod tests {
         assert_eq!(refused.len(), 2, "{refused:?}");
         assert!(refused[0].starts_with("server: a reload cannot change the process settings"));
         assert!(refused[1].starts_with("tracing: "));
+    }
+
+    #[test]
+    fn trusted_proxies_and_allowed_hosts_reload() {
+        let old = config(
+            "server: {port: 8080}
+",
+        );
+        let new = config(
+            "server: {port: 8080, trusted_proxies: [10.0.0.0/8], allowed_hosts: [a.example]}
+admin: {allowed_hosts: [b.example]}
+",
+        );
+        assert!(needs_upgrade(&old, &new).is_empty());
     }
 }

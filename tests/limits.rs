@@ -198,7 +198,7 @@ async fn a_request_head_trickled_past_request_head_timeout_is_cut_but_served_req
             .await
             .unwrap();
         let head = format!(
-            "POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
             LIST.len()
         );
         s.write_all(head.as_bytes()).await.unwrap();
@@ -216,7 +216,7 @@ async fn a_request_head_trickled_past_request_head_timeout_is_cut_but_served_req
     let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    slow.write_all(b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    slow.write_all(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         .await
         .unwrap();
     let started = Instant::now();

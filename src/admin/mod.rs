@@ -7,7 +7,9 @@
 //!   service on loopback).
 //!
 //! Every answer is JSON (`/metrics` is Prometheus text); errors are
-//! `{"error": "<message>"}` with the matching status; unknown routes get `404`.
+//! `{"error": "<message>"}` with the matching status; unknown routes get `404`. A request
+//! for a host not in `admin.allowed_hosts` gets `421` with the gateway's JSON-RPC error
+//! object, like the proxy port, before anything else.
 
 mod api;
 
@@ -85,6 +87,22 @@ impl Admin {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // DNS rebinding: a page under another name must not read /metrics or drive the
+        // dashboard, so a foreign Host is refused before anything else.
+        let probe = crate::proxy::health::is_probe(session.req_header().uri.path());
+        if let Err(e) = self.state().edge.admin_hosts.check(
+            session.req_header(),
+            false,
+            probe,
+            "admin.allowed_hosts",
+        ) {
+            let (status, _) = e.status_and_code();
+            return reply(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                "application/json",
+                e.to_body(None),
+            );
+        }
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         match (method.as_str(), path.as_str()) {

@@ -398,6 +398,7 @@ fn validate(c: &Config, errs: &mut Errors) {
         crate::security::cors::Cors::build(&c.security.cors).err(),
         crate::security::auth::Auth::build(&c.security).err(),
         crate::security::policy::Policies::build(&c.security.policies).err(),
+        crate::security::edge::Edge::build(&c.server, &c.admin).err(),
     ];
     for (path, message) in built.into_iter().flatten().flatten() {
         errs.0.push(ConfigError { path, message });

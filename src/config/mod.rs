@@ -314,6 +314,9 @@ config_struct! {
         /// Bearer token for `/api/v1/*` (at least 16 characters). Without one the API
         /// answers 403 and the service may only listen on loopback.
         token: Option<String> = None,
+        /// `Host` names the admin service answers for, like `server.allowed_hosts`
+        /// (unset: the loopback names when `host` is a loopback address).
+        allowed_hosts: Option<Vec<String>> = None,
     }
 }
 
@@ -357,6 +360,14 @@ config_struct! {
         graceful_shutdown_timeout: Dur = Dur::secs(10),
         /// TLS termination on the listener (docs/security.md#tls); plain HTTP when absent.
         tls: Option<ListenerTlsConfig> = None,
+        /// Proxies in front of the gateway whose `X-Forwarded-For` is believed: addresses
+        /// (`10.0.0.7`) or CIDR blocks (`10.0.0.0/8`). A client that is not one of them
+        /// is the client, whatever it sends (docs/security.md#client-addresses).
+        trusted_proxies: Vec<String> = Vec::new(),
+        /// `Host` names the proxy port answers for (`mcp.example.com`, `*.example.com`,
+        /// `host:port`); others get `421`. Unset: `localhost`, `127.0.0.1` and `[::1]`
+        /// when `host` is a loopback address, any host otherwise; `[]`: any host.
+        allowed_hosts: Option<Vec<String>> = None,
     }
 }
 

@@ -39,10 +39,7 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
             (InFlight::new(s.clone()), peer)
         }
         None => {
-            let ip = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip());
+            let ip = crate::security::edge::client_ip(session, &ctx.state);
             let attempt = group
                 .select(ip, ctx.tried.as_slice())
                 .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?;
@@ -59,13 +56,6 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
     ctx.upstream_started = Some(std::time::Instant::now());
     ctx.upstream = Some(attempt);
     Ok(peer)
-}
-
-fn client_ip(session: &Session) -> String {
-    match session.client_addr().and_then(|a| a.as_inet()) {
-        Some(a) => a.ip().to_string(),
-        None => String::new(),
-    }
 }
 
 /// The request as the upstream gets it: HTTP/1.1, its own path and authority, no
@@ -142,25 +132,7 @@ pub fn upstream_request(
         req.insert_header(http::header::HOST, authority)?;
     }
 
-    let client = client_ip(session);
-    let xff = match req
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) if !client.is_empty() => format!("{prev}, {client}"),
-        Some(prev) => prev.to_string(),
-        None => client,
-    };
-    if !xff.is_empty() {
-        req.insert_header("x-forwarded-for", xff)?;
-    }
-    let proto = if crate::security::tls::is_tls(session) {
-        "https"
-    } else {
-        "http"
-    };
-    req.insert_header("x-forwarded-proto", proto)?;
+    forwarding_headers(session, req, ctx)?;
     req.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
 
     match (&ctx.upstream_session, ctx.era()) {
@@ -191,6 +163,65 @@ pub fn upstream_request(
     if let Some(body) = &ctx.body {
         req.remove_header(&http::header::TRANSFER_ENCODING);
         req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    }
+    Ok(())
+}
+
+/// Fields that say where a request came from: only a trusted proxy may send them.
+const FORWARDING: [&str; 5] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+];
+
+/// What the upstream learns of the client (docs/security.md#client-addresses): from a
+/// client that is not a trusted proxy, `X-Forwarded-For` is its address alone and the
+/// other forwarding fields are the gateway's own or absent; a trusted proxy's chain is
+/// extended with its address, and its `Forwarded`, `X-Forwarded-Host`/`-Port`/`-Proto`
+/// pass. `X-Real-IP` is the client address the gateway decided on. A browser's
+/// `Origin` was checked here and is not passed on (SDK servers refuse foreign ones).
+fn forwarding_headers(session: &Session, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    use crate::security::edge;
+    req.remove_header(&http::header::ORIGIN);
+    let Some(peer) = edge::peer_ip(session) else {
+        for h in FORWARDING {
+            req.remove_header(h);
+        }
+        req.remove_header("x-forwarded-for");
+        return Ok(());
+    };
+    let edge = &ctx.state.edge;
+    let trusted = edge.is_trusted(peer);
+    let client = edge.client_ip(peer, &req.headers);
+    let xff = if trusted {
+        let mut chain = String::new();
+        for v in req.headers.get_all("x-forwarded-for") {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            let v = v.trim().trim_matches(',').trim();
+            if !v.is_empty() {
+                chain.push_str(v);
+                chain.push_str(", ");
+            }
+        }
+        chain.push_str(&peer.to_string());
+        chain
+    } else {
+        for h in FORWARDING {
+            req.remove_header(h);
+        }
+        peer.to_string()
+    };
+    req.insert_header("x-forwarded-for", xff)?;
+    req.insert_header("x-real-ip", client.to_string())?;
+    if !req.headers.contains_key("x-forwarded-proto") {
+        let proto = if crate::security::tls::is_tls(session) {
+            "https"
+        } else {
+            "http"
+        };
+        req.insert_header("x-forwarded-proto", proto)?;
     }
     Ok(())
 }

@@ -5,6 +5,11 @@
 
 use super::State;
 
+/// Is `path` one of the health probes?
+pub fn is_probe(path: &str) -> bool {
+    matches!(path, "/health" | "/liveness" | "/readiness")
+}
+
 /// The status and JSON body for a health path, or `None` for any other path.
 /// `draining`: SIGTERM was received (readiness is 503 so load balancers stop sending).
 pub fn answer(path: &str, state: &State, draining: bool) -> Option<(u16, Vec<u8>)> {

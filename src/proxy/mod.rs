@@ -56,6 +56,8 @@ pub struct State {
     /// Open SSE streams per identity (`security.rate_limiting.max_concurrent_streams`).
     pub streams: crate::security::streams::StreamCaps,
     pub cors: crate::security::cors::Cors,
+    /// Trusted proxies and allowed hosts (`server.trusted_proxies`, `*.allowed_hosts`).
+    pub edge: crate::security::edge::Edge,
     pub max_request_body: u64,
     pub max_request_headers: u64,
     pub timeouts: ctx::Timeouts,

@@ -47,6 +47,22 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         // a fresh connection (another replica) before the listeners close.
         session.set_keepalive(None);
     }
+    // DNS rebinding: a request for a host this listener does not answer for is refused
+    // before anything else is read (health probes may also name an address, or none).
+    let path = session.req_header().uri.path();
+    let probe = super::health::is_probe(path);
+    // The client's scheme: the listener's, or a trusted proxy's X-Forwarded-Proto.
+    let scheme = crate::security::edge::scheme(session, &state.edge);
+    let https = scheme == "https";
+    if let Err(e) =
+        state
+            .edge
+            .hosts
+            .check(session.req_header(), https, probe, "server.allowed_hosts")
+    {
+        respond::error(session, ctx, e).await?;
+        return Ok(true);
+    }
     let path = session.req_header().uri.path();
     if let Some(answer) = super::health::answer(path, &state, draining) {
         let (status, body) = answer;
@@ -68,7 +84,13 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         return Ok(true);
     }
     // Browsers: refuse foreign origins before reading anything; answer preflights here.
-    match state.cors.check_origin(&session.req_header().headers) {
+    // The request's own origin is allowed once its Host was checked above.
+    let req = session.req_header();
+    let own = match crate::security::edge::authority(req) {
+        Ok(Some(authority)) if state.edge.hosts.is_enabled() => Some((scheme, authority)),
+        _ => None,
+    };
+    match state.cors.check_origin(&req.headers, own) {
         Ok(origin) => {
             if let Some(o) = &origin {
                 ctx.cors_headers = state.cors.headers(o, false);
@@ -152,7 +174,7 @@ async fn check(
     super::hop_by_hop::check_request(req)?;
 
     // The address rate limits and the authentication throttle count the client by.
-    let ip = client_ip(session);
+    let ip = crate::security::edge::client_ip(session, state);
 
     // Who is calling, before anything else is read.
     if !state.auth.is_empty() {
@@ -473,14 +495,6 @@ fn is_json(content_type: &str) -> bool {
         .next()
         .map(|t| t.trim().eq_ignore_ascii_case("application/json"))
         .unwrap_or(false)
-}
-
-/// The client's address, as rate limits and the authentication throttle count it.
-fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
 }
 
 /// The client's `X-Request-Id` when it is a sane token, else a fresh random one.

@@ -2,8 +2,9 @@
 //! CORS preflights answered by the gateway, CORS and security headers on answers.
 //!
 //! A request without `Origin` (any non-browser client) passes. A request whose `Origin`
-//! is not in `security.cors.allowed_origins` is refused with `403` before anything else is
-//! read. A preflight (`OPTIONS` with `Access-Control-Request-Method`) from an allowed
+//! is not in `security.cors.allowed_origins`, nor the request's own origin (its scheme and
+//! a `Host` checked against `server.allowed_hosts`), is refused with `403` before anything
+//! else is read. A preflight (`OPTIONS` with `Access-Control-Request-Method`) from an allowed
 //! origin is answered `204` with the CORS headers, never forwarded.
 
 use crate::config::CorsConfig;
@@ -23,6 +24,32 @@ impl std::fmt::Debug for Cors {
         f.debug_struct("Cors")
             .field("origins", &self.origins)
             .finish()
+    }
+}
+
+/// Is `origin` (`scheme://host[:port]`) the origin of a request to `scheme://authority`?
+/// Host names compare without case; an omitted port is the scheme's default.
+pub fn same_origin(origin: &str, scheme: &str, authority: &str) -> bool {
+    let Some((origin_scheme, origin_authority)) = origin.split_once("://") else {
+        return false;
+    };
+    if !origin_scheme.eq_ignore_ascii_case(scheme) {
+        return false;
+    }
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
+    use crate::security::edge::split_authority;
+    match (
+        split_authority(origin_authority),
+        split_authority(authority),
+    ) {
+        (Some((oh, op)), Some((h, p))) => {
+            oh.eq_ignore_ascii_case(h) && op.unwrap_or(default_port) == p.unwrap_or(default_port)
+        }
+        _ => false,
     }
 }
 
@@ -96,12 +123,20 @@ impl Cors {
     }
 
     /// `Ok(None)`: no `Origin`; `Ok(Some(origin))`: an allowed one; `Err(origin)`: refused.
-    pub fn check_origin(&self, headers: &http::HeaderMap) -> Result<Option<HeaderValue>, String> {
+    /// `own`: the request's own scheme and authority, when its `Host` was checked against
+    /// `allowed_hosts`; an `Origin` equal to it is same-origin, and allowed.
+    pub fn check_origin(
+        &self,
+        headers: &http::HeaderMap,
+        own: Option<(&str, &str)>,
+    ) -> Result<Option<HeaderValue>, String> {
         let Some(origin) = headers.get(http::header::ORIGIN) else {
             return Ok(None);
         };
         let text = String::from_utf8_lossy(origin.as_bytes());
-        if self.origins.iter().any(|o| o.eq_ignore_ascii_case(&text)) {
+        if self.origins.iter().any(|o| o.eq_ignore_ascii_case(&text))
+            || own.is_some_and(|(scheme, authority)| same_origin(&text, scheme, authority))
+        {
             Ok(Some(origin.clone()))
         } else {
             Err(text.into_owned())
@@ -136,5 +171,51 @@ impl Cors {
             h.push((ACCESS_CONTROL_EXPOSE_HEADERS, self.expose_headers.clone()));
         }
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin;
+
+    #[test]
+    fn same_origins() {
+        assert!(same_origin(
+            "http://localhost:8080",
+            "http",
+            "localhost:8080"
+        ));
+        assert!(same_origin(
+            "HTTP://LocalHost:8080",
+            "http",
+            "localhost:8080"
+        ));
+        assert!(same_origin(
+            "https://mcp.example",
+            "https",
+            "mcp.example:443"
+        ));
+        assert!(same_origin("http://[::1]:80", "http", "[::1]"));
+        assert!(!same_origin(
+            "http://localhost:8081",
+            "http",
+            "localhost:8080"
+        ));
+        assert!(!same_origin(
+            "https://localhost:8080",
+            "http",
+            "localhost:8080"
+        ));
+        assert!(!same_origin(
+            "http://evil.example:8080",
+            "http",
+            "localhost:8080"
+        ));
+        assert!(!same_origin("null", "http", "localhost:8080"));
+        assert!(!same_origin(
+            "http://localhost:8080/x",
+            "http",
+            "localhost:8080"
+        ));
     }
 }

@@ -1,4 +1,5 @@
-//! Security at the edge, all decided in the proxy's request filter: who is calling
+//! Security at the edge, all decided in the proxy's request filter: where the request
+//! comes from and which host it names ([`edge`]), who is calling
 //! ([`auth`], with OAuth resource-server metadata and client certificates from [`tls`],
 //! and failed attempts throttled by [`auth_throttle`]),
 //! what they may call ([`policy`], which also filters lists), how often ([`rate_limit`])
@@ -9,6 +10,7 @@
 pub mod auth;
 pub mod auth_throttle;
 pub mod cors;
+pub mod edge;
 pub mod forward_identity;
 pub mod policy;
 pub mod rate_limit;
