@@ -94,6 +94,8 @@ pub enum GatewayError {
         server: String,
         detail: String,
     },
+    #[error("upstream server {server} of group {group:?} answered 101 Switching Protocols; the gateway does not tunnel protocol upgrades")]
+    UpstreamSwitchedProtocols { group: String, server: String },
     #[error("reading the request body failed: {0}")]
     BodyRead(String),
     #[error("the client closed the connection before the response was complete")]
@@ -142,6 +144,7 @@ impl GatewayError {
             NoUpstream(_) => (503, code::INTERNAL_ERROR),
             UpstreamFailed { .. } => (502, code::INTERNAL_ERROR),
             UpstreamTimeout { .. } => (504, code::INTERNAL_ERROR),
+            UpstreamSwitchedProtocols { .. } => (502, code::INTERNAL_ERROR),
             BodyRead(_) => (400, code::INVALID_REQUEST),
             // Never sent (nobody is listening); 499 as nginx logs it.
             ClientClosed => (499, code::INTERNAL_ERROR),
@@ -173,6 +176,7 @@ impl GatewayError {
             NoUpstream(_) => "no_upstream",
             UpstreamFailed { .. } => "upstream_failed",
             UpstreamTimeout { .. } => "upstream_timeout",
+            UpstreamSwitchedProtocols { .. } => "upstream_switched_protocols",
             BodyRead(_) => "body_read",
             ClientClosed => "client_closed",
             Busy(_) => "busy",

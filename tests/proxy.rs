@@ -438,7 +438,7 @@ async fn large_bodies_arrive_intact_and_oversized_ones_get_413() {
         });
         let chunk = vec![b' '; 64 * 1024];
         let _ = tx
-            .write_all(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .write_all(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
             .await;
         for _ in 0..32 {
             if tx.write_all(b"10000\r\n").await.is_err()

@@ -79,7 +79,8 @@ async fn replicas_share_limits_through_redis_and_fall_back_to_local_ones() {
         let r = send(gw).await;
         assert_eq!(r.status(), 429);
         let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
-        assert!((1..=60).contains(&retry), "{retry}");
+        // A sliding window may need most of the next window too: up to two windows.
+        assert!((1..=120).contains(&retry), "{retry}");
         assert_eq!(header(&r, "ratelimit-limit").as_deref(), Some("10"));
         assert_eq!(header(&r, "ratelimit-remaining").as_deref(), Some("0"));
         let v: Value = r.json().await.unwrap();

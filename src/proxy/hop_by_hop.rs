@@ -189,16 +189,13 @@ pub fn strip_response(resp: &mut ResponseHeader) {
 /// to (upgrades never go upstream), and a switched connection would carry traffic the
 /// gateway cannot inspect.
 pub fn switched_protocols(ctx: &super::ctx::RequestCtx) -> GatewayError {
-    GatewayError::UpstreamFailed {
+    GatewayError::UpstreamSwitchedProtocols {
         group: ctx
             .group
             .as_ref()
             .map(|g| g.name.clone())
             .unwrap_or_default(),
         server: ctx.server().map(|s| s.id.clone()).unwrap_or_default(),
-        detail: "it answered 101 Switching Protocols, but the gateway does not tunnel \
-                 protocol upgrades"
-            .into(),
     }
 }
 
