@@ -17,15 +17,16 @@
 //!   credential that verified is remembered briefly by a keyed hash.
 //! * Failed attempts are counted per client IP (and per Basic user name) and past
 //!   `security.auth_throttle.max_failures` refused before any check
-//!   ([`super::auth_throttle`]).
+//!   ([`throttle`]).
 //! * A JWT naming critical header extensions (`crit`, RFC 7515 §4.1.11) is refused:
 //!   the gateway implements none.
 //! * Client certificates (`client_cert: true`): a request carrying none of the above on a
 //!   connection whose certificate was verified against `server.tls.client_ca` is
 //!   identified by that certificate (see [`super::tls::ClientCert`]).
 
+pub mod throttle;
+
 use crate::config::{ApiKeysConfig, AuthRule, BasicConfig, JwtConfig, OAuthConfig, SecurityConfig};
-use crate::security::auth_throttle::{AuthThrottle, Throttled};
 use crate::security::tls::ClientCert;
 use crate::telemetry::metrics::{self, METRICS};
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -40,6 +41,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
+use throttle::AuthThrottle;
+pub use throttle::Throttled;
 
 /// Who a request comes from, once authenticated.
 #[derive(Debug, Clone, PartialEq, Default)]
