@@ -3,9 +3,9 @@
 //! at once ([`super::throttle`]); a credential that verified is remembered briefly by a
 //! keyed hash, and an unknown user costs as long as a known one.
 
-use super::identity::Grant;
-use super::rules::{Attempt, Rule};
-use super::{now_ms, Identity, Problems, Refusal};
+use super::identity::{Failure, Grant};
+use super::throttle::Attempt;
+use super::{now_ms, Identity, Problems};
 use crate::config::BasicConfig;
 use crate::telemetry::metrics::{self, METRICS};
 use arc_swap::ArcSwapOption;
@@ -71,30 +71,31 @@ pub(super) fn build(c: &BasicConfig) -> Result<Basic, Problems> {
 }
 
 impl Basic {
-    /// Check `Authorization: Basic` credentials (`b64`) presented to `rule`, unless the
-    /// client IP or the user name is locked out or no verification slot is free.
+    /// Check `Authorization: Basic` credentials (`b64`) presented to the rule named
+    /// `rule`, unless the client IP or the user name is locked out or no verification
+    /// slot is free.
     pub(super) async fn check(
         &self,
-        rule: &Rule,
+        rule: &str,
         b64: &[u8],
         at: &Attempt<'_>,
-    ) -> Result<Identity, Refusal> {
-        let bad = || rule.refuse("bad_password", "wrong user name or password");
+    ) -> Result<Identity, Failure> {
+        let bad = || Failure::refused("bad_password", "wrong user name or password");
         let throttle = at.throttle;
         let (decoded, user, password) = match decode_basic(b64) {
             Some(parts) => parts,
             None => {
                 // Malformed credentials: a failure of the address (there is no user).
-                throttle.check(at.ip, None).map_err(|t| rule.throttled(t))?;
+                throttle.check(at.ip, None).map_err(Failure::Throttled)?;
                 throttle.failed(at.ip, None);
                 return Err(bad());
             }
         };
-        let who = Some((rule.name.as_str(), user.as_str()));
-        throttle.check(at.ip, who).map_err(|t| rule.throttled(t))?;
+        let who = Some((rule, user.as_str()));
+        throttle.check(at.ip, who).map_err(Failure::Throttled)?;
         let known = self.users.iter().position(|(_, g)| g.id == user);
         // A credential that verified a moment ago: no hash again.
-        let tag = throttle.tag(&rule.name, &decoded);
+        let tag = throttle.tag(rule, &decoded);
         if let Some(i) = known {
             let now = now_ms();
             let cached = self.verified[i].load();
@@ -108,7 +109,7 @@ impl Basic {
         // An unknown user is checked against another user's hash and refused anyway, so
         // the answer takes as long as for a known one (no user enumeration by timing).
         let (hash, _) = self.users[known.unwrap_or(0)].clone();
-        let permit = throttle.permit().map_err(|t| rule.throttled(t))?;
+        let permit = throttle.permit().map_err(Failure::Throttled)?;
         // Slow on purpose: off the proxy's worker threads, holding the slot until done.
         let ok = tokio::task::spawn_blocking(move || {
             let _slot = permit;
@@ -123,7 +124,7 @@ impl Basic {
             throttle.failed(at.ip, who);
             return Err(bad());
         };
-        log::debug!("auth: password of {user:?} verified (rule {})", rule.name);
+        log::debug!("auth: password of {user:?} verified (rule {rule})");
         if throttle.cache_ttl_ms() > 0 {
             self.verified[i].store(Some(Arc::new(Verified {
                 tag,
@@ -133,8 +134,8 @@ impl Basic {
         Ok(self.identity(i, rule))
     }
 
-    fn identity(&self, user: usize, rule: &Rule) -> Identity {
-        self.users[user].1.identity("basic", None, &rule.name)
+    fn identity(&self, user: usize, rule: &str) -> Identity {
+        self.users[user].1.identity("basic", None, rule)
     }
 }
 

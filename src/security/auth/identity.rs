@@ -1,6 +1,7 @@
 //! The types every method shares: who a request comes from once authenticated
-//! ([`Identity`]), why it was refused ([`Refusal`]), and what a configured API key or
-//! Basic user stands for ([`Grant`]).
+//! ([`Identity`]), why it was refused ([`Refusal`]; a method says [`Failure`] and its
+//! rule adds the challenge), and what a configured API key or Basic user stands for
+//! ([`Grant`]).
 
 use super::throttle::Throttled;
 use serde_json::Value;
@@ -34,6 +35,41 @@ pub struct Refusal {
     pub forbidden: bool,
     /// Refused before checking the credential (429 or 503) rather than 401.
     pub throttled: Option<Throttled>,
+}
+
+/// Why a method refused a credential; the rule it belongs to makes the [`Refusal`].
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// A wrong credential, or one not valid here (`401`); `token`: a bearer token was
+    /// presented (the challenge says `error="invalid_token"`).
+    Refused {
+        reason: &'static str,
+        message: String,
+        token: bool,
+    },
+    /// Refused before the credential was checked (`429`, `503`).
+    Throttled(Throttled),
+    /// A refusal complete with its own challenge (an OAuth route's `403`).
+    Refusal(Refusal),
+}
+
+impl Failure {
+    pub(super) fn refused(reason: &'static str, message: impl Into<String>) -> Failure {
+        Failure::Refused {
+            reason,
+            message: message.into(),
+            token: false,
+        }
+    }
+
+    /// A bearer token that was presented but is not valid.
+    pub(super) fn token(reason: &'static str, message: impl Into<String>) -> Failure {
+        Failure::Refused {
+            reason,
+            message: message.into(),
+            token: true,
+        }
+    }
 }
 
 /// What a configured key or user stands for.

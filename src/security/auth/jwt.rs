@@ -4,9 +4,10 @@
 //! validation (`exp` required, `nbf` enforced, issuer and audience when configured), and
 //! the check of a presented token, which refuses critical header extensions (`crit`).
 
+use super::identity::Failure;
 use super::jwks::Jwks;
-use super::rules::Rule;
-use super::{Identity, Problems, Refusal};
+use super::oauth::OAuth;
+use super::{Identity, Problems};
 use crate::config::JwtConfig;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
@@ -212,12 +213,18 @@ fn public_key(pem: &[u8]) -> Result<(DecodingKey, KeyKind), String> {
 }
 
 impl Jwt {
-    /// Check a bearer `token` presented to `rule` (and, on an OAuth route, its scopes).
-    pub(super) async fn check(&self, rule: &Rule, token: &[u8]) -> Result<Identity, Refusal> {
+    /// Check a bearer `token` presented to the rule named `rule` (and, on an OAuth
+    /// route, its scopes).
+    pub(super) async fn check(
+        &self,
+        rule: &str,
+        oauth: Option<&OAuth>,
+        token: &[u8],
+    ) -> Result<Identity, Failure> {
         use jsonwebtoken::errors::ErrorKind as K;
         let token = std::str::from_utf8(token).unwrap_or_default().trim();
         let header = jsonwebtoken::decode_header(token).map_err(|_| {
-            rule.refuse_token(
+            Failure::token(
                 "malformed",
                 "invalid bearer token: the token is not a valid JWT",
             )
@@ -225,7 +232,7 @@ impl Jwt {
         // RFC 7515 §4.1.11: extensions the token marks critical must be understood, and
         // this gateway implements none (an empty list is not allowed either).
         if let Some(crit) = &header.crit {
-            return Err(rule.refuse_token(
+            return Err(Failure::token(
                 "unsupported_crit",
                 format!(
                     "invalid bearer token: its header marks the extension(s) {:?} critical \
@@ -240,13 +247,13 @@ impl Jwt {
             JwtKeys::Jwks(jwks) => {
                 let kid = header.kid.clone().unwrap_or_default();
                 jwks_key = jwks.key(&kid).await.ok_or_else(|| {
-                    rule.refuse_token(
+                    Failure::token(
                         "unknown_key",
                         format!("invalid bearer token: no key {kid:?} in the JWKS"),
                     )
                 })?;
                 if jwks_key.family() != header.alg.family() {
-                    return Err(rule.refuse_token(
+                    return Err(Failure::token(
                         "wrong_algorithm",
                         "invalid bearer token: the token's algorithm does not match its key",
                     ));
@@ -282,10 +289,10 @@ impl Jwt {
                 ),
                 _ => ("malformed", "the token is not a valid JWT".to_string()),
             };
-            rule.refuse_token(reason, format!("invalid bearer token: {what}"))
+            Failure::token(reason, format!("invalid bearer token: {what}"))
         })?;
         let Value::Object(claims) = data.claims else {
-            return Err(rule.refuse_token(
+            return Err(Failure::token(
                 "malformed",
                 "invalid bearer token: its claims are not a JSON object",
             ));
@@ -294,8 +301,8 @@ impl Jwt {
         let subject = str_claim("sub").unwrap_or_default();
         let client_id = str_claim("client_id").or_else(|| str_claim("azp"));
         let scopes = token_scopes(&claims);
-        if let Some(o) = &rule.oauth {
-            o.require_scopes(&scopes)?;
+        if let Some(o) = oauth {
+            o.require_scopes(&scopes).map_err(Failure::Refusal)?;
         }
         Ok(Identity {
             method: "jwt",
@@ -303,7 +310,7 @@ impl Jwt {
             client_id,
             scopes,
             claims: Arc::new(claims),
-            rule: rule.name.clone(),
+            rule: rule.to_string(),
         })
     }
 }

@@ -3,19 +3,19 @@
 //!
 //! `security.auth` is an ordered list of rules; the first whose `routes` include the
 //! request's route applies (a route no rule covers is open). Within a rule the credential
-//! the request carries picks the method ([`rules`]). No credential, or one the rule does
+//! the request carries picks the method (`rules`). No credential, or one the rule does
 //! not accept, is `401` with a `WWW-Authenticate` challenge naming what it accepts.
 //!
-//! * [`identity`]: [`Identity`] and [`Refusal`], shared by every method.
-//! * [`rules`]: a rule, the choice of method, challenges and refusals.
-//! * [`jwt`]: bearer JWTs — key families, `alg: none` never, `exp` required, `nbf`,
+//! * `identity`: [`Identity`] and [`Refusal`], shared by every method.
+//! * `rules`: a rule, the choice of method, challenges and refusals.
+//! * `jwt`: bearer JWTs — key families, `alg: none` never, `exp` required, `nbf`,
 //!   issuer and audience, critical header extensions (`crit`) refused; keys from a
-//!   secret, a PEM public key, or a JWKS kept current by [`jwks`].
-//! * [`api_key`]: only their SHA-256 is configured, compared in constant time.
-//! * [`basic`]: argon2 or bcrypt hashes, verified on a blocking thread, a bounded number
+//!   secret, a PEM public key, or a JWKS kept current by `jwks`.
+//! * `api_key`: only their SHA-256 is configured, compared in constant time.
+//! * `basic`: argon2 or bcrypt hashes, verified on a blocking thread, a bounded number
 //!   at once; a credential that verified is remembered briefly by a keyed hash.
-//! * [`oauth`]: RFC 9728 resource metadata and the scopes an OAuth route requires.
-//! * [`client_cert`]: a request carrying none of the above on a connection whose
+//! * `oauth`: RFC 9728 resource metadata and the scopes an OAuth route requires.
+//! * `client_cert`: a request carrying none of the above on a connection whose
 //!   certificate was verified against `server.tls.client_ca` is identified by that
 //!   certificate (read by [`super::tls`], which knows nothing of identities).
 //! * [`throttle`]: failed attempts counted per client IP (and per Basic user name) and,
@@ -37,10 +37,10 @@ pub use throttle::Throttled;
 
 use crate::config::SecurityConfig;
 use crate::security::tls::ClientCert;
-use rules::{Attempt, Rule};
+use rules::Rule;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use throttle::AuthThrottle;
+use throttle::{Attempt, AuthThrottle};
 
 /// Problems found building auth: `(path, message)`.
 type Problems = Vec<(String, String)>;

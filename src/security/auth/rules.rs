@@ -7,28 +7,22 @@
 
 use super::api_key::{self, ApiKeys};
 use super::basic::{self, Basic};
+use super::identity::Failure;
 use super::jwt::{self, Jwt};
 use super::oauth::{self, OAuth};
-use super::throttle::{AuthThrottle, Throttled};
+use super::throttle::{Attempt, Throttled};
 use super::{client_cert, Identity, Problems, Refusal};
 use crate::config::AuthRule;
 use crate::security::tls::ClientCert;
-use std::net::IpAddr;
 
 pub(super) struct Rule {
-    pub(super) name: String,
+    name: String,
     routes: Vec<String>,
     jwt: Option<Jwt>,
     pub(super) api_keys: Option<ApiKeys>,
     basic: Option<Basic>,
     pub(super) oauth: Option<OAuth>,
     client_cert: bool,
-}
-
-/// Where an attempt comes from, and the throttle that counts its failures.
-pub(super) struct Attempt<'a> {
-    pub(super) throttle: &'a AuthThrottle,
-    pub(super) ip: Option<IpAddr>,
 }
 
 /// Refusals that count as a failed attempt: a credential was presented and is wrong
@@ -130,7 +124,7 @@ impl Rule {
         schemes.join(", ")
     }
 
-    pub(super) fn refuse(&self, reason: &'static str, message: impl Into<String>) -> Refusal {
+    fn refuse(&self, reason: &'static str, message: impl Into<String>) -> Refusal {
         Refusal {
             reason,
             message: message.into(),
@@ -141,7 +135,7 @@ impl Rule {
     }
 
     /// A refusal before the credential was checked.
-    pub(super) fn throttled(&self, t: Throttled) -> Refusal {
+    fn throttled(&self, t: Throttled) -> Refusal {
         Refusal {
             reason: if matches!(t, Throttled::Busy { .. }) {
                 "busy"
@@ -160,12 +154,12 @@ impl Rule {
     async fn throttled_check(
         &self,
         at: &Attempt<'_>,
-        check: impl std::future::Future<Output = Result<Identity, Refusal>>,
+        check: impl std::future::Future<Output = Result<Identity, Failure>>,
     ) -> Result<Identity, Refusal> {
         at.throttle
             .check(at.ip, None)
             .map_err(|t| self.throttled(t))?;
-        let result = check.await;
+        let result = check.await.map_err(|f| self.answer(f));
         if let Err(r) = &result {
             if is_guess(r.reason) {
                 at.throttle.failed(at.ip, None);
@@ -175,10 +169,28 @@ impl Rule {
     }
 
     /// A refusal of a bearer token that was presented but is not valid.
-    pub(super) fn refuse_token(&self, reason: &'static str, message: impl Into<String>) -> Refusal {
+    fn refuse_token(&self, reason: &'static str, message: impl Into<String>) -> Refusal {
         Refusal {
             challenge: self.challenge(true),
             ..self.refuse(reason, message)
+        }
+    }
+
+    /// A method's failure, with this rule's challenge.
+    fn answer(&self, failure: Failure) -> Refusal {
+        match failure {
+            Failure::Refused {
+                reason,
+                message,
+                token: false,
+            } => self.refuse(reason, message),
+            Failure::Refused {
+                reason,
+                message,
+                token: true,
+            } => self.refuse_token(reason, message),
+            Failure::Throttled(t) => self.throttled(t),
+            Failure::Refusal(r) => r,
         }
     }
 
@@ -200,18 +212,23 @@ impl Rule {
             })
         };
         if let (Some(token), Some(jwt)) = (scheme("Bearer "), &self.jwt) {
-            return self.throttled_check(at, jwt.check(self, token)).await;
+            return self
+                .throttled_check(at, jwt.check(&self.name, self.oauth.as_ref(), token))
+                .await;
         }
         if let Some(keys) = &self.api_keys {
             if let Some(key) = headers.get(&keys.header) {
                 let key = key.as_bytes();
                 return self
-                    .throttled_check(at, async { keys.check(self, key) })
+                    .throttled_check(at, async { keys.check(&self.name, key) })
                     .await;
             }
         }
         if let (Some(b64), Some(basic)) = (scheme("Basic "), &self.basic) {
-            return basic.check(self, b64, at).await;
+            return basic
+                .check(&self.name, b64, at)
+                .await
+                .map_err(|f| self.answer(f));
         }
         if let (true, Some(cert)) = (self.client_cert, cert) {
             return Ok(client_cert::identity(cert, &self.name));

@@ -29,6 +29,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// The key of the verified-credential cache's hashes: random, one per process.
 static CACHE_KEY: Lazy<[u8; 32]> = Lazy::new(rand::random);
 
+/// Where an attempt comes from, and the throttle that counts its failures.
+pub(super) struct Attempt<'a> {
+    pub(super) throttle: &'a AuthThrottle,
+    pub(super) ip: Option<IpAddr>,
+}
+
 /// Why an attempt was refused without checking its credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Throttled {
