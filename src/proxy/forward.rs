@@ -39,7 +39,7 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
             (InFlight::new(s.clone()), peer)
         }
         None => {
-            let ip = crate::security::edge::client_ip(session, &ctx.state);
+            let ip = crate::security::edge::client_ip(session, &ctx.state.edge);
             let attempt = group
                 .select(ip, ctx.tried.as_slice())
                 .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?;
@@ -306,7 +306,7 @@ pub fn client_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()
         };
         let sealed = ctx.state.sessions.seal(
             &group.name,
-            ctx.identity.as_ref(),
+            ctx.session_owner(),
             &server.id,
             &minted,
             issued_at,
