@@ -3,6 +3,7 @@
 //! ([`health`]). See docs/upstreams.md.
 
 pub mod breaker;
+pub mod exchange;
 pub mod group;
 pub mod health;
 pub mod server;
