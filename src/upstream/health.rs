@@ -6,7 +6,8 @@
 //! retried on every tick) and checks every server concurrently, each check bounded by
 //! `timeout`:
 //! * `tcp`: a TCP (or Unix socket) connect;
-//! * `http`: `GET path`, healthy on 2xx/3xx;
+//! * `http`: `GET path`, healthy on 2xx/3xx (sent, like `mcp`, through the upstream
+//!   [`exchange`] over a fresh connection; a check judges no breaker);
 //! * `mcp`: a JSON-RPC `ping` (or `server/discover`) POSTed to the server's MCP URL,
 //!   healthy on any JSON-RPC response (a result *or* an error object: a stateful server
 //!   refusing a ping without a session is alive) with a status below 500.
