@@ -302,6 +302,28 @@ mod tests {
         tried: usize,
     }
 
+    impl Servers {
+        /// Tried from the last to the first.
+        fn new(peers: Vec<HttpPeer>) -> Self {
+            Servers {
+                peers,
+                outcomes: vec![],
+                tried: 0,
+            }
+        }
+
+        /// Connect and send a request with a `{}` body.
+        async fn send<'c>(
+            &mut self,
+            connector: &'c Connector,
+            cancel: impl Future<Output = ()>,
+        ) -> Result<Sent<'c>, GatewayError> {
+            let conn = connect(connector, self, Timeouts::default()).await?;
+            conn.send(self, request(), Bytes::from_static(b"{}"), cancel)
+                .await
+        }
+    }
+
     impl Record for Servers {
         fn names(&self) -> (&str, &str) {
             ("g", ["a", "b"][self.tried.saturating_sub(1).min(1)])
@@ -376,23 +398,10 @@ mod tests {
         let (addr, mut seen) =
             server(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 .await;
-        let mut servers = Servers {
-            // Popped from the end: the refusing one first.
-            peers: vec![peer(addr), peer(refusing())],
-            outcomes: vec![],
-            tried: 0,
-        };
+        let mut servers = Servers::new(vec![peer(addr), peer(refusing())]);
         let connector = Connector::new(None);
-        let conn = connect(&connector, &mut servers, Timeouts::default())
-            .await
-            .unwrap();
-        let sent = conn
-            .send(
-                &mut servers,
-                request(),
-                Bytes::from_static(b"{}"),
-                std::future::pending(),
-            )
+        let sent = servers
+            .send(&connector, std::future::pending())
             .await
             .unwrap();
         let Sent::Answer(mut answer) = sent else {
@@ -420,22 +429,10 @@ mod tests {
             (&b"garbage\r\n\r\n"[..], "failed before answering"),
         ] {
             let (addr, mut seen) = server(answer).await;
-            let mut servers = Servers {
-                peers: vec![peer(addr), peer(addr)],
-                outcomes: vec![],
-                tried: 0,
-            };
+            let mut servers = Servers::new(vec![peer(addr), peer(addr)]);
             let connector = Connector::new(None);
-            let conn = connect(&connector, &mut servers, Timeouts::default())
-                .await
-                .unwrap();
-            let e = conn
-                .send(
-                    &mut servers,
-                    request(),
-                    Bytes::from_static(b"{}"),
-                    std::future::pending(),
-                )
+            let e = servers
+                .send(&connector, std::future::pending())
                 .await
                 .err()
                 .unwrap();
@@ -450,11 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_last_connect_failure_names_the_server_and_cancel_closes_the_request() {
-        let mut servers = Servers {
-            peers: vec![peer(refusing())],
-            outcomes: vec![],
-            tried: 0,
-        };
+        let mut servers = Servers::new(vec![peer(refusing())]);
         let connector = Connector::new(None);
         let e = connect(&connector, &mut servers, Timeouts::default())
             .await
@@ -465,19 +458,9 @@ mod tests {
         assert_eq!(servers.outcomes, [Outcome::ConnectFailed]);
 
         let (addr, mut seen) = server(b"").await;
-        let mut servers = Servers {
-            peers: vec![peer(addr)],
-            outcomes: vec![],
-            tried: 0,
-        };
-        let conn = connect(&connector, &mut servers, Timeouts::default())
-            .await
-            .unwrap();
+        let mut servers = Servers::new(vec![peer(addr)]);
         let cancel = tokio::time::sleep(Duration::from_millis(200));
-        let sent = conn
-            .send(&mut servers, request(), Bytes::from_static(b"{}"), cancel)
-            .await
-            .unwrap();
+        let sent = servers.send(&connector, cancel).await.unwrap();
         assert!(matches!(sent, Sent::Cancelled));
         assert!(
             servers.outcomes.is_empty(),
