@@ -58,6 +58,18 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
     Ok(peer)
 }
 
+/// Connecting to the chosen server failed (nothing was sent): may another server take
+/// the request? Not a session's (its server being down is the answer), and only within
+/// the group's `retries` while it has servers not tried yet.
+pub fn failover(ctx: &RequestCtx) -> Result<bool, GatewayError> {
+    if let Some(server) = &ctx.pinned {
+        return Err(GatewayError::SessionServerDown(server.id.clone()));
+    }
+    Ok(ctx.group.as_ref().is_some_and(|g| {
+        ctx.tried.len() <= g.retries as usize && g.has_untried(ctx.tried.as_slice())
+    }))
+}
+
 /// The request as the upstream gets it: HTTP/1.1, its own path and authority, no
 /// connection fields of the client's (see `hop_by_hop`), forwarding headers, the unsealed
 /// session id, and an exact `Content-Length` for the body we read. Both paths (Pingora's
