@@ -229,7 +229,16 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
     }
     server.add_service(pingora::services::background::background_service(
         "upstream upkeep",
-        Upkeep { live: live.clone() },
+        Upkeep {
+            plan: Box::new({
+                let live = live.clone();
+                move || {
+                    let state = live.state();
+                    crate::upstream::health::plan(&live.loaded().config, &state.groups)
+                }
+            }),
+            reloads: live.subscribe(),
+        },
     ));
     if let Some(shared) = state.rate_limits.shared() {
         server.add_service(pingora::services::background::background_service(

@@ -2,10 +2,10 @@
 //!
 //! A newcomer's map: [`config`] (the YAML contract), [`app`] (config → Pingora server),
 //! [`proxy`] (the `ProxyHttp` hooks and the request pipeline), [`mcp`] (JSON-RPC
-//! envelopes, eras, MCP headers, sealed sessions), [`upstream`] (groups, selection),
-//! [`telemetry`] (logs), [`error`] (the one error type at the edge), [`live`] (the
-//! running config, swapped whole by a reload) and [`lifecycle`] (signals, reload,
-//! graceful shutdown).
+//! envelopes, eras, MCP headers, sealed sessions), [`upstream`] (groups, selection, and
+//! the one exchange with a server outside Pingora's proxy path), [`telemetry`] (logs),
+//! [`error`] (the one error type at the edge), [`live`] (the running config, swapped
+//! whole by a reload) and [`lifecycle`] (signals, reload, graceful shutdown).
 
 pub mod admin;
 pub mod app;

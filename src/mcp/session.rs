@@ -10,7 +10,6 @@
 //! key can do this, so no session table is shared or kept. Keys rotate: the first key
 //! seals, every key opens.
 
-use crate::security::auth::Identity;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -23,6 +22,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// no longer open).
 const VERSION: u8 = 2;
 const NONCE_LEN: usize = 24;
+
+/// Whom a session belongs to: the parts of the caller's identity a sealed id is bound
+/// to (the request path builds it from the authenticated identity; `None`: anonymous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner<'a> {
+    /// The authentication method (`jwt`, `api_key`, …).
+    pub method: &'a str,
+    /// The auth rule that accepted the caller.
+    pub rule: &'a str,
+    pub subject: &'a str,
+    /// Tells apart tokens without `sub` (client credentials) of different clients.
+    pub client_id: Option<&'a str>,
+}
 
 /// What a sealed id carries.
 #[derive(Debug, PartialEq, Eq)]
@@ -114,7 +126,7 @@ impl SessionKeys {
     pub fn seal(
         &self,
         group: &str,
-        owner: Option<&Identity>,
+        owner: Option<Owner<'_>>,
         server_id: &str,
         upstream_session: &str,
         issued_at: u64,
@@ -148,7 +160,7 @@ impl SessionKeys {
     /// Open a sealed id presented for `group` by `owner`; `None` if forged, tampered, for
     /// another group, issued to another identity, or sealed with a key no longer
     /// configured.
-    pub fn open(&self, group: &str, owner: Option<&Identity>, token: &str) -> Option<Opened> {
+    pub fn open(&self, group: &str, owner: Option<Owner<'_>>, token: &str) -> Option<Opened> {
         let raw = URL_SAFE_NO_PAD.decode(token.as_bytes()).ok()?;
         if raw.len() <= NONCE_LEN {
             return None;
@@ -193,7 +205,7 @@ pub fn now() -> u64 {
 
 /// What a sealed id is bound to: SHA-256 over the group and the owner (auth method, rule,
 /// subject and client id, each length-prefixed so no two owners share an encoding), on the stack.
-fn associated_data(group: &str, owner: Option<&Identity>) -> [u8; 32] {
+fn associated_data(group: &str, owner: Option<Owner<'_>>) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"mcp-gateway session v2\0");
     let mut field = |bytes: &[u8]| {
@@ -208,11 +220,7 @@ fn associated_data(group: &str, owner: Option<&Identity>) -> [u8; 32] {
             field(who.method.as_bytes());
             field(who.rule.as_bytes());
             field(who.subject.as_bytes());
-            // Tells apart tokens without `sub` (client credentials) of different clients.
-            match &who.client_id {
-                Some(c) => field(c.as_bytes()),
-                None => field(b""),
-            }
+            field(who.client_id.unwrap_or_default().as_bytes());
         }
     }
     h.finalize().into()
@@ -230,14 +238,12 @@ mod tests {
     const K1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
     const K2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
 
-    fn who(method: &'static str, rule: &str, subject: &str) -> Identity {
-        Identity {
+    fn who<'a>(method: &'a str, rule: &'a str, subject: &'a str) -> Owner<'a> {
+        Owner {
             method,
-            subject: subject.into(),
+            rule,
+            subject,
             client_id: None,
-            scopes: Vec::new(),
-            claims: Default::default(),
-            rule: rule.into(),
         }
     }
 
@@ -272,29 +278,29 @@ mod tests {
     fn only_the_owner_opens_it() {
         let k = keys(&[K1]);
         let alice = who("jwt", "idp", "alice");
-        let t = k.seal("g", Some(&alice), "s", "x", now());
-        assert_eq!(k.open("g", Some(&alice), &t).unwrap().upstream_session, "x");
+        let t = k.seal("g", Some(alice), "s", "x", now());
+        assert_eq!(k.open("g", Some(alice), &t).unwrap().upstream_session, "x");
         let others = [
             who("jwt", "idp", "bob"),
             who("jwt", "other-rule", "alice"),
             who("api_key", "idp", "alice"),
             who("jwt", "idp", "alic"),
-            Identity {
-                client_id: Some("app".into()),
+            Owner {
+                client_id: Some("app"),
                 ..who("jwt", "idp", "alice")
             },
         ];
         for other in &others {
-            assert!(k.open("g", Some(other), &t).is_none(), "{other:?}");
+            assert!(k.open("g", Some(*other), &t).is_none(), "{other:?}");
         }
         assert!(k.open("g", None, &t).is_none(), "anonymous");
         // And an anonymous session opens for no identity.
         let anon = k.seal("g", None, "s", "x", now());
-        assert!(k.open("g", Some(&alice), &anon).is_none());
+        assert!(k.open("g", Some(alice), &anon).is_none());
         assert!(k.open("g", None, &anon).is_some());
         // Fields are length-prefixed: moving a byte between them changes the binding.
-        let split = k.seal("g", Some(&who("jwt", "ab", "c")), "s", "x", now());
-        assert!(k.open("g", Some(&who("jwt", "a", "bc")), &split).is_none());
+        let split = k.seal("g", Some(who("jwt", "ab", "c")), "s", "x", now());
+        assert!(k.open("g", Some(who("jwt", "a", "bc")), &split).is_none());
     }
 
     #[test]

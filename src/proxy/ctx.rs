@@ -200,6 +200,18 @@ impl RequestCtx {
         }
     }
 
+    /// Whom a sealed session of this request belongs to (`None`: an anonymous caller).
+    pub fn session_owner(&self) -> Option<crate::mcp::session::Owner<'_>> {
+        self.identity
+            .as_ref()
+            .map(|who| crate::mcp::session::Owner {
+                method: who.method,
+                rule: &who.rule,
+                subject: &who.subject,
+                client_id: who.client_id.as_deref(),
+            })
+    }
+
     pub fn server(&self) -> Option<&Arc<Server>> {
         self.upstream.as_ref().map(InFlight::server)
     }

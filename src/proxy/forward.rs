@@ -39,7 +39,7 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
             (InFlight::new(s.clone()), peer)
         }
         None => {
-            let ip = crate::security::edge::client_ip(session, &ctx.state);
+            let ip = crate::security::edge::client_ip(session, &ctx.state.edge);
             let attempt = group
                 .select(ip, ctx.tried.as_slice())
                 .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?;
@@ -56,6 +56,18 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
     ctx.upstream_started = Some(std::time::Instant::now());
     ctx.upstream = Some(attempt);
     Ok(peer)
+}
+
+/// Connecting to the chosen server failed (nothing was sent): may another server take
+/// the request? Not a session's (its server being down is the answer), and only within
+/// the group's `retries` while it has servers not tried yet.
+pub fn failover(ctx: &RequestCtx) -> Result<bool, GatewayError> {
+    if let Some(server) = &ctx.pinned {
+        return Err(GatewayError::SessionServerDown(server.id.clone()));
+    }
+    Ok(ctx.group.as_ref().is_some_and(|g| {
+        ctx.tried.len() <= g.retries as usize && g.has_untried(ctx.tried.as_slice())
+    }))
 }
 
 /// The request as the upstream gets it: HTTP/1.1, its own path and authority, no
@@ -306,7 +318,7 @@ pub fn client_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()
         };
         let sealed = ctx.state.sessions.seal(
             &group.name,
-            ctx.identity.as_ref(),
+            ctx.session_owner(),
             &server.id,
             &minted,
             issued_at,

@@ -2,18 +2,22 @@
 //!
 //! Pingora replays a body read in `request_filter` from its retry buffer, which holds
 //! 64 KiB; past that the upstream would get headers and no body. For those requests the
-//! gateway sends the request itself over a pooled upstream connection and relays the
-//! response (streamed, chunk by chunk, so SSE works here too), applying the same
-//! header shaping as the proxy path (`forward`, `hop_by_hop`). This is the only place
-//! that does so. Like Pingora's proxy path it watches the client while the upstream is
-//! silent: a client that leaves closes the upstream request (the modern cancellation).
+//! gateway sends the request itself through the upstream exchange
+//! ([`crate::upstream::exchange`]: failover before sending, 1xx skipped, 101 refused, the
+//! attempt judged) and relays the response (streamed, chunk by chunk, so SSE works here
+//! too), applying the same header shaping and list filtering as the proxy path
+//! (`forward`, `hop_by_hop`). Like Pingora's proxy path it watches the client while the
+//! upstream is silent: a client that leaves closes the upstream request (the modern
+//! cancellation).
 
 use super::ctx::RequestCtx;
 use super::{forward, Gateway};
 use crate::error::GatewayError;
 use crate::telemetry::record;
+use crate::upstream::exchange::{self, Outcome, Record, Sent};
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
 
 pub async fn forward(
     gw: &Gateway,
@@ -21,79 +25,39 @@ pub async fn forward(
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
     // Connect, failing over like the proxy path does while nothing was sent.
-    let (peer, mut up) = loop {
-        let peer = forward::select(session, ctx)?;
-        match gw.connector.get_http_session(&*peer).await {
-            Ok((up, _reused)) => break (peer, up),
-            Err(e) => {
-                record::upstream_attempt(ctx, "connect_error");
-                super::outcome::record(ctx, false);
-                if let Some(server) = &ctx.pinned {
-                    return Err(GatewayError::SessionServerDown(server.id.clone()));
-                }
-                let retry = ctx.group.as_ref().is_some_and(|g| {
-                    ctx.tried.len() <= g.retries as usize && g.has_untried(ctx.tried.as_slice())
-                });
-                if !retry {
-                    let (group, server) = names(ctx);
-                    return Err(upstream_error(group, server, e));
-                }
-            }
-        }
-    };
-    up.set_read_timeout(peer.options.read_timeout);
-    up.set_write_timeout(peer.options.write_timeout);
+    let timeouts = exchange::Timeouts::default(); // the peer's: `forward::select` sets them
+    let up = exchange::connect(&gw.connector, &mut Choosing { session, ctx }, timeouts).await?;
 
     let mut req = session.req_header().clone();
-    forward::upstream_request(session, &mut req, ctx).map_err(|e| upstream_failure(ctx, e))?;
+    forward::upstream_request(session, &mut req, ctx).map_err(|e| shaping_failure(ctx, &e))?;
     let body = ctx.body.clone().unwrap_or_default();
-    let exchange = async {
-        up.write_request_header(Box::new(req)).await?;
-        up.write_request_body(body, true).await?;
-        up.finish_request_body().await?;
-        // Skip informational (1xx) responses to the final one; a 101 is refused.
-        loop {
-            up.read_response_header().await?;
-            match up.response_header().map(|h| h.status) {
-                Some(http::StatusCode::SWITCHING_PROTOCOLS) => return Ok(Answer::Switched),
-                Some(s) if s.is_informational() => continue,
-                _ => return Ok(Answer::Final),
-            }
-        }
-    };
     // Watch the client while the upstream is silent, as Pingora's proxy path does.
-    let answer = tokio::select! {
-        biased;
-        answer = exchange => answer,
-        _ = session.read_body_or_idle(true) => {
-            client_left(ctx, session, &mut up, "before the upstream answered").await;
+    let client_left = async {
+        let _ = session.read_body_or_idle(true).await;
+    };
+    let mut up = match up
+        .send(&mut Recording(ctx), Box::new(req), body, client_left)
+        .await?
+    {
+        Sent::Answer(answer) => answer,
+        Sent::Cancelled => {
+            log::debug!(
+                "large-body request {}: the client went away before the upstream answered",
+                ctx.request_id
+            );
+            session.set_keepalive(None);
+            ctx.error = Some(GatewayError::ClientClosed);
             return Ok(());
         }
     };
-    match answer {
-        Ok(Answer::Final) => {}
-        Ok(Answer::Switched) => {
-            record::upstream_attempt(ctx, "error");
-            super::outcome::record(ctx, false);
-            up.shutdown().await;
-            return Err(super::hop_by_hop::switched_protocols(ctx));
-        }
-        // Sent (at least in part): never replayed, but it counts against the server.
-        Err(e) => return Err(upstream_failure(ctx, e)),
-    }
 
-    let mut resp = up
-        .response_header()
-        .cloned()
-        .ok_or_else(|| GatewayError::Internal("upstream response header missing".into()))?;
-    forward::client_response(&mut resp, ctx).map_err(|e| upstream_failure(ctx, e))?;
+    let mut resp = up.header().clone();
+    forward::client_response(&mut resp, ctx).map_err(|e| shaping_failure(ctx, &e))?;
     ctx.local_status = Some(resp.status.as_u16());
     ctx.upstream_status = Some(resp.status.as_u16());
-    record::upstream_attempt(ctx, record::status_class(resp.status.as_u16()));
-    super::outcome::record(ctx, resp.status.as_u16() < 500);
     forward::count_sse(&resp, ctx);
     // A list request padded past the retry buffer is filtered all the same.
-    forward::filter_list(&mut resp, ctx).map_err(|e| upstream_failure(ctx, e))?;
+    forward::filter_list(&mut resp, ctx).map_err(|e| shaping_failure(ctx, &e))?;
     let caller = super::list_filter::Caller {
         policies: &ctx.state.policies,
         identity: ctx.identity.as_ref(),
@@ -104,12 +68,11 @@ pub async fn forward(
     // From here on the client has a response; failures can only end the stream.
     let relay = async {
         session.write_response_header(Box::new(resp), false).await?;
-        // `response_done` also prepares the body reader; call it before each read.
-        while !up.response_done() {
+        loop {
             // The client leaving while the upstream is silent ends the relay too.
             let read = tokio::select! {
                 biased;
-                read = up.read_response_body() => read?,
+                read = up.read() => read?,
                 idle = session.read_body_or_idle(true) => {
                     return Err(idle.err().unwrap_or_else(|| {
                         Error::explain(ErrorType::ConnectionClosed, "the client sent data after its request")
@@ -135,13 +98,8 @@ pub async fn forward(
         Ok::<_, Box<Error>>(())
     };
     match relay.await {
-        Ok(()) => {
-            if up.response_done() {
-                gw.connector
-                    .release_http_session(up, &*peer, peer.options.idle_timeout)
-                    .await;
-            }
-        }
+        // Back to the pool if the answer was read to its end.
+        Ok(()) => up.finish().await,
         Err(e) => {
             // The client went away or the upstream failed mid-stream: close the upstream
             // request (in the modern era that is the cancellation).
@@ -149,73 +107,75 @@ pub async fn forward(
                 "large-body relay for request {} ended early: {e}",
                 ctx.request_id
             );
-            up.shutdown().await;
+            up.close().await;
             session.set_keepalive(None);
         }
     }
     Ok(())
 }
 
-/// What the upstream answered with.
-enum Answer {
-    Final,
-    /// `101 Switching Protocols`: refused.
-    Switched,
+/// The request's servers, chosen as on the proxy path (`forward::select`).
+struct Choosing<'a> {
+    session: &'a Session,
+    ctx: &'a mut RequestCtx,
 }
 
-/// The client went away before the answer began: close the upstream request (in the
-/// modern era that is the cancellation). It says nothing about the server.
-async fn client_left(
-    ctx: &mut RequestCtx,
-    session: &mut Session,
-    up: &mut pingora::protocols::http::client::HttpSession,
-    when: &str,
-) {
-    log::debug!(
-        "large-body request {}: the client went away {when}",
-        ctx.request_id
-    );
-    up.shutdown().await;
-    session.set_keepalive(None);
-    ctx.error = Some(GatewayError::ClientClosed);
-}
-
-/// Record a failed attempt and name it for the client.
-fn upstream_failure(ctx: &mut RequestCtx, e: Box<Error>) -> GatewayError {
-    if !ctx.outcome_recorded {
-        record::upstream_attempt(ctx, "error");
+impl exchange::Select for Choosing<'_> {
+    fn next(&mut self) -> Result<Box<HttpPeer>, GatewayError> {
+        forward::select(self.session, self.ctx)
     }
-    super::outcome::record(ctx, false);
-    let (group, server) = names(ctx);
-    upstream_error(group, server, e)
+
+    fn failover(&mut self) -> Result<bool, GatewayError> {
+        forward::failover(self.ctx)
+    }
 }
 
-fn names(ctx: &RequestCtx) -> (String, String) {
+impl exchange::Record for Choosing<'_> {
+    fn names(&self) -> (&str, &str) {
+        names(self.ctx)
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        Recording(self.ctx).record(outcome)
+    }
+}
+
+/// The request's attempts, counted as on the proxy path.
+struct Recording<'a>(&'a mut RequestCtx);
+
+impl exchange::Record for Recording<'_> {
+    fn names(&self) -> (&str, &str) {
+        names(self.0)
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        let ctx = &mut *self.0;
+        if ctx.outcome_recorded {
+            return;
+        }
+        record::upstream_attempt(
+            ctx,
+            match outcome {
+                Outcome::ConnectFailed => "connect_error",
+                Outcome::Failed => "error",
+                Outcome::Answered(status) => record::status_class(status),
+            },
+        );
+        super::outcome::record(ctx, outcome.success());
+    }
+}
+
+fn names(ctx: &RequestCtx) -> (&str, &str) {
     (
-        ctx.group
-            .as_ref()
-            .map(|g| g.name.clone())
-            .unwrap_or_default(),
-        ctx.server().map(|s| s.id.clone()).unwrap_or_default(),
+        ctx.group.as_ref().map_or("", |g| g.name.as_str()),
+        ctx.server().map_or("", |s| s.id.as_str()),
     )
 }
 
-fn upstream_error(group: String, server: String, e: Box<Error>) -> GatewayError {
-    let detail = e.to_string();
-    if matches!(
-        e.etype(),
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-    ) {
-        GatewayError::UpstreamTimeout {
-            group,
-            server,
-            detail,
-        }
-    } else {
-        GatewayError::UpstreamFailed {
-            group,
-            server,
-            detail,
-        }
-    }
+/// Shaping the request or the answer failed: the attempt failed (unless its answer was
+/// judged already) and the error names its server.
+fn shaping_failure(ctx: &mut RequestCtx, e: &Error) -> GatewayError {
+    Recording(ctx).record(Outcome::Failed);
+    let (group, server) = names(ctx);
+    exchange::failure_named(group, server, e, e.to_string())
 }

@@ -167,17 +167,17 @@ impl ProxyHttp for Gateway {
         // Nothing was sent: another server may take the request.
         record::upstream_attempt(ctx, "connect_error");
         outcome::record(ctx, false);
-        if let Some(server) = &ctx.pinned {
-            ctx.error = Some(GatewayError::SessionServerDown(server.id.clone()));
-        } else if ctx.group.as_ref().is_some_and(|g| {
-            ctx.tried.len() <= g.retries as usize && g.has_untried(ctx.tried.as_slice())
-        }) {
-            log::debug!(
-                "request {}: connecting to {} failed, trying another server: {e}",
-                ctx.request_id,
-                ctx.server().map(|s| s.id.as_str()).unwrap_or("?")
-            );
-            e.set_retry(true);
+        match forward::failover(ctx) {
+            Err(refused) => ctx.error = Some(refused),
+            Ok(true) => {
+                log::debug!(
+                    "request {}: connecting to {} failed, trying another server: {e}",
+                    ctx.request_id,
+                    ctx.server().map(|s| s.id.as_str()).unwrap_or("?")
+                );
+                e.set_retry(true);
+            }
+            Ok(false) => {}
         }
         e
     }
@@ -291,32 +291,23 @@ fn client_gone(e: &Error) -> bool {
 
 /// Turn a Pingora proxying error into the gateway's error, naming the group and server.
 fn upstream_error(e: &Error, ctx: &RequestCtx) -> GatewayError {
-    let group = ctx
-        .group
-        .as_ref()
-        .map(|g| g.name.clone())
-        .unwrap_or_default();
-    let server = ctx.server().map(|s| s.id.clone()).unwrap_or_default();
+    let group = ctx.group.as_ref().map_or("", |g| g.name.as_str());
+    let server = ctx.server().map_or("", |s| s.id.as_str());
     let detail = e.to_string();
-    match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            GatewayError::UpstreamTimeout {
-                group,
-                server,
-                detail,
-            }
-        }
-        _ if matches!(e.esource(), ErrorSource::Upstream) => GatewayError::UpstreamFailed {
-            group,
-            server,
-            detail,
-        },
-        ErrorType::HTTPStatus(_) => GatewayError::UpstreamFailed {
-            group,
-            server,
-            detail,
-        },
-        _ if matches!(e.esource(), ErrorSource::Downstream) => GatewayError::BodyRead(detail),
-        _ => GatewayError::Internal(detail),
+    let upstream = matches!(e.esource(), ErrorSource::Upstream)
+        || matches!(
+            e.etype(),
+            ErrorType::ConnectTimedout
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout
+                | ErrorType::HTTPStatus(_)
+        );
+    if upstream {
+        // Named as the exchange names its failures: a timeout, or any other failure.
+        crate::upstream::exchange::failure_named(group, server, e, detail)
+    } else if matches!(e.esource(), ErrorSource::Downstream) {
+        GatewayError::BodyRead(detail)
+    } else {
+        GatewayError::Internal(detail)
     }
 }

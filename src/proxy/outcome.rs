@@ -8,7 +8,6 @@
 //! permit back, on every path (Pingora's proxy path and the large-body path alike).
 
 use super::ctx::RequestCtx;
-use crate::upstream::breaker::{now_ms, State};
 use pingora::{Error, ErrorSource};
 
 /// Record the current attempt's outcome once.
@@ -21,18 +20,7 @@ pub fn record(ctx: &mut RequestCtx, success: bool) {
         return;
     };
     let group = ctx.group.as_ref().map_or("", |g| g.name.as_str());
-    match attempt.record(success, now_ms()) {
-        Some(State::Open) => log::warn!(
-            "upstream {group}/{}: circuit breaker open after consecutive failures",
-            attempt.id
-        ),
-        Some(state) => log::info!(
-            "upstream {group}/{}: circuit breaker {}",
-            attempt.id,
-            state.as_str()
-        ),
-        None => {}
-    }
+    crate::upstream::exchange::judge(attempt, group, success);
 }
 
 /// At the end of a request: an attempt not judged yet (no answer arrived) failed if the

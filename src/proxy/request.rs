@@ -173,7 +173,7 @@ async fn check(
     super::hop_by_hop::check_request(req)?;
 
     // The address rate limits and the authentication throttle count the client by.
-    let ip = crate::security::edge::client_ip(session, state);
+    let ip = crate::security::edge::client_ip(session, &state.edge);
 
     // Who is calling, before anything else is read.
     if !state.auth.is_empty() {
@@ -226,7 +226,7 @@ async fn check(
             // Opens only for the identity it was issued to (anonymous: no identity).
             let opened = state
                 .sessions
-                .open(&group.name, ctx.identity.as_ref(), sealed)
+                .open(&group.name, ctx.session_owner(), sealed)
                 .ok_or(GatewayError::SessionNotFound)?;
             if let Some(ttl) = state.session_ttl {
                 let now = crate::mcp::session::now();

@@ -398,11 +398,8 @@ pub fn peer_ip(session: &pingora::protocols::http::ServerSession) -> Option<IpAd
 
 /// The client's address as the gateway decides it (see [`Edge::client_ip`]): what rate
 /// limits, `ip_hash`, the access log and the forwarded headers use.
-pub fn client_ip(
-    session: &pingora::protocols::http::ServerSession,
-    state: &crate::proxy::State,
-) -> Option<IpAddr> {
-    peer_ip(session).map(|peer| state.edge.client_ip(peer, &session.req_header().headers))
+pub fn client_ip(session: &pingora::protocols::http::ServerSession, edge: &Edge) -> Option<IpAddr> {
+    peer_ip(session).map(|peer| edge.client_ip(peer, &session.req_header().headers))
 }
 
 /// The scheme the client used: the listener's, or the `X-Forwarded-Proto` (`http` or

@@ -109,7 +109,7 @@ pub fn access_log(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
     let line = json!({
         "request_id": ctx.request_id,
         "client": session.client_addr().map(|a| a.to_string()),
-        "client_ip": crate::security::edge::client_ip(session, &ctx.state).map(|ip| ip.to_string()),
+        "client_ip": crate::security::edge::client_ip(session, &ctx.state.edge).map(|ip| ip.to_string()),
         "method": req.method.as_str(),
         "path": req.uri.path(),
         "route": ctx.route.as_deref(),

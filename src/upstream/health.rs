@@ -6,7 +6,8 @@
 //! retried on every tick) and checks every server concurrently, each check bounded by
 //! `timeout`:
 //! * `tcp`: a TCP (or Unix socket) connect;
-//! * `http`: `GET path`, healthy on 2xx/3xx;
+//! * `http`: `GET path`, healthy on 2xx/3xx (sent, like `mcp`, through the upstream
+//!   [`exchange`] over a fresh connection; a check judges no breaker);
 //! * `mcp`: a JSON-RPC `ping` (or `server/discover`) POSTed to the server's MCP URL,
 //!   healthy on any JSON-RPC response (a result *or* an error object: a stateful server
 //!   refusing a ping without a session is alive) with a status below 500.
@@ -17,14 +18,16 @@
 //! reload keeps keeps its counts (the checks restart at once, the streak does not).
 
 use super::target::Address;
-use super::{Group, Server};
+use super::{exchange, Group, Server};
 use crate::config::{HealthCheckConfig, HealthKind, ProbeMethod};
+use crate::error::GatewayError;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,21 +64,21 @@ impl GroupUpkeep {
 /// The background service: one task per group that needs one, restarted on the new
 /// groups after every reload (servers carried over keep their health).
 pub struct Upkeep {
-    pub live: Arc<crate::live::Live>,
+    /// The upkeep of the running config's groups ([`plan`] over the current state).
+    pub plan: Box<dyn Fn() -> Vec<GroupUpkeep> + Send + Sync>,
+    /// Told on every reload.
+    pub reloads: tokio::sync::watch::Receiver<u64>,
 }
 
-/// The upkeep of the groups of the running config.
-fn plan(live: &crate::live::Live) -> Vec<GroupUpkeep> {
-    let state = live.state();
-    let loaded = live.loaded();
-    loaded
-        .config
+/// The upkeep of `config`'s groups, as built in `groups`.
+pub fn plan(config: &crate::config::Config, groups: &super::Groups) -> Vec<GroupUpkeep> {
+    config
         .upstream
         .groups
         .iter()
         .filter_map(|(name, g)| {
             Some(GroupUpkeep {
-                group: state.groups.get(name)?.clone(),
+                group: groups.get(name)?.clone(),
                 check: g.health_check.clone(),
                 resolve_interval: g.resolve_interval.0,
             })
@@ -87,9 +90,10 @@ fn plan(live: &crate::live::Live) -> Vec<GroupUpkeep> {
 impl BackgroundService for Upkeep {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let connector = Arc::new(Connector::new(None));
-        let mut reloads = self.live.subscribe();
+        let mut reloads = self.reloads.clone();
+        reloads.mark_unchanged();
         loop {
-            let groups = plan(&self.live);
+            let groups = (self.plan)();
             tokio::select! {
                 _ = run(&groups, &connector, shutdown.clone()) => return,
                 changed = reloads.changed() => {
@@ -120,11 +124,12 @@ async fn run(groups: &[GroupUpkeep], connector: &Arc<Connector>, shutdown: Shutd
                     resolve(&g.group, resolve_due).await;
                     if let Some(check) = &g.check {
                         let servers = g.group.servers();
-                        let results =
-                            futures::future::join_all(servers.iter().map(|s| {
-                                probe(s, check, &connector, g.group.upstream_auth.as_ref())
-                            }))
-                            .await;
+                        let results = futures::future::join_all(
+                            servers
+                                .iter()
+                                .map(|s| probe(&g.group, s, check, &connector)),
+                        )
+                        .await;
                         // The counts live in each server: a reload keeping it keeps them.
                         for (server, result) in servers.iter().zip(results) {
                             server
@@ -231,25 +236,23 @@ impl Counters {
 
 /// One health check of one server, bounded by the check's timeout.
 pub async fn probe(
+    group: &Group,
     server: &Server,
     check: &HealthCheckConfig,
     connector: &Connector,
-    auth: Option<&AuthHeader>,
 ) -> Result<(), String> {
     let timeout = check.timeout.0;
-    match tokio::time::timeout(timeout, probe_inner(server, check, connector, auth)).await {
+    match tokio::time::timeout(timeout, probe_inner(group, server, check, connector)).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }
 
-type AuthHeader = (http::HeaderName, http::HeaderValue);
-
 async fn probe_inner(
+    group: &Group,
     server: &Server,
     check: &HealthCheckConfig,
     connector: &Connector,
-    auth: Option<&AuthHeader>,
 ) -> Result<(), String> {
     let address = server.address().ok_or("the host name does not resolve")?;
     match check.kind {
@@ -263,7 +266,7 @@ async fn probe_inner(
                 .path
                 .clone()
                 .unwrap_or_else(|| server.target.path.clone());
-            let (status, _) = exchange(server, check, connector, auth, "GET", &path, None).await?;
+            let (status, _) = exchange(group, server, check, connector, "GET", &path, None).await?;
             if (200..400).contains(&status) {
                 Ok(())
             } else {
@@ -272,10 +275,10 @@ async fn probe_inner(
         }
         HealthKind::Mcp => {
             let (status, body) = exchange(
+                group,
                 server,
                 check,
                 connector,
-                auth,
                 "POST",
                 &server.target.path,
                 Some(check.method),
@@ -299,25 +302,35 @@ async fn probe_inner(
 /// The modern protocol version a `server/discover` probe speaks.
 const MODERN_VERSION: &str = "2026-07-28";
 
-/// Send one request over a fresh connection; the status and (bounded) body.
+/// Send one request through the exchange (over a fresh connection: the health checks'
+/// connector pools nothing); the status and (bounded) body.
 async fn exchange(
+    group: &Group,
     server: &Server,
     check: &HealthCheckConfig,
     connector: &Connector,
-    auth: Option<&AuthHeader>,
     method: &str,
     path: &str,
     probe: Option<ProbeMethod>,
 ) -> Result<(u16, Bytes), String> {
-    let mut peer = server
+    let peer = server
         .peer(check.timeout.0)
         .ok_or("the host name does not resolve")?;
-    peer.options.connection_timeout = Some(check.timeout.0);
-    let err = |what: &str, e: Box<pingora::Error>| format!("{what}: {e}");
-    let (mut session, _) = connector
-        .get_http_session(&*peer)
+    let timeouts = exchange::Timeouts {
+        connect: Some(check.timeout.0),
+        ..Default::default()
+    };
+    let mut one = Probe {
+        group: &group.name,
+        server: &server.id,
+        peer: Some(peer),
+    };
+    // The detail names the stage (connect, send, read) and Pingora's error.
+    let why = |e: GatewayError| e.detail().map_or_else(|| e.to_string(), str::to_string);
+    let up = exchange::connect(connector, &mut one, timeouts)
         .await
-        .map_err(|e| err("connect", e))?;
+        .map_err(why)?;
+    let err = |what: &str, e: Box<pingora::Error>| format!("{what}: {e}");
     let mut req =
         RequestHeader::build(method, path.as_bytes(), None).map_err(|e| err("request", e))?;
     let insert = |req: &mut RequestHeader, k: &'static str, v: String| {
@@ -329,7 +342,7 @@ async fn exchange(
         "user-agent",
         format!("mcp-gateway/{} health-check", env!("CARGO_PKG_VERSION")),
     )?;
-    if let Some((name, value)) = auth {
+    if let Some((name, value)) = &group.upstream_auth {
         req.insert_header(name.clone(), value.clone())
             .map_err(|e| err("request", e))?;
     }
@@ -354,37 +367,24 @@ async fn exchange(
             insert(&mut req, "mcp-method", "server/discover".into())?;
         }
     }
-    session
-        .write_request_header(Box::new(req))
+    let sent = up
+        .send(
+            &mut one,
+            Box::new(req),
+            body.unwrap_or_default(),
+            std::future::pending(),
+        )
         .await
-        .map_err(|e| err("send", e))?;
-    if let Some(body) = body {
-        session
-            .write_request_body(body, true)
-            .await
-            .map_err(|e| err("send", e))?;
-    }
-    session
-        .finish_request_body()
-        .await
-        .map_err(|e| err("send", e))?;
-    session
-        .read_response_header()
-        .await
-        .map_err(|e| err("read", e))?;
-    let status = session
-        .response_header()
-        .map(|h| h.status.as_u16())
-        .ok_or("no response header")?;
+        .map_err(why)?;
+    let exchange::Sent::Answer(mut answer) = sent else {
+        return Err("cancelled".into());
+    };
+    let status = answer.header().status.as_u16();
     let mut buf = BytesMut::new();
     if probe.is_some() {
         // Stop at the first complete JSON-RPC message: an SSE answer may stay open.
-        while !session.response_done() && buf.len() < MAX_PROBE_BODY {
-            match session
-                .read_response_body()
-                .await
-                .map_err(|e| err("read", e))?
-            {
+        while buf.len() < MAX_PROBE_BODY {
+            match answer.read().await.map_err(|e| err("read", e))? {
                 Some(chunk) => buf.extend_from_slice(&chunk),
                 None => break,
             }
@@ -393,8 +393,36 @@ async fn exchange(
             }
         }
     }
-    session.shutdown().await;
+    answer.close().await;
     Ok((status, buf.freeze()))
+}
+
+/// A health check's one server: no failover, and its outcome is not an attempt's (the
+/// checks decide health; the breaker counts requests).
+struct Probe<'a> {
+    group: &'a str,
+    server: &'a str,
+    peer: Option<Box<HttpPeer>>,
+}
+
+impl exchange::Select for Probe<'_> {
+    fn next(&mut self) -> Result<Box<HttpPeer>, GatewayError> {
+        self.peer
+            .take()
+            .ok_or_else(|| GatewayError::Internal("the probe's one attempt".into()))
+    }
+
+    fn failover(&mut self) -> Result<bool, GatewayError> {
+        Ok(false)
+    }
+}
+
+impl exchange::Record for Probe<'_> {
+    fn names(&self) -> (&str, &str) {
+        (self.group, self.server)
+    }
+
+    fn record(&mut self, _: exchange::Outcome) {}
 }
 
 /// A JSON-RPC response object (`result` or `error`), as JSON or in an SSE `data:` line.

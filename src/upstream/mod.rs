@@ -1,8 +1,10 @@
 //! Upstream groups: the replicas of each MCP server ([`group`]), each replica's live state
-//! ([`server`]), how one is chosen, and the background upkeep that checks them
-//! ([`health`]). See docs/upstreams.md.
+//! ([`server`]), how one is chosen, the one request-and-answer exchange with a server
+//! outside Pingora's proxy path ([`exchange`]), and the background upkeep that checks
+//! them ([`health`]). See docs/upstreams.md and docs/architecture.md.
 
 pub mod breaker;
+pub mod exchange;
 pub mod group;
 pub mod health;
 pub mod server;
