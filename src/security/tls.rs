@@ -10,13 +10,13 @@
 //! with `client_auth: required`, the handshake fails without one). Once a handshake is
 //! complete, the leaf certificate is read with `x509-parser` into a [`ClientCert`], which
 //! Pingora keeps in the connection's TLS digest ([`SslDigestExtension`]); the request path
-//! finds it there with [`peer_cert`]. An auth rule with `client_cert: true` turns it into
-//! the request's [`Identity`].
+//! finds it there with [`peer_cert`]. This module only hands the verified certificate
+//! over: an auth rule with `client_cert: true` turns it into the request's identity (in
+//! `auth`, which depends on this module and never the reverse).
 //!
 //! [`SslDigestExtension`]: pingora::protocols::tls::SslDigestExtension
 
 use crate::config::{ClientAuth, ListenerTlsConfig};
-use crate::security::auth::Identity;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::TlsAccept;
@@ -260,18 +260,6 @@ impl ClientCert {
             subject,
             claims: Arc::new(claims),
         })
-    }
-
-    /// The identity of a request authenticated by this certificate under `rule`.
-    pub fn identity(&self, rule: &str) -> Identity {
-        Identity {
-            method: "client_cert",
-            subject: self.subject.clone(),
-            client_id: Some(self.subject.clone()),
-            scopes: Vec::new(),
-            claims: self.claims.clone(),
-            rule: rule.to_string(),
-        }
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! * **Lockout.** Failed attempts are counted per client IP and, for Basic, per user name
 //!   (the name as sent, known or not, so a lockout says nothing about which users
-//!   exist), over a sliding `window` ([`super::window::Windows`]). Once either holds
+//!   exist), over a sliding `window` ([`crate::security::window::Windows`]). Once either holds
 //!   `max_failures`, attempts are refused with 429 and a `Retry-After` **before** any
 //!   credential is checked — a correct one included, so guessing stops being useful.
 //!   Only presented credentials that fail count: a request without any (a client
@@ -17,8 +17,8 @@
 //!   process starts (never the password itself), compared in constant time; its next
 //!   requests skip the hash. A reload rebuilds the rules and forgets the cache.
 
-use super::window::{self, Windows};
 use crate::config::AuthThrottleConfig;
+use crate::security::window::{self, Windows};
 use hmac::{Hmac, Mac};
 use once_cell::sync::Lazy;
 use sha2::Sha256;
@@ -28,6 +28,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The key of the verified-credential cache's hashes: random, one per process.
 static CACHE_KEY: Lazy<[u8; 32]> = Lazy::new(rand::random);
+
+/// Where an attempt comes from, and the throttle that counts its failures.
+pub(super) struct Attempt<'a> {
+    pub(super) throttle: &'a AuthThrottle,
+    pub(super) ip: Option<IpAddr>,
+}
 
 /// Why an attempt was refused without checking its credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
