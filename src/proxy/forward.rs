@@ -8,6 +8,7 @@ use crate::mcp::envelope::Era;
 use crate::mcp::headers::MCP_SESSION_ID;
 use crate::telemetry::metrics::METRICS;
 use crate::upstream::InFlight;
+use http::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -180,13 +181,18 @@ pub fn upstream_request(
 }
 
 /// Fields that say where a request came from: only a trusted proxy may send them.
-const FORWARDING: [&str; 5] = [
-    "forwarded",
-    "x-real-ip",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-proto",
+static FORWARDING: [HeaderName; 6] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-for"),
 ];
+static ORIGIN: [HeaderName; 1] = [http::header::ORIGIN];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// What the upstream learns of the client (docs/security.md#client-addresses): from a
 /// client that is not a trusted proxy, `X-Forwarded-For` is its address alone and the
@@ -195,21 +201,24 @@ const FORWARDING: [&str; 5] = [
 /// pass. `X-Real-IP` is the client address the gateway decided on. A browser's
 /// `Origin` was checked here and is not passed on (SDK servers refuse foreign ones).
 fn forwarding_headers(session: &Session, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    use super::hop_by_hop::present;
     use crate::security::edge;
-    req.remove_header(&http::header::ORIGIN);
+    for h in present(&req.headers, &ORIGIN) {
+        req.remove_header(h);
+    }
     let Some(peer) = edge::peer_ip(session) else {
-        for h in FORWARDING {
+        for h in present(&req.headers, &FORWARDING) {
             req.remove_header(h);
         }
-        req.remove_header("x-forwarded-for");
         return Ok(());
     };
     let edge = &ctx.state.edge;
     let trusted = edge.is_trusted(peer);
     let client = edge.client_ip(peer, &req.headers);
+    let peer_text = peer.to_string();
     let xff = if trusted {
         let mut chain = String::new();
-        for v in req.headers.get_all("x-forwarded-for") {
+        for v in req.headers.get_all(&X_FORWARDED_FOR) {
             let v = String::from_utf8_lossy(v.as_bytes());
             let v = v.trim().trim_matches(',').trim();
             if !v.is_empty() {
@@ -217,23 +226,28 @@ fn forwarding_headers(session: &Session, req: &mut RequestHeader, ctx: &RequestC
                 chain.push_str(", ");
             }
         }
-        chain.push_str(&peer.to_string());
+        chain.push_str(&peer_text);
         chain
     } else {
-        for h in FORWARDING {
+        for h in present(&req.headers, &FORWARDING) {
             req.remove_header(h);
         }
-        peer.to_string()
+        peer_text.clone()
     };
-    req.insert_header("x-forwarded-for", xff)?;
-    req.insert_header("x-real-ip", client.to_string())?;
-    if !req.headers.contains_key("x-forwarded-proto") {
+    req.insert_header(X_FORWARDED_FOR, xff)?;
+    let real = if client == peer {
+        peer_text
+    } else {
+        client.to_string()
+    };
+    req.insert_header(X_REAL_IP, real)?;
+    if !req.headers.contains_key(&X_FORWARDED_PROTO) {
         let proto = if crate::security::tls::is_tls(session) {
             "https"
         } else {
             "http"
         };
-        req.insert_header("x-forwarded-proto", proto)?;
+        req.insert_header(X_FORWARDED_PROTO, proto)?;
     }
     Ok(())
 }

@@ -29,31 +29,46 @@ const PROTECTED: [&str; 4] = [
 /// Standard hop-by-hop request fields (RFC 9110 §7.6.1, plus `Proxy-Connection`,
 /// `HTTP2-Settings` and `Expect`). `Transfer-Encoding` goes too: the gateway frames the
 /// body it read with `Content-Length`.
-const REQUEST: [&str; 11] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-    "expect",
+static REQUEST: [HeaderName; 11] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+    header::EXPECT,
 ];
 
 /// Standard hop-by-hop response fields. `Transfer-Encoding` and `Content-Length` frame
 /// the body Pingora relays; it writes the client's `Connection` itself.
-const RESPONSE: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
+static RESPONSE: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
+
+/// The fields of `names` a message has, found in one pass over its own fields (most
+/// messages have none: nothing is parsed or looked up then).
+pub(crate) fn present<const N: usize>(
+    headers: &HeaderMap,
+    names: &'static [HeaderName; N],
+) -> impl Iterator<Item = &'static HeaderName> {
+    let mut found = [false; N];
+    for name in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == name) {
+            found[i] = true;
+        }
+    }
+    names.iter().zip(found).filter(|(_, f)| *f).map(|(n, _)| n)
+}
 
 /// Response fields never removed for being named in `Connection` (framing).
 const RESPONSE_FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
@@ -165,7 +180,7 @@ pub fn strip_request(req: &mut RequestHeader) {
             }
         }
     }
-    for name in REQUEST {
+    for name in present(&req.headers, &REQUEST) {
         req.remove_header(name);
     }
 }
@@ -180,7 +195,7 @@ pub fn strip_response(resp: &mut ResponseHeader) {
             }
         }
     }
-    for name in RESPONSE {
+    for name in present(&resp.headers, &RESPONSE) {
         resp.remove_header(name);
     }
 }
