@@ -108,9 +108,25 @@ pub fn upgrade(config: &Config, path: Option<&str>) -> Result<String, String> {
     if !status.success() {
         return Err(format!("the new process failed ({status}); see its log"));
     }
-    let new = std::fs::read_to_string(&config.server.pid_file)
-        .map(|t| t.trim().to_string())
-        .unwrap_or_default();
+    // Pingora's first process exits right after the fork; the daemon writes the PID
+    // file a moment later (the old one was moved to `.old`). Wait for it, so whoever
+    // reads the file after this command (systemd, scripts) finds the new PID.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        let pid = std::fs::read_to_string(&config.server.pid_file)
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default();
+        if (!pid.is_empty() && pid != old.to_string()) || Instant::now() >= deadline {
+            break pid;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if new.is_empty() {
+        return Err(format!(
+            "the new process started but wrote no PID to server.pid_file {:?} within 10s; see its log",
+            config.server.pid_file
+        ));
+    }
     Ok(format!(
         "upgraded: PID {old} hands over and exits once its requests are done; the new gateway runs as PID {new}"
     ))
