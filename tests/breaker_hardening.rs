@@ -22,15 +22,7 @@ fn config(url: &str, group: &str, top: &str) -> String {
 }
 
 async fn breaker_state(gw: &Gateway) -> String {
-    let v: Value = client()
-        .get(gw.admin_url("/api/v1/upstreams"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = gw.admin_api("/api/v1/upstreams", TOKEN).await;
     v["groups"][0]["servers"][0]["breaker"]
         .as_str()
         .unwrap_or_else(|| panic!("{v}"))

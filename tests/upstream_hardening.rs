@@ -71,15 +71,7 @@ fn admin() -> String {
 
 /// The first server of the first group, as the admin API shows it.
 async fn admin_server(gw: &Gateway) -> Value {
-    let v: Value = client()
-        .get(gw.admin_url("/api/v1/upstreams"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = gw.admin_api("/api/v1/upstreams", ADMIN_TOKEN).await;
     let s = v["groups"][0]["servers"][0].clone();
     assert!(s.is_object(), "admin API: {v}");
     s

@@ -304,6 +304,19 @@ impl Gateway {
             .unwrap()
     }
 
+    /// `GET` an admin API path with the bearer `token`, as JSON.
+    pub async fn admin_api(&self, path: &str, token: &str) -> serde_json::Value {
+        client()
+            .get(self.admin_url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// A URL on the admin service (its port read back from the config written).
     pub fn admin_url(&self, path: &str) -> String {
         let yaml = std::fs::read_to_string(self.dir.path("gateway.yaml")).unwrap();
