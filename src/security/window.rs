@@ -67,6 +67,17 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// The counts as a sample (tests build the judgement's inputs with it).
+    #[cfg(test)]
+    pub(crate) fn of(prev: u64, curr: u64, into: f64, length: f64) -> Sample {
+        Sample {
+            prev,
+            curr,
+            into,
+            length,
+        }
+    }
+
     /// Events over the last window length (sliding).
     pub fn estimate(&self) -> f64 {
         let into = self.into.clamp(0.0, 1.0);
@@ -219,15 +230,6 @@ impl Windows {
 mod tests {
     use super::*;
 
-    fn sample(prev: u64, curr: u64, into: f64, length: f64) -> Sample {
-        Sample {
-            prev,
-            curr,
-            into,
-            length,
-        }
-    }
-
     #[test]
     fn keys_are_counted_apart_and_slide() {
         let w = Windows::new(Duration::from_secs(1), 100);
@@ -279,7 +281,7 @@ mod tests {
         for prev in [0u64, 1, 4, 5, 9, 30] {
             for curr in [0u64, 1, 4, 5, 6, 12] {
                 for into in [0.0, 0.1, 0.5, 0.9, 0.999] {
-                    let s = sample(prev, curr, into, 60.0);
+                    let s = Sample::of(prev, curr, into, 60.0);
                     let wait = s.wait_for(limit);
                     let at = into + wait / 60.0 + 1e-9;
                     let est = if at < 1.0 {
@@ -298,7 +300,7 @@ mod tests {
             }
         }
         // Over by the current window alone: the wait runs into the next window.
-        let s = sample(0, 20, 0.5, 1.0);
+        let s = Sample::of(0, 20, 0.5, 1.0);
         assert!((s.wait_for(2) - (0.5 + 0.95)).abs() < 1e-9);
         assert_eq!(whole_seconds(1.45), 2);
         assert_eq!(whole_seconds(0.0), 1);

@@ -447,12 +447,7 @@ mod tests {
     }
 
     fn sample(prev: u64, curr: u64, into: f64, length: f64) -> Sample {
-        Sample {
-            prev,
-            curr,
-            into,
-            length,
-        }
+        Sample::of(prev, curr, into, length)
     }
 
     #[test]
