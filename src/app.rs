@@ -1,10 +1,9 @@
 //! Config → a running Pingora server: the proxy service on `server.host:server.port`.
 
 use crate::config::Config;
-use crate::live::{Live, Loaded};
-use crate::mcp::session::SessionKeys;
-use crate::proxy::routes::Routes;
-use crate::proxy::{Gateway, State};
+use crate::live::{ConfigSource, Live, Loaded};
+use crate::proxy::Gateway;
+use crate::state::State;
 use crate::upstream::health::Upkeep;
 use crate::upstream::Groups;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -23,88 +22,6 @@ pub struct RunOptions {
     pub config_path: Option<String>,
     /// `--log-level`, which wins over `logging.level`, also after a reload.
     pub level_override: Option<log::LevelFilter>,
-}
-
-/// Where the running config came from: shown (with its hash) by the admin API.
-#[derive(Debug, Clone)]
-pub struct ConfigSource {
-    /// The file path, or "(embedded default config)".
-    pub name: String,
-    pub text: String,
-}
-
-/// `path: message` problems as one line.
-fn joined(problems: Vec<(String, String)>) -> String {
-    problems
-        .into_iter()
-        .map(|(p, m)| format!("{p}: {m}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// Build everything the request path reads.
-pub fn build_state(config: &Config) -> Result<Arc<State>, String> {
-    build_state_from(config, None).map(|(s, _)| s)
-}
-
-/// [`build_state`] for a reload: `previous` (the running config and state) lends the
-/// servers that remain and the rate-limit store. Also returns how many servers were
-/// carried over.
-pub fn build_state_from(
-    config: &Config,
-    previous: Option<(&Config, &State)>,
-) -> Result<(Arc<State>, usize), String> {
-    let (groups, kept) = Groups::build_from(config, previous.map(|(c, s)| (c, &s.groups)))?;
-    let routes = Routes::build(config, &groups)?;
-    // Unchanged keys are kept as they are (a generated key too: sessions live on).
-    let same_keys = previous.filter(|(c, _)| c.sessions.keys == config.sessions.keys);
-    let (sessions, generated) = match same_keys {
-        Some((_, s)) => (s.sessions.clone(), false),
-        None => SessionKeys::from_config(&config.sessions.keys)?,
-    };
-    if generated {
-        log::warn!(
-            "sessions.keys is not set: generated a session key for this process only; \
-             MCP sessions will not survive a restart or span gateway replicas"
-        );
-    }
-    let auth = crate::security::auth::Auth::build(&config.security).map_err(joined)?;
-    let cors = crate::security::cors::Cors::build(&config.security.cors).map_err(joined)?;
-    let policies =
-        crate::security::policy::Policies::build(&config.security.policies).map_err(joined)?;
-    let edge = crate::security::edge::Edge::build(&config.server, &config.admin).map_err(joined)?;
-    let state = Arc::new(State {
-        cors,
-        edge,
-        auth,
-        policies,
-        rate_limits: crate::security::rate_limit::RateLimits::build_reusing(
-            &config.security.rate_limiting,
-            previous.map(|(_, s)| &s.rate_limits),
-        )?,
-        // Streams open before a reload keep their slots.
-        streams: crate::security::streams::StreamCaps::reusing(
-            config.security.rate_limiting.max_concurrent_streams,
-            previous.map(|(_, s)| &s.streams),
-        ),
-        routes,
-        groups,
-        sessions,
-        max_request_body: config.limits.max_request_body.0,
-        max_request_headers: config.limits.max_request_headers.0,
-        timeouts: crate::proxy::ctx::Timeouts {
-            request: config.timeouts.request.0,
-            stream_idle: config.timeouts.stream_idle.0,
-        },
-        session_ttl: Some(config.sessions.ttl.0).filter(|d| !d.is_zero()),
-        access_log: config.logging.access_log,
-        hsts: config
-            .server
-            .tls
-            .as_ref()
-            .and_then(crate::security::tls::hsts),
-    });
-    Ok((state, kept))
 }
 
 /// Resolve every server's address before serving. A name that does not resolve is not
@@ -147,7 +64,7 @@ pub fn listen_addr(config: &Config) -> Result<SocketAddr, String> {
 
 /// Start the server; returns only if Pingora does (it exits the process on shutdown).
 pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(), String> {
-    let state = build_state(&config)?;
+    let state = State::build(&config)?;
     let addr = listen_addr(&config)?;
     // Read now: a process started with `-u` serves the files as they are at its start.
     let tls = config
@@ -156,7 +73,10 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         .as_ref()
         .map(crate::security::tls::ListenerTls::load)
         .transpose()
-        .map_err(joined)?;
+        .map_err(|problems| {
+            let lines: Vec<_> = problems.iter().map(|(p, m)| format!("{p}: {m}")).collect();
+            lines.join("; ")
+        })?;
     crate::telemetry::tracing::configure(&config.tracing);
     resolve_upstreams(&state.groups)?;
 

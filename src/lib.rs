@@ -1,14 +1,20 @@
 //! mcp-gateway: an edge proxy for the Model Context Protocol, built on Pingora.
 //!
-//! A newcomer's map: [`config`] (the YAML contract), [`app`] (config → Pingora server),
-//! [`proxy`] (the `ProxyHttp` hooks and the request pipeline), [`mcp`] (JSON-RPC
-//! envelopes, eras, MCP headers, sealed sessions), [`upstream`] (groups, selection, and
-//! the one exchange with a server outside Pingora's proxy path), [`telemetry`] (logs),
-//! [`error`] (the one error type at the edge), [`live`] (the running config, swapped
-//! whole by a reload) and [`lifecycle`] (signals, reload, graceful shutdown).
+//! The modules in their layer order, from the ground up (each names only lower layers;
+//! docs/architecture.md, "Layers", and `tests/layers.rs` keep it so):
+//! [`error`] and [`clock`]; [`mcp`] (JSON-RPC envelopes, eras, MCP headers, sealed
+//! sessions); [`config`] (the YAML contract and the checks it makes alone); [`telemetry`]
+//! (logger, metric families, tracing); [`security`] (auth, policies, rate limits, CORS,
+//! the edge, TLS files); [`upstream`] (groups, selection, health, breakers, the one
+//! exchange with a server outside Pingora's proxy path); [`state`] (the runtime state
+//! built from a config, and the checks that need it); [`live`] (the running state,
+//! swapped whole by a reload); [`proxy`] (the `ProxyHttp` hooks and the request path);
+//! [`admin`] and [`lifecycle`] (signals, reload watcher, graceful end); [`control`] and
+//! [`app`] (config → Pingora server).
 
 pub mod admin;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod error;
@@ -17,5 +23,6 @@ pub mod live;
 pub mod mcp;
 pub mod proxy;
 pub mod security;
+pub mod state;
 pub mod telemetry;
 pub mod upstream;

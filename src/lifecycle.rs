@@ -9,7 +9,7 @@
 //!   stops. Client connections it still holds may then send one last request for up
 //!   to `server.drain_delay` (answered with `Connection: close`, so the client's next
 //!   request opens a connection to the new process) before the idle ones are closed
-//!   ([`linger_after_handoff`]); then the same graceful end.
+//!   ([`crate::proxy::connections::linger_after_handoff`]); then the same graceful end.
 //! * SIGINT: stop now.
 //!
 //! Pingora waits out the whole grace period even when nothing is in flight;
@@ -61,25 +61,6 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// After an upgrade handoff, once shutdown has begun: resolves when no client
-/// connection is left, or `server.drain_delay` after the first call. At once when there
-/// was no handoff.
-///
-/// Closing a kept-alive connection races with the client's next request on it, which
-/// then fails. Pingora closes idle connections when its HTTP app is cleaned up, right
-/// after the listeners stop; during the linger, connections stay open instead, and
-/// each request they bring is answered with `Connection: close` (Pingora does that
-/// once shutdown has begun), so busy clients move to the new process without an error.
-pub async fn linger_after_handoff(live: &Live) {
-    let Some(deadline) = live.handoff_deadline() else {
-        return;
-    };
-    while std::time::Instant::now() < deadline && !crate::proxy::connections::CONNECTIONS.is_empty()
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Ends the process once shutdown has begun, connections have had their linger after a
 /// handoff, and no request is in flight.
 pub struct ExitWhenIdle {
@@ -99,7 +80,7 @@ impl BackgroundService for ExitWhenIdle {
                 deadline.saturating_duration_since(std::time::Instant::now())
             );
         }
-        linger_after_handoff(&self.live).await;
+        crate::proxy::connections::linger_after_handoff(&self.live).await;
         let active = &crate::telemetry::metrics::METRICS.requests_active;
         while active.get() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -9,13 +9,20 @@
 //! change that needs new listeners or a new process (host, port, TLS, threads, the admin
 //! listener, tracing, ...) is refused with a message saying to use the upgrade.
 
-use crate::app::ConfigSource;
 use crate::config::{self, Config};
-use crate::proxy::State;
+use crate::state::State;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// Where the running config came from: shown (with its hash) by the admin API.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The file path, or "(embedded default config)".
+    pub name: String,
+    pub text: String,
+}
 
 /// The running config and where it came from.
 pub struct Loaded {
@@ -138,30 +145,14 @@ impl Live {
     /// changes and every problem is returned (`path: message`).
     pub async fn reload(&self) -> Result<Reloaded, Vec<String>> {
         let _one = self.reloading.lock().await;
-        let (config, text, name) = match &self.path {
-            Some(path) => {
-                let (c, t) = config::load_file_with_text(path)
-                    .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-                (c, t, path.clone())
-            }
-            None => {
-                let c = config::resolve_default()
-                    .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-                (
-                    c,
-                    config::DEFAULT_CONFIG.to_string(),
-                    "(embedded default config)".into(),
-                )
-            }
-        };
+        let (config, text) = crate::state::check::load(self.path.as_deref())
+            .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let name = self
+            .path
+            .clone()
+            .unwrap_or_else(|| "(embedded default config)".into());
         let old = self.loaded();
-        let loaded = Loaded::new(
-            config,
-            ConfigSource {
-                name,
-                text: text.clone(),
-            },
-        );
+        let loaded = Loaded::new(config, ConfigSource { name, text });
         let report = |loaded: &Loaded, state: &State, changed, kept, new| Reloaded {
             source: loaded.source.name.clone(),
             sha256: loaded.sha256.clone(),
@@ -180,9 +171,8 @@ impl Live {
             return Err(blockers);
         }
         let previous = self.state();
-        let (state, kept) =
-            crate::app::build_state_from(&loaded.config, Some((&old.config, &previous)))
-                .map_err(|e| vec![e])?;
+        let (state, kept) = State::build_from(&loaded.config, Some((&old.config, &previous)))
+            .map_err(|e| vec![e])?;
         let mut new = 0;
         for group in state.groups.0.values() {
             for problem in group.resolve_all().await {

@@ -75,11 +75,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let source = cli.config.as_deref().unwrap_or("(embedded default config)");
-    let loaded = match &cli.config {
-        Some(path) => config::load_file_with_text(path),
-        None => config::resolve_default().map(|c| (c, config::DEFAULT_CONFIG.to_string())),
-    };
-    let (config, text) = match loaded {
+    let (config, text) = match mcp_gateway::state::check::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(errors) => {
             report(source, &errors);
@@ -113,7 +109,7 @@ fn main() -> ExitCode {
         config_path: cli.config.clone(),
         level_override: cli.log_level.map(LogLevel::filter),
     };
-    let source = app::ConfigSource {
+    let source = mcp_gateway::live::ConfigSource {
         name: source.to_string(),
         text,
     };

@@ -18,7 +18,7 @@ mod api;
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 use crate::config::AdminConfig;
-use crate::proxy::State;
+use crate::state::State;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::{HttpServer, ServeHttp};
@@ -134,7 +134,10 @@ impl ServeHttp for Admin {
             ("GET", "/metrics") => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                crate::telemetry::metrics::METRICS.render(&self.state().groups),
+                {
+                    self.state().groups.publish_gauges();
+                    crate::telemetry::metrics::METRICS.render()
+                },
             ),
             (_, p) if p.starts_with("/api/v1/") || p == "/api/v1" => {
                 if let Err((status, message)) = self.authorized(session) {

@@ -1,11 +1,13 @@
 //! Reading a config: YAML text → `${ENV}` expansion → `MCP_GATEWAY_*` overrides →
-//! typed tree → semantic validation. Every problem is collected with its path.
+//! typed tree → the checks this tree can make alone (shape, values, references between
+//! its parts). Every problem is collected with its path. The checks that need runtime
+//! objects (keys, certificates, compiled policies) are `state::check`'s; `state::load`
+//! runs both.
 
 use super::units::Dur;
 use super::yaml::{ConfigError, Errors, FromYaml, Path};
 use super::{Config, HealthKind};
 use crate::mcp::session::SessionKeys;
-use crate::upstream::target::Target;
 use serde_yaml_ng::Value;
 use std::collections::HashSet;
 
@@ -15,32 +17,30 @@ pub const RESERVED_PATHS: [&str; 3] = ["/health", "/readiness", "/liveness"];
 /// Largest server weight (keeps the smooth round-robin schedule small).
 pub const MAX_WEIGHT: u32 = 10_000;
 
-/// Read and validate a config file.
-pub fn load_file(path: &str) -> Result<Config, Vec<ConfigError>> {
-    load_file_with_text(path).map(|(c, _)| c)
-}
-
-/// [`load_file`], and the file's text as read (for its hash in the admin API).
-pub fn load_file_with_text(path: &str) -> Result<(Config, String), Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+/// A config file's text.
+pub fn read_file(path: &str) -> Result<String, Vec<ConfigError>> {
+    std::fs::read_to_string(path).map_err(|e| {
         vec![ConfigError {
             path: path.to_string(),
             message: format!("cannot read config file: {e}"),
         }]
-    })?;
-    let config = load_str(&text, &|k| std::env::var(k).ok())?;
-    Ok((config, text))
+    })
 }
 
-/// The embedded default config, with env overrides applied.
-pub fn resolve_default() -> Result<Config, Vec<ConfigError>> {
-    load_str(super::DEFAULT_CONFIG, &|k| std::env::var(k).ok())
-}
-
-/// Parse and validate config text; `env` looks up environment variables.
+/// Parse config text and make this module's checks; `env` looks up environment variables.
 pub fn load_str(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
+    load_str_and(text, env, &|_| Vec::new())
+}
+
+/// [`load_str`], then `more` (the checks of a layer above) on a tree whose shape is
+/// right, so one run lists every problem.
+pub fn load_str_and(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    more: &dyn Fn(&Config) -> Vec<ConfigError>,
 ) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors::default();
     let mut root: Value = match serde_yaml_ng::from_str(text) {
@@ -61,6 +61,7 @@ pub fn load_str(
     let config = Config::from_yaml(&root, &Path::root(), &mut errs).unwrap_or_default();
     if errs.is_empty() {
         validate(&config, &mut errs);
+        errs.0.extend(more(&config));
     }
     if errs.is_empty() {
         Ok(config)
@@ -159,16 +160,16 @@ fn apply_overrides(root: &mut Value, env: &dyn Fn(&str) -> Option<String>, errs:
     }
 }
 
-/// Checks that need more than one field or the outside world.
 /// A path the config serves (`/mcp` when no routes are configured).
 fn known_route(c: &Config, route: &str) -> bool {
     if c.routes.is_empty() {
-        route == crate::proxy::routes::DEFAULT_PATH
+        route == super::DEFAULT_PATH
     } else {
         c.routes.iter().any(|r| r.path == route)
     }
 }
 
+/// Checks that need more than one field or the outside world.
 fn validate(c: &Config, errs: &mut Errors) {
     let root = Path::root();
     let server = root.key("server");
@@ -186,17 +187,6 @@ fn validate(c: &Config, errs: &mut Errors) {
     }
     if c.server.threads == 0 {
         errs.push(&server.key("threads"), "must be at least 1");
-    }
-    // The files are read and checked as the listener will read them.
-    if let Some(Err(problems)) = c
-        .server
-        .tls
-        .as_ref()
-        .map(crate::security::tls::ListenerTls::load)
-    {
-        for (path, message) in problems {
-            errs.0.push(ConfigError { path, message });
-        }
     }
 
     let groups = root.key("upstream").key("groups");
@@ -217,7 +207,6 @@ fn validate(c: &Config, errs: &mut Errors) {
             }
         }
         let mut ids = HashSet::new();
-        let mut addresses = HashSet::new();
         for (i, s) in g.servers.iter().enumerate() {
             let sp = gp.key("servers").index(i);
             if s.id.is_empty() {
@@ -232,15 +221,6 @@ fn validate(c: &Config, errs: &mut Errors) {
             }
             if s.url.is_empty() {
                 errs.push(&sp.key("url"), "is required");
-            } else {
-                match Target::from_url(&s.url) {
-                    Ok(t) if !addresses.insert(t.endpoint.clone()) => errs.push(
-                        &sp.key("url"),
-                        format!("another server of group {name:?} has the same address; each replica needs its own"),
-                    ),
-                    Ok(_) => {}
-                    Err(e) => errs.push(&sp.key("url"), e),
-                }
             }
             if !(1..=MAX_WEIGHT).contains(&s.weight) {
                 errs.push(
@@ -394,15 +374,6 @@ fn validate(c: &Config, errs: &mut Errors) {
             "must be greater than 0",
         );
     }
-    let built = [
-        crate::security::cors::Cors::build(&c.security.cors).err(),
-        crate::security::auth::Auth::build(&c.security).err(),
-        crate::security::policy::Policies::build(&c.security.policies).err(),
-        crate::security::edge::Edge::build(&c.server, &c.admin).err(),
-    ];
-    for (path, message) in built.into_iter().flatten().flatten() {
-        errs.0.push(ConfigError { path, message });
-    }
     let client_ca = c.server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     for (i, rule) in c.security.auth.iter().enumerate() {
         if rule.client_cert && !client_ca {
@@ -470,13 +441,8 @@ fn validate(c: &Config, errs: &mut Errors) {
     if throttle.max_tracked_keys == 0 {
         errs.push(&atp.key("max_tracked_keys"), "must be at least 1");
     }
-    if let Some(url) = rate_limiting.redis_url() {
-        if let Err(e) = crate::security::rate_limit::shared::describe_url(url) {
-            errs.push(&rlp.key("redis"), e);
-        }
-        if rate_limiting.redis_timeout.0.is_zero() {
-            errs.push(&rlp.key("redis_timeout"), "must be greater than 0");
-        }
+    if rate_limiting.redis_url().is_some() && rate_limiting.redis_timeout.0.is_zero() {
+        errs.push(&rlp.key("redis_timeout"), "must be greater than 0");
     }
     let tracing = root.key("tracing");
     if let Some(endpoint) = c.tracing.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {

@@ -27,8 +27,8 @@
 //! of the `Arc`, so the address cannot be reused by another connection while it is
 //! registered. A request finds its connection by the task-local, else by that address.
 
+use crate::clock::now_ms;
 use crate::telemetry::metrics::METRICS;
-use crate::upstream::breaker::now_ms;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use crossbeam_skiplist::SkipMap;
@@ -156,7 +156,7 @@ pub struct Tracked<A> {
     /// `limits.request_head_timeout` in milliseconds (`0`: none).
     head_timeout_ms: u64,
     /// Whose upgrade handoff makes the cleanup wait (see
-    /// [`crate::lifecycle::linger_after_handoff`]).
+    /// [`linger_after_handoff`]).
     live: Option<Arc<crate::live::Live>>,
 }
 
@@ -280,8 +280,26 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
 
     async fn cleanup(&self) {
         if let Some(live) = &self.live {
-            crate::lifecycle::linger_after_handoff(live).await;
+            linger_after_handoff(live).await;
         }
         self.inner.cleanup().await;
+    }
+}
+
+/// After an upgrade handoff, once shutdown has begun: resolves when no client
+/// connection is left, or `server.drain_delay` after the first call. At once when there
+/// was no handoff.
+///
+/// Closing a kept-alive connection races with the client's next request on it, which
+/// then fails. Pingora closes idle connections when its HTTP app is cleaned up, right
+/// after the listeners stop; during the linger, connections stay open instead, and
+/// each request they bring is answered with `Connection: close` (Pingora does that
+/// once shutdown has begun), so busy clients move to the new process without an error.
+pub async fn linger_after_handoff(live: &crate::live::Live) {
+    let Some(deadline) = live.handoff_deadline() else {
+        return;
+    };
+    while std::time::Instant::now() < deadline && !CONNECTIONS.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

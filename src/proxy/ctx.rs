@@ -3,13 +3,14 @@
 use super::connections::Conn;
 use crate::error::GatewayError;
 use crate::mcp::envelope::{Envelope, Era};
+use crate::state::Timeouts;
 use crate::telemetry::metrics::METRICS;
 use crate::telemetry::tracing::RequestSpan;
 use crate::upstream::{Group, InFlight, Server};
 use bytes::{Bytes, BytesMut};
 use prometheus::IntGauge;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What the gateway learned about the MCP message of this request.
 #[derive(Debug, Default)]
@@ -41,7 +42,7 @@ impl McpInfo {
 pub struct RequestCtx {
     /// The state current when the request started: a reload never changes it under a
     /// request in flight.
-    pub state: Arc<super::State>,
+    pub state: Arc<crate::state::State>,
     pub started: Instant,
     /// The matched route's path.
     pub route: Option<Arc<str>>,
@@ -137,15 +138,8 @@ impl Tried {
     }
 }
 
-/// Upstream read timeouts, copied from the state at the start of a request.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Timeouts {
-    pub request: Duration,
-    pub stream_idle: Duration,
-}
-
 impl RequestCtx {
-    pub fn new(state: Arc<super::State>) -> Self {
+    pub fn new(state: Arc<crate::state::State>) -> Self {
         RequestCtx {
             state,
             started: Instant::now(),

@@ -3,7 +3,7 @@
 //! `/readiness` answers `200` only while the process is not draining (SIGTERM) and every
 //! group has at least one server up, else `503` naming the groups with none.
 
-use super::State;
+use crate::state::State;
 
 /// Is `path` one of the health probes?
 pub fn is_probe(path: &str) -> bool {

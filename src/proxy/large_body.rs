@@ -11,9 +11,9 @@
 //! cancellation).
 
 use super::ctx::RequestCtx;
+use super::record;
 use super::{forward, Gateway};
 use crate::error::GatewayError;
-use crate::telemetry::record;
 use crate::upstream::exchange::{self, Outcome, Record, Sent};
 use pingora::prelude::*;
 use pingora::proxy::Session;

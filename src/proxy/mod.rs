@@ -26,14 +26,11 @@ pub mod hop_by_hop;
 pub mod large_body;
 pub mod list_filter;
 pub mod outcome;
+pub mod record;
 pub mod request;
 pub mod respond;
-pub mod routes;
 
 use crate::error::GatewayError;
-use crate::mcp::session::SessionKeys;
-use crate::telemetry::record;
-use crate::upstream::Groups;
 use async_trait::async_trait;
 use ctx::RequestCtx;
 use pingora::connectors::http::Connector;
@@ -42,31 +39,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use routes::Routes;
 use std::sync::Arc;
-
-/// Everything the request path reads, built once from the config.
-pub struct State {
-    pub routes: Routes,
-    pub groups: Groups,
-    pub sessions: SessionKeys,
-    pub auth: crate::security::auth::Auth,
-    pub policies: crate::security::policy::Policies,
-    pub rate_limits: crate::security::rate_limit::RateLimits,
-    /// Open SSE streams per identity (`security.rate_limiting.max_concurrent_streams`).
-    pub streams: crate::security::streams::StreamCaps,
-    pub cors: crate::security::cors::Cors,
-    /// Trusted proxies and allowed hosts (`server.trusted_proxies`, `*.allowed_hosts`).
-    pub edge: crate::security::edge::Edge,
-    pub max_request_body: u64,
-    pub max_request_headers: u64,
-    pub timeouts: ctx::Timeouts,
-    /// Sealed session ids older than this are refused (`None`: never).
-    pub session_ttl: Option<std::time::Duration>,
-    pub access_log: bool,
-    /// `Strict-Transport-Security` for every answer (TLS listeners only).
-    pub hsts: Option<http::HeaderValue>,
-}
 
 pub struct Gateway {
     /// The running state; each request takes the one current when it starts.
@@ -276,7 +249,7 @@ impl ProxyHttp for Gateway {
             record::span_end(session, ctx, e);
         }
         if ctx.state.access_log {
-            crate::telemetry::access_log(session, e, ctx);
+            record::access_log(session, e, ctx);
         }
     }
 }

@@ -5,7 +5,8 @@
 
 use super::ctx::RequestCtx;
 use super::list_filter::Scope;
-use super::{large_body, respond, Gateway, State};
+use super::record;
+use super::{large_body, respond, Gateway};
 use crate::error::GatewayError;
 use crate::mcp::envelope::{self, Body, Era, InspectError};
 use crate::mcp::headers::{self, MCP_SESSION_ID};
@@ -14,8 +15,8 @@ use crate::security::cors::Cors;
 use crate::security::policy::{Action, ListKind};
 use crate::security::rate_limit::Subject;
 use crate::security::streams::TooManyStreams;
+use crate::state::State;
 use crate::telemetry::metrics::{self, METRICS};
-use crate::telemetry::record;
 use crate::telemetry::tracing::RequestSpan;
 use bytes::{Bytes, BytesMut};
 use http::Method;

@@ -587,19 +587,21 @@ mod tests {
 
     #[test]
     fn config_problems_name_their_path() {
-        let errs = crate::config::load_str(
+        let errs = crate::state::check::load_str(
             "upstream: {groups: {default: {servers: [{id: a, url: 'http://127.0.0.1:1'}]}}}\nsecurity:\n  policies:\n    - {tools: ['x']}\n    - {effect: allow, tools: ['[bad'], routes: [mcp, /nope]}\n",
             &|_| None,
         )
         .unwrap_err();
-        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        // The config's own checks come first, then the compiled policies'.
+        let mut paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        paths.sort_unstable();
         assert_eq!(
             paths,
             [
                 "security.policies[0].effect",
                 "security.policies[1].routes[0]",
-                "security.policies[1].tools[0]",
                 "security.policies[1].routes[1]",
+                "security.policies[1].tools[0]",
             ]
         );
     }

@@ -24,10 +24,7 @@ use std::time::Duration;
 /// Buckets shared by the keys that find the table full.
 pub const OVERFLOW_BUCKETS: u64 = 4096;
 
-/// Milliseconds on the process's monotonic clock.
-pub fn now_ms() -> u64 {
-    crate::upstream::breaker::now_ms()
-}
+pub use crate::clock::now_ms;
 
 /// One key's counts.
 #[derive(Debug, Clone, Copy, Default)]

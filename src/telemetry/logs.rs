@@ -1,14 +1,11 @@
 //! Structured logs on stderr. `logging.format: json` writes one JSON object per line;
-//! `text` writes `timestamp level target message`. The access log goes to the
-//! `access` target at info level. Secrets never reach a log line: the access log records
-//! no header values and no bodies.
+//! `text` writes `timestamp level target message`. The access log
+//! (written by the request path, `proxy::record::access_log`) goes to the `access` target
+//! at info level.
 
 use crate::config::{LogFormat, LoggingConfig};
-use crate::proxy::ctx::RequestCtx;
 use arc_swap::ArcSwap;
 use once_cell::sync::OnceCell;
-use pingora::prelude::*;
-use pingora::proxy::Session;
 use serde_json::json;
 use std::io::Write;
 use std::sync::Arc;
@@ -97,38 +94,4 @@ fn build(cfg: &LoggingConfig, level_override: Option<log::LevelFilter>) -> env_l
         }
     }
     b.build()
-}
-
-/// One line per request.
-pub fn access_log(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
-    if !log::log_enabled!(target: "access", log::Level::Info) {
-        return;
-    }
-    let req = session.req_header();
-    let status = super::record::client_status(session, ctx);
-    let line = json!({
-        "request_id": ctx.request_id,
-        "client": session.client_addr().map(|a| a.to_string()),
-        "client_ip": crate::security::edge::client_ip(session, &ctx.state.edge).map(|ip| ip.to_string()),
-        "method": req.method.as_str(),
-        "path": req.uri.path(),
-        "route": ctx.route.as_deref(),
-        "identity": ctx.identity.as_ref().map(|i| i.subject.as_str()),
-        "auth": ctx.identity.as_ref().map(|i| i.method),
-        "auth_rule": ctx.identity.as_ref().map(|i| i.rule.as_str()),
-        "status": status,
-        "duration_ms": ctx.started.elapsed().as_secs_f64() * 1000.0,
-        "group": ctx.group.as_ref().map(|g| g.name.as_str()),
-        "server": ctx.server().map(|s| s.id.as_str()),
-        "mcp_method": ctx.mcp.method(),
-        "mcp_name": ctx.mcp.name(),
-        "era": ctx.era().map(|e| e.as_str()),
-        "batch": ctx.mcp.batch_len,
-        "error": ctx.error.as_ref().map(|e| e.kind()),
-        "jsonrpc_error": ctx.error.as_ref().map(|e| e.status_and_code().1),
-        "bytes_in": session.downstream_session.body_bytes_read(),
-        "bytes_out": session.downstream_session.body_bytes_sent(),
-        "proxy_error": e.map(|e| e.etype().as_str()),
-    });
-    log::info!(target: "access", "{line}");
 }

@@ -9,8 +9,6 @@
 //! per upstream attempt; gauges that mirror state (server health, breaker state,
 //! in-flight requests) are read from the groups when `/metrics` is scraped.
 
-use crate::upstream::breaker::State;
-use crate::upstream::Groups;
 use once_cell::sync::Lazy;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -61,9 +59,9 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub health_checks: IntCounterVec,
-    upstream_up: IntGaugeVec,
-    breaker_state: IntGaugeVec,
-    upstream_in_flight: IntGaugeVec,
+    pub upstream_up: IntGaugeVec,
+    pub breaker_state: IntGaugeVec,
+    pub upstream_in_flight: IntGaugeVec,
 }
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
@@ -243,22 +241,8 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the state gauges read from `groups` first.
-    pub fn render(&self, groups: &Groups) -> Vec<u8> {
-        for group in groups.0.values() {
-            for s in &group.servers() {
-                let labels = [group.name.as_str(), s.id.as_str()];
-                self.upstream_up
-                    .with_label_values(&labels)
-                    .set(i64::from(s.is_up()));
-                self.breaker_state
-                    .with_label_values(&labels)
-                    .set(breaker_value(s.breaker.state()));
-                self.upstream_in_flight
-                    .with_label_values(&labels)
-                    .set(s.in_flight() as i64);
-            }
-        }
+    /// The text exposition (whoever owns the state gauges sets them first).
+    pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::error!("encoding metrics: {e}");
@@ -340,14 +324,6 @@ pub fn status_label(status: u16) -> &'static str {
         .unwrap_or("other")
 }
 
-pub fn breaker_value(s: State) -> i64 {
-    match s {
-        State::Closed => 0,
-        State::Open => 1,
-        State::HalfOpen => 2,
-    }
-}
-
 /// The `method` label: a known MCP method, `other`, or for requests without one the
 /// HTTP method (`GET` for the SSE stream, `DELETE` to end a session; `response` for a
 /// POSTed JSON-RPC response, `none` for a body refused before its envelope was read:
@@ -397,7 +373,7 @@ mod tests {
             .requests
             .with_label_values(&["/mcp", "default", "tools/list", "200"])
             .inc();
-        let text = String::from_utf8(METRICS.render(&Groups::default())).unwrap();
+        let text = String::from_utf8(METRICS.render()).unwrap();
         assert!(text.contains("# TYPE mcp_gateway_requests_total counter"));
         assert!(text.contains(
             r#"mcp_gateway_requests_total{group="default",method="tools/list",route="/mcp",status="200"}"#

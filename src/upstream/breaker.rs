@@ -20,9 +20,8 @@
 //! permit was handed out starts a fresh round of permits, so half-open always ends.
 //! Clocks are milliseconds from [`now_ms`] (passed in, so the state machine is testable).
 
-use once_cell::sync::Lazy;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
@@ -31,7 +30,7 @@ const HALF_OPEN: u8 = 2;
 /// The permit count in [`Breaker::probes`] (its low 32 bits).
 const PERMITS: u64 = 0xFFFF_FFFF;
 
-/// A breaker's state, as shown in logs and (later) metrics.
+/// A breaker's state, as shown in logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     Closed,
@@ -40,6 +39,15 @@ pub enum State {
 }
 
 impl State {
+    /// The `mcp_gateway_circuit_breaker_state` value: 0 closed, 1 open, 2 half open.
+    pub fn gauge_value(self) -> i64 {
+        match self {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Closed => "closed",
@@ -64,12 +72,7 @@ impl Permit {
     }
 }
 
-static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
-
-/// Milliseconds since the process's first use of the clock.
-pub fn now_ms() -> u64 {
-    EPOCH.elapsed().as_millis() as u64
-}
+pub use crate::clock::now_ms;
 
 #[derive(Debug)]
 pub struct Breaker {

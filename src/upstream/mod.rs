@@ -39,6 +39,26 @@ pub(crate) fn load_ca(path: &str) -> Result<Arc<[WrappedX509]>, String> {
 pub struct Groups(pub HashMap<String, Arc<Group>>);
 
 impl Groups {
+    /// Set the per-server state gauges (up, breaker state, in flight) before the metrics
+    /// are rendered.
+    pub fn publish_gauges(&self) {
+        let m = &crate::telemetry::metrics::METRICS;
+        for group in self.0.values() {
+            for s in &group.servers() {
+                let labels = [group.name.as_str(), s.id.as_str()];
+                m.upstream_up
+                    .with_label_values(&labels)
+                    .set(i64::from(s.is_up()));
+                m.breaker_state
+                    .with_label_values(&labels)
+                    .set(s.breaker.state().gauge_value());
+                m.upstream_in_flight
+                    .with_label_values(&labels)
+                    .set(s.in_flight() as i64);
+            }
+        }
+    }
+
     pub fn build(config: &Config) -> Result<Groups, String> {
         Self::build_from(config, None).map(|(g, _)| g)
     }

@@ -35,6 +35,7 @@ pub use identity::{Identity, Refusal};
 pub use oauth::RESOURCE_METADATA_PATH;
 pub use throttle::Throttled;
 
+use crate::clock::now_ms;
 use crate::config::SecurityConfig;
 use crate::security::tls::ClientCert;
 use rules::Rule;
@@ -44,11 +45,6 @@ use throttle::{Attempt, AuthThrottle};
 
 /// Problems found building auth: `(path, message)`.
 type Problems = Vec<(String, String)>;
-
-/// Milliseconds since the process's first use of this clock.
-fn now_ms() -> u64 {
-    crate::upstream::breaker::now_ms()
-}
 
 /// All rules, built once from the config.
 #[derive(Default)]

@@ -1,14 +1,15 @@
-//! Feeding the metrics from the request path: one call per request at its end, one per
-//! upstream attempt, and the `tools/list` answers that teach a group its tool names.
+//! What one request leaves behind: the metrics (one call per request at its end, one per
+//! upstream attempt, and the `tools/list` answers that teach a group its tool names), its
+//! trace span and its access log line.
 
-use super::metrics::{self, mcp_method_label, METRICS};
-use crate::proxy::ctx::RequestCtx;
+use super::ctx::RequestCtx;
+use crate::telemetry::metrics::{self, mcp_method_label, METRICS};
 use bytes::Bytes;
 use pingora::proxy::Session;
 
 /// The status the client got (0 when nothing was sent).
 pub fn client_status(session: &Session, ctx: &RequestCtx) -> u16 {
-    crate::proxy::respond::final_response_written(session)
+    super::respond::final_response_written(session)
         .map(|r| r.status.as_u16())
         .or(ctx.local_status)
         .unwrap_or(0)
@@ -49,10 +50,9 @@ pub fn request_end(session: &Session, ctx: &RequestCtx) {
         {
             // Hash (SHA-256) only when the session changed on this connection.
             if conn.session_changed(sid) {
-                conn.session
-                    .store(Some(std::sync::Arc::new(super::tracing::session_handle(
-                        sid,
-                    ))));
+                conn.session.store(Some(std::sync::Arc::new(
+                    crate::telemetry::tracing::session_handle(sid),
+                )));
             }
         }
     }
@@ -111,7 +111,7 @@ pub fn span_request(session: &Session, ctx: &mut RequestCtx) {
         .headers
         .get(crate::mcp::headers::MCP_SESSION_ID)
         .and_then(|v| v.to_str().ok())
-        .map(super::tracing::session_handle);
+        .map(crate::telemetry::tracing::session_handle);
     let identity = ctx.identity.as_ref().map(|i| i.subject.clone());
     let req = session.req_header();
     let Some(span) = ctx.span.as_mut() else {
@@ -253,6 +253,41 @@ pub fn tool_names(body: &[u8]) -> Vec<String> {
         .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
         .flat_map(|v| from(&v))
         .collect()
+}
+
+/// One line per request on the `access` target. Secrets never reach it: no header values
+/// and no bodies.
+pub fn access_log(session: &Session, e: Option<&pingora::Error>, ctx: &RequestCtx) {
+    if !log::log_enabled!(target: "access", log::Level::Info) {
+        return;
+    }
+    let req = session.req_header();
+    let status = client_status(session, ctx);
+    let line = serde_json::json!({
+        "request_id": ctx.request_id,
+        "client": session.client_addr().map(|a| a.to_string()),
+        "client_ip": crate::security::edge::client_ip(session, &ctx.state.edge).map(|ip| ip.to_string()),
+        "method": req.method.as_str(),
+        "path": req.uri.path(),
+        "route": ctx.route.as_deref(),
+        "identity": ctx.identity.as_ref().map(|i| i.subject.as_str()),
+        "auth": ctx.identity.as_ref().map(|i| i.method),
+        "auth_rule": ctx.identity.as_ref().map(|i| i.rule.as_str()),
+        "status": status,
+        "duration_ms": ctx.started.elapsed().as_secs_f64() * 1000.0,
+        "group": ctx.group.as_ref().map(|g| g.name.as_str()),
+        "server": ctx.server().map(|s| s.id.as_str()),
+        "mcp_method": ctx.mcp.method(),
+        "mcp_name": ctx.mcp.name(),
+        "era": ctx.era().map(|e| e.as_str()),
+        "batch": ctx.mcp.batch_len,
+        "error": ctx.error.as_ref().map(|e| e.kind()),
+        "jsonrpc_error": ctx.error.as_ref().map(|e| e.status_and_code().1),
+        "bytes_in": session.downstream_session.body_bytes_read(),
+        "bytes_out": session.downstream_session.body_bytes_sent(),
+        "proxy_error": e.map(|e| e.etype().as_str()),
+    });
+    log::info!(target: "access", "{line}");
 }
 
 #[cfg(test)]

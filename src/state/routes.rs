@@ -5,10 +5,7 @@ use crate::upstream::{Group, Groups};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The path served when no routes are configured.
-pub const DEFAULT_PATH: &str = "/mcp";
-/// The group that path goes to.
-pub const DEFAULT_GROUP: &str = "default";
+pub use crate::config::{DEFAULT_GROUP, DEFAULT_PATH};
 
 /// A route: its path (shared, for labels and logs) and its group.
 #[derive(Debug, Clone)]
