@@ -350,29 +350,22 @@ fn validate(c: &Config, errs: &mut Errors) {
             "must be at least 1KiB",
         );
     }
-    if c.limits.max_request_body.0 == 0 {
-        errs.push(
-            &root.key("limits").key("max_request_body"),
-            "must be greater than 0",
-        );
-    }
-    if c.timeouts.connect.0.is_zero() {
-        errs.push(
-            &root.key("timeouts").key("connect"),
-            "must be greater than 0",
-        );
-    }
-    if c.timeouts.request.0.is_zero() {
-        errs.push(
-            &root.key("timeouts").key("request"),
-            "must be greater than 0",
-        );
-    }
-    if c.timeouts.stream_idle.0.is_zero() {
-        errs.push(
-            &root.key("timeouts").key("stream_idle"),
-            "must be greater than 0",
-        );
+    let positive = [
+        (
+            "limits",
+            "max_request_body",
+            c.limits.max_request_body.0 == 0,
+        ),
+        ("timeouts", "connect", c.timeouts.connect.0.is_zero()),
+        ("timeouts", "request", c.timeouts.request.0.is_zero()),
+        (
+            "timeouts",
+            "stream_idle",
+            c.timeouts.stream_idle.0.is_zero(),
+        ),
+    ];
+    for (section, key, _) in positive.into_iter().filter(|(_, _, zero)| *zero) {
+        errs.push(&root.key(section).key(key), "must be greater than 0");
     }
     let client_ca = c.server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     for (i, rule) in c.security.auth.iter().enumerate() {
