@@ -13,12 +13,13 @@ const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 fn sessions(c: &mut Criterion) {
     let (keys, _) = SessionKeys::from_config(&[KEY.to_string()]).unwrap();
-    let owner = Some(Owner {
+    let alice = Owner {
         method: "jwt",
         rule: "users",
         subject: "alice@example.com",
         client_id: Some("agent-7"),
-    });
+    };
+    let owner = Some(alice);
     let upstream_id = "2c9f6a0e-5b1d-4f7e-9a63-0c1d2e3f4a5b";
     let sealed = keys.seal("files", owner, "files-1", upstream_id, 1_700_000_000);
     let mut g = c.benchmark_group("session");
@@ -31,7 +32,7 @@ fn sessions(c: &mut Criterion) {
     g.bench_function("open/foreign_identity", |b| {
         let other = Some(Owner {
             subject: "mallory@example.com",
-            ..owner.unwrap()
+            ..alice
         });
         b.iter(|| assert!(keys.open("files", other, black_box(&sealed)).is_none()))
     });
