@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use std::collections::HashSet;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
@@ -15,16 +14,6 @@ const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
 /// `config_for` with `lines` added to the `server:` block.
 fn with_server(urls: &[String], lines: &str, extra: &str) -> String {
     config_for(urls, extra).replacen("server:\n", &format!("server:\n{lines}"), 1)
-}
-
-/// Send `head` (a raw HTTP/1.1 request without a body) and return the whole answer.
-fn raw(port: u16, head: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The JSON body of a raw answer.
@@ -223,10 +212,11 @@ async fn a_foreign_host_is_misdirected_on_the_proxy_port() {
     );
 
     // No Host at all: refused too, before the body is read.
-    let answer = raw(
+    let answer = raw_request(
         port,
         "GET /mcp HTTP/1.1\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
-    );
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
     let v = raw_body(&answer);
     assert_eq!(v["error"]["code"], -32600, "{v}");
@@ -246,7 +236,7 @@ async fn a_foreign_host_is_misdirected_on_the_proxy_port() {
             .unwrap();
         assert_eq!(r.status(), 200, "{host}");
     }
-    let answer = raw(port, "GET /health HTTP/1.0\r\n\r\n");
+    let answer = raw_request(port, "GET /health HTTP/1.0\r\n\r\n").await;
     assert!(
         answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
         "{answer}"
@@ -337,10 +327,11 @@ async fn the_admin_port_refuses_foreign_hosts() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let answer = raw(
+    let answer = raw_request(
         admin_port,
         "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
-    );
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
 
     // A list of its own.

@@ -476,14 +476,10 @@ async fn sse_streams_pass_through_unbuffered_and_disconnects_cancel_upstream() {
 
     // The client goes away: the upstream request is closed (the modern cancellation).
     drop(resp);
-    let mut cancelled = false;
-    for _ in 0..200 {
-        if up.state().await["cancelled"].as_u64().unwrap() >= 1 {
-            cancelled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let cancelled = eventually(Duration::from_secs(10), || async {
+        up.state().await["cancelled"].as_u64().unwrap() >= 1
+    })
+    .await;
     assert!(
         cancelled,
         "the upstream never saw the client go away:\n{}",
@@ -502,14 +498,10 @@ async fn sse_streams_pass_through_unbuffered_and_disconnects_cancel_upstream() {
     let first = resp.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
     drop(resp);
-    let mut cancelled = false;
-    for _ in 0..200 {
-        if up.state().await["cancelled"].as_u64().unwrap() >= 2 {
-            cancelled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let cancelled = eventually(Duration::from_secs(10), || async {
+        up.state().await["cancelled"].as_u64().unwrap() >= 2
+    })
+    .await;
     assert!(
         cancelled,
         "the large-body relay did not close the upstream request"
@@ -754,18 +746,6 @@ async fn strategies_spread_requests() {
             _ => unreachable!(),
         }
     }
-}
-
-/// Send raw bytes and read what comes back until the server closes or 5 s pass.
-async fn raw_request(port: u16, head: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]

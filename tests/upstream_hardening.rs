@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A `tools/call` of the mock's `tool`, padded to at least `pad` bytes.
@@ -75,22 +75,6 @@ async fn admin_server(gw: &Gateway) -> Value {
     let s = v["groups"][0]["servers"][0].clone();
     assert!(s.is_object(), "admin API: {v}");
     s
-}
-
-/// Poll `check` every 50 ms for up to `limit`.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 #[tokio::test]
@@ -193,79 +177,6 @@ async fn hop_by_hop_response_fields_never_reach_the_client() {
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["id"], 7, "{path}: {v}");
     }
-}
-
-/// A test CA and a server certificate for 127.0.0.1 it issued.
-fn pki() -> TempDir {
-    let dir = TempDir::new("pki");
-    make_cert(
-        &dir,
-        "ca",
-        "/CN=Test CA",
-        None,
-        &[
-            "basicConstraints=critical,CA:TRUE",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    make_cert(
-        &dir,
-        "server",
-        "/CN=gateway",
-        Some("ca"),
-        &[
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "extendedKeyUsage=serverAuth",
-            "basicConstraints=critical,CA:FALSE",
-        ],
-    );
-    dir
-}
-
-/// A client trusting the test CA; it speaks HTTP/2 when ALPN offers it.
-fn tls_client(pki: &TempDir) -> reqwest::Client {
-    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-/// The gateway with a TLS listener (`h2` and `http/1.1` by ALPN), ready.
-async fn tls_gateway(pki: &TempDir, yaml: &str) -> (std::process::Child, TempDir, u16) {
-    let yaml = yaml.replacen(
-        "server:\n",
-        &format!(
-            "server:\n  tls:\n    cert: {}\n    key: {}\n",
-            pki.path("server.pem").display(),
-            pki.path("server.key").display()
-        ),
-        1,
-    );
-    let (config, dir, port) = Gateway::prepare(&yaml, &[]);
-    let mut child = Gateway::spawn(&config, &dir, &[], &[]);
-    let c = tls_client(pki);
-    let ready = eventually(Duration::from_secs(30), || {
-        let c = c.clone();
-        async move {
-            c.get(format!("https://127.0.0.1:{port}/readiness"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
-    .await;
-    if !ready {
-        let _ = child.kill();
-        panic!(
-            "TLS gateway not ready:\n{}",
-            std::fs::read_to_string(dir.path("gateway.log")).unwrap_or_default()
-        );
-    }
-    (child, dir, port)
 }
 
 #[tokio::test]

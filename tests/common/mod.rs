@@ -4,8 +4,19 @@
 //! * [`Gateway`]: the real `mcp-gateway` binary with a generated YAML config, ready
 //!   once `/readiness` answers 200.
 //!
+//! * [`tls`]: a test CA, a client trusting it and a gateway with a TLS listener;
+//! * [`raw`]: raw HTTP/1.1 requests on a fresh connection.
+//!
 //! Every process is killed when its handle drops.
 #![allow(dead_code)]
+
+pub mod raw;
+pub mod tls;
+
+#[allow(unused_imports)]
+pub use raw::*;
+#[allow(unused_imports)]
+pub use tls::*;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -19,12 +30,57 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The YAML config files shipped in `conf/`, `examples/` and `k8s/config/`.
+pub fn config_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in ["conf", "examples", "k8s/config"] {
+        let Ok(entries) = std::fs::read_dir(repo().join(dir)) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Poll `check` every 50 ms for up to `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A URL on the admin service of the gateway whose config [`Gateway::prepare`] wrote in
+/// `dir` (its port read back from that config).
+pub fn admin_url_in(dir: &TempDir, path: &str) -> String {
+    let yaml = std::fs::read_to_string(dir.path("gateway.yaml")).unwrap();
+    let port = yaml
+        .split("\nadmin:\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().find_map(|l| l.trim().strip_prefix("port: ")))
+        .expect("the config has an admin block with a port");
+    format!("http://127.0.0.1:{}{path}", port.trim())
 }
 
 /// A fresh temporary directory (removed on drop).
@@ -319,13 +375,7 @@ impl Gateway {
 
     /// A URL on the admin service (its port read back from the config written).
     pub fn admin_url(&self, path: &str) -> String {
-        let yaml = std::fs::read_to_string(self.dir.path("gateway.yaml")).unwrap();
-        let port = yaml
-            .split("\nadmin:\n")
-            .nth(1)
-            .and_then(|rest| rest.lines().find_map(|l| l.trim().strip_prefix("port: ")))
-            .expect("the config has an admin block with a port");
-        format!("http://127.0.0.1:{}{path}", port.trim())
+        admin_url_in(&self.dir, path)
     }
 
     pub fn log(&self) -> String {
