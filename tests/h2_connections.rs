@@ -12,15 +12,12 @@ const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
 const STREAM: &str = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"stream","arguments":{"delay":20}}}"#;
 
 async fn connections(admin: &str) -> Vec<Value> {
-    let v: Value = client()
-        .get(format!("{admin}/api/v1/connections"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = json_of(
+        client()
+            .get(format!("{admin}/api/v1/connections"))
+            .bearer_auth(TOKEN),
+    )
+    .await;
     v["connections"].as_array().unwrap().clone()
 }
 

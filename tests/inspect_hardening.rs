@@ -326,16 +326,13 @@ async fn resources_are_authorized_on_their_uri() {
     let body = json!({"jsonrpc": "2.0", "id": 2, "method": "resources/read",
         "params": {"uri": "mem://public/readme", "name": "readme",
             "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
-    let resp = post(&client(), &gw.url("/mcp"), body.to_string())
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "resources/read")
-        .header("mcp-name", "mem://public/readme")
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(status, 200, "{v}");
+    json_ok(
+        post(&client(), &gw.url("/mcp"), body.to_string())
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "resources/read")
+            .header("mcp-name", "mem://public/readme"),
+    )
+    .await;
     // A tool call is judged on its name, never on a `uri` beside it.
     let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
         "params": {"uri": "echo", "name": "status"}});

@@ -692,14 +692,7 @@ async fn health_endpoints() {
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.json::<Value>().await.unwrap()["status"], "ok");
     }
-    let v: Value = c
-        .get(gw.url("/readiness"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = json_of(c.get(gw.url("/readiness"))).await;
     assert_eq!(v["ready"], true);
     assert_eq!(
         up.state().await["requests"],

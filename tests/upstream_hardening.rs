@@ -320,6 +320,17 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A `POST /mcp` of `body` with the `extra` head lines, by [`exchange`].
+async fn post_mcp(port: u16, body: &str, extra: &str, expect: bool) -> Exchange {
+    exchange(
+        port,
+        &post_head("/mcp", body.len(), extra),
+        body.as_bytes(),
+        expect,
+    )
+    .await
+}
+
 fn post_head(path: &str, len: usize, extra: &str) -> String {
     format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {len}\r\n{extra}\r\n"
@@ -332,13 +343,7 @@ async fn expect_100_continue_is_answered_by_the_gateway_and_never_forwarded() {
     let gw = Gateway::start(&config_for(&[up.url()], "")).await;
     for (path, pad) in PATHS {
         let body = call("echo", json!({}), pad);
-        let x = exchange(
-            gw.port,
-            &post_head("/mcp", body.len(), "Expect: 100-continue\r\n"),
-            body.as_bytes(),
-            true,
-        )
-        .await;
+        let x = post_mcp(gw.port, &body, "Expect: 100-continue\r\n", true).await;
         assert!(
             x.continued,
             "{path}: no 100 Continue before the body was sent; then got {:?}",
@@ -381,13 +386,7 @@ async fn informational_answers_do_not_decide_the_breaker() {
         let gw = Gateway::start(&yaml).await;
         for _ in 0..3 {
             let body = call("status", json!({"code": 500}), pad);
-            let x = exchange(
-                gw.port,
-                &post_head("/mcp", body.len(), "Expect: 100-continue\r\n"),
-                body.as_bytes(),
-                true,
-            )
-            .await;
+            let x = post_mcp(gw.port, &body, "Expect: 100-continue\r\n", true).await;
             assert!(x.head.starts_with("HTTP/1.1 500"), "{path}: {}", x.head);
         }
         let s = admin_server(&gw).await;
@@ -426,14 +425,10 @@ async fn upgrade_requests_are_refused_and_never_reach_the_upstream() {
     );
     for (path, pad) in PATHS {
         let body = call("echo", json!({}), pad);
-        let x = exchange(
+        let x = post_mcp(
             gw.port,
-            &post_head(
-                "/mcp",
-                body.len(),
-                "Connection: Upgrade\r\nUpgrade: websocket\r\n",
-            ),
-            body.as_bytes(),
+            &body,
+            "Connection: Upgrade\r\nUpgrade: websocket\r\n",
             false,
         )
         .await;
@@ -449,16 +444,7 @@ async fn upgrade_requests_are_refused_and_never_reach_the_upstream() {
     // and neither the offer nor its settings go upstream.
     for (path, pad) in PATHS {
         let body = call("echo", json!({}), pad);
-        let x = exchange(
-            gw.port,
-            &post_head(
-                "/mcp",
-                body.len(),
-                "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n",
-            ),
-            body.as_bytes(),
-            false,
-        )
+        let x = post_mcp(gw.port, &body, "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n", false)
         .await;
         assert!(x.head.starts_with("HTTP/1.1 200"), "{path}: {}", x.head);
         let v: Value = serde_json::from_slice(&x.body).unwrap();

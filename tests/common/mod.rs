@@ -362,15 +362,7 @@ impl Gateway {
 
     /// `GET` an admin API path with the bearer `token`, as JSON.
     pub async fn admin_api(&self, path: &str, token: &str) -> serde_json::Value {
-        client()
-            .get(self.admin_url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        json_of(client().get(self.admin_url(path)).bearer_auth(token)).await
     }
 
     /// A URL on the admin service (its port read back from the config written).
@@ -423,6 +415,20 @@ pub fn post(
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
         .body(body)
+}
+
+/// Send `req`; its answer must be a 200 (the body shown if not), read as JSON.
+pub async fn json_ok(req: reqwest::RequestBuilder) -> serde_json::Value {
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Send `req` and read its answer as JSON, whatever its status.
+pub async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
+    req.send().await.unwrap().json().await.unwrap()
 }
 
 /// The mock upstream's description of what it received (the JSON-RPC `result`).
