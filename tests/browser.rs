@@ -107,8 +107,7 @@ async fn foreign_origins_are_refused_and_allowed_ones_get_cors_headers() {
 
 #[tokio::test]
 async fn by_default_no_browser_origin_is_allowed() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     let r = post(&client(), &gw.url("/mcp"), LIST)
         .header("origin", "http://127.0.0.1:8080")
         .send()

@@ -171,8 +171,7 @@ async fn ip_hash_hashes_the_client_a_trusted_proxy_names() {
 
 #[tokio::test]
 async fn a_foreign_host_is_misdirected_on_the_proxy_port() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     let port = gw.port;
     for foreign in [
@@ -288,8 +287,7 @@ async fn allowed_hosts_name_the_hosts_of_any_listener() {
 
 #[tokio::test]
 async fn the_admin_port_refuses_foreign_hosts() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     let metrics = gw.admin_url("/metrics");
     let admin_port: u16 = metrics
@@ -360,8 +358,7 @@ async fn the_admin_port_refuses_foreign_hosts() {
 
 #[tokio::test]
 async fn same_origin_requests_are_allowed_and_origin_is_not_forwarded() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     let port = gw.port;
     for (url, origin) in [

@@ -87,12 +87,7 @@ async fn batch_lists_are_filtered_like_single_lists() {
 
 #[tokio::test]
 async fn every_batched_tool_call_counts_against_tool_limits() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        "security:\n  rate_limiting:\n    rules:\n      - {name: echo-cap, key_strategy: tool, requests_per_minute: 2}\n",
-    ))
-    .await;
+    let (up, gw) = one_upstream("security:\n  rate_limiting:\n    rules:\n      - {name: echo-cap, key_strategy: tool, requests_per_minute: 2}\n").await;
     let echo = |id: usize| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "echo"}});
     let batch = Value::Array((1..=50).map(echo).collect()).to_string();
     let v = expect_error(send(&gw, batch).await, 429, -32011).await;
@@ -416,8 +411,7 @@ async fn ambiguous_bodies_are_refused() {
 
 #[tokio::test]
 async fn non_utf8_bodies_are_parse_errors() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let bodies: [&[u8]; 3] = [
         b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\xfe\"}",
         b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"x\":\"\xc3\x28\"}}}",

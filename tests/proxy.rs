@@ -74,8 +74,7 @@ async fn preserve_host_forwards_the_clients_host() {
 
 #[tokio::test]
 async fn mcp_headers_pass_untouched_and_hop_by_hop_headers_do_not() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     let resp = post(&client(), &gw.url("/mcp"), LIST)
         .header("mcp-protocol-version", "2025-11-25")
         .header("mcp-method", "tools/list")
@@ -102,8 +101,7 @@ async fn mcp_headers_pass_untouched_and_hop_by_hop_headers_do_not() {
 
 #[tokio::test]
 async fn get_stream_and_delete_are_proxied() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     let resp = c
         .get(gw.url("/mcp?delay=0.1"))
@@ -257,8 +255,7 @@ async fn https_upstream_verifies_certificates() {
 
 #[tokio::test]
 async fn inspection_rejects_bad_messages_with_jsonrpc_errors() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     let url = gw.url("/mcp");
 
@@ -338,8 +335,7 @@ async fn inspection_rejects_bad_messages_with_jsonrpc_errors() {
 
 #[tokio::test]
 async fn modern_routing_headers_must_match_the_body() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     let c = client();
     let url = gw.url("/mcp");
     let body = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"search","arguments":{},
@@ -378,12 +374,7 @@ fn big_call(size: usize) -> String {
 
 #[tokio::test]
 async fn large_bodies_arrive_intact_and_oversized_ones_get_413() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        "limits:\n  max_request_body: 2MiB\n",
-    ))
-    .await;
+    let (_up, gw) = one_upstream("limits:\n  max_request_body: 2MiB\n").await;
     let c = client();
     let url = gw.url("/mcp");
 
@@ -459,8 +450,7 @@ async fn large_bodies_arrive_intact_and_oversized_ones_get_413() {
 
 #[tokio::test]
 async fn sse_streams_pass_through_unbuffered_and_disconnects_cancel_upstream() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     let call = |delay: u64| {
         json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"stream","arguments":{"delay":delay}}})
@@ -511,8 +501,7 @@ async fn sse_streams_pass_through_unbuffered_and_disconnects_cancel_upstream() {
 #[tokio::test]
 async fn streamed_answers_stay_open_until_the_request_timeout() {
     // A POST's answer (SSE here) may be silent up to timeouts.request.
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "timeouts:\n  request: 3s\n")).await;
+    let (_up, gw) = one_upstream("timeouts:\n  request: 3s\n").await;
     let c = client();
     let call = |delay: f64| {
         json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"stream","arguments":{"delay":delay,"idle":true}}})
@@ -684,8 +673,7 @@ async fn unavailable_upstream_gets_a_jsonrpc_502_naming_the_group() {
 
 #[tokio::test]
 async fn health_endpoints() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     for path in ["/health", "/liveness"] {
         let resp = c.get(gw.url(path)).send().await.unwrap();
@@ -789,12 +777,8 @@ async fn the_clients_credentials_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn oversized_heads_get_431_and_connections_have_a_request_budget() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        "limits:\n  max_request_headers: 4KiB\n  requests_per_connection: 3\n",
-    ))
-    .await;
+    let (_up, gw) =
+        one_upstream("limits:\n  max_request_headers: 4KiB\n  requests_per_connection: 3\n").await;
     let c = client();
     let v = expect_error(
         post(&c, &gw.url("/mcp"), LIST)
@@ -863,8 +847,7 @@ async fn oversized_heads_get_431_and_connections_have_a_request_budget() {
 #[tokio::test]
 async fn slow_clients_do_not_hold_up_others() {
     use tokio::io::AsyncWriteExt;
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     // 200 clients that trickle a request head and never finish it.
     let mut slow = Vec::new();
     for _ in 0..200 {
@@ -890,12 +873,7 @@ async fn slow_clients_do_not_hold_up_others() {
 #[tokio::test]
 async fn get_streams_stay_open_until_stream_idle() {
     // The standing GET stream is bounded by timeouts.stream_idle, not timeouts.request.
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        "timeouts:\n  stream_idle: 2s\n  request: 1s\n",
-    ))
-    .await;
+    let (_up, gw) = one_upstream("timeouts:\n  stream_idle: 2s\n  request: 1s\n").await;
     let c = client();
     let stream = |delay: &str| {
         c.get(gw.url(&format!("/mcp?delay={delay}")))

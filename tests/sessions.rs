@@ -251,8 +251,7 @@ async fn the_session_ttl_counts_from_initialize_however_busy_the_session() {
 
 #[tokio::test]
 async fn a_modern_answer_never_hands_out_the_upstreams_session_id() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     let c = client();
     let version = "2026-07-28";
     let body = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"mint_session","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":version}}});

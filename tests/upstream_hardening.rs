@@ -119,8 +119,7 @@ async fn request_connection_fields_never_reach_the_upstream_over_http1() {
 
 #[tokio::test]
 async fn connection_naming_fields_the_gateway_sets_is_refused_on_both_paths() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     for (path, pad) in PATHS {
         for named in ["Host", "X-Forwarded-For", "x-forwarded-proto"] {
@@ -146,8 +145,7 @@ async fn connection_naming_fields_the_gateway_sets_is_refused_on_both_paths() {
 
 #[tokio::test]
 async fn hop_by_hop_response_fields_never_reach_the_client() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     let c = client();
     for (path, pad) in PATHS {
         let resp = post(&c, &gw.url("/mcp"), call("hop", json!({}), pad))
@@ -339,8 +337,7 @@ fn post_head(path: &str, len: usize, extra: &str) -> String {
 
 #[tokio::test]
 async fn expect_100_continue_is_answered_by_the_gateway_and_never_forwarded() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     for (path, pad) in PATHS {
         let body = call("echo", json!({}), pad);
         let x = post_mcp(gw.port, &body, "Expect: 100-continue\r\n", true).await;
@@ -412,8 +409,7 @@ async fn informational_answers_do_not_decide_the_breaker() {
 
 #[tokio::test]
 async fn upgrade_requests_are_refused_and_never_reach_the_upstream() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let ws = "GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAccept: text/event-stream\r\n\r\n";
     let x = exchange(gw.port, ws, b"", false).await;
     assert!(x.head.starts_with("HTTP/1.1 400"), "{}", x.head);
@@ -455,8 +451,7 @@ async fn upgrade_requests_are_refused_and_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn an_upstream_switching_protocols_gets_a_502_on_both_paths() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     let c = client();
     for (path, pad) in PATHS {
         let resp = post(&c, &gw.url("/mcp"), call("switch", json!({}), pad))

@@ -386,6 +386,13 @@ impl Drop for Gateway {
     }
 }
 
+/// One upstream (`u`) and a gateway in front of it, `extra` added to its config.
+pub async fn one_upstream(extra: &str) -> (Upstream, Gateway) {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(&[up.url()], extra)).await;
+    (up, gw)
+}
+
 /// A gateway config with one group `default` of the given upstream URLs, route-less
 /// (so `/mcp` serves it), plus `extra` YAML appended at top level.
 pub fn config_for(urls: &[String], extra: &str) -> String {
