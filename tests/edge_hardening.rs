@@ -103,10 +103,10 @@ async fn a_trusted_proxy_extends_the_chain_and_names_the_client() {
 
     // The rate limit counts the forwarded client: the right-most untrusted address.
     let again = |xff: &'static str| post(&c, &gw.url("/mcp"), LIST).header("x-forwarded-for", xff);
-    expect_error(again("9.9.9.9, 6.6.6.6").send().await.unwrap(), 429, -32011).await;
+    expect_refusal(again("9.9.9.9, 6.6.6.6"), 429, -32011).await;
     let r = again("7.7.7.7").send().await.unwrap();
     assert_eq!(r.status(), 200, "another client has its own bucket");
-    expect_error(again("7.7.7.7").send().await.unwrap(), 429, -32011).await;
+    expect_refusal(again("7.7.7.7"), 429, -32011).await;
     // Without the header the proxy itself is the client.
     let r = post(&c, &gw.url("/mcp"), LIST).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -573,5 +573,5 @@ async fn a_trusted_proxy_that_terminated_tls_tells_the_scheme() {
     assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
     // The same claim from a client that is no proxy: its scheme is the listener's.
     let direct = Gateway::start(&config_for(&[up.url()], "")).await;
-    expect_error(send(&direct).send().await.unwrap(), 403, -32012).await;
+    expect_refusal(send(&direct), 403, -32012).await;
 }

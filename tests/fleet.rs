@@ -294,12 +294,7 @@ async fn sessions_on_a_down_replica_or_past_their_ttl_get_404() {
         )
         .await
     );
-    let v = expect_error(
-        with_session(&c, &gw, &sid, LIST).send().await.unwrap(),
-        404,
-        -32001,
-    )
-    .await;
+    let v = expect_refusal(with_session(&c, &gw, &sid, LIST), 404, -32001).await;
     assert!(
         v["error"]["message"].as_str().unwrap().contains(&holder),
         "{v}"
@@ -321,12 +316,7 @@ async fn sessions_on_a_down_replica_or_past_their_ttl_get_404() {
     let (sid, _) = initialize(&c, &gw).await;
     received(with_session(&c, &gw, &sid, LIST).send().await.unwrap()).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    expect_error(
-        with_session(&c, &gw, &sid, LIST).send().await.unwrap(),
-        404,
-        -32001,
-    )
-    .await;
+    expect_refusal(with_session(&c, &gw, &sid, LIST), 404, -32001).await;
 }
 
 #[tokio::test]

@@ -52,12 +52,7 @@ async fn post_passthrough_rewrites_path_and_host_and_adds_forwarding_headers() {
     assert_eq!(received(resp).await["headers"]["x-request-id"], "abc-123");
 
     // Other paths are not routes.
-    expect_error(
-        post(&c, &gw.url("/mcp"), LIST).send().await.unwrap(),
-        404,
-        -32600,
-    )
-    .await;
+    expect_refusal(post(&c, &gw.url("/mcp"), LIST), 404, -32600).await;
 }
 
 #[tokio::test]
@@ -259,33 +254,17 @@ async fn inspection_rejects_bad_messages_with_jsonrpc_errors() {
     let c = client();
     let url = gw.url("/mcp");
 
-    expect_error(
-        post(&c, &url, "{not json").send().await.unwrap(),
-        400,
-        -32700,
-    )
-    .await;
-    expect_error(post(&c, &url, "").send().await.unwrap(), 400, -32700).await;
-    let v = expect_error(
-        post(&c, &url, r#"{"jsonrpc":"1.0","id":5,"method":"x"}"#)
-            .send()
-            .await
-            .unwrap(),
+    expect_refusal(post(&c, &url, "{not json"), 400, -32700).await;
+    expect_refusal(post(&c, &url, ""), 400, -32700).await;
+    let v = expect_refusal(
+        post(&c, &url, r#"{"jsonrpc":"1.0","id":5,"method":"x"}"#),
         400,
         -32600,
     )
     .await;
     assert_eq!(v["id"], 5, "the request id is echoed");
-    expect_error(
-        post(&c, &url, r#"{"jsonrpc":"2.0","id":1}"#)
-            .send()
-            .await
-            .unwrap(),
-        400,
-        -32600,
-    )
-    .await;
-    expect_error(post(&c, &url, "[1,2]").send().await.unwrap(), 400, -32600).await;
+    expect_refusal(post(&c, &url, r#"{"jsonrpc":"2.0","id":1}"#), 400, -32600).await;
+    expect_refusal(post(&c, &url, "[1,2]"), 400, -32600).await;
 
     let resp = c
         .post(&url)
@@ -655,12 +634,7 @@ async fn sessions_span_gateway_processes_sharing_a_key() {
 async fn unavailable_upstream_gets_a_jsonrpc_502_naming_the_group() {
     let port = free_port();
     let gw = Gateway::start(&config_for(&[format!("http://127.0.0.1:{port}/mcp")], "")).await;
-    let v = expect_error(
-        post(&client(), &gw.url("/mcp"), LIST).send().await.unwrap(),
-        502,
-        -32603,
-    )
-    .await;
+    let v = expect_refusal(post(&client(), &gw.url("/mcp"), LIST), 502, -32603).await;
     assert_eq!(v["id"], 1);
     assert!(
         v["error"]["message"]
@@ -780,12 +754,8 @@ async fn oversized_heads_get_431_and_connections_have_a_request_budget() {
     let (_up, gw) =
         one_upstream("limits:\n  max_request_headers: 4KiB\n  requests_per_connection: 3\n").await;
     let c = client();
-    let v = expect_error(
-        post(&c, &gw.url("/mcp"), LIST)
-            .header("x-padding", "p".repeat(5000))
-            .send()
-            .await
-            .unwrap(),
+    let v = expect_refusal(
+        post(&c, &gw.url("/mcp"), LIST).header("x-padding", "p".repeat(5000)),
         431,
         -32600,
     )

@@ -82,7 +82,7 @@ fn with_session(req: reqwest::RequestBuilder, who: &Who, sid: &str) -> reqwest::
 
 /// `req` is answered 404 with the JSON-RPC error of an unknown session.
 async fn expect_no_session(req: reqwest::RequestBuilder) -> Value {
-    expect_error(req.send().await.unwrap(), 404, -32001).await
+    expect_refusal(req, 404, -32001).await
 }
 
 async fn requests(up: &Upstream) -> (u64, u64) {

@@ -196,12 +196,8 @@ async fn spans_continue_the_clients_trace_and_reach_the_collector() {
         root["parentSpanId"].as_str().unwrap_or("").is_empty(),
         "{root}"
     );
-    expect_error(
-        post(&c, &gw.url("/mcp"), "{oops")
-            .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
-            .send()
-            .await
-            .unwrap(),
+    expect_refusal(
+        post(&c, &gw.url("/mcp"), "{oops").header("traceparent", format!("00-{TRACE}-{PARENT}-01")),
         400,
         -32700,
     )

@@ -446,6 +446,15 @@ pub async fn received(resp: reqwest::Response) -> serde_json::Value {
     v["result"].clone()
 }
 
+/// Send `req`; the answer must be the gateway's JSON-RPC error with this status and code.
+pub async fn expect_refusal(
+    req: reqwest::RequestBuilder,
+    status: u16,
+    code: i64,
+) -> serde_json::Value {
+    expect_error(req.send().await.unwrap(), status, code).await
+}
+
 /// Assert a JSON-RPC error response from the gateway with this status and code.
 pub async fn expect_error(resp: reqwest::Response, status: u16, code: i64) -> serde_json::Value {
     assert_eq!(resp.status().as_u16(), status);
