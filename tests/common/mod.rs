@@ -504,6 +504,15 @@ pub fn validate(yaml: &str) -> (Option<i32>, String) {
     )
 }
 
+/// `--validate` refuses `yaml` (exit 64) and names every one of `problems`.
+pub fn expect_invalid(yaml: &str, problems: &[&str]) {
+    let (code, err) = validate(yaml);
+    assert_eq!(code, Some(64), "{err}");
+    for needle in problems {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+}
+
 /// SHA-256 of `data` in hex (computed by Python, so the test trusts no code of ours).
 pub fn sha256_hex(data: &[u8]) -> String {
     let out = std::process::Command::new("python3")
