@@ -80,28 +80,31 @@ fn the_default_config_is_printed_and_valid() {
     );
 }
 
+/// Write `yaml` to `f` and check it with `flags` (`--validate --config`, `-t -c`): it
+/// exits 64; what it reported.
+fn refused(f: &std::path::Path, flags: [&str; 2], yaml: &str) -> String {
+    std::fs::write(f, yaml).unwrap();
+    let out = gateway(&[flags[0], flags[1], f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    String::from_utf8(out.stderr).unwrap()
+}
+
 #[test]
 fn a_bad_config_lists_every_problem_and_exits_64() {
     let dir = TempDir::new("bad");
     let f = dir.path("bad.yaml");
-    std::fs::write(
+    let err = refused(
         &f,
+        ["--validate", "--config"],
         "server:\n  port: 0\n  threds: 4\nupstream:\n  groups:\n    files:\n      servers:\n        - {id: f1, url: 'http://127.0.0.1:1/mcp'}\n        - {id: f2, url: 'gopher://x/mcp'}\nroutes:\n  - {path: /mcp/files, group: nope}\n",
-    )
-    .unwrap();
-    let out = gateway(&["--validate", "--config", f.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8(out.stderr).unwrap();
+    );
     assert!(err.contains("server.threds: unknown key"), "{err}");
     // A config with only semantic errors shows all of them at once.
-    std::fs::write(
+    let err = refused(
         &f,
+        ["-t", "-c"],
         "server:\n  port: 0\nupstream:\n  groups:\n    files:\n      servers:\n        - {id: f1, url: 'http://127.0.0.1:1/mcp'}\n        - {id: f2, url: 'gopher://x/mcp'}\nroutes:\n  - {path: /mcp/files, group: nope}\n",
-    )
-    .unwrap();
-    let out = gateway(&["-t", "-c", f.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8(out.stderr).unwrap();
+    );
     for want in [
         "3 problem(s)",
         "server.port: must be between 1 and 65535",
