@@ -16,10 +16,8 @@ fn h(r: &reqwest::Response, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn foreign_origins_are_refused_and_allowed_ones_get_cors_headers() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        &format!("security:\n  cors:\n    allowed_origins: [\"{APP}\"]\n    max_age: 2m\n"),
+    let (up, gw) = one_upstream(&format!(
+        "security:\n  cors:\n    allowed_origins: [\"{APP}\"]\n    max_age: 2m\n"
     ))
     .await;
     let c = client();

@@ -30,8 +30,7 @@ fn rate_limit(per_minute: u32) -> String {
 
 #[tokio::test]
 async fn a_client_cannot_choose_the_address_the_upstream_sees() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], &rate_limit(1))).await;
+    let (_up, gw) = one_upstream(&rate_limit(1)).await;
     let c = client();
     let r = post(&c, &gw.url("/mcp"), LIST)
         .header("x-forwarded-for", "6.6.6.6")

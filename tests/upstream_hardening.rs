@@ -476,12 +476,7 @@ async fn an_upstream_switching_protocols_gets_a_502_on_both_paths() {
 
 #[tokio::test]
 async fn a_client_leaving_while_the_upstream_is_silent_cancels_on_both_paths() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        &format!("limits:\n  max_request_body: 2MiB\n{}", admin()),
-    ))
-    .await;
+    let (up, gw) = one_upstream(&format!("limits:\n  max_request_body: 2MiB\n{}", admin())).await;
     let c = client();
     let mut cancelled = 0;
     for (path, pad) in PATHS {
