@@ -183,12 +183,7 @@ async fn metrics_follow_traffic() {
     send(&c, &gw, call("echo")).await;
     // A name the servers never listed stays "other", whatever the client sends.
     send(&c, &gw, call("made-up-name")).await;
-    expect_error(
-        post(&c, &gw.url("/mcp"), "{oops").send().await.unwrap(),
-        400,
-        -32700,
-    )
-    .await;
+    expect_refusal(post(&c, &gw.url("/mcp"), "{oops"), 400, -32700).await;
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
     received(post(&c, &gw.url("/mcp"), init).send().await.unwrap()).await;
     // An SSE answer held open while we scrape.
@@ -291,12 +286,7 @@ async fn access_log_lines_carry_the_request() {
         .await
         .unwrap();
     received(resp).await;
-    expect_error(
-        post(&c, &gw.url("/mcp"), "{oops").send().await.unwrap(),
-        400,
-        -32700,
-    )
-    .await;
+    expect_refusal(post(&c, &gw.url("/mcp"), "{oops"), 400, -32700).await;
     assert!(
         gw.wait_log("\"request_id\":\"req-42\"", Duration::from_secs(5))
             .await

@@ -237,10 +237,8 @@ fn now() -> u64 {
 
 #[tokio::test]
 async fn a_jwt_with_a_critical_extension_is_refused() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        &format!("security:\n  auth:\n    - jwt: {{secret: \"{SECRET}\", algorithms: [HS256]}}\n"),
+    let (up, gw) = one_upstream(&format!(
+        "security:\n  auth:\n    - jwt: {{secret: \"{SECRET}\", algorithms: [HS256]}}\n"
     ))
     .await;
     let claims = json!({"sub": "svc", "exp": now() + 300});

@@ -73,15 +73,28 @@ async fn probe_reaches_the_server(gw: &Gateway, up: &Upstream) -> tokio::task::J
 
 /// Poll with good requests until one reaches the server (up to `limit`).
 async fn served_within(c: &reqwest::Client, gw: &Gateway, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
+    eventually(limit, || async {
         let r = post(c, &gw.url("/mcp"), LIST).send().await.unwrap();
-        if r.status() == 200 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+        r.status() == 200
+    })
+    .await
+}
+
+/// A gateway whose breaker (one probe permit, `open_for` whole seconds) two failures
+/// opened, `open_for` ago: the next request is a probe.
+async fn tripped(up: &Upstream, open_for: Duration) -> (Gateway, reqwest::Client) {
+    let gw = Gateway::start(&config(
+        &up.url(),
+        &format!(
+            "      circuit_breaker: {{failure_threshold: 2, open_for: {}s, half_open_requests: 1}}\n",
+            open_for.as_secs()
+        ),
+        "timeouts:\n  request: 60s\n",
+    ))
+    .await;
+    let c = client();
+    trip(&c, &gw, 2, open_for).await;
+    (gw, c)
 }
 
 #[tokio::test]
@@ -89,14 +102,7 @@ async fn a_probe_whose_client_hangs_up_gives_its_permit_back() {
     let up = Upstream::start("a");
     // open_for is long enough that the deadline cannot be what lets the next request in.
     let open_for = Duration::from_secs(4);
-    let gw = Gateway::start(&config(
-        &up.url(),
-        "      circuit_breaker: {failure_threshold: 2, open_for: 4s, half_open_requests: 1}\n",
-        "timeouts:\n  request: 60s\n",
-    ))
-    .await;
-    let c = client();
-    trip(&c, &gw, 2, open_for).await;
+    let (gw, c) = tripped(&up, open_for).await;
 
     // The only probe permit goes to a call the server stays silent on; its client hangs up.
     let probe = probe_reaches_the_server(&gw, &up).await;
@@ -128,14 +134,7 @@ async fn a_probe_whose_client_hangs_up_gives_its_permit_back() {
 async fn probes_unanswered_for_open_for_are_replaced() {
     let up = Upstream::start("a");
     let open_for = Duration::from_secs(1);
-    let gw = Gateway::start(&config(
-        &up.url(),
-        "      circuit_breaker: {failure_threshold: 2, open_for: 1s, half_open_requests: 1}\n",
-        "timeouts:\n  request: 60s\n",
-    ))
-    .await;
-    let c = client();
-    trip(&c, &gw, 2, open_for).await;
+    let (gw, c) = tripped(&up, open_for).await;
 
     // The probe's client stays, the server stays silent (for 30 s, request timeout 60 s).
     let probe = probe_reaches_the_server(&gw, &up).await;

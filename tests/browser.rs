@@ -16,10 +16,8 @@ fn h(r: &reqwest::Response, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn foreign_origins_are_refused_and_allowed_ones_get_cors_headers() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        &format!("security:\n  cors:\n    allowed_origins: [\"{APP}\"]\n    max_age: 2m\n"),
+    let (up, gw) = one_upstream(&format!(
+        "security:\n  cors:\n    allowed_origins: [\"{APP}\"]\n    max_age: 2m\n"
     ))
     .await;
     let c = client();
@@ -107,8 +105,7 @@ async fn foreign_origins_are_refused_and_allowed_ones_get_cors_headers() {
 
 #[tokio::test]
 async fn by_default_no_browser_origin_is_allowed() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     let r = post(&client(), &gw.url("/mcp"), LIST)
         .header("origin", "http://127.0.0.1:8080")
         .send()
@@ -119,14 +116,13 @@ async fn by_default_no_browser_origin_is_allowed() {
 
 #[test]
 fn bad_cors_settings_are_reported() {
-    let (code, err) = validate("upstream:\n  groups:\n    default:\n      servers:\n        - {id: a, url: http://127.0.0.1:3001/mcp}\nsecurity:\n  cors:\n    allowed_origins: [\"app.example.com\", \"https://x.example/path\"]\n    allowed_methods: [PUT]\n    exposed_headers: [\"bad header\"]\n");
-    assert_eq!(code, Some(64));
-    for needle in [
-        "security.cors.allowed_origins[0]: \"app.example.com\" is not an origin",
-        "security.cors.allowed_origins[1]",
-        "security.cors.allowed_methods[0]",
-        "security.cors.exposed_headers[0]",
-    ] {
-        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
-    }
+    expect_invalid(
+        "upstream:\n  groups:\n    default:\n      servers:\n        - {id: a, url: http://127.0.0.1:3001/mcp}\nsecurity:\n  cors:\n    allowed_origins: [\"app.example.com\", \"https://x.example/path\"]\n    allowed_methods: [PUT]\n    exposed_headers: [\"bad header\"]\n",
+        &[
+            "security.cors.allowed_origins[0]: \"app.example.com\" is not an origin",
+            "security.cors.allowed_origins[1]",
+            "security.cors.allowed_methods[0]",
+            "security.cors.exposed_headers[0]",
+        ],
+    );
 }

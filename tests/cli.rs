@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use std::process::Command;
+use std::time::Duration;
 
 fn gateway(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
@@ -36,18 +37,7 @@ fn help_documents_every_flag() {
 
 #[test]
 fn every_shipped_config_validates() {
-    let mut files = Vec::new();
-    for dir in ["conf", "examples", "k8s/config"] {
-        let Ok(entries) = std::fs::read_dir(repo().join(dir)) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
-                files.push(p);
-            }
-        }
-    }
+    let files = config_files();
     assert!(
         files.iter().any(|f| f.ends_with("conf/gateway.yaml")),
         "{files:?}"
@@ -90,28 +80,31 @@ fn the_default_config_is_printed_and_valid() {
     );
 }
 
+/// Write `yaml` to `f` and check it with `flags` (`--validate --config`, `-t -c`): it
+/// exits 64; what it reported.
+fn refused(f: &std::path::Path, flags: [&str; 2], yaml: &str) -> String {
+    std::fs::write(f, yaml).unwrap();
+    let out = gateway(&[flags[0], flags[1], f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    String::from_utf8(out.stderr).unwrap()
+}
+
 #[test]
 fn a_bad_config_lists_every_problem_and_exits_64() {
     let dir = TempDir::new("bad");
     let f = dir.path("bad.yaml");
-    std::fs::write(
+    let err = refused(
         &f,
+        ["--validate", "--config"],
         "server:\n  port: 0\n  threds: 4\nupstream:\n  groups:\n    files:\n      servers:\n        - {id: f1, url: 'http://127.0.0.1:1/mcp'}\n        - {id: f2, url: 'gopher://x/mcp'}\nroutes:\n  - {path: /mcp/files, group: nope}\n",
-    )
-    .unwrap();
-    let out = gateway(&["--validate", "--config", f.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8(out.stderr).unwrap();
+    );
     assert!(err.contains("server.threds: unknown key"), "{err}");
     // A config with only semantic errors shows all of them at once.
-    std::fs::write(
+    let err = refused(
         &f,
+        ["-t", "-c"],
         "server:\n  port: 0\nupstream:\n  groups:\n    files:\n      servers:\n        - {id: f1, url: 'http://127.0.0.1:1/mcp'}\n        - {id: f2, url: 'gopher://x/mcp'}\nroutes:\n  - {path: /mcp/files, group: nope}\n",
-    )
-    .unwrap();
-    let out = gateway(&["-t", "-c", f.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8(out.stderr).unwrap();
+    );
     for want in [
         "3 problem(s)",
         "server.port: must be between 1 and 65535",
@@ -159,13 +152,7 @@ async fn health_ok(port: u16) -> bool {
 }
 
 async fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    false
+    eventually(Duration::from_secs(10), || std::future::ready(f())).await
 }
 
 fn kill(pid: u32, signal: &str) {
@@ -193,14 +180,7 @@ async fn daemon_mode_detaches_and_writes_its_pid() {
     );
     let pid_file = dir.path("gw.pid");
     assert!(wait_for(|| pid_file.exists()).await, "no pid file");
-    let mut ready = false;
-    for _ in 0..200 {
-        if health_ok(port).await {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let ready = eventually(Duration::from_secs(10), || health_ok(port)).await;
     let pid: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
@@ -220,14 +200,7 @@ async fn upgrade_hands_the_listener_to_a_new_process() {
     );
     let (config, dir, port) = Gateway::prepare(&yaml, &[]);
     let mut old = Gateway::spawn(&config, &dir, &[], &[]);
-    let mut ok = false;
-    for _ in 0..200 {
-        if health_ok(port).await {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let ok = eventually(Duration::from_secs(10), || health_ok(port)).await;
     assert!(ok, "old process not serving");
     // The new process waits on the upgrade socket; SIGQUIT makes the old one hand over.
     let mut new = Gateway::spawn(&config, &dir, &[], &["-u"]);

@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use std::collections::HashSet;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
@@ -15,16 +14,6 @@ const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
 /// `config_for` with `lines` added to the `server:` block.
 fn with_server(urls: &[String], lines: &str, extra: &str) -> String {
     config_for(urls, extra).replacen("server:\n", &format!("server:\n{lines}"), 1)
-}
-
-/// Send `head` (a raw HTTP/1.1 request without a body) and return the whole answer.
-fn raw(port: u16, head: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The JSON body of a raw answer.
@@ -41,8 +30,7 @@ fn rate_limit(per_minute: u32) -> String {
 
 #[tokio::test]
 async fn a_client_cannot_choose_the_address_the_upstream_sees() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], &rate_limit(1))).await;
+    let (_up, gw) = one_upstream(&rate_limit(1)).await;
     let c = client();
     let r = post(&c, &gw.url("/mcp"), LIST)
         .header("x-forwarded-for", "6.6.6.6")
@@ -114,10 +102,10 @@ async fn a_trusted_proxy_extends_the_chain_and_names_the_client() {
 
     // The rate limit counts the forwarded client: the right-most untrusted address.
     let again = |xff: &'static str| post(&c, &gw.url("/mcp"), LIST).header("x-forwarded-for", xff);
-    expect_error(again("9.9.9.9, 6.6.6.6").send().await.unwrap(), 429, -32011).await;
+    expect_refusal(again("9.9.9.9, 6.6.6.6"), 429, -32011).await;
     let r = again("7.7.7.7").send().await.unwrap();
     assert_eq!(r.status(), 200, "another client has its own bucket");
-    expect_error(again("7.7.7.7").send().await.unwrap(), 429, -32011).await;
+    expect_refusal(again("7.7.7.7"), 429, -32011).await;
     // Without the header the proxy itself is the client.
     let r = post(&c, &gw.url("/mcp"), LIST).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -182,8 +170,7 @@ async fn ip_hash_hashes_the_client_a_trusted_proxy_names() {
 
 #[tokio::test]
 async fn a_foreign_host_is_misdirected_on_the_proxy_port() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     let port = gw.port;
     for foreign in [
@@ -223,10 +210,11 @@ async fn a_foreign_host_is_misdirected_on_the_proxy_port() {
     );
 
     // No Host at all: refused too, before the body is read.
-    let answer = raw(
+    let answer = raw_request(
         port,
         "GET /mcp HTTP/1.1\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
-    );
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
     let v = raw_body(&answer);
     assert_eq!(v["error"]["code"], -32600, "{v}");
@@ -246,7 +234,7 @@ async fn a_foreign_host_is_misdirected_on_the_proxy_port() {
             .unwrap();
         assert_eq!(r.status(), 200, "{host}");
     }
-    let answer = raw(port, "GET /health HTTP/1.0\r\n\r\n");
+    let answer = raw_request(port, "GET /health HTTP/1.0\r\n\r\n").await;
     assert!(
         answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
         "{answer}"
@@ -298,8 +286,7 @@ async fn allowed_hosts_name_the_hosts_of_any_listener() {
 
 #[tokio::test]
 async fn the_admin_port_refuses_foreign_hosts() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     let metrics = gw.admin_url("/metrics");
     let admin_port: u16 = metrics
@@ -337,10 +324,11 @@ async fn the_admin_port_refuses_foreign_hosts() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let answer = raw(
+    let answer = raw_request(
         admin_port,
         "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
-    );
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
 
     // A list of its own.
@@ -369,8 +357,7 @@ async fn the_admin_port_refuses_foreign_hosts() {
 
 #[tokio::test]
 async fn same_origin_requests_are_allowed_and_origin_is_not_forwarded() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     let port = gw.port;
     for (url, origin) in [
@@ -585,5 +572,5 @@ async fn a_trusted_proxy_that_terminated_tls_tells_the_scheme() {
     assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
     // The same claim from a client that is no proxy: its scheme is the listener's.
     let direct = Gateway::start(&config_for(&[up.url()], "")).await;
-    expect_error(send(&direct).send().await.unwrap(), 403, -32012).await;
+    expect_refusal(send(&direct), 403, -32012).await;
 }

@@ -54,18 +54,23 @@ async fn tally(c: &reqwest::Client, gw: &Gateway, n: usize) -> HashMap<String, u
 
 const CHECK: &str = "      retries: 0\n      health_check: {kind: mcp, interval: 500ms, timeout: 300ms, healthy_threshold: 2, unhealthy_threshold: 2}\n";
 
-#[tokio::test]
-async fn health_checks_eject_a_killed_replica_and_bring_it_back() {
-    let a = Upstream::start("a");
-    let mut b = Upstream::start("b");
-    let b_port = b.port();
-    let gw = Gateway::start(&fleet(
+/// A round-robin gateway over replicas `a` and `b`, health-checked by [`CHECK`].
+async fn checked_pair(a: &Upstream, b: &Upstream) -> Gateway {
+    Gateway::start(&fleet(
         "round_robin",
         &[("a", a.url()), ("b", b.url())],
         CHECK,
         "",
     ))
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn health_checks_eject_a_killed_replica_and_bring_it_back() {
+    let a = Upstream::start("a");
+    let mut b = Upstream::start("b");
+    let b_port = b.port();
+    let gw = checked_pair(&a, &b).await;
     let c = client();
     let seen = tally(&c, &gw, 10).await;
     assert_eq!(seen.len(), 2, "both replicas serve: {seen:?}");
@@ -269,13 +274,7 @@ fn with_session(
 async fn sessions_on_a_down_replica_or_past_their_ttl_get_404() {
     let mut a = Upstream::start("a");
     let mut b = Upstream::start("b");
-    let gw = Gateway::start(&fleet(
-        "round_robin",
-        &[("a", a.url()), ("b", b.url())],
-        CHECK,
-        "",
-    ))
-    .await;
+    let gw = checked_pair(&a, &b).await;
     let c = client();
     let (sid, holder) = initialize(&c, &gw).await;
     let r = received(with_session(&c, &gw, &sid, LIST).send().await.unwrap()).await;
@@ -295,12 +294,7 @@ async fn sessions_on_a_down_replica_or_past_their_ttl_get_404() {
         )
         .await
     );
-    let v = expect_error(
-        with_session(&c, &gw, &sid, LIST).send().await.unwrap(),
-        404,
-        -32001,
-    )
-    .await;
+    let v = expect_refusal(with_session(&c, &gw, &sid, LIST), 404, -32001).await;
     assert!(
         v["error"]["message"].as_str().unwrap().contains(&holder),
         "{v}"
@@ -322,12 +316,7 @@ async fn sessions_on_a_down_replica_or_past_their_ttl_get_404() {
     let (sid, _) = initialize(&c, &gw).await;
     received(with_session(&c, &gw, &sid, LIST).send().await.unwrap()).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    expect_error(
-        with_session(&c, &gw, &sid, LIST).send().await.unwrap(),
-        404,
-        -32001,
-    )
-    .await;
+    expect_refusal(with_session(&c, &gw, &sid, LIST), 404, -32001).await;
 }
 
 #[tokio::test]

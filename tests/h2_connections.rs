@@ -12,94 +12,30 @@ const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
 const STREAM: &str = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"stream","arguments":{"delay":20}}}"#;
 
 async fn connections(admin: &str) -> Vec<Value> {
-    let v: Value = client()
-        .get(format!("{admin}/api/v1/connections"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = json_of(
+        client()
+            .get(format!("{admin}/api/v1/connections"))
+            .bearer_auth(TOKEN),
+    )
+    .await;
     v["connections"].as_array().unwrap().clone()
 }
 
 #[tokio::test]
 async fn http2_requests_update_their_connections_stats() {
-    let pki = TempDir::new("pki");
-    make_cert(
-        &pki,
-        "ca",
-        "/CN=Test CA",
-        None,
-        &[
-            "basicConstraints=critical,CA:TRUE",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    make_cert(
-        &pki,
-        "server",
-        "/CN=gateway",
-        Some("ca"),
-        &[
-            "subjectAltName=IP:127.0.0.1",
-            "extendedKeyUsage=serverAuth",
-            "basicConstraints=critical,CA:FALSE",
-        ],
-    );
+    let pki = pki();
     let up = Upstream::start("u");
     let yaml = config_for(
         &[up.url()],
         &format!("admin:\n  port: {{admin_port}}\n  token: {TOKEN}\n"),
-    )
-    .replacen(
-        "server:\n",
-        &format!(
-            "server:\n  tls:\n    cert: {}\n    key: {}\n",
-            pki.path("server.pem").display(),
-            pki.path("server.key").display()
-        ),
-        1,
     );
-    let (config, dir, port) = Gateway::prepare(&yaml, &[]);
-    let mut child = Gateway::spawn(&config, &dir, &[], &[]);
+    let (mut child, dir, port) = tls_gateway(&pki, &yaml).await;
     let log = || std::fs::read_to_string(dir.path("gateway.log")).unwrap_or_default();
-    let h2 = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(pki.path("ca.pem")).unwrap()).unwrap(),
-        )
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let h2 = tls_client(&pki);
     let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = h2.get(url("/readiness")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-            "gateway not ready over HTTPS:\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let yaml = std::fs::read_to_string(&config).unwrap();
-    let admin_port = yaml
-        .split("\nadmin:\n")
-        .nth(1)
-        .and_then(|rest| rest.lines().find_map(|l| l.trim().strip_prefix("port: ")))
-        .unwrap()
-        .trim()
-        .to_string();
-    let admin = format!("http://127.0.0.1:{admin_port}");
+    let admin = admin_url_in(&dir, "");
 
-    // Two MCP requests on the client's one HTTP/2 connection (after its readiness probes).
+    // Two MCP requests on the client's one HTTP/2 connection.
     for _ in 0..2 {
         let r = post(&h2, &url("/mcp"), LIST).send().await.unwrap();
         assert_eq!(r.version(), reqwest::Version::HTTP_2);

@@ -87,12 +87,7 @@ async fn batch_lists_are_filtered_like_single_lists() {
 
 #[tokio::test]
 async fn every_batched_tool_call_counts_against_tool_limits() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        "security:\n  rate_limiting:\n    rules:\n      - {name: echo-cap, key_strategy: tool, requests_per_minute: 2}\n",
-    ))
-    .await;
+    let (up, gw) = one_upstream("security:\n  rate_limiting:\n    rules:\n      - {name: echo-cap, key_strategy: tool, requests_per_minute: 2}\n").await;
     let echo = |id: usize| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "echo"}});
     let batch = Value::Array((1..=50).map(echo).collect()).to_string();
     let v = expect_error(send(&gw, batch).await, 429, -32011).await;
@@ -326,16 +321,13 @@ async fn resources_are_authorized_on_their_uri() {
     let body = json!({"jsonrpc": "2.0", "id": 2, "method": "resources/read",
         "params": {"uri": "mem://public/readme", "name": "readme",
             "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
-    let resp = post(&client(), &gw.url("/mcp"), body.to_string())
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "resources/read")
-        .header("mcp-name", "mem://public/readme")
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(status, 200, "{v}");
+    json_ok(
+        post(&client(), &gw.url("/mcp"), body.to_string())
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "resources/read")
+            .header("mcp-name", "mem://public/readme"),
+    )
+    .await;
     // A tool call is judged on its name, never on a `uri` beside it.
     let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
         "params": {"uri": "echo", "name": "status"}});
@@ -419,8 +411,7 @@ async fn ambiguous_bodies_are_refused() {
 
 #[tokio::test]
 async fn non_utf8_bodies_are_parse_errors() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let bodies: [&[u8]; 3] = [
         b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\xfe\"}",
         b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"x\":\"\xc3\x28\"}}}",

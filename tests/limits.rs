@@ -19,12 +19,7 @@ async fn send(gw: &Gateway, body: &'static str, key: Option<&str>) -> reqwest::R
 
 #[tokio::test]
 async fn over_the_limit_gets_429_with_retry_after_and_nothing_reaches_the_upstream() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        "security:\n  rate_limiting:\n    rules:\n      - {name: per-ip, key_strategy: ip_address, requests_per_minute: 5}\n      - {name: per-tool, key_strategy: tool, requests_per_minute: 100}\n",
-    ))
-    .await;
+    let (up, gw) = one_upstream("security:\n  rate_limiting:\n    rules:\n      - {name: per-ip, key_strategy: ip_address, requests_per_minute: 5}\n      - {name: per-tool, key_strategy: tool, requests_per_minute: 100}\n").await;
     for left in (0..5).rev() {
         let r = send(&gw, LIST, None).await;
         assert_eq!(r.status(), 200);
@@ -55,12 +50,7 @@ async fn over_the_limit_gets_429_with_retry_after_and_nothing_reaches_the_upstre
 
 #[tokio::test]
 async fn tool_limits_count_calls_of_that_tool_only() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        "security:\n  rate_limiting:\n    rules:\n      - {name: echo-cap, key_strategy: tool, requests_per_minute: 2}\n",
-    ))
-    .await;
+    let (_up, gw) = one_upstream("security:\n  rate_limiting:\n    rules:\n      - {name: echo-cap, key_strategy: tool, requests_per_minute: 2}\n").await;
     assert_eq!(send(&gw, ECHO, None).await.status(), 200);
     assert_eq!(send(&gw, ECHO, None).await.status(), 200);
     assert_eq!(send(&gw, ECHO, None).await.status(), 429);
@@ -177,12 +167,7 @@ async fn open_streams_are_capped_per_identity() {
 async fn a_request_head_trickled_past_request_head_timeout_is_cut_but_served_requests_are_not() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::{sleep, timeout, Duration, Instant};
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        "limits:\n  request_head_timeout: 1s\n",
-    ))
-    .await;
+    let (_up, gw) = one_upstream("limits:\n  request_head_timeout: 1s\n").await;
     let port = gw.port;
 
     // A standing SSE stream whose second event comes well after the head timeout.

@@ -197,7 +197,7 @@ async fn live_metrics() -> String {
         .starts_with("text/event-stream"));
     let events = r.text().await.unwrap();
     assert!(events.contains(r#""id": 4"#), "{events}");
-    expect_error(post(&c, &url, BAD_JSON).send().await.unwrap(), 400, -32700).await;
+    expect_refusal(post(&c, &url, BAD_JSON), 400, -32700).await;
 
     // Counters are updated when a request's logging is done: wait for the last one.
     let mut text = String::new();

@@ -52,12 +52,7 @@ async fn post_passthrough_rewrites_path_and_host_and_adds_forwarding_headers() {
     assert_eq!(received(resp).await["headers"]["x-request-id"], "abc-123");
 
     // Other paths are not routes.
-    expect_error(
-        post(&c, &gw.url("/mcp"), LIST).send().await.unwrap(),
-        404,
-        -32600,
-    )
-    .await;
+    expect_refusal(post(&c, &gw.url("/mcp"), LIST), 404, -32600).await;
 }
 
 #[tokio::test]
@@ -74,8 +69,7 @@ async fn preserve_host_forwards_the_clients_host() {
 
 #[tokio::test]
 async fn mcp_headers_pass_untouched_and_hop_by_hop_headers_do_not() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     let resp = post(&client(), &gw.url("/mcp"), LIST)
         .header("mcp-protocol-version", "2025-11-25")
         .header("mcp-method", "tools/list")
@@ -102,8 +96,7 @@ async fn mcp_headers_pass_untouched_and_hop_by_hop_headers_do_not() {
 
 #[tokio::test]
 async fn get_stream_and_delete_are_proxied() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     let resp = c
         .get(gw.url("/mcp?delay=0.1"))
@@ -257,38 +250,21 @@ async fn https_upstream_verifies_certificates() {
 
 #[tokio::test]
 async fn inspection_rejects_bad_messages_with_jsonrpc_errors() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     let url = gw.url("/mcp");
 
-    expect_error(
-        post(&c, &url, "{not json").send().await.unwrap(),
-        400,
-        -32700,
-    )
-    .await;
-    expect_error(post(&c, &url, "").send().await.unwrap(), 400, -32700).await;
-    let v = expect_error(
-        post(&c, &url, r#"{"jsonrpc":"1.0","id":5,"method":"x"}"#)
-            .send()
-            .await
-            .unwrap(),
+    expect_refusal(post(&c, &url, "{not json"), 400, -32700).await;
+    expect_refusal(post(&c, &url, ""), 400, -32700).await;
+    let v = expect_refusal(
+        post(&c, &url, r#"{"jsonrpc":"1.0","id":5,"method":"x"}"#),
         400,
         -32600,
     )
     .await;
     assert_eq!(v["id"], 5, "the request id is echoed");
-    expect_error(
-        post(&c, &url, r#"{"jsonrpc":"2.0","id":1}"#)
-            .send()
-            .await
-            .unwrap(),
-        400,
-        -32600,
-    )
-    .await;
-    expect_error(post(&c, &url, "[1,2]").send().await.unwrap(), 400, -32600).await;
+    expect_refusal(post(&c, &url, r#"{"jsonrpc":"2.0","id":1}"#), 400, -32600).await;
+    expect_refusal(post(&c, &url, "[1,2]"), 400, -32600).await;
 
     let resp = c
         .post(&url)
@@ -338,8 +314,7 @@ async fn inspection_rejects_bad_messages_with_jsonrpc_errors() {
 
 #[tokio::test]
 async fn modern_routing_headers_must_match_the_body() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     let c = client();
     let url = gw.url("/mcp");
     let body = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"search","arguments":{},
@@ -378,12 +353,7 @@ fn big_call(size: usize) -> String {
 
 #[tokio::test]
 async fn large_bodies_arrive_intact_and_oversized_ones_get_413() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        "limits:\n  max_request_body: 2MiB\n",
-    ))
-    .await;
+    let (_up, gw) = one_upstream("limits:\n  max_request_body: 2MiB\n").await;
     let c = client();
     let url = gw.url("/mcp");
 
@@ -459,8 +429,7 @@ async fn large_bodies_arrive_intact_and_oversized_ones_get_413() {
 
 #[tokio::test]
 async fn sse_streams_pass_through_unbuffered_and_disconnects_cancel_upstream() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     let call = |delay: u64| {
         json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"stream","arguments":{"delay":delay}}})
@@ -476,14 +445,10 @@ async fn sse_streams_pass_through_unbuffered_and_disconnects_cancel_upstream() {
 
     // The client goes away: the upstream request is closed (the modern cancellation).
     drop(resp);
-    let mut cancelled = false;
-    for _ in 0..200 {
-        if up.state().await["cancelled"].as_u64().unwrap() >= 1 {
-            cancelled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let cancelled = eventually(Duration::from_secs(10), || async {
+        up.state().await["cancelled"].as_u64().unwrap() >= 1
+    })
+    .await;
     assert!(
         cancelled,
         "the upstream never saw the client go away:\n{}",
@@ -502,14 +467,10 @@ async fn sse_streams_pass_through_unbuffered_and_disconnects_cancel_upstream() {
     let first = resp.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
     drop(resp);
-    let mut cancelled = false;
-    for _ in 0..200 {
-        if up.state().await["cancelled"].as_u64().unwrap() >= 2 {
-            cancelled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let cancelled = eventually(Duration::from_secs(10), || async {
+        up.state().await["cancelled"].as_u64().unwrap() >= 2
+    })
+    .await;
     assert!(
         cancelled,
         "the large-body relay did not close the upstream request"
@@ -519,8 +480,7 @@ async fn sse_streams_pass_through_unbuffered_and_disconnects_cancel_upstream() {
 #[tokio::test]
 async fn streamed_answers_stay_open_until_the_request_timeout() {
     // A POST's answer (SSE here) may be silent up to timeouts.request.
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "timeouts:\n  request: 3s\n")).await;
+    let (_up, gw) = one_upstream("timeouts:\n  request: 3s\n").await;
     let c = client();
     let call = |delay: f64| {
         json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"stream","arguments":{"delay":delay,"idle":true}}})
@@ -674,12 +634,7 @@ async fn sessions_span_gateway_processes_sharing_a_key() {
 async fn unavailable_upstream_gets_a_jsonrpc_502_naming_the_group() {
     let port = free_port();
     let gw = Gateway::start(&config_for(&[format!("http://127.0.0.1:{port}/mcp")], "")).await;
-    let v = expect_error(
-        post(&client(), &gw.url("/mcp"), LIST).send().await.unwrap(),
-        502,
-        -32603,
-    )
-    .await;
+    let v = expect_refusal(post(&client(), &gw.url("/mcp"), LIST), 502, -32603).await;
     assert_eq!(v["id"], 1);
     assert!(
         v["error"]["message"]
@@ -692,22 +647,14 @@ async fn unavailable_upstream_gets_a_jsonrpc_502_naming_the_group() {
 
 #[tokio::test]
 async fn health_endpoints() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     for path in ["/health", "/liveness"] {
         let resp = c.get(gw.url(path)).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.json::<Value>().await.unwrap()["status"], "ok");
     }
-    let v: Value = c
-        .get(gw.url("/readiness"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = json_of(c.get(gw.url("/readiness"))).await;
     assert_eq!(v["ready"], true);
     assert_eq!(
         up.state().await["requests"],
@@ -754,18 +701,6 @@ async fn strategies_spread_requests() {
             _ => unreachable!(),
         }
     }
-}
-
-/// Send raw bytes and read what comes back until the server closes or 5 s pass.
-async fn raw_request(port: u16, head: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]
@@ -816,19 +751,11 @@ async fn the_clients_credentials_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn oversized_heads_get_431_and_connections_have_a_request_budget() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        "limits:\n  max_request_headers: 4KiB\n  requests_per_connection: 3\n",
-    ))
-    .await;
+    let (_up, gw) =
+        one_upstream("limits:\n  max_request_headers: 4KiB\n  requests_per_connection: 3\n").await;
     let c = client();
-    let v = expect_error(
-        post(&c, &gw.url("/mcp"), LIST)
-            .header("x-padding", "p".repeat(5000))
-            .send()
-            .await
-            .unwrap(),
+    let v = expect_refusal(
+        post(&c, &gw.url("/mcp"), LIST).header("x-padding", "p".repeat(5000)),
         431,
         -32600,
     )
@@ -890,8 +817,7 @@ async fn oversized_heads_get_431_and_connections_have_a_request_budget() {
 #[tokio::test]
 async fn slow_clients_do_not_hold_up_others() {
     use tokio::io::AsyncWriteExt;
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     // 200 clients that trickle a request head and never finish it.
     let mut slow = Vec::new();
     for _ in 0..200 {
@@ -917,12 +843,7 @@ async fn slow_clients_do_not_hold_up_others() {
 #[tokio::test]
 async fn get_streams_stay_open_until_stream_idle() {
     // The standing GET stream is bounded by timeouts.stream_idle, not timeouts.request.
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        "timeouts:\n  stream_idle: 2s\n  request: 1s\n",
-    ))
-    .await;
+    let (_up, gw) = one_upstream("timeouts:\n  stream_idle: 2s\n  request: 1s\n").await;
     let c = client();
     let stream = |delay: &str| {
         c.get(gw.url(&format!("/mcp?delay={delay}")))

@@ -80,6 +80,11 @@ fn with_session(req: reqwest::RequestBuilder, who: &Who, sid: &str) -> reqwest::
     who.apply(req.header("mcp-session-id", sid))
 }
 
+/// `req` is answered 404 with the JSON-RPC error of an unknown session.
+async fn expect_no_session(req: reqwest::RequestBuilder) -> Value {
+    expect_refusal(req, 404, -32001).await
+}
+
 async fn requests(up: &Upstream) -> (u64, u64) {
     let s = up.state().await;
     (
@@ -113,21 +118,8 @@ async fn refused_to(
     let get = c
         .get(format!("{url}?delay=0"))
         .header("accept", "text/event-stream");
-    expect_error(
-        with_session(get, intruder, sid).send().await.unwrap(),
-        404,
-        -32001,
-    )
-    .await;
-    expect_error(
-        with_session(c.delete(&url), intruder, sid)
-            .send()
-            .await
-            .unwrap(),
-        404,
-        -32001,
-    )
-    .await;
+    expect_no_session(with_session(get, intruder, sid)).await;
+    expect_no_session(with_session(c.delete(&url), intruder, sid)).await;
     assert_eq!(
         requests(up).await,
         before,
@@ -244,16 +236,7 @@ async fn the_session_ttl_counts_from_initialize_however_busy_the_session() {
     assert!(resealed, "the gateway re-sealed the echoed id");
     expect_error(expired, 404, -32001).await;
     // The first id (same start) is refused too; a new session starts afresh.
-    expect_error(
-        post(&c, &gw.url("/mcp"), LIST)
-            .header("mcp-session-id", &first)
-            .send()
-            .await
-            .unwrap(),
-        404,
-        -32001,
-    )
-    .await;
+    expect_no_session(post(&c, &gw.url("/mcp"), LIST).header("mcp-session-id", &first)).await;
     let resp = post(&c, &gw.url("/mcp"), INIT).send().await.unwrap();
     let fresh = header(&resp, "mcp-session-id").unwrap();
     received(
@@ -268,8 +251,7 @@ async fn the_session_ttl_counts_from_initialize_however_busy_the_session() {
 
 #[tokio::test]
 async fn a_modern_answer_never_hands_out_the_upstreams_session_id() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     let c = client();
     let version = "2026-07-28";
     let body = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"mint_session","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":version}}});
@@ -309,15 +291,12 @@ async fn reload(gw: &Gateway, from: &str, to: &str) {
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains(from), "{text}");
     std::fs::write(&config, text.replace(from, to)).unwrap();
-    let resp = client()
-        .post(gw.admin_url("/api/v1/reload"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(status, 200, "{v}");
+    let v = json_ok(
+        client()
+            .post(gw.admin_url("/api/v1/reload"))
+            .bearer_auth(TOKEN),
+    )
+    .await;
     assert_eq!(v["changed"], true, "{v}");
 }
 

@@ -17,17 +17,7 @@ const SESSION_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 /// docker/'s).
 fn shipped() -> Vec<PathBuf> {
     let mut files = vec![repo().join("docker/gateway.yaml")];
-    for dir in ["conf", "examples", "k8s/config"] {
-        let Ok(entries) = std::fs::read_dir(repo().join(dir)) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
-                files.push(p);
-            }
-        }
-    }
+    files.extend(config_files());
     files.sort();
     files
 }

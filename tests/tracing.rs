@@ -101,18 +101,20 @@ fn gateway_yaml(up: &Upstream, tracing: &str) -> String {
     config_for(&[up.url()], tracing)
 }
 
+/// A gateway over `up` exporting its spans to `receiver`; `settings` go under `tracing:`.
+async fn traced(up: &Upstream, receiver: &Receiver, settings: &str) -> Gateway {
+    let tracing = format!(
+        "tracing:\n  otlp_endpoint: http://127.0.0.1:{}\n{settings}",
+        receiver.port
+    );
+    Gateway::start(&gateway_yaml(up, &tracing)).await
+}
+
 #[tokio::test]
 async fn spans_continue_the_clients_trace_and_reach_the_collector() {
     let receiver = Receiver::start().await;
     let up = Upstream::start("a");
-    let gw = Gateway::start(&gateway_yaml(
-        &up,
-        &format!(
-            "tracing:\n  otlp_endpoint: http://127.0.0.1:{}\n  service_name: gw-under-test\n",
-            receiver.port
-        ),
-    ))
-    .await;
+    let gw = traced(&up, &receiver, "  service_name: gw-under-test\n").await;
     let c = client();
 
     // A session, then a traced tool call inside it.
@@ -196,12 +198,8 @@ async fn spans_continue_the_clients_trace_and_reach_the_collector() {
         root["parentSpanId"].as_str().unwrap_or("").is_empty(),
         "{root}"
     );
-    expect_error(
-        post(&c, &gw.url("/mcp"), "{oops")
-            .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
-            .send()
-            .await
-            .unwrap(),
+    expect_refusal(
+        post(&c, &gw.url("/mcp"), "{oops").header("traceparent", format!("00-{TRACE}-{PARENT}-01")),
         400,
         -32700,
     )
@@ -237,14 +235,7 @@ async fn without_tracing_traceparent_passes_through_untouched() {
 async fn sample_ratio_decides_new_traces_and_sampled_parents_are_followed() {
     let receiver = Receiver::start().await;
     let up = Upstream::start("a");
-    let gw = Gateway::start(&gateway_yaml(
-        &up,
-        &format!(
-            "tracing:\n  otlp_endpoint: http://127.0.0.1:{}\n  sample_ratio: 0.0\n",
-            receiver.port
-        ),
-    ))
-    .await;
+    let gw = traced(&up, &receiver, "  sample_ratio: 0.0\n").await;
     let c = client();
     let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
     // A new trace at ratio 0: propagated, but not sampled.

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A `tools/call` of the mock's `tool`, padded to at least `pad` bytes.
@@ -77,22 +77,6 @@ async fn admin_server(gw: &Gateway) -> Value {
     s
 }
 
-/// Poll `check` every 50 ms for up to `limit`.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn request_connection_fields_never_reach_the_upstream_over_http1() {
     let up = Upstream::start("u");
@@ -135,8 +119,7 @@ async fn request_connection_fields_never_reach_the_upstream_over_http1() {
 
 #[tokio::test]
 async fn connection_naming_fields_the_gateway_sets_is_refused_on_both_paths() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let c = client();
     for (path, pad) in PATHS {
         for named in ["Host", "X-Forwarded-For", "x-forwarded-proto"] {
@@ -162,8 +145,7 @@ async fn connection_naming_fields_the_gateway_sets_is_refused_on_both_paths() {
 
 #[tokio::test]
 async fn hop_by_hop_response_fields_never_reach_the_client() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     let c = client();
     for (path, pad) in PATHS {
         let resp = post(&c, &gw.url("/mcp"), call("hop", json!({}), pad))
@@ -193,79 +175,6 @@ async fn hop_by_hop_response_fields_never_reach_the_client() {
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["id"], 7, "{path}: {v}");
     }
-}
-
-/// A test CA and a server certificate for 127.0.0.1 it issued.
-fn pki() -> TempDir {
-    let dir = TempDir::new("pki");
-    make_cert(
-        &dir,
-        "ca",
-        "/CN=Test CA",
-        None,
-        &[
-            "basicConstraints=critical,CA:TRUE",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    make_cert(
-        &dir,
-        "server",
-        "/CN=gateway",
-        Some("ca"),
-        &[
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "extendedKeyUsage=serverAuth",
-            "basicConstraints=critical,CA:FALSE",
-        ],
-    );
-    dir
-}
-
-/// A client trusting the test CA; it speaks HTTP/2 when ALPN offers it.
-fn tls_client(pki: &TempDir) -> reqwest::Client {
-    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-/// The gateway with a TLS listener (`h2` and `http/1.1` by ALPN), ready.
-async fn tls_gateway(pki: &TempDir, yaml: &str) -> (std::process::Child, TempDir, u16) {
-    let yaml = yaml.replacen(
-        "server:\n",
-        &format!(
-            "server:\n  tls:\n    cert: {}\n    key: {}\n",
-            pki.path("server.pem").display(),
-            pki.path("server.key").display()
-        ),
-        1,
-    );
-    let (config, dir, port) = Gateway::prepare(&yaml, &[]);
-    let mut child = Gateway::spawn(&config, &dir, &[], &[]);
-    let c = tls_client(pki);
-    let ready = eventually(Duration::from_secs(30), || {
-        let c = c.clone();
-        async move {
-            c.get(format!("https://127.0.0.1:{port}/readiness"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
-    .await;
-    if !ready {
-        let _ = child.kill();
-        panic!(
-            "TLS gateway not ready:\n{}",
-            std::fs::read_to_string(dir.path("gateway.log")).unwrap_or_default()
-        );
-    }
-    (child, dir, port)
 }
 
 #[tokio::test]
@@ -409,6 +318,17 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A `POST /mcp` of `body` with the `extra` head lines, by [`exchange`].
+async fn post_mcp(port: u16, body: &str, extra: &str, expect: bool) -> Exchange {
+    exchange(
+        port,
+        &post_head("/mcp", body.len(), extra),
+        body.as_bytes(),
+        expect,
+    )
+    .await
+}
+
 fn post_head(path: &str, len: usize, extra: &str) -> String {
     format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {len}\r\n{extra}\r\n"
@@ -417,17 +337,10 @@ fn post_head(path: &str, len: usize, extra: &str) -> String {
 
 #[tokio::test]
 async fn expect_100_continue_is_answered_by_the_gateway_and_never_forwarded() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     for (path, pad) in PATHS {
         let body = call("echo", json!({}), pad);
-        let x = exchange(
-            gw.port,
-            &post_head("/mcp", body.len(), "Expect: 100-continue\r\n"),
-            body.as_bytes(),
-            true,
-        )
-        .await;
+        let x = post_mcp(gw.port, &body, "Expect: 100-continue\r\n", true).await;
         assert!(
             x.continued,
             "{path}: no 100 Continue before the body was sent; then got {:?}",
@@ -470,13 +383,7 @@ async fn informational_answers_do_not_decide_the_breaker() {
         let gw = Gateway::start(&yaml).await;
         for _ in 0..3 {
             let body = call("status", json!({"code": 500}), pad);
-            let x = exchange(
-                gw.port,
-                &post_head("/mcp", body.len(), "Expect: 100-continue\r\n"),
-                body.as_bytes(),
-                true,
-            )
-            .await;
+            let x = post_mcp(gw.port, &body, "Expect: 100-continue\r\n", true).await;
             assert!(x.head.starts_with("HTTP/1.1 500"), "{path}: {}", x.head);
         }
         let s = admin_server(&gw).await;
@@ -502,8 +409,7 @@ async fn informational_answers_do_not_decide_the_breaker() {
 
 #[tokio::test]
 async fn upgrade_requests_are_refused_and_never_reach_the_upstream() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (up, gw) = one_upstream("").await;
     let ws = "GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAccept: text/event-stream\r\n\r\n";
     let x = exchange(gw.port, ws, b"", false).await;
     assert!(x.head.starts_with("HTTP/1.1 400"), "{}", x.head);
@@ -515,14 +421,10 @@ async fn upgrade_requests_are_refused_and_never_reach_the_upstream() {
     );
     for (path, pad) in PATHS {
         let body = call("echo", json!({}), pad);
-        let x = exchange(
+        let x = post_mcp(
             gw.port,
-            &post_head(
-                "/mcp",
-                body.len(),
-                "Connection: Upgrade\r\nUpgrade: websocket\r\n",
-            ),
-            body.as_bytes(),
+            &body,
+            "Connection: Upgrade\r\nUpgrade: websocket\r\n",
             false,
         )
         .await;
@@ -538,16 +440,7 @@ async fn upgrade_requests_are_refused_and_never_reach_the_upstream() {
     // and neither the offer nor its settings go upstream.
     for (path, pad) in PATHS {
         let body = call("echo", json!({}), pad);
-        let x = exchange(
-            gw.port,
-            &post_head(
-                "/mcp",
-                body.len(),
-                "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n",
-            ),
-            body.as_bytes(),
-            false,
-        )
+        let x = post_mcp(gw.port, &body, "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n", false)
         .await;
         assert!(x.head.starts_with("HTTP/1.1 200"), "{path}: {}", x.head);
         let v: Value = serde_json::from_slice(&x.body).unwrap();
@@ -558,8 +451,7 @@ async fn upgrade_requests_are_refused_and_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn an_upstream_switching_protocols_gets_a_502_on_both_paths() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(&[up.url()], "")).await;
+    let (_up, gw) = one_upstream("").await;
     let c = client();
     for (path, pad) in PATHS {
         let resp = post(&c, &gw.url("/mcp"), call("switch", json!({}), pad))
@@ -584,12 +476,7 @@ async fn an_upstream_switching_protocols_gets_a_502_on_both_paths() {
 
 #[tokio::test]
 async fn a_client_leaving_while_the_upstream_is_silent_cancels_on_both_paths() {
-    let up = Upstream::start("u");
-    let gw = Gateway::start(&config_for(
-        &[up.url()],
-        &format!("limits:\n  max_request_body: 2MiB\n{}", admin()),
-    ))
-    .await;
+    let (up, gw) = one_upstream(&format!("limits:\n  max_request_body: 2MiB\n{}", admin())).await;
     let c = client();
     let mut cancelled = 0;
     for (path, pad) in PATHS {

@@ -122,42 +122,35 @@ mod tests {
         h
     }
 
+    /// The three routing headers of a modern `tools/call`.
+    fn modern(version: &str, method: &str, name: &str) -> HeaderMap {
+        headers(&[
+            ("mcp-protocol-version", version),
+            ("mcp-method", method),
+            ("mcp-name", name),
+        ])
+    }
+
     const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"héllo","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
 
     #[test]
     fn matching_headers_pass_including_base64_names() {
-        let h = headers(&[
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "=?base64?aMOpbGxv?="),
-        ]);
+        let h = modern("2026-07-28", "tools/call", "=?base64?aMOpbGxv?=");
         assert_eq!(check_modern(&env(CALL), &h), Ok(()));
     }
 
     #[test]
     fn mismatches_are_named() {
         let e = env(CALL);
-        let wrong_version = headers(&[
-            ("mcp-protocol-version", "2025-11-25"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "=?base64?aMOpbGxv?="),
-        ]);
+        let wrong_version = modern("2025-11-25", "tools/call", "=?base64?aMOpbGxv?=");
         assert!(check_modern(&e, &wrong_version)
             .unwrap_err()
             .contains("MCP-Protocol-Version"));
-        let wrong_method = headers(&[
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/list"),
-            ("mcp-name", "=?base64?aMOpbGxv?="),
-        ]);
+        let wrong_method = modern("2026-07-28", "tools/list", "=?base64?aMOpbGxv?=");
         assert!(check_modern(&e, &wrong_method)
             .unwrap_err()
             .contains("Mcp-Method"));
-        let wrong_name = headers(&[
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "other"),
-        ]);
+        let wrong_name = modern("2026-07-28", "tools/call", "other");
         assert!(check_modern(&e, &wrong_name)
             .unwrap_err()
             .contains("Mcp-Name"));

@@ -309,24 +309,22 @@ impl Edge {
                 Err(m) => errs.push((format!("server.trusted_proxies[{i}]"), m)),
             }
         }
-        let hosts = AllowedHosts::build(
+        let mut allowed = |list: Option<&[String]>, host: &str, at: &str| {
+            AllowedHosts::build(list, host, at).unwrap_or_else(|e| {
+                errs.extend(e);
+                AllowedHosts::default()
+            })
+        };
+        let hosts = allowed(
             server.allowed_hosts.as_deref(),
             &server.host,
             "server.allowed_hosts",
-        )
-        .unwrap_or_else(|e| {
-            errs.extend(e);
-            AllowedHosts::default()
-        });
-        let admin_hosts = AllowedHosts::build(
+        );
+        let admin_hosts = allowed(
             admin.allowed_hosts.as_deref(),
             &admin.host,
             "admin.allowed_hosts",
-        )
-        .unwrap_or_else(|e| {
-            errs.extend(e);
-            AllowedHosts::default()
-        });
+        );
         if errs.is_empty() {
             Ok(Edge {
                 trusted,

@@ -2,10 +2,24 @@
 //!
 //! * [`Upstream`]: `tests/peers/mock_upstream.py` (a scriptable MCP server);
 //! * [`Gateway`]: the real `mcp-gateway` binary with a generated YAML config, ready
-//!   once `/readiness` answers 200.
+//!   once `/readiness` answers 200;
+//! * [`tls`]: a test CA, a client trusting it and a gateway with a TLS listener;
+//! * [`raw`]: raw HTTP/1.1 requests on a fresh connection;
+//! * [`redis_server`]: a real `redis-server`.
 //!
 //! Every process is killed when its handle drops.
 #![allow(dead_code)]
+
+pub mod raw;
+pub mod redis_server;
+pub mod tls;
+
+#[allow(unused_imports)]
+pub use raw::*;
+#[allow(unused_imports)]
+pub use redis_server::RedisServer;
+#[allow(unused_imports)]
+pub use tls::*;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -19,12 +33,57 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The YAML config files shipped in `conf/`, `examples/` and `k8s/config/`.
+pub fn config_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in ["conf", "examples", "k8s/config"] {
+        let Ok(entries) = std::fs::read_dir(repo().join(dir)) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Poll `check` every 50 ms for up to `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A URL on the admin service of the gateway whose config [`Gateway::prepare`] wrote in
+/// `dir` (its port read back from that config).
+pub fn admin_url_in(dir: &TempDir, path: &str) -> String {
+    let yaml = std::fs::read_to_string(dir.path("gateway.yaml")).unwrap();
+    let port = yaml
+        .split("\nadmin:\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().find_map(|l| l.trim().strip_prefix("port: ")))
+        .expect("the config has an admin block with a port");
+    format!("http://127.0.0.1:{}{path}", port.trim())
 }
 
 /// A fresh temporary directory (removed on drop).
@@ -306,26 +365,12 @@ impl Gateway {
 
     /// `GET` an admin API path with the bearer `token`, as JSON.
     pub async fn admin_api(&self, path: &str, token: &str) -> serde_json::Value {
-        client()
-            .get(self.admin_url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        json_of(client().get(self.admin_url(path)).bearer_auth(token)).await
     }
 
     /// A URL on the admin service (its port read back from the config written).
     pub fn admin_url(&self, path: &str) -> String {
-        let yaml = std::fs::read_to_string(self.dir.path("gateway.yaml")).unwrap();
-        let port = yaml
-            .split("\nadmin:\n")
-            .nth(1)
-            .and_then(|rest| rest.lines().find_map(|l| l.trim().strip_prefix("port: ")))
-            .expect("the config has an admin block with a port");
-        format!("http://127.0.0.1:{}{path}", port.trim())
+        admin_url_in(&self.dir, path)
     }
 
     pub fn log(&self) -> String {
@@ -342,6 +387,13 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One upstream (`u`) and a gateway in front of it, `extra` added to its config.
+pub async fn one_upstream(extra: &str) -> (Upstream, Gateway) {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&config_for(&[up.url()], extra)).await;
+    (up, gw)
 }
 
 /// A gateway config with one group `default` of the given upstream URLs, route-less
@@ -375,12 +427,35 @@ pub fn post(
         .body(body)
 }
 
+/// Send `req`; its answer must be a 200 (the body shown if not), read as JSON.
+pub async fn json_ok(req: reqwest::RequestBuilder) -> serde_json::Value {
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Send `req` and read its answer as JSON, whatever its status.
+pub async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
+    req.send().await.unwrap().json().await.unwrap()
+}
+
 /// The mock upstream's description of what it received (the JSON-RPC `result`).
 pub async fn received(resp: reqwest::Response) -> serde_json::Value {
     let status = resp.status();
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(status, 200, "{v}");
     v["result"].clone()
+}
+
+/// Send `req`; the answer must be the gateway's JSON-RPC error with this status and code.
+pub async fn expect_refusal(
+    req: reqwest::RequestBuilder,
+    status: u16,
+    code: i64,
+) -> serde_json::Value {
+    expect_error(req.send().await.unwrap(), status, code).await
 }
 
 /// Assert a JSON-RPC error response from the gateway with this status and code.
@@ -430,6 +505,15 @@ pub fn validate(yaml: &str) -> (Option<i32>, String) {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `--validate` refuses `yaml` (exit 64) and names every one of `problems`.
+pub fn expect_invalid(yaml: &str, problems: &[&str]) {
+    let (code, err) = validate(yaml);
+    assert_eq!(code, Some(64), "{err}");
+    for needle in problems {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
 }
 
 /// SHA-256 of `data` in hex (computed by Python, so the test trusts no code of ours).
@@ -488,132 +572,4 @@ pub fn make_cert(dir: &TempDir, name: &str, subject: &str, ca: Option<&str>, ext
         "openssl: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A real `redis-server` on a free loopback port, without persistence; killed on drop.
-pub struct RedisServer {
-    child: Child,
-    pub port: u16,
-    password: Option<String>,
-    /// Serving TLS only (`rediss://`).
-    tls: bool,
-}
-
-impl RedisServer {
-    /// Start on a free port, with `requirepass` when `password` is given.
-    pub fn start(password: Option<&str>) -> RedisServer {
-        Self::start_on(free_port(), password)
-    }
-
-    /// Start on `port` (e.g. to bring a killed server back at its address).
-    pub fn start_on(port: u16, password: Option<&str>) -> RedisServer {
-        Self::spawn(port, password, None)
-    }
-
-    /// Start on a free port speaking TLS only, with the certificate `cert` and key `key`
-    /// (PEM files); clients are not asked for certificates.
-    #[allow(dead_code)]
-    pub fn start_tls(password: Option<&str>, cert: &Path, key: &Path) -> RedisServer {
-        Self::spawn(free_port(), password, Some((cert, key)))
-    }
-
-    fn spawn(port: u16, password: Option<&str>, tls: Option<(&Path, &Path)>) -> RedisServer {
-        let mut cmd = Command::new("redis-server");
-        match tls {
-            None => cmd.args(["--port", &port.to_string()]),
-            Some((cert, key)) => cmd
-                .args(["--port", "0", "--tls-port", &port.to_string()])
-                .arg("--tls-cert-file")
-                .arg(cert)
-                .arg("--tls-key-file")
-                .arg(key)
-                .args(["--tls-auth-clients", "no"]),
-        };
-        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-        if let Some(p) = password {
-            cmd.args(["--requirepass", p]);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}): these tests need a real Redis. Install \
-                     Debian's redis-server package without starting its service (scripts/test \
-                     does it), or put redis-server on PATH"
-                )
-            });
-        let mut server = RedisServer {
-            child,
-            port,
-            password: password.map(str::to_string),
-            tls: tls.is_some(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("redis-server exited with {status} (port {port} taken?)");
-            }
-            if server.ping() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not answer PING on port {port} within 20s");
-    }
-
-    /// `redis://[:password@]127.0.0.1:PORT/0` (`rediss://` with TLS).
-    pub fn url(&self) -> String {
-        let scheme = if self.tls { "rediss" } else { "redis" };
-        match &self.password {
-            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}/0", self.port),
-            None => format!("{scheme}://127.0.0.1:{}/0", self.port),
-        }
-    }
-
-    /// A plain connection to the server, to look at what the gateway wrote.
-    pub fn connect(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .unwrap()
-    }
-
-    fn ping(&self) -> bool {
-        if self.tls {
-            // This process does not trust the test CA: a listening port will do.
-            return std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
-        }
-        let Ok(client) = redis::Client::open(self.url()) else {
-            return false;
-        };
-        client
-            .get_connection_with_timeout(Duration::from_millis(500))
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_ok()
-    }
-
-    /// Stop (`SIGSTOP`) or continue (`SIGCONT`) the server: stopped, it accepts
-    /// connections and commands but answers none.
-    pub fn pause(&self, stopped: bool) {
-        let signal = if stopped { "-STOP" } else { "-CONT" };
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {signal} redis-server failed");
-    }
-
-    /// Kill the server now (connections to it break, its port refuses new ones).
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }

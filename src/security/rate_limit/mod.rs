@@ -206,35 +206,31 @@ impl Rule {
         window::whole_seconds(minute.max(second))
     }
 
+    /// The refusal for more than `limit` requests `per` ("in a second", "per minute"):
+    /// retry once enough of the window has slid by for one more request to fit.
+    fn limited(&self, c: &Counts, limit: u32, per: &str) -> Limited {
+        let retry_after = self.retry_after(c);
+        Limited {
+            rule: self.name.clone(),
+            limit,
+            retry_after,
+            message: format!(
+                "rate limit {:?}: more than {limit} requests {per}; retry in {retry_after} s",
+                self.name
+            ),
+        }
+    }
+
     /// Over the limit (the burst first), or the quota left.
     fn judge(&self, c: Counts) -> Result<Quota, Limited> {
         let per_minute = c.minute.estimate();
         if c.second
             .is_some_and(|s| s.estimate() > f64::from(self.burst))
         {
-            let retry_after = self.retry_after(&c);
-            return Err(Limited {
-                rule: self.name.clone(),
-                limit: self.burst,
-                retry_after,
-                message: format!(
-                    "rate limit {:?}: more than {} requests in a second; retry in {retry_after} s",
-                    self.name, self.burst
-                ),
-            });
+            return Err(self.limited(&c, self.burst, "in a second"));
         }
         if per_minute > f64::from(self.per_minute) {
-            // Until enough of the window has slid by for one more request to fit.
-            let retry_after = self.retry_after(&c);
-            return Err(Limited {
-                rule: self.name.clone(),
-                limit: self.per_minute,
-                retry_after,
-                message: format!(
-                    "rate limit {:?}: more than {} requests per minute; retry in {retry_after} s",
-                    self.name, self.per_minute
-                ),
-            });
+            return Err(self.limited(&c, self.per_minute, "per minute"));
         }
         Ok(Quota {
             limit: self.per_minute,

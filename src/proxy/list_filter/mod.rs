@@ -15,16 +15,21 @@
 //! at once. Answers that need no change are sent as the bytes the server wrote. What
 //! cannot be read (not JSON, not UTF-8, compressed, or larger than [`MAX_LIST`]) is
 //! never passed on: the client gets a JSON-RPC error in its place.
+//!
+//! This module owns the per-answer driver (JSON whole, SSE event by event) and the call
+//! into the policies; `sse` owns the SSE framing, `probe` the skim for list results.
 
-use crate::mcp::envelope::Keys;
+mod probe;
+mod sse;
+
+pub use sse::is_sse;
+
 use crate::security::auth::Identity;
-use crate::security::policy::{ListKind, Policies};
+use crate::security::policy::Policies;
 use bytes::{Bytes, BytesMut};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
+use probe::carries_list;
 use serde_json::Value;
-use std::borrow::Cow;
-use std::fmt;
+use sse::{sse_event, Fields, Splitter};
 
 /// The largest list answer (or SSE event) the gateway will filter.
 pub const MAX_LIST: usize = 16 << 20;
@@ -51,16 +56,6 @@ impl Scope {
             (false, true) => Scope::All,
         }
     }
-}
-
-/// `text/event-stream`, in any case, with optional parameters.
-pub fn is_sse(content_type: &[u8]) -> bool {
-    let media = content_type
-        .split(|b| *b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    media.eq_ignore_ascii_case(b"text/event-stream")
 }
 
 enum Mode {
@@ -252,236 +247,6 @@ impl ListFilter {
     }
 }
 
-/// An SSE event: the `other` lines (id, event, retry, comments) then `data`.
-fn sse_event(others: &[Cow<str>], data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + 32);
-    if others.is_empty() {
-        out.extend_from_slice(b"event: message\n");
-    }
-    for line in others {
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
-}
-
-/// Finds where SSE events end, scanning each byte once across chunks.
-struct Splitter {
-    /// Bytes of the buffer already scanned.
-    scan: usize,
-    /// The scan stands at the start of a line.
-    line_start: bool,
-    /// The last byte scanned was a CR (an LF right after it ends the same line).
-    last_cr: bool,
-    /// No event was read yet (a BOM may open the stream).
-    first: bool,
-}
-
-impl Default for Splitter {
-    fn default() -> Self {
-        Splitter {
-            scan: 0,
-            line_start: true,
-            last_cr: false,
-            first: true,
-        }
-    }
-}
-
-impl Splitter {
-    /// The length of the first complete event in `buf` (through its blank line), if any;
-    /// `buf` must start where the last event ended and only grow meanwhile.
-    fn next_event(&mut self, buf: &[u8]) -> Option<usize> {
-        while self.scan < buf.len() {
-            let b = buf[self.scan];
-            self.scan += 1;
-            match b {
-                b'\n' if self.last_cr => self.last_cr = false,
-                b'\n' | b'\r' => {
-                    self.last_cr = b == b'\r';
-                    if self.line_start {
-                        let n = self.scan;
-                        self.scan = 0;
-                        return Some(n);
-                    }
-                    self.line_start = true;
-                }
-                _ => {
-                    self.last_cr = false;
-                    self.line_start = false;
-                }
-            }
-        }
-        None
-    }
-}
-
-/// An event's fields as an SSE client reads them.
-struct Fields<'a> {
-    /// The `data` lines joined by LF (`None`: no data field).
-    data: Option<String>,
-    /// Every other non-empty line, as written.
-    others: Vec<Cow<'a, str>>,
-}
-
-impl<'a> Fields<'a> {
-    fn parse(event: &'a [u8], first: bool) -> Fields<'a> {
-        let mut text = String::from_utf8_lossy(event);
-        if first && text.starts_with('\u{feff}') {
-            text = match text {
-                Cow::Borrowed(t) => Cow::Borrowed(&t[3..]),
-                Cow::Owned(t) => Cow::Owned(t[3..].to_string()),
-            };
-        }
-        let mut data: Option<String> = None;
-        let mut others = Vec::new();
-        let lines: Vec<Cow<'a, str>> = match text {
-            Cow::Borrowed(t) => t
-                .split(['\r', '\n'])
-                .filter(|l| !l.is_empty())
-                .map(Cow::Borrowed)
-                .collect(),
-            Cow::Owned(t) => t
-                .split(['\r', '\n'])
-                .filter(|l| !l.is_empty())
-                .map(|l| Cow::Owned(l.to_string()))
-                .collect(),
-        };
-        for line in lines {
-            let (field, value) = match line.find(':') {
-                Some(i) => {
-                    let v = &line[i + 1..];
-                    (&line[..i], v.strip_prefix(' ').unwrap_or(v))
-                }
-                None => (line.as_ref(), ""),
-            };
-            if field == "data" {
-                match &mut data {
-                    Some(d) => {
-                        d.push('\n');
-                        d.push_str(value);
-                    }
-                    None => data = Some(value.to_string()),
-                }
-                continue;
-            }
-            others.push(line);
-        }
-        Fields { data, others }
-    }
-}
-
-/// The list members of a result.
-const LIST_KEYS: [&str; 4] = [
-    ListKind::ALL[0].key(),
-    ListKind::ALL[1].key(),
-    ListKind::ALL[2].key(),
-    ListKind::ALL[3].key(),
-];
-
-/// Whether a JSON text (a message or a batch) has a result with a list in it; `Err`
-/// when it is not JSON, or when `result` or a list member appears twice (or again under
-/// another case): clients differ on which one they read, so it is not passed on.
-/// Skims without building anything.
-fn carries_list(text: &str) -> Result<bool, ()> {
-    serde_json::from_str::<Probe>(text)
-        .map(|p| p.0)
-        .map_err(|_| ())
-}
-
-/// A message (any `result` with a list member) or a batch of them.
-struct Probe(bool);
-/// A `result`: has it a list member?
-struct ResultProbe(bool);
-
-macro_rules! scalars_are_false {
-    ($t:ident) => {
-        fn visit_bool<E>(self, _: bool) -> Result<$t, E> {
-            Ok($t(false))
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<$t, E> {
-            Ok($t(false))
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<$t, E> {
-            Ok($t(false))
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<$t, E> {
-            Ok($t(false))
-        }
-        fn visit_str<E>(self, _: &str) -> Result<$t, E> {
-            Ok($t(false))
-        }
-        fn visit_unit<E>(self) -> Result<$t, E> {
-            Ok($t(false))
-        }
-    };
-}
-
-impl<'de> Deserialize<'de> for Probe {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Probe;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON-RPC message")
-            }
-            scalars_are_false!(Probe);
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
-                let mut found = false;
-                let mut keys = Keys::new(&["result"]);
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    keys.note(&key).map_err(de::Error::custom)?;
-                    if key == "result" {
-                        found |= map.next_value::<ResultProbe>()?.0;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(Probe(found))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Probe, A::Error> {
-                let mut found = false;
-                while let Some(p) = seq.next_element::<Probe>()? {
-                    found |= p.0;
-                }
-                Ok(Probe(found))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for ResultProbe {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ResultProbe;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON-RPC result")
-            }
-            scalars_are_false!(ResultProbe);
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ResultProbe, A::Error> {
-                let mut found = false;
-                let mut keys = Keys::new(&LIST_KEYS);
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    keys.note(&key).map_err(de::Error::custom)?;
-                    found |= LIST_KEYS.contains(&key.as_ref());
-                    map.next_value::<IgnoredAny>()?;
-                }
-                Ok(ResultProbe(found))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ResultProbe, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(ResultProbe(false))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -668,29 +433,5 @@ mod tests {
         let out = run(&mut f, &p, &[stream.as_bytes()]);
         assert!(!String::from_utf8_lossy(&out).contains("secret_x"));
         assert!(out.ends_with(b"{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"content\":[]}}\n\n"));
-    }
-
-    #[test]
-    fn the_splitter_scans_each_byte_once() {
-        // A large event arriving byte by byte: each call scans only the new byte.
-        let mut s = Splitter::default();
-        let event = format!("data: {}\n\n", "x".repeat(10_000));
-        let mut buf = Vec::new();
-        let mut scanned = 0;
-        let mut found = None;
-        for b in event.bytes() {
-            buf.push(b);
-            let before = s.scan;
-            found = s.next_event(&buf);
-            scanned += if found.is_some() {
-                buf.len() - before
-            } else {
-                s.scan - before
-            };
-        }
-        assert_eq!(found, Some(event.len()));
-        assert_eq!(scanned, event.len());
-        assert!(is_sse(b"Text/Event-Stream; charset=utf-8"));
-        assert!(!is_sse(b"application/json"));
     }
 }

@@ -10,12 +10,21 @@
 //! could call it (`tools/call` of the tool, `prompts/get` of the prompt,
 //! `resources/read` of the resource or template), so clients never see what they may
 //! not use.
+//!
+//! This module owns what a request does ([`Action`]), the decision ([`Policies::check`])
+//! and its denial; `compile` builds the rules from the config, `rule` matches one rule
+//! against a request, `lists` filters list answers.
+
+mod compile;
+mod lists;
+mod rule;
+
+pub use lists::ListKind;
 
 use super::auth::Identity;
-use crate::config::{Effect, PolicyRuleConfig};
+use crate::config::Effect;
 use crate::mcp::envelope::{Envelope, Names};
-use globset::{Glob, GlobSet, GlobSetBuilder};
-use serde_json::Value;
+use rule::{Fit, Rule};
 
 /// What a request does, as far as policies are concerned.
 #[derive(Debug, Clone, Copy)]
@@ -90,54 +99,6 @@ impl<'a> Action<'a> {
     }
 }
 
-/// The lists that are filtered, with where their items and names sit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListKind {
-    Tools,
-    Prompts,
-    Resources,
-    ResourceTemplates,
-}
-
-impl ListKind {
-    pub const ALL: [ListKind; 4] = [
-        ListKind::Tools,
-        ListKind::Prompts,
-        ListKind::Resources,
-        ListKind::ResourceTemplates,
-    ];
-
-    /// The member of a result that holds this list.
-    pub const fn key(self) -> &'static str {
-        match self {
-            ListKind::Tools => "tools",
-            ListKind::Prompts => "prompts",
-            ListKind::Resources => "resources",
-            ListKind::ResourceTemplates => "resourceTemplates",
-        }
-    }
-
-    pub fn of(method: &str) -> Option<ListKind> {
-        Some(match method {
-            "tools/list" => ListKind::Tools,
-            "prompts/list" => ListKind::Prompts,
-            "resources/list" => ListKind::Resources,
-            "resources/templates/list" => ListKind::ResourceTemplates,
-            _ => return None,
-        })
-    }
-
-    /// The result's array, each item's name field, and the method that uses an item.
-    fn shape(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            ListKind::Tools => (self.key(), "name", "tools/call"),
-            ListKind::Prompts => (self.key(), "name", "prompts/get"),
-            ListKind::Resources => (self.key(), "uri", "resources/read"),
-            ListKind::ResourceTemplates => (self.key(), "uriTemplate", "resources/read"),
-        }
-    }
-}
-
 /// A denial: what to tell the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
@@ -147,113 +108,6 @@ pub struct Denied {
     /// Scopes that would have let the request through (the first allow rule that
     /// matched everything but its scopes): an OAuth client can ask for them.
     pub missing_scopes: Vec<String>,
-}
-
-/// How a claim condition matches.
-enum ClaimMatch {
-    /// A string glob: the claim (or any string in a list claim) matches it.
-    Glob(GlobSet),
-    /// Any of these (strings are globs).
-    Any(Vec<ClaimMatch>),
-    /// Equality (numbers, booleans, objects).
-    Equals(Value),
-}
-
-impl ClaimMatch {
-    fn matches(&self, claim: &Value) -> bool {
-        match (self, claim) {
-            (ClaimMatch::Any(all), _) => all.iter().any(|m| m.matches(claim)),
-            (_, Value::Array(items)) => items.iter().any(|c| self.matches_one(c)),
-            _ => self.matches_one(claim),
-        }
-    }
-
-    fn matches_one(&self, claim: &Value) -> bool {
-        match self {
-            ClaimMatch::Glob(g) => claim.as_str().is_some_and(|s| g.is_match(s)),
-            ClaimMatch::Equals(v) => v == claim,
-            ClaimMatch::Any(all) => all.iter().any(|m| m.matches_one(claim)),
-        }
-    }
-}
-
-struct Rule {
-    name: String,
-    effect: Effect,
-    routes: Vec<String>,
-    subjects: Option<GlobSet>,
-    clients: Option<GlobSet>,
-    scopes: Vec<String>,
-    claims: Vec<(String, ClaimMatch)>,
-    methods: Option<GlobSet>,
-    tools: Option<GlobSet>,
-    prompts: Option<GlobSet>,
-    resources: Option<GlobSet>,
-}
-
-/// How a rule relates to a request.
-#[derive(PartialEq, Eq)]
-enum Fit {
-    Matches,
-    /// Everything but the scopes matched.
-    LacksScopes,
-    No,
-}
-
-impl Rule {
-    fn fit(&self, who: Option<&Identity>, action: &Action) -> Fit {
-        if !(self.routes.is_empty() || self.routes.iter().any(|r| r == action.route)) {
-            return Fit::No;
-        }
-        if let Some(m) = &self.methods {
-            if !action.method.is_some_and(|x| m.is_match(x)) {
-                return Fit::No;
-            }
-        }
-        let names_items =
-            self.tools.is_some() || self.prompts.is_some() || self.resources.is_some();
-        if names_items {
-            let hit = match action.item {
-                Some(Item::Tool(n)) => self.tools.as_ref().is_some_and(|g| g.is_match(n)),
-                Some(Item::Prompt(n)) => self.prompts.as_ref().is_some_and(|g| g.is_match(n)),
-                Some(Item::Resource(n)) => self.resources.as_ref().is_some_and(|g| g.is_match(n)),
-                None => false,
-            };
-            if !hit {
-                return Fit::No;
-            }
-        }
-        let needs_identity = self.subjects.is_some()
-            || self.clients.is_some()
-            || !self.scopes.is_empty()
-            || !self.claims.is_empty();
-        if !needs_identity {
-            return Fit::Matches;
-        }
-        let Some(who) = who else {
-            return Fit::No;
-        };
-        if let Some(s) = &self.subjects {
-            if !s.is_match(&who.subject) {
-                return Fit::No;
-            }
-        }
-        if let Some(c) = &self.clients {
-            if !who.client_id.as_deref().is_some_and(|id| c.is_match(id)) {
-                return Fit::No;
-            }
-        }
-        for (name, m) in &self.claims {
-            if !who.claims.get(name).is_some_and(|v| m.matches(v)) {
-                return Fit::No;
-            }
-        }
-        if self.scopes.iter().all(|s| who.scopes.contains(s)) {
-            Fit::Matches
-        } else {
-            Fit::LacksScopes
-        }
-    }
 }
 
 /// All rules, built once from the config.
@@ -270,96 +124,7 @@ impl std::fmt::Debug for Policies {
     }
 }
 
-type Problems = Vec<(String, String)>;
-
-/// A glob set from a config list (`None` for an empty list).
-fn globs(list: &[String], at: &str, errs: &mut Problems) -> Option<GlobSet> {
-    if list.is_empty() {
-        return None;
-    }
-    let mut b = GlobSetBuilder::new();
-    for (i, g) in list.iter().enumerate() {
-        match Glob::new(g) {
-            Ok(g) => {
-                b.add(g);
-            }
-            Err(e) => errs.push((format!("{at}[{i}]"), format!("{g:?} is not a glob: {e}"))),
-        }
-    }
-    b.build()
-        .map_err(|e| errs.push((at.to_string(), e.to_string())))
-        .ok()
-}
-
-fn claim_match(v: &Value, at: &str, errs: &mut Problems) -> ClaimMatch {
-    match v {
-        Value::String(s) => ClaimMatch::Glob(
-            globs(std::slice::from_ref(s), at, errs).unwrap_or_else(GlobSet::empty),
-        ),
-        Value::Array(items) => ClaimMatch::Any(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| claim_match(v, &format!("{at}[{i}]"), errs))
-                .collect(),
-        ),
-        other => ClaimMatch::Equals(other.clone()),
-    }
-}
-
 impl Policies {
-    /// Build the rules; every problem comes back as `(path, message)`.
-    pub fn build(cfg: &[PolicyRuleConfig]) -> Result<Policies, Problems> {
-        let mut errs = Vec::new();
-        let mut rules = Vec::new();
-        for (i, r) in cfg.iter().enumerate() {
-            let at = |k: &str| format!("security.policies[{i}].{k}");
-            let Some(effect) = r.effect else {
-                errs.push((at("effect"), "is required: allow or deny".into()));
-                continue;
-            };
-            for (j, p) in r.routes.iter().enumerate() {
-                if !p.starts_with('/') {
-                    errs.push((
-                        at(&format!("routes[{j}]")),
-                        format!("{p:?} must start with '/'"),
-                    ));
-                }
-            }
-            rules.push(Rule {
-                name: if r.name.is_empty() {
-                    format!("policies[{i}]")
-                } else {
-                    r.name.clone()
-                },
-                effect,
-                routes: r.routes.clone(),
-                subjects: globs(&r.subjects, &at("subjects"), &mut errs),
-                clients: globs(&r.clients, &at("clients"), &mut errs),
-                scopes: r.scopes.clone(),
-                claims: r
-                    .claims
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            claim_match(v, &at(&format!("claims.{k}")), &mut errs),
-                        )
-                    })
-                    .collect(),
-                methods: globs(&r.methods, &at("methods"), &mut errs),
-                tools: globs(&r.tools, &at("tools"), &mut errs),
-                prompts: globs(&r.prompts, &at("prompts"), &mut errs),
-                resources: globs(&r.resources, &at("resources"), &mut errs),
-            });
-        }
-        if errs.is_empty() {
-            Ok(Policies { rules })
-        } else {
-            Err(errs)
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
@@ -402,51 +167,6 @@ impl Policies {
             },
         })
     }
-
-    /// Drop from every list a JSON-RPC answer carries what `who` may not use, whatever
-    /// request it answers: `message` is one response or a batch of them, and each
-    /// `result.tools`, `.prompts`, `.resources` and `.resourceTemplates` array is
-    /// filtered. Returns how many items were dropped (0: leave the bytes as they are).
-    pub fn filter_lists(&self, who: Option<&Identity>, route: &str, message: &mut Value) -> usize {
-        if let Value::Array(batch) = message {
-            return batch
-                .iter_mut()
-                .map(|m| self.filter_lists(who, route, m))
-                .sum();
-        }
-        ListKind::ALL
-            .iter()
-            .map(|kind| self.filter_list(who, route, *kind, message))
-            .sum()
-    }
-
-    /// Drop from a list result what `who` may not use. `message` is one JSON-RPC
-    /// response; returns how many items were dropped (0: leave the bytes as they are).
-    pub fn filter_list(
-        &self,
-        who: Option<&Identity>,
-        route: &str,
-        kind: ListKind,
-        message: &mut Value,
-    ) -> usize {
-        let (key, field, method) = kind.shape();
-        let Some(items) = message
-            .get_mut("result")
-            .and_then(|r| r.get_mut(key))
-            .and_then(Value::as_array_mut)
-        else {
-            return 0;
-        };
-        let before = items.len();
-        items.retain(|item| {
-            // An item without a name cannot be matched: it is not shown.
-            item.get(field).and_then(Value::as_str).is_some_and(|name| {
-                self.check(who, &Action::of(route, Some(method), Some(name)))
-                    .is_ok()
-            })
-        });
-        before - items.len()
-    }
 }
 
 fn caller(who: Option<&Identity>) -> String {
@@ -463,6 +183,7 @@ fn caller(who: Option<&Identity>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::sync::Arc;
 
     fn policies(yaml: &str) -> Policies {
