@@ -1,6 +1,7 @@
 //! The crate's layer order (docs/architecture.md, "Layers") holds: every `crate::…` a
 //! top-level module names outside its unit tests is a module of a lower layer, and every
-//! top-level module has its place in the order.
+//! top-level module has its place in the order. And files stay small: none in `src/`
+//! over 600 lines (split by concern when one grows).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -110,4 +111,23 @@ fn every_module_names_only_lower_layers() {
     problems.sort();
     problems.dedup();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn no_source_file_is_over_600_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut big: Vec<_> = files
+        .iter()
+        .map(|f| (std::fs::read_to_string(f).unwrap().lines().count(), f))
+        .filter(|(n, _)| *n > 600)
+        .map(|(n, f)| format!("{}: {n} lines", f.strip_prefix(&src).unwrap().display()))
+        .collect();
+    big.sort();
+    assert!(
+        big.is_empty(),
+        "split these by concern:\n{}",
+        big.join("\n")
+    );
 }
