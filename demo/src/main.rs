@@ -32,6 +32,7 @@ use std::time::Duration;
 use http_body_util::{combinators::BoxBody, BodyExt, Empty};
 use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
 use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
+use tokio::signal::unix::{signal, SignalKind};
 
 use rmcp::{
     handler::server::wrapper::Parameters,
@@ -148,12 +149,13 @@ async fn main() -> std::io::Result<()> {
     ));
 
     let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
+    // SIGINT (Ctrl-C) is caught from before `listening` is printed: none is lost.
+    let mut interrupt = signal(SignalKind::interrupt())?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
 
     // HTTP/1.1 connections until Ctrl-C; then stop accepting and let open ones finish.
     let graceful = GracefulShutdown::new();
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -163,7 +165,7 @@ async fn main() -> std::io::Result<()> {
                     continue;
                 }
             },
-            _ = &mut ctrl_c => break,
+            _ = interrupt.recv() => break,
         };
         let service = service.clone();
         let handler = service_fn(move |request| {
