@@ -161,7 +161,9 @@ async fn main() -> std::io::Result<()> {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
                     eprintln!("accept: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             },
