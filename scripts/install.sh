@@ -14,15 +14,15 @@
 # is left alone. It neither enables nor starts the service; it prints how.
 #
 # Usage: scripts/install.sh [--bin FILE] [--prefix DIR] [--root DIR]
-#   --bin FILE    the binary to install (default: target/release/mcp-gateway;
-#                 build it with `cargo build --release --bin mcp-gateway`)
+#   --bin FILE    the binary to install (default: target/dist/mcp-gateway;
+#                 build it with `cargo build --profile dist --bin mcp-gateway`)
 #   --prefix DIR  where bin/ goes (default: /usr/local); the unit is rewritten to match
 #   --root DIR    install into DIR instead of / (also DESTDIR=DIR): a staging tree for a
 #                 package or a test; no user is created and nothing is chowned or reloaded
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
-bin="$repo/target/release/mcp-gateway"
+bin="$repo/target/dist/mcp-gateway"
 prefix=/usr/local
 root=${DESTDIR:-}
 while [ $# -gt 0 ]; do
@@ -41,7 +41,7 @@ confdir=/etc/mcp-gateway
 unitdir=/etc/systemd/system
 
 if [ ! -x "$bin" ]; then
-  echo "install.sh: no binary at $bin: build it (cargo build --release --bin mcp-gateway) or pass --bin FILE" >&2
+  echo "install.sh: no binary at $bin: build it (cargo build --profile dist --bin mcp-gateway) or pass --bin FILE" >&2
   exit 1
 fi
 # A staged install (--root) is for packaging and tests: it needs no root and changes

@@ -8,7 +8,7 @@ gateway and of every peer it started are attached to the report.
 
 Environment:
   MCP_GATEWAY_BIN      gateway binary (default: target/debug/mcp-gateway)
-  MCP_DEMO_SERVER_BIN  demo server binary (default: target/debug/examples/demo_server)
+  MCP_DEMO_SERVER_BIN  demo server binary (default: target/debug/demo_server)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pytest
 E2E = Path(__file__).resolve().parent
 REPO = E2E.parents[1]
 GATEWAY_BIN = Path(os.environ.get("MCP_GATEWAY_BIN", REPO / "target/debug/mcp-gateway"))
-DEMO_BIN = Path(os.environ.get("MCP_DEMO_SERVER_BIN", REPO / "target/debug/examples/demo_server"))
+DEMO_BIN = Path(os.environ.get("MCP_DEMO_SERVER_BIN", REPO / "target/debug/demo_server"))
 EVERYTHING_JS = E2E / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 PYTHON_PEER = E2E / "peers/python_server.py"
 AUTH_PEER = E2E / "peers/auth_server.py"
@@ -183,9 +183,9 @@ class Stack:
         proc.fail("no free port after 3 attempts")
 
     def demo_server(self, name: str = "demo") -> str:
-        """The bundled rmcp demo server (examples/demo_server.rs); returns its MCP URL."""
+        """The bundled rmcp demo server (demo/src/main.rs); returns its MCP URL."""
         if not DEMO_BIN.exists():
-            pytest.fail(f"{DEMO_BIN} is missing: run `cargo build --example demo_server`")
+            pytest.fail(f"{DEMO_BIN} is missing: run `cargo build -p mcp-demo-server`")
         proc = self._spawn(name, [DEMO_BIN, "--port", "0"])
         port = proc.wait_listening_line()
         proc.wait_port(port)

@@ -7,7 +7,7 @@ import time
 
 import anyio
 
-# What the README and examples/demo_server.rs tell people to send with curl.
+# What the README and demo/src/main.rs tell people to send with curl.
 ACCEPT = "application/json, text/event-stream"
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": ACCEPT}
 

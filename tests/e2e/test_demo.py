@@ -1,4 +1,4 @@
-"""The bundled rmcp demo server (examples/demo_server.rs) behind the gateway."""
+"""The bundled rmcp demo server (demo/src/main.rs) behind the gateway."""
 
 import json
 import re

@@ -18,11 +18,21 @@
 //! picks a free port). It prints `listening on HOST:PORT` once it accepts connections.
 //!
 //! ```sh
-//! cargo run --example demo_server -- --port 3001
+//! cargo run -p mcp-demo-server -- --port 3001
 //! ```
+//!
+//! Its own crate, with only what it needs (rmcp, hyper, Tokio), so that building it does
+//! not build the gateway's test and benchmark dependencies.
 
+use std::convert::Infallible;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
+
+use http_body_util::{combinators::BoxBody, BodyExt, Empty};
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
+use tokio::signal::unix::{signal, SignalKind};
 
 use rmcp::{
     handler::server::wrapper::Parameters,
@@ -132,16 +142,58 @@ async fn main() -> std::io::Result<()> {
     if !config.allowed_hosts.contains(&host) {
         config.allowed_hosts.push(host.clone());
     }
-    let service =
-        StreamableHttpService::new(|| Ok(Demo), LocalSessionManager::default().into(), config);
-    let app = axum::Router::new().nest_service("/mcp", service);
+    let service = Arc::new(StreamableHttpService::new(
+        || Ok(Demo),
+        LocalSessionManager::default().into(),
+        config,
+    ));
 
     let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
+    // SIGINT (Ctrl-C) is caught from before `listening` is printed: none is lost.
+    let mut interrupt = signal(SignalKind::interrupt())?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+
+    // HTTP/1.1 connections until Ctrl-C; then stop accepting and let open ones finish.
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    eprintln!("accept: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            _ = interrupt.recv() => break,
+        };
+        let service = service.clone();
+        let handler = service_fn(move |request| {
+            let service = service.clone();
+            async move { Ok::<_, Infallible>(route(&service, request).await) }
+        });
+        let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), handler);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// `/mcp` (and below it) goes to the MCP service; any other path is a 404.
+async fn route(
+    service: &StreamableHttpService<Demo, LocalSessionManager>,
+    request: Request<hyper::body::Incoming>,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    let path = request.uri().path();
+    if path == "/mcp" || path.starts_with("/mcp/") {
+        return service.handle(request).await;
+    }
+    let mut response = Response::new(Empty::new().boxed());
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
 }
