@@ -65,6 +65,10 @@ impl ProxyHttp for Gateway {
         RequestCtx::new(self.live.state())
     }
 
+    /// No downstream modules: Pingora's default adds a disabled response-compression
+    /// module, built (and allocated) for every request although it never compresses.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn early_request_filter(
         &self,
         session: &mut Session,
