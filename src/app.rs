@@ -73,10 +73,7 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         .as_ref()
         .map(crate::security::tls::ListenerTls::load)
         .transpose()
-        .map_err(|problems| {
-            let lines: Vec<_> = problems.iter().map(|(p, m)| format!("{p}: {m}")).collect();
-            lines.join("; ")
-        })?;
+        .map_err(crate::state::joined)?;
     crate::telemetry::tracing::configure(&config.tracing);
     resolve_upstreams(&state.groups)?;
 

@@ -52,7 +52,7 @@ pub struct Timeouts {
 }
 
 /// `path: message` problems as one line.
-fn joined(problems: Vec<(String, String)>) -> String {
+pub fn joined(problems: Vec<(String, String)>) -> String {
     problems
         .into_iter()
         .map(|(p, m)| format!("{p}: {m}"))
