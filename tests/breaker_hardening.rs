@@ -172,7 +172,7 @@ fn assert_no_address(v: &Value, port: u16, gw: &Gateway) {
 
 #[tokio::test]
 async fn upstream_errors_name_group_and_server_but_no_address() {
-    // Connection refused, on the proxy path and on the large-body path.
+    // Connection refused, for a small and a large body.
     let port = free_port();
     let gw = Gateway::start(&config(
         &format!("http://127.0.0.1:{port}/mcp"),

@@ -159,7 +159,7 @@ async fn connect_failures_fail_over_with_no_client_errors() {
     let c = client();
     let seen = tally(&c, &gw, 30).await;
     assert_eq!(seen.get("a"), Some(&30), "{seen:?}");
-    // The large-body path fails over the same way.
+    // A large body fails over the same way.
     let big = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x".repeat(100 * 1024)}}}).to_string();
     for _ in 0..3 {
         let r = received(post(&c, &gw.url("/mcp"), big.clone()).send().await.unwrap()).await;

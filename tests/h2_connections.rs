@@ -41,7 +41,14 @@ async fn http2_requests_update_their_connections_stats() {
         assert_eq!(r.version(), reqwest::Version::HTTP_2);
         received(r).await;
     }
-    let conns = connections(&admin).await;
+    // A request is counted when it ends, just after its answer went out.
+    let counted = |c: &Value| c["requests"].as_u64() >= Some(2) && c["active_requests"] == 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut conns = connections(&admin).await;
+    while !conns.iter().any(counted) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conns = connections(&admin).await;
+    }
     let ours = conns
         .iter()
         .find(|c| c["last_method"] == "tools/list")

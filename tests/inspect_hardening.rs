@@ -75,7 +75,7 @@ async fn batch_lists_are_filtered_like_single_lists() {
         assert_eq!(lists.len(), 1, "{text}");
         assert_eq!(tool_names(lists[0]), ["echo", "stream"]);
     }
-    // A batch padded past the size Pingora buffers (the large-body path): the same.
+    // A batch padded past 64 KiB: the same.
     let padded = json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list",
         "params": {"_meta": {"pad": "x".repeat(100 * 1024)}}}])
     .to_string();

@@ -202,8 +202,7 @@ async fn lists_show_only_what_the_caller_may_use() {
     assert!(text.starts_with("event: message\ndata: "), "{text}");
     assert!(text.contains("notifications/progress"), "{text}");
     assert!(!text.contains("\"status\""), "{text}");
-    // A list padded past the size Pingora buffers goes through the large-body path:
-    // filtered all the same.
+    // A list padded past 64 KiB: filtered all the same.
     let padded = json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list",
         "params": {"_meta": {"pad": "x".repeat(100 * 1024)}}})
     .to_string();

@@ -1,8 +1,8 @@
 //! What crosses the gateway between a client's connection and an upstream's, against the
 //! real binary: hop-by-hop fields (request and response), HTTP/2 clients, protocol
 //! upgrades, `Expect: 100-continue`, and cancellation while an upstream is silent. Every
-//! rule is checked on both forwarding paths: Pingora's (small bodies) and the large-body
-//! one (bodies over the 64 KiB retry buffer).
+//! rule is checked for a small body and one over 64 KiB (the size Pingora's own proxy
+//! path could replay: the gateway sends every POST itself, whatever its size).
 
 mod common;
 

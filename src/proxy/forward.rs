@@ -1,5 +1,6 @@
 //! Choosing the upstream server and shaping the headers that cross the gateway.
-//! Shared by the Pingora proxy path and the large-body path so both behave the same.
+//! Shared by Pingora's proxy path (GET streams, DELETEs) and the POST exchange
+//! (`post`) so both behave the same.
 
 use super::ctx::RequestCtx;
 use super::respond::REQUEST_ID;
@@ -74,7 +75,7 @@ pub fn failover(ctx: &RequestCtx) -> Result<bool, GatewayError> {
 /// The request as the upstream gets it: HTTP/1.1, its own path and authority, no
 /// connection fields of the client's (see `hop_by_hop`), forwarding headers, the unsealed
 /// session id, and an exact `Content-Length` for the body we read. Both paths (Pingora's
-/// and the large-body one) send exactly this.
+/// and the POST exchange) send exactly this.
 pub fn upstream_request(
     session: &Session,
     req: &mut RequestHeader,
@@ -312,7 +313,7 @@ pub fn filter_list(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()
 
 /// The response as the client gets it: the upstream session sealed, the request id added.
 pub fn client_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
-    // Never a `101` here: upstream_response_filter and large_body refuse it.
+    // Never a `101` here: upstream_response_filter and the exchange refuse it.
     super::hop_by_hop::strip_response(resp);
     if ctx.era() == Some(Era::Modern) {
         // Sessions belong to the legacy era: an upstream's own id never reaches the

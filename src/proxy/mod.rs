@@ -5,16 +5,19 @@
 //!    ([`ctx::RequestCtx::find_conn`]).
 //! 1. `request_filter` ([`request::filter`]): health probes; route → connection fields
 //!    ([`hop_by_hop::check_request`]: no `Upgrade`) → method → `100 Continue` → body
-//!    (bounded) → JSON-RPC inspection → modern header check → sealed session.
-//!    Bodies over 64 KiB are forwarded here by [`large_body`].
+//!    (bounded) → JSON-RPC inspection → modern header check → sealed session. A POST,
+//!    read and checked, is then forwarded from here by [`post`] (the gateway's own
+//!    upstream exchange: head and body in one write) and its answer relayed; the
+//!    phases below are Pingora's proxy path, which carries GET streams and DELETEs.
 //! 2. `upstream_peer` ([`forward::select`]): the session's server, else the group's strategy.
 //! 3. `upstream_request_filter` ([`forward::upstream_request`]): HTTP/1.1, no hop-by-hop
 //!    fields, path, `Host`, `X-Forwarded-*`, `X-Request-Id`, the upstream's own session
-//!    id, `Content-Length`.
+//!    id.
 //! 4. `upstream_response_filter`: a `101` becomes a 502; a final answer judges the
 //!    attempt for the breaker (1xx do not). `response_filter`
 //!    ([`forward::client_response`]): no hop-by-hop fields, seal `Mcp-Session-Id`, add
-//!    the request id. Bodies (SSE included) stream through untouched.
+//!    the request id. Bodies (SSE included) stream through untouched, but for the lists
+//!    the caller's policies filter.
 //! 5. `fail_to_proxy`: upstream failures become JSON-RPC errors (502/503/504).
 //! 6. `logging`: the access log line.
 
@@ -23,9 +26,9 @@ pub mod ctx;
 pub mod forward;
 pub mod health;
 pub mod hop_by_hop;
-pub mod large_body;
 pub mod list_filter;
 pub mod outcome;
+pub mod post;
 pub mod record;
 pub mod request;
 pub mod respond;
@@ -33,8 +36,8 @@ pub mod respond;
 use crate::error::GatewayError;
 use async_trait::async_trait;
 use ctx::RequestCtx;
-use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
+use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -44,15 +47,15 @@ use std::sync::Arc;
 pub struct Gateway {
     /// The running state; each request takes the one current when it starts.
     pub live: Arc<crate::live::Live>,
-    /// Upstream connections for the large-body path.
-    pub connector: Connector,
+    /// Upstream connections for the POSTs the gateway forwards itself ([`post`]).
+    pub connector: TransportConnector,
 }
 
 impl Gateway {
     pub fn new(live: Arc<crate::live::Live>, pool_size: usize) -> Self {
         Gateway {
             live,
-            connector: Connector::new(Some(ConnectorOptions::new(pool_size))),
+            connector: TransportConnector::new(Some(ConnectorOptions::new(pool_size))),
         }
     }
 }
@@ -125,9 +128,6 @@ impl ProxyHttp for Gateway {
         }
         ctx.upstream_status = Some(resp.status.as_u16());
         record::upstream_attempt(ctx, record::status_class(resp.status.as_u16()));
-        if resp.status == 200 && ctx.mcp.method() == Some("tools/list") {
-            ctx.tools_list = Some(bytes::BytesMut::new());
-        }
         // Judge the attempt as soon as the server answers, so the breaker's state is
         // current before the client sees the response.
         outcome::record(ctx, resp.status.as_u16() < 500);
@@ -183,9 +183,6 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if ctx.tools_list.is_some() {
-            record::tools_list_chunk(ctx, body, end_of_stream);
-        }
         if let Some(filter) = ctx.list_filter.as_mut() {
             let caller = list_filter::Caller {
                 policies: &ctx.state.policies,

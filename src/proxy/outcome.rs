@@ -5,7 +5,7 @@
 //! else: success); else, at the end, an upstream error before any answer (timeout, reset)
 //! is a failure. A client that went away says nothing about the server: the attempt
 //! ([`crate::upstream::InFlight`]) is dropped unjudged, which gives a half-open probe
-//! permit back, on every path (Pingora's proxy path and the large-body path alike).
+//! permit back, on every path (Pingora's proxy path and the POST exchange alike).
 
 use super::ctx::RequestCtx;
 use pingora::{Error, ErrorSource};

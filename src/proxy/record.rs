@@ -4,7 +4,8 @@
 
 use super::ctx::RequestCtx;
 use crate::telemetry::metrics::{self, mcp_method_label, METRICS};
-use bytes::Bytes;
+use crate::upstream::Group;
+use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 
 /// The status the client got (0 when nothing was sent).
@@ -207,21 +208,27 @@ pub fn status_class(status: u16) -> &'static str {
 /// Largest `tools/list` answer collected for the catalog.
 const MAX_TOOLS_LIST: usize = 4 << 20;
 
-/// Collect a `tools/list` answer's body; at its end, teach the group its tool names.
-pub fn tools_list_chunk(ctx: &mut RequestCtx, body: &Option<Bytes>, end: bool) {
-    let Some(buf) = ctx.tools_list.as_mut() else {
+/// Collect a `tools/list` answer's body (`list`: the request's `tools_list`); at its
+/// end, teach the group its tool names.
+pub fn collect_tools(
+    list: &mut Option<BytesMut>,
+    group: Option<&Group>,
+    body: Option<&Bytes>,
+    end: bool,
+) {
+    let Some(buf) = list.as_mut() else {
         return;
     };
     if let Some(chunk) = body {
         if buf.len() + chunk.len() > MAX_TOOLS_LIST {
-            ctx.tools_list = None;
+            *list = None;
             return;
         }
         buf.extend_from_slice(chunk);
     }
     if end {
-        let buf = ctx.tools_list.take().unwrap_or_default();
-        if let Some(g) = &ctx.group {
+        let buf = list.take().unwrap_or_default();
+        if let Some(g) = group {
             let names = tool_names(&buf);
             let added = g.tools.learn(names.iter().map(String::as_str));
             if added > 0 {

@@ -1,12 +1,13 @@
 //! The request phase: route → method → body → JSON-RPC inspection → session.
 //!
-//! Returns `Ok(true)` when the gateway answered itself (an error or a health probe),
-//! `Ok(false)` to let Pingora proxy the request.
+//! Returns `Ok(true)` when the gateway answered itself (an error, a health probe, or a
+//! POST it forwarded through [`post`]), `Ok(false)` to let Pingora proxy the request (a
+//! GET stream, a DELETE).
 
 use super::ctx::RequestCtx;
 use super::list_filter::Scope;
 use super::record;
-use super::{large_body, respond, Gateway};
+use super::{post, respond, Gateway};
 use crate::error::GatewayError;
 use crate::mcp::envelope::{self, Body, Era, InspectError};
 use crate::mcp::headers::{self, MCP_SESSION_ID};
@@ -22,10 +23,6 @@ use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::prelude::*;
 use pingora::proxy::Session;
-
-/// Pingora replays at most this much of a request body by itself (its retry buffer);
-/// larger bodies are forwarded by [`large_body`].
-pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// The `rule` of a lockout after failed authentication (`Retry-After` as rate limits).
 const AUTH_THROTTLE_RULE: &str = "auth_throttle";
@@ -328,12 +325,9 @@ async fn check(
         }
     }
 
-    if ctx
-        .body
-        .as_ref()
-        .is_some_and(|b| b.len() > RETRY_BUFFER_LIMIT)
-    {
-        large_body::forward(gw, session, ctx).await?;
+    if ctx.body.is_some() {
+        // A POST, read and checked: the gateway sends it itself.
+        post::forward(gw, session, ctx).await?;
         return Ok(Next::Answered);
     }
     Ok(Next::Proxy)
@@ -400,8 +394,6 @@ async fn read_and_inspect(
             .await
             .map_err(|_| GatewayError::ClientClosed)?;
     }
-    // Bodies up to the retry buffer's size are replayed upstream by Pingora itself.
-    session.enable_retry_buffering();
     let body = read_body(session, limit, declared).await?;
 
     let parsed = envelope::inspect(&body).map_err(|e| match e {

@@ -1,33 +1,40 @@
 //! One request to an upstream server over a pooled connection, its answer streamed back:
 //! the failover rule, timeouts, the attempt's outcome and the error that names the server.
 //!
-//! Every client of the upstreams outside Pingora's proxy path sends through here (the
-//! large-body path, the health checks). An exchange has two steps, and the rule that a
-//! request is never sent twice is in their types:
+//! Every client of the upstreams outside Pingora's proxy path sends through here (every
+//! POST, the health checks). An exchange has two steps, and the rule that a request is
+//! never sent twice is in their types:
 //! 1. [`connect`] asks the caller's [`Select`] for a server and connects; a connect failure
 //!    (nothing sent) is recorded and, if the caller allows it ([`Select::failover`]),
 //!    another server is asked for.
-//! 2. [`Connection::send`] writes the head and body and waits for the final answer's head
-//!    (informational `1xx` skipped, a `101` refused). It takes only a [`Record`]: a request
-//!    sent (even in part) is never replayed; its failure counts against its server. A
-//!    caller's `cancel` future (a client that went away) closes the upstream request.
+//! 2. [`Connection::send`] writes the head and body in one write (one segment for the
+//!    server to read, where Pingora's client writes and flushes the head on its own) and
+//!    waits for the final answer's head (informational `1xx` skipped, a `101` refused).
+//!    It takes only a [`Record`]: a request sent (even in part) is never replayed; its
+//!    failure counts against its server. A caller's `cancel` future (a client that went
+//!    away) closes the upstream request.
 //!
 //! The caller reads the body from the [`Response`] and relays it as it likes; the
 //! connection goes back to the pool only when the answer was read to its end
 //! ([`Response::finish`]). Errors name the group and server; Pingora's text (with internal
 //! addresses) is the log-only detail ([`GatewayError::detail`]).
+//!
+//! Upstreams speak HTTP/1.1 (peers are built without ALPN), so the connection is Pingora's
+//! transport stream read by its HTTP/1 client session.
 
 use super::breaker::{now_ms, State};
 use super::InFlight;
 use crate::error::GatewayError;
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
+use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::client::HttpSession;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession};
+use pingora::protocols::Stream;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType};
 use std::future::Future;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 /// How one attempt at a server went, as the breaker and the metrics count it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,14 +87,14 @@ pub struct Timeouts {
 
 /// A connection to the chosen server; nothing sent on it yet.
 pub struct Connection<'c> {
-    connector: &'c Connector,
-    session: HttpSession,
+    connector: &'c TransportConnector,
+    stream: Stream,
     peer: Box<HttpPeer>,
 }
 
 /// Connect to a server [`Select`] chooses, failing over while nothing was sent.
 pub async fn connect<'c>(
-    connector: &'c Connector,
+    connector: &'c TransportConnector,
     servers: &mut impl Select,
     timeouts: Timeouts,
 ) -> Result<Connection<'c>, GatewayError> {
@@ -97,13 +104,11 @@ pub async fn connect<'c>(
         options.connection_timeout = timeouts.connect.or(options.connection_timeout);
         options.read_timeout = timeouts.read.or(options.read_timeout);
         options.write_timeout = timeouts.write.or(options.write_timeout);
-        match connector.get_http_session(&*peer).await {
-            Ok((mut session, _reused)) => {
-                session.set_read_timeout(peer.options.read_timeout);
-                session.set_write_timeout(peer.options.write_timeout);
+        match connector.get_stream(&*peer).await {
+            Ok((stream, _reused)) => {
                 return Ok(Connection {
                     connector,
-                    session,
+                    stream,
                     peer,
                 });
             }
@@ -136,33 +141,52 @@ impl<'c> Connection<'c> {
     /// Send the request (`body` may be empty) and wait for the final answer's head, or
     /// for `cancel`, whichever comes first.
     pub async fn send(
-        mut self,
+        self,
         attempt: &mut impl Record,
         head: Box<RequestHeader>,
         body: Bytes,
         cancel: impl Future<Output = ()>,
     ) -> Result<Sent<'c>, GatewayError> {
-        let up = &mut self.session;
+        let Connection {
+            connector,
+            mut stream,
+            peer,
+        } = self;
+        let options = &peer.options;
+        // A request that asks the server to close is never pooled afterwards (without its
+        // head, the client session below judges keep-alive by the answer alone).
+        let close = head
+            .headers
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let exchange = async {
-            let stage = "send";
-            up.write_request_header(head)
-                .await
-                .map_err(|e| (stage, e))?;
-            if !body.is_empty() {
-                up.write_request_body(body, true)
+            let mut session = if body.is_empty() || head.method == http::Method::HEAD {
+                // Nothing to join the head with (or an answer without a body to expect):
+                // the client session writes the head itself.
+                let mut session = HttpSession::new_with_options(stream, &*peer);
+                session.write_timeout = options.write_timeout;
+                session
+                    .write_request_header(head)
                     .await
-                    .map_err(|e| (stage, e))?;
-            }
-            up.finish_request_body().await.map_err(|e| (stage, e))?;
+                    .map_err(|e| ("send", e))?;
+                session
+            } else {
+                let wire = one_write(&head, &body).map_err(|e| ("send", e))?;
+                write_all(&mut stream, &wire, options.write_timeout)
+                    .await
+                    .map_err(|e| ("send", e))?;
+                HttpSession::new_with_options(stream, &*peer)
+            };
+            session.read_timeout = options.read_timeout;
             // Skip informational (1xx) answers to the final one; a 101 is refused.
             loop {
-                up.read_response_header().await.map_err(|e| ("read", e))?;
-                match up.response_header().map(|h| h.status) {
+                session.read_response().await.map_err(|e| ("read", e))?;
+                match session.get_status() {
                     Some(s) if s == http::StatusCode::SWITCHING_PROTOCOLS => {
-                        return Ok(Err(()));
+                        return Ok((session, None));
                     }
                     Some(s) if s.is_informational() => continue,
-                    Some(s) => return Ok(Ok(s.as_u16())),
+                    Some(s) => return Ok((session, Some(s.as_u16()))),
                     None => {
                         return Err((
                             "read",
@@ -175,19 +199,22 @@ impl<'c> Connection<'c> {
         let answer = tokio::select! {
             biased;
             answer = exchange => answer,
-            () = cancel => {
-                self.session.shutdown().await;
-                return Ok(Sent::Cancelled);
-            }
+            // Dropping the exchange drops its connection: that closes the request.
+            () = cancel => return Ok(Sent::Cancelled),
         };
         match answer {
-            Ok(Ok(status)) => {
+            Ok((session, Some(status))) => {
                 attempt.record(Outcome::Answered(status));
-                Ok(Sent::Answer(Response { conn: self }))
+                Ok(Sent::Answer(Response {
+                    connector,
+                    session,
+                    peer,
+                    close,
+                }))
             }
-            Ok(Err(())) => {
+            Ok((mut session, None)) => {
                 attempt.record(Outcome::Failed);
-                self.session.shutdown().await;
+                session.shutdown().await;
                 let (group, server) = attempt.names();
                 Err(GatewayError::UpstreamSwitchedProtocols {
                     group: group.to_string(),
@@ -203,46 +230,89 @@ impl<'c> Connection<'c> {
     }
 }
 
+/// The request's head and body as one buffer: what one `write` hands the kernel.
+fn one_write(head: &RequestHeader, body: &[u8]) -> pingora::Result<bytes::BytesMut> {
+    let mut wire = http_req_header_to_wire(head).ok_or_else(|| {
+        Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "request-line contains forbidden delimiter bytes or unsupported HTTP version",
+        )
+    })?;
+    wire.extend_from_slice(body);
+    Ok(wire)
+}
+
+/// Write `buf` and flush, within `limit` (the peer's write timeout) if there is one.
+async fn write_all(
+    stream: &mut Stream,
+    buf: &[u8],
+    limit: Option<Duration>,
+) -> pingora::Result<()> {
+    let write = async {
+        stream.write_all(buf).await?;
+        stream.flush().await
+    };
+    let written = match limit {
+        Some(t) => tokio::time::timeout(t, write)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => write.await,
+    };
+    written.map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => {
+            Error::because(ErrorType::WriteTimedout, "writing the request (timeout)", e)
+        }
+        _ => Error::because(ErrorType::WriteError, "writing the request", e),
+    })
+}
+
 /// The final answer: its head, and its body to read.
 pub struct Response<'c> {
-    conn: Connection<'c>,
+    connector: &'c TransportConnector,
+    session: HttpSession,
+    peer: Box<HttpPeer>,
+    /// The request asked the server to close the connection.
+    close: bool,
 }
 
 impl Response<'_> {
     pub fn header(&self) -> &ResponseHeader {
-        self.conn
-            .session
-            .response_header()
+        self.session
+            .resp_header()
             .expect("send returns only once the head arrived")
+    }
+
+    pub fn peer(&self) -> &HttpPeer {
+        &self.peer
     }
 
     /// The next chunk of the body; `None` at its end.
     pub async fn read(&mut self) -> pingora::Result<Option<Bytes>> {
-        // `response_done` also prepares the body reader: call it before each read.
-        if self.conn.session.response_done() {
+        if self.session.is_body_done() {
             return Ok(None);
         }
-        self.conn.session.read_response_body().await
+        self.session.read_body_bytes().await
     }
 
-    /// Done with the answer: its connection goes back to the pool if it was read to its end.
+    /// Done with the answer: its connection goes back to the pool if it was read to its
+    /// end and both sides keep it alive.
     pub async fn finish(mut self) {
-        if self.conn.session.response_done() {
-            let Connection {
-                connector,
-                session,
-                peer,
-            } = self.conn;
-            connector
-                .release_http_session(session, &*peer, peer.options.idle_timeout)
-                .await;
+        if !self.session.is_body_done() || self.close {
+            self.session.shutdown().await;
+            return;
+        }
+        self.session.respect_keepalive();
+        if let Some(stream) = self.session.reuse().await {
+            let idle = self.peer.options.idle_timeout;
+            self.connector
+                .release_stream(stream, self.peer.reuse_hash(), idle);
         }
     }
 
     /// Close the upstream request (a client that went away, a relay that failed: in the
     /// modern era that is the cancellation).
     pub async fn close(mut self) {
-        self.conn.session.shutdown().await;
+        self.session.shutdown().await;
     }
 }
 
@@ -315,7 +385,7 @@ mod tests {
         /// Connect and send a request with a `{}` body.
         async fn send<'c>(
             &mut self,
-            connector: &'c Connector,
+            connector: &'c TransportConnector,
             cancel: impl Future<Output = ()>,
         ) -> Result<Sent<'c>, GatewayError> {
             let conn = connect(connector, self, Timeouts::default()).await?;
@@ -399,7 +469,7 @@ mod tests {
             server(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 .await;
         let mut servers = Servers::new(vec![peer(addr), peer(refusing())]);
-        let connector = Connector::new(None);
+        let connector = TransportConnector::new(None);
         let sent = servers
             .send(&connector, std::future::pending())
             .await
@@ -415,11 +485,14 @@ mod tests {
             servers.outcomes,
             [Outcome::ConnectFailed, Outcome::Answered(200)]
         );
-        assert!(seen
-            .recv()
-            .await
-            .unwrap()
-            .starts_with(b"POST /mcp HTTP/1.1\r\n"));
+        // Head and body in one write: the server's first read holds the whole request.
+        let first_read = seen.recv().await.unwrap();
+        assert!(first_read.starts_with(b"POST /mcp HTTP/1.1\r\n"));
+        assert!(
+            first_read.ends_with(b"\r\n\r\n{}"),
+            "one read, the whole request: {:?}",
+            String::from_utf8_lossy(&first_read)
+        );
     }
 
     #[tokio::test]
@@ -430,7 +503,7 @@ mod tests {
         ] {
             let (addr, mut seen) = server(answer).await;
             let mut servers = Servers::new(vec![peer(addr), peer(addr)]);
-            let connector = Connector::new(None);
+            let connector = TransportConnector::new(None);
             let e = servers
                 .send(&connector, std::future::pending())
                 .await
@@ -448,7 +521,7 @@ mod tests {
     #[tokio::test]
     async fn the_last_connect_failure_names_the_server_and_cancel_closes_the_request() {
         let mut servers = Servers::new(vec![peer(refusing())]);
-        let connector = Connector::new(None);
+        let connector = TransportConnector::new(None);
         let e = connect(&connector, &mut servers, Timeouts::default())
             .await
             .err()

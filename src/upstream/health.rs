@@ -23,7 +23,7 @@ use crate::config::{HealthCheckConfig, HealthKind, ProbeMethod};
 use crate::error::GatewayError;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::Connector;
+use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -89,7 +89,7 @@ pub fn plan(config: &crate::config::Config, groups: &super::Groups) -> Vec<Group
 #[async_trait]
 impl BackgroundService for Upkeep {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let connector = Arc::new(Connector::new(None));
+        let connector = Arc::new(TransportConnector::new(None));
         let mut reloads = self.reloads.clone();
         reloads.mark_unchanged();
         loop {
@@ -108,7 +108,7 @@ impl BackgroundService for Upkeep {
 }
 
 /// Check and resolve `groups` until shutdown.
-async fn run(groups: &[GroupUpkeep], connector: &Arc<Connector>, shutdown: ShutdownWatch) {
+async fn run(groups: &[GroupUpkeep], connector: &Arc<TransportConnector>, shutdown: ShutdownWatch) {
     {
         let tasks = groups.iter().filter(|g| g.needed()).map(|g| {
             let mut shutdown = shutdown.clone();
@@ -239,7 +239,7 @@ pub async fn probe(
     group: &Group,
     server: &Server,
     check: &HealthCheckConfig,
-    connector: &Connector,
+    connector: &TransportConnector,
 ) -> Result<(), String> {
     let timeout = check.timeout.0;
     match tokio::time::timeout(timeout, probe_inner(group, server, check, connector)).await {
@@ -252,7 +252,7 @@ async fn probe_inner(
     group: &Group,
     server: &Server,
     check: &HealthCheckConfig,
-    connector: &Connector,
+    connector: &TransportConnector,
 ) -> Result<(), String> {
     let address = server.address().ok_or("the host name does not resolve")?;
     match check.kind {
@@ -308,7 +308,7 @@ async fn exchange(
     group: &Group,
     server: &Server,
     check: &HealthCheckConfig,
-    connector: &Connector,
+    connector: &TransportConnector,
     method: &str,
     path: &str,
     probe: Option<ProbeMethod>,

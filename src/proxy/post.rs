@@ -1,14 +1,20 @@
-//! Forwarding request bodies larger than Pingora's 64 KiB retry buffer.
+//! A POST's upstream exchange, done by the gateway itself.
 //!
-//! Pingora replays a body read in `request_filter` from its retry buffer, which holds
-//! 64 KiB; past that the upstream would get headers and no body. For those requests the
-//! gateway sends the request itself through the upstream exchange
-//! ([`crate::upstream::exchange`]: failover before sending, 1xx skipped, 101 refused, the
-//! attempt judged) and relays the response (streamed, chunk by chunk, so SSE works here
-//! too), applying the same header shaping and list filtering as the proxy path
-//! (`forward`, `hop_by_hop`). Like Pingora's proxy path it watches the client while the
-//! upstream is silent: a client that leaves closes the upstream request (the modern
-//! cancellation).
+//! The gateway reads every POST body before it chooses a server (to inspect, authorize
+//! and rate-limit it), so it sends the request itself through the upstream exchange
+//! ([`crate::upstream::exchange`]: the head and body in one write, failover before
+//! sending, 1xx skipped, 101 refused, the attempt judged) and relays the answer from
+//! `request_filter`, streamed chunk by chunk (an SSE answer goes out event by event, a
+//! `Content-Length` one stays length-delimited). It shapes headers and filters lists
+//! exactly as Pingora's proxy path does for GET streams and DELETEs (`forward`,
+//! `hop_by_hop`, `list_filter`). Like Pingora's proxy path it watches the client while
+//! the upstream is silent: a client that leaves closes the upstream request (the modern
+//! cancellation). Bodies of any size take this path: nothing depends on Pingora's 64 KiB
+//! retry buffer.
+//!
+//! Upstream failures here are answered by the caller (`request::filter`) as JSON-RPC
+//! errors with a `Content-Length`, so the client's connection stays open: its request was
+//! read to its end.
 
 use super::ctx::RequestCtx;
 use super::record;
@@ -42,7 +48,7 @@ pub async fn forward(
         Sent::Answer(answer) => answer,
         Sent::Cancelled => {
             log::debug!(
-                "large-body request {}: the client went away before the upstream answered",
+                "request {}: the client went away before the upstream answered",
                 ctx.request_id
             );
             session.set_keepalive(None);
@@ -56,14 +62,19 @@ pub async fn forward(
     ctx.local_status = Some(resp.status.as_u16());
     ctx.upstream_status = Some(resp.status.as_u16());
     forward::count_sse(&resp, ctx);
-    // A list request padded past the retry buffer is filtered all the same.
     forward::filter_list(&mut resp, ctx).map_err(|e| shaping_failure(ctx, &e))?;
+    if resp.status == 200 && ctx.mcp.method() == Some("tools/list") {
+        // The group learns its tool names from the answer.
+        ctx.tools_list = Some(bytes::BytesMut::new());
+    }
     let caller = super::list_filter::Caller {
         policies: &ctx.state.policies,
         identity: ctx.identity.as_ref(),
         route: ctx.route.as_deref().unwrap_or_default(),
     };
     let filter = &mut ctx.list_filter;
+    let tools_list = &mut ctx.tools_list;
+    let group = ctx.group.as_deref();
 
     // From here on the client has a response; failures can only end the stream.
     let relay = async {
@@ -81,6 +92,7 @@ pub async fn forward(
             };
             match read {
                 Some(chunk) => {
+                    record::collect_tools(tools_list, group, Some(&chunk), false);
                     let mut chunk = Some(chunk);
                     if let Some(f) = filter.as_mut() {
                         f.chunk(&caller, &mut chunk, false);
@@ -90,6 +102,7 @@ pub async fn forward(
                 None => break,
             }
         }
+        record::collect_tools(tools_list, group, None, true);
         let mut last = None;
         if let Some(f) = filter.as_mut() {
             f.chunk(&caller, &mut last, true);
@@ -103,10 +116,7 @@ pub async fn forward(
         Err(e) => {
             // The client went away or the upstream failed mid-stream: close the upstream
             // request (in the modern era that is the cancellation).
-            log::debug!(
-                "large-body relay for request {} ended early: {e}",
-                ctx.request_id
-            );
+            log::debug!("relay for request {} ended early: {e}", ctx.request_id);
             up.close().await;
             session.set_keepalive(None);
         }
