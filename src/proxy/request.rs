@@ -472,7 +472,7 @@ async fn read_body(
 }
 
 /// An HTTP/1.1 request with `Expect: 100-continue` (RFC 9110 §10.1.1).
-fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
+pub(super) fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
     req.version == http::Version::HTTP_11
         && req
             .headers

@@ -108,11 +108,17 @@ pub async fn json(
     Ok(())
 }
 
+/// The largest unread body of a refused request the gateway reads away to keep the
+/// client's connection: a small MCP message; anything larger closes the connection.
+pub const DRAIN_LIMIT: u64 = 16 * 1024;
+/// How long reading it away may take before the connection is closed instead.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Answer with a JSON-RPC error; the id of the request is echoed when it was read.
-/// A refused request whose body was not read to its end closes its connection: the
-/// gateway does not read (drain) bodies it refused, from clients it may not trust.
+/// The client's connection stays open when its request was read to its end, or when the
+/// unread body is small ([`drained`]); otherwise it closes after the answer.
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: GatewayError) -> Result<()> {
-    if !session.is_body_done() {
+    if !session.is_body_done() && !drained(session, ctx.state.max_request_body).await {
         session.set_keepalive(None);
     }
     let (status, _) = err.status_and_code();
@@ -132,4 +138,28 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: GatewayErro
     let body = err.to_body(id);
     ctx.error = Some(err);
     json(session, ctx, status, body).await
+}
+
+/// Read away the body of a request refused before it was read, so its connection can
+/// serve the next request: only a body whose `Content-Length` is declared and small (at
+/// most [`DRAIN_LIMIT`] and `limits.max_request_body`), not one a client holds back for
+/// `100 Continue`, and only if it arrives within [`DRAIN_TIME`]. What the gateway does not
+/// read (chunked or large bodies, slow clients) closes the connection instead.
+async fn drained(session: &mut Session, max_body: u64) -> bool {
+    let head = session.req_header();
+    if super::request::expects_continue(head) {
+        return false;
+    }
+    let small = head
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= DRAIN_LIMIT.min(max_body));
+    if !small || head.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(DRAIN_TIME, session.drain_request_body()).await,
+        Ok(Ok(()))
+    ) && session.is_body_done()
 }
