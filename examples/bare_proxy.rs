@@ -2,10 +2,15 @@
 //!
 //! One `ProxyHttp` whose only hook is `upstream_peer`, returning one fixed plain-HTTP
 //! upstream; every other hook is Pingora's default (no filters, no body reads, no
-//! header changes), on one worker thread. Whatever the gateway costs beyond this proxy
-//! is the gateway's own work; whatever this proxy costs beyond nginx is Pingora's.
+//! header changes), on one worker thread (or `--threads N`). Whatever the gateway costs
+//! beyond this proxy is the gateway's own work; whatever this proxy costs beyond nginx
+//! is Pingora's.
 //!
-//! Flags: `--listen 127.0.0.1:PORT` and `--upstream 127.0.0.1:PORT` (both IP:port).
+//! Flags: `--listen 127.0.0.1:PORT` and `--upstream 127.0.0.1:PORT` (both IP:port), and
+//! `--threads N` (default `1`): the worker threads of the proxy service, as the
+//! gateway's `server.threads`, and `--read-buffer BYTES`: the read buffer of each
+//! accepted connection (Pingora's default, `DEFAULT_L4_READ_BUFFER_SIZE`, is 64 KiB; `0`
+//! reads unbuffered), to measure what a connection costs in memory.
 //!
 //! ```sh
 //! cargo run --release --example bare_proxy -- --listen 127.0.0.1:6188 --upstream 127.0.0.1:3001
@@ -14,6 +19,7 @@
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
@@ -54,17 +60,34 @@ fn addr_flag(args: &[String], name: &str) -> SocketAddr {
     }
 }
 
+/// `name N`, if given: N at least `min`.
+fn number_flag(args: &[String], name: &str, min: usize) -> Option<usize> {
+    let i = args.iter().position(|a| a == name)?;
+    match args.get(i + 1).map(|v| v.parse::<usize>()) {
+        Some(Ok(n)) if n >= min => Some(n),
+        _ => {
+            eprintln!("error: {name} needs a number of at least {min}");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: bare_proxy --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT");
+        println!(
+            "usage: bare_proxy --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT [--threads N] \
+             [--read-buffer BYTES]"
+        );
         return;
     }
     let listen = addr_flag(&args, "--listen");
     let upstream = addr_flag(&args, "--upstream");
+    let threads = number_flag(&args, "--threads", 1).unwrap_or(1);
+    let read_buffer = number_flag(&args, "--read-buffer", 0);
 
     let conf = ServerConf {
-        threads: 1,
+        threads,
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
@@ -75,8 +98,14 @@ fn main() {
         Bare { upstream },
         "bare proxy",
     );
-    proxy.add_tcp(&listen.to_string());
-    proxy.threads = Some(1);
+    match read_buffer {
+        None => proxy.add_tcp(&listen.to_string()),
+        Some(bytes) => proxy.add_listener(
+            ListenerConfig::tcp(listen.to_string())
+                .l4_buffer(L4BufferSettings::default().read(bytes)),
+        ),
+    }
+    proxy.threads = Some(threads);
     server.add_service(proxy);
 
     println!("listening on {listen}");

@@ -4,9 +4,15 @@
 //! reads each `POST /mcp` body and answers with the same small JSON-RPC result of a
 //! `tools/call`, as `application/json`, over keep-alive connections. It parses nothing:
 //! the point is to make the upstream as cheap as possible so that a benchmark measures
-//! the proxy in front of it. Any other method or path gets `404`. An `initialize` also
-//! gets an `Mcp-Session-Id` (`fast-session`), so the gateway's sealed-session path can
-//! be measured too.
+//! the proxy in front of it. Other requests get `404`, except `GET /mcp` (below). An
+//! `initialize` also gets an `Mcp-Session-Id` (`fast-session`), so the gateway's
+//! sealed-session path can be measured too.
+//!
+//! A `GET /mcp` is the standing SSE stream of MCP's HTTP transport: it is answered
+//! `200 text/event-stream` with one comment event (`: ok`), and the stream then stays
+//! open, silent, until the client goes away (for the connection-scale mode of
+//! `scripts/bench`). The POST path does not change: the two bodies are the two sides of
+//! one `Either`, chosen per response without an allocation.
 //!
 //! Flags: `--port N` (default `0`: any free port). It binds `127.0.0.1` and prints
 //! `listening on 127.0.0.1:PORT` once it accepts connections.
@@ -17,10 +23,12 @@
 
 use std::convert::Infallible;
 use std::io::Write;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -31,9 +39,52 @@ use hyper_util::rt::TokioIo;
 const RESULT: &[u8] =
     br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}"#;
 
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// The first (and only) event of a standing stream: an SSE comment.
+const SSE_FIRST: &[u8] = b": ok\n\n";
+
+/// A standing SSE stream: [`SSE_FIRST`], then nothing, for as long as the connection
+/// lasts. It never wakes its task again; hyper ends it when it reads the client's EOF.
+struct Stream {
+    sent: bool,
+}
+
+impl Body for Stream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.sent {
+            return Poll::Pending;
+        }
+        self.sent = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(SSE_FIRST)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+}
+
+type Answer = Either<Full<Bytes>, Stream>;
+
+fn plain(body: Full<Bytes>) -> Response<Answer> {
+    Response::new(Either::Left(body))
+}
+
+async fn answer(req: Request<Incoming>) -> Result<Response<Answer>, Infallible> {
+    if req.method() == Method::GET && req.uri().path() == "/mcp" {
+        let mut res = Response::new(Either::Right(Stream { sent: false }));
+        res.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        res.headers_mut()
+            .insert("cache-control", HeaderValue::from_static("no-cache"));
+        return Ok(res);
+    }
     if req.method() != Method::POST || req.uri().path() != "/mcp" {
-        let mut res = Response::new(Full::new(Bytes::new()));
+        let mut res = plain(Full::new(Bytes::new()));
         *res.status_mut() = StatusCode::NOT_FOUND;
         return Ok(res);
     }
@@ -44,12 +95,12 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            let mut res = Response::new(Full::new(Bytes::new()));
+            let mut res = plain(Full::new(Bytes::new()));
             *res.status_mut() = StatusCode::BAD_REQUEST;
             return Ok(res);
         }
     };
-    let mut res = Response::new(Full::new(Bytes::from_static(RESULT)));
+    let mut res = plain(Full::new(Bytes::from_static(RESULT)));
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if body.windows(12).any(|w| w == b"\"initialize\"") {

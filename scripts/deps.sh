@@ -73,3 +73,23 @@ need_build_tools() {
   }
   apt_need cc build-essential make build-essential cmake cmake
 }
+
+# cargo_tool COMMAND CRATE VERSION ROOT [ARGS...]: print the path of COMMAND from CRATE
+# at exactly VERSION, installed under ROOT/bin with `cargo install --locked` (and ARGS,
+# e.g. --no-default-features) when it is missing there or reports another version.
+cargo_tool() {
+  local cmd=$1 crate=$2 version=$3 root=$4
+  shift 4
+  local bin="$root/bin/$cmd"
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -qw -- "$version"; then
+    echo "$bin"
+    return 0
+  fi
+  need_build_tools
+  echo "==> installing $crate $version into $root (cargo install --locked)" >&2
+  cargo install --quiet --locked --force --root "$root" --version "=$version" "$@" "$crate" >&2 || {
+    echo "error: cargo install $crate $version failed" >&2
+    return 1
+  }
+  echo "$bin"
+}
