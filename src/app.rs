@@ -6,6 +6,8 @@ use crate::proxy::Gateway;
 use crate::state::State;
 use crate::upstream::health::Upkeep;
 use crate::upstream::Groups;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use std::net::{IpAddr, SocketAddr};
@@ -38,6 +40,9 @@ fn resolve_upstreams(groups: &Groups) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The read buffer of each client connection (bytes).
+const CLIENT_READ_BUFFER: usize = 8 * 1024;
 
 /// Pingora keeps one LRU of idle upstream connections per process, sized per worker
 /// thread: `max_idle_per_host` × servers in all, spread over the threads.
@@ -134,10 +139,15 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         "mcp-gateway proxy".to_string(),
         crate::proxy::connections::Tracked::new(proxy_app, head_timeout).lingering(live.clone()),
     );
-    match &tls {
-        Some(tls) => proxy.add_tls_with_settings(&addr.to_string(), None, tls.settings()?),
-        None => proxy.add_tcp(&addr.to_string()),
+    // Each client connection's read buffer: Pingora's default (64 KiB, zero-filled when
+    // the connection is accepted) is most of what an idle connection costs; a request head
+    // and a typical MCP message fit in this one, and larger bodies are read past it.
+    let buffers = L4BufferSettings::default().read(CLIENT_READ_BUFFER);
+    let mut endpoint = ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers);
+    if let Some(tls) = &tls {
+        endpoint = endpoint.tls(tls.settings()?);
     }
+    proxy.add_listener(endpoint);
     proxy.threads = Some(config.server.threads);
     server.add_service(proxy);
     if config.admin.enabled {
