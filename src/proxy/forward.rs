@@ -346,9 +346,9 @@ pub fn client_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()
     resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
     super::respond::common_headers(resp, ctx)?;
     if let Some(q) = ctx.quota {
-        resp.insert_header("ratelimit-limit", q.limit.to_string())?;
-        resp.insert_header("ratelimit-remaining", q.remaining.to_string())?;
-        resp.insert_header("ratelimit-reset", q.reset.to_string())?;
+        resp.insert_header("ratelimit-limit", http::HeaderValue::from(q.limit))?;
+        resp.insert_header("ratelimit-remaining", http::HeaderValue::from(q.remaining))?;
+        resp.insert_header("ratelimit-reset", http::HeaderValue::from(q.reset))?;
     }
     let is_sse = resp
         .headers

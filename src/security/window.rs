@@ -17,8 +17,8 @@
 
 use dashmap::DashMap;
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Buckets shared by the keys that find the table full.
@@ -119,14 +119,36 @@ pub fn whole_seconds(wait: f64) -> u64 {
     ((wait + 0.005).ceil() as u64).max(1)
 }
 
+/// The table's keys are already hashes (of the counted key, with this process's random
+/// SipHash key): the table uses them as they are instead of hashing them again.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; fold anything else in rather than lose it.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Sliding-window counters of one length, per key.
 pub struct Windows {
     length_ms: u64,
     max_keys: usize,
-    slots: DashMap<u64, Slot>,
+    slots: DashMap<u64, Slot, BuildHasherDefault<Prehashed>>,
     hasher: RandomState,
     /// The last window in which idle keys were swept.
     swept: AtomicU64,
+    /// Some key was ever counted in an overflow bucket (until then no bucket is read).
+    overflowed: AtomicBool,
 }
 
 impl std::fmt::Debug for Windows {
@@ -144,9 +166,10 @@ impl Windows {
         Windows {
             length_ms: (length.as_millis() as u64).max(1),
             max_keys: max_keys.max(1),
-            slots: DashMap::new(),
+            slots: DashMap::default(),
             hasher: RandomState::new(),
             swept: AtomicU64::new(u64::MAX),
+            overflowed: AtomicBool::new(false),
         }
     }
 
@@ -172,18 +195,26 @@ impl Windows {
     fn add(&self, key: &impl Hash, now: u64, n: u32) -> Sample {
         let window = now / self.length_ms;
         let mut h = self.hasher.hash_one(key);
-        if !self.slots.contains_key(&h) {
-            let bucket = self.hasher.hash_one(("overflow", h % OVERFLOW_BUCKETS));
-            if n == 0 {
-                // Not counted on its own: maybe in its bucket, when the table was full.
-                let mut slot = self.slots.get(&bucket).map(|s| *s).unwrap_or_default();
-                slot.roll(window);
-                return self.sample(&slot, now);
-            }
-            if !self.room(window) {
-                // Shared with the other keys that found no room (never under-counted).
-                h = bucket;
-            }
+        if let Some(mut slot) = self.slots.get_mut(&h) {
+            // A key counted before: one lookup.
+            slot.roll(window);
+            slot.curr = slot.curr.saturating_add(n);
+            return self.sample(&slot, now);
+        }
+        let bucket = self.hasher.hash_one(("overflow", h % OVERFLOW_BUCKETS));
+        if n == 0 {
+            // Not counted on its own: maybe in its bucket, when the table was full.
+            let mut slot = match self.overflowed.load(Ordering::Acquire) {
+                true => self.slots.get(&bucket).map(|s| *s).unwrap_or_default(),
+                false => Slot::default(),
+            };
+            slot.roll(window);
+            return self.sample(&slot, now);
+        }
+        if !self.room(window) {
+            // Shared with the other keys that found no room (never under-counted).
+            self.overflowed.store(true, Ordering::Release);
+            h = bucket;
         }
         let mut slot = self.slots.entry(h).or_insert(Slot {
             window,

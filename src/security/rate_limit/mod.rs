@@ -87,7 +87,7 @@ pub struct Subject<'a> {
 impl Subject<'_> {
     /// Who the request comes from: the authenticated subject, else the client IP.
     pub fn identity_key(&self) -> String {
-        key(KeyStrategy::UserId, self).unwrap_or_default()
+        key(KeyStrategy::UserId, self).map_or_else(String::new, |k| k.to_string())
     }
 }
 
@@ -143,7 +143,7 @@ impl RateLimits {
     }
 
     /// The rules that cover a request, each with the request's key under it.
-    fn covering<'r>(&'r self, s: &Subject) -> Vec<(&'r Rule, String)> {
+    fn covering<'r, 's>(&'r self, s: &Subject<'s>) -> Vec<(&'r Rule, Key<'s>)> {
         self.rules
             .iter()
             .filter(|r| r.routes.is_empty() || r.routes.iter().any(|p| p == s.route))
@@ -167,13 +167,13 @@ impl RateLimits {
     }
 
     /// [`RateLimits::check`] on this process's counters only.
-    fn check_locally(&self, covering: &[(&Rule, String)]) -> Result<Option<Quota>, Limited> {
+    fn check_locally(&self, covering: &[(&Rule, Key)]) -> Result<Option<Quota>, Limited> {
         // Lazy: the rules after a refusing one do not count the request.
         let now = window::now_ms();
         decide(
             covering
                 .iter()
-                .map(|(r, key)| (*r, r.count_locally(key, now))),
+                .map(|(r, key)| (*r, r.count_locally(*key, now))),
         )
     }
 }
@@ -192,7 +192,7 @@ fn decide<'a>(counted: impl Iterator<Item = (&'a Rule, Counts)>) -> Result<Optio
 
 impl Rule {
     /// Count one request under `key` on this process's counters at `now` (ms).
-    fn count_locally(&self, key: &str, now: u64) -> Counts {
+    fn count_locally(&self, key: Key, now: u64) -> Counts {
         Counts {
             minute: self.minute.hit(&key, now),
             second: (self.burst > 0).then(|| self.second.hit(&key, now)),
@@ -257,23 +257,45 @@ fn rule(i: usize, r: &RateLimitRule, max_keys: usize) -> Rule {
 }
 
 /// The counter key of a request under a strategy (`None`: the rule does not count it).
-fn key(strategy: KeyStrategy, s: &Subject) -> Option<String> {
-    let ip = || {
-        s.ip.map(|ip| format!("ip:{ip}"))
-            .unwrap_or_else(|| "ip:-".into())
-    };
+/// What a rule counts a request by: hashed as it is for this process's counters (no
+/// string is built per request), written out (`ip:…`, `user:…`, `client:…`, `tool:…`,
+/// `global`) only for Redis and the stream slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Key<'a> {
+    Ip(Option<std::net::IpAddr>),
+    User(&'a str),
+    Client(&'a str),
+    Tool(&'a str),
+    Global,
+}
+
+impl std::fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Ip(Some(ip)) => write!(f, "ip:{ip}"),
+            Key::Ip(None) => f.write_str("ip:-"),
+            Key::User(subject) => write!(f, "user:{subject}"),
+            Key::Client(client) => write!(f, "client:{client}"),
+            Key::Tool(tool) => write!(f, "tool:{tool}"),
+            Key::Global => f.write_str("global"),
+        }
+    }
+}
+
+fn key<'a>(strategy: KeyStrategy, s: &Subject<'a>) -> Option<Key<'a>> {
+    let ip = Key::Ip(s.ip);
     Some(match strategy {
-        KeyStrategy::IpAddress => ip(),
+        KeyStrategy::IpAddress => ip,
         KeyStrategy::UserId => match s.identity {
-            Some(id) => format!("user:{}", id.subject),
-            None => ip(),
+            Some(id) => Key::User(&id.subject),
+            None => ip,
         },
         KeyStrategy::ApiKey => match s.identity.and_then(|id| id.client_id.as_deref()) {
-            Some(client) => format!("client:{client}"),
-            None => ip(),
+            Some(client) => Key::Client(client),
+            None => ip,
         },
-        KeyStrategy::Tool => format!("tool:{}", s.tool?),
-        KeyStrategy::Global => "global".into(),
+        KeyStrategy::Tool => Key::Tool(s.tool?),
+        KeyStrategy::Global => Key::Global,
     })
 }
 

@@ -15,7 +15,7 @@
 //! `mcp_gateway_rate_limit_fallbacks_total`; `mcp_gateway_rate_limit_backend_up` shows
 //! whether Redis is in use, and the switches are logged once each way.
 
-use super::{Counts, Rule};
+use super::{Counts, Key, Rule};
 use crate::security::window::Sample;
 use crate::telemetry::metrics::{self, METRICS};
 use arc_swap::ArcSwapOption;
@@ -145,7 +145,7 @@ pub fn describe_url(url: &str) -> Result<String, String> {
 }
 
 /// The script's `KEYS` and `ARGV` for the rules covering a request.
-fn keys_and_args(prefix: &str, covering: &[(&Rule, String)]) -> (Vec<String>, Vec<u32>) {
+fn keys_and_args(prefix: &str, covering: &[(&Rule, Key)]) -> (Vec<String>, Vec<u32>) {
     let mut keys = Vec::with_capacity(covering.len() * 2);
     let mut args = Vec::with_capacity(covering.len() * 2);
     for (rule, key) in covering {
@@ -209,7 +209,7 @@ impl Shared {
 
     /// Count a request in Redis under the rules that cover it: one [`Counts`] per rule
     /// counted, or `None` when the local counters must decide.
-    pub(crate) async fn count(&self, covering: &[(&Rule, String)]) -> Option<Vec<Counts>> {
+    pub(crate) async fn count(&self, covering: &[(&Rule, Key<'_>)]) -> Option<Vec<Counts>> {
         let conn = match self.conn.load_full() {
             Some(c) if self.state.load(Ordering::Acquire) == UP => c,
             _ => return self.fallback(Fallback::Unavailable),
