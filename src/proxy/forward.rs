@@ -84,6 +84,7 @@ pub fn upstream_request(
     let Some(server) = ctx.server() else {
         return Ok(());
     };
+    caseless_request(req);
     let target = &server.target;
 
     // One HTTP/1.1 request to the upstream, whatever the client spoke; its connection
@@ -311,8 +312,33 @@ pub fn filter_list(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()
     Ok(())
 }
 
+/// Headers the gateway forwards keep no record of their fields' original case: Pingora
+/// keeps a second, case-preserving map for a head it parsed, which doubles the cost of
+/// every field the gateway adds or removes. Field names are case-insensitive (RFC 9110
+/// §5.1); without the map, Pingora writes the standard ones in their usual case
+/// (`Content-Type`) and others in lower case, as HTTP/2 does. The POST exchange copies
+/// the heads without it ([`RequestHeader::as_owned_parts`]); for Pingora's proxy path
+/// these drop it in place.
+fn caseless_request(req: &mut RequestHeader) {
+    if req.has_case() {
+        let parts = http::Request::new(()).into_parts().0;
+        let had = std::mem::replace(req, RequestHeader::from(parts));
+        *req = RequestHeader::from(http::request::Parts::from(had));
+    }
+}
+
+/// [`caseless_request`] for a response.
+fn caseless_response(resp: &mut ResponseHeader) {
+    if resp.has_case() {
+        let parts = http::Response::new(()).into_parts().0;
+        let had = std::mem::replace(resp, ResponseHeader::from(parts));
+        *resp = ResponseHeader::from(http::response::Parts::from(had));
+    }
+}
+
 /// The response as the client gets it: the upstream session sealed, the request id added.
 pub fn client_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    caseless_response(resp);
     // Never a `101` here: upstream_response_filter and the exchange refuse it.
     super::hop_by_hop::strip_response(resp);
     if ctx.era() == Some(Era::Modern) {

@@ -21,6 +21,7 @@ use super::record;
 use super::{forward, Gateway};
 use crate::error::GatewayError;
 use crate::upstream::exchange::{self, Outcome, Record, Sent};
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
@@ -34,7 +35,8 @@ pub async fn forward(
     let timeouts = exchange::Timeouts::default(); // the peer's: `forward::select` sets them
     let up = exchange::connect(&gw.connector, &mut Choosing { session, ctx }, timeouts).await?;
 
-    let mut req = session.req_header().clone();
+    // The head's fields without their original case (see `forward::caseless`).
+    let mut req = RequestHeader::from(session.req_header().as_owned_parts());
     forward::upstream_request(session, &mut req, ctx).map_err(|e| shaping_failure(ctx, &e))?;
     let body = ctx.body.clone().unwrap_or_default();
     // Watch the client while the upstream is silent, as Pingora's proxy path does.
@@ -57,7 +59,7 @@ pub async fn forward(
         }
     };
 
-    let mut resp = up.header().clone();
+    let mut resp = ResponseHeader::from(up.header().as_owned_parts());
     forward::client_response(&mut resp, ctx).map_err(|e| shaping_failure(ctx, &e))?;
     ctx.local_status = Some(resp.status.as_u16());
     ctx.upstream_status = Some(resp.status.as_u16());
