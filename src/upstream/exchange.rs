@@ -282,10 +282,6 @@ impl Response<'_> {
             .expect("send returns only once the head arrived")
     }
 
-    pub fn peer(&self) -> &HttpPeer {
-        &self.peer
-    }
-
     /// The next chunk of the body; `None` at its end.
     pub async fn read(&mut self) -> pingora::Result<Option<Bytes>> {
         if self.session.is_body_done() {
