@@ -29,7 +29,7 @@ async fn http2_requests_update_their_connections_stats() {
         &[up.url()],
         &format!("admin:\n  port: {{admin_port}}\n  token: {TOKEN}\n"),
     );
-    let (mut child, dir, port) = tls_gateway(&pki, &yaml).await;
+    let (gateway, dir, port) = tls_gateway(&pki, &yaml).await;
     let log = || std::fs::read_to_string(dir.path("gateway.log")).unwrap_or_default();
     let h2 = tls_client(&pki);
     let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
@@ -90,6 +90,5 @@ async fn http2_requests_update_their_connections_stats() {
     }
     assert_eq!(up.state().await["cancelled"], 1, "{}", log());
     assert!(connections(&admin).await.iter().all(|c| c["id"] != id));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(gateway);
 }

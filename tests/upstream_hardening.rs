@@ -185,7 +185,7 @@ async fn http2_clients_reach_the_upstream_as_http1_on_both_paths() {
         "server:\n  host: 127.0.0.1\n  port: {{port}}\nupstream:\n  groups:\n    plain:\n      retries: 0\n      circuit_breaker: {{failure_threshold: 2}}\n      servers:\n        - {{id: a, url: \"{url}\"}}\n    kept:\n      preserve_host: true\n      servers:\n        - {{id: b, url: \"{url}\"}}\nroutes:\n  - {{path: /mcp, group: plain}}\n  - {{path: /mcp/kept, group: kept}}\n",
         url = up.url()
     );
-    let (mut child, dir, port) = tls_gateway(&pki, &yaml).await;
+    let (gateway, dir, port) = tls_gateway(&pki, &yaml).await;
     let c = tls_client(&pki);
     let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
     for (path, pad) in PATHS {
@@ -228,8 +228,7 @@ async fn http2_clients_reach_the_upstream_as_http1_on_both_paths() {
         assert!(header(&resp, "x-secret").is_none(), "{path}");
         assert_eq!(header(&resp, "x-kept").as_deref(), Some("yes"), "{path}");
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(gateway);
     drop(dir);
 }
 

@@ -44,7 +44,17 @@ pub fn tls_client(pki: &TempDir) -> reqwest::Client {
 }
 
 /// The gateway with a TLS listener (`h2` and `http/1.1` by ALPN), ready.
-pub async fn tls_gateway(pki: &TempDir, yaml: &str) -> (std::process::Child, TempDir, u16) {
+/// A gateway process that is killed (and reaped) when dropped, also when its test fails.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn tls_gateway(pki: &TempDir, yaml: &str) -> (Running, TempDir, u16) {
     let yaml = yaml.replacen(
         "server:\n",
         &format!(
@@ -55,7 +65,7 @@ pub async fn tls_gateway(pki: &TempDir, yaml: &str) -> (std::process::Child, Tem
         1,
     );
     let (config, dir, port) = Gateway::prepare(&yaml, &[]);
-    let mut child = Gateway::spawn(&config, &dir, &[], &[]);
+    let child = Running(Gateway::spawn(&config, &dir, &[], &[]));
     let c = tls_client(pki);
     let ready = eventually(Duration::from_secs(30), || {
         let c = c.clone();
@@ -68,7 +78,7 @@ pub async fn tls_gateway(pki: &TempDir, yaml: &str) -> (std::process::Child, Tem
     })
     .await;
     if !ready {
-        let _ = child.kill();
+        drop(child);
         panic!(
             "TLS gateway not ready:\n{}",
             std::fs::read_to_string(dir.path("gateway.log")).unwrap_or_default()
