@@ -2,8 +2,8 @@
 //! status and code, a `Content-Length` body, and whether the connection stays usable.
 //! It does wherever the request was read to its end, or its unread body was small
 //! enough to read away; it closes after an answer to a request whose body the gateway
-//! would not read (too large, chunked, held back for `100 Continue`), and after an
-//! upstream failure on Pingora's proxy path (a GET stream).
+//! would not read (too large, chunked, held back for `100 Continue`), after an oversized
+//! request head, and after an upstream failure on Pingora's proxy path (a GET stream).
 
 mod common;
 
@@ -148,6 +148,21 @@ async fn errors_are_jsonrpc_answers_that_keep_a_read_connection() {
             request("GET", "/mcp/dead", &["Accept: text/event-stream"], ""),
             502,
             -32603,
+            false,
+        ),
+        (
+            "a request head over limits.max_request_headers",
+            request(
+                "POST",
+                "/mcp",
+                &[
+                    "Content-Type: application/json",
+                    &format!("X-Pad: {}", "p".repeat(40_000)),
+                ],
+                LIST,
+            ),
+            431,
+            -32600,
             false,
         ),
         (

@@ -35,7 +35,8 @@ pub async fn forward(
     let timeouts = exchange::Timeouts::default(); // the peer's: `forward::select` sets them
     let up = exchange::connect(&gw.connector, &mut Choosing { session, ctx }, timeouts).await?;
 
-    // The head's fields without their original case (see `forward::caseless`).
+    // A copy of the head without Pingora's case-preserving map (`forward` drops it on
+    // Pingora's path too).
     let mut req = RequestHeader::from(session.req_header().as_owned_parts());
     forward::upstream_request(session, &mut req, ctx).map_err(|e| shaping_failure(ctx, &e))?;
     let body = ctx.body.clone().unwrap_or_default();

@@ -116,9 +116,14 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Answer with a JSON-RPC error; the id of the request is echoed when it was read.
 /// The client's connection stays open when its request was read to its end, or when the
-/// unread body is small ([`drained`]); otherwise it closes after the answer.
+/// unread body is small ([`drained`]); otherwise, and after an oversized head (`431`), it
+/// closes after the answer.
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: GatewayError) -> Result<()> {
-    if !session.is_body_done() && !drained(session, ctx.state.max_request_body).await {
+    let keep = match err {
+        GatewayError::HeadersTooLarge { .. } => false,
+        _ => session.is_body_done() || drained(session, ctx.state.max_request_body).await,
+    };
+    if !keep {
         session.set_keepalive(None);
     }
     let (status, _) = err.status_and_code();
