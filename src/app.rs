@@ -57,6 +57,25 @@ fn pool_per_thread(config: &Config) -> usize {
         .div_ceil(config.server.threads.max(1))
 }
 
+/// Pingora's server settings from the config (`daemon`: from the command line).
+fn server_conf(config: &Config, daemon: bool) -> ServerConf {
+    ServerConf {
+        daemon,
+        threads: config.server.threads,
+        pid_file: config.server.pid_file.clone(),
+        upgrade_sock: config.server.upgrade_sock.clone(),
+        grace_period_seconds: Some(config.server.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(
+            config.server.graceful_shutdown_timeout.0.as_secs(),
+        ),
+        upstream_keepalive_pool_size: pool_per_thread(config),
+        // Off by default: a one-thread runtime per worker wakes no other thread per
+        // request (docs/benchmarks.md, "One runtime per worker").
+        work_stealing: config.server.work_stealing,
+        ..Default::default()
+    }
+}
+
 /// The listening address of the proxy service.
 pub fn listen_addr(config: &Config) -> Result<SocketAddr, String> {
     let ip: IpAddr = config
@@ -87,18 +106,7 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         daemon: opts.daemon,
         ..Default::default()
     };
-    let conf = ServerConf {
-        daemon: opts.daemon,
-        threads: config.server.threads,
-        pid_file: config.server.pid_file.clone(),
-        upgrade_sock: config.server.upgrade_sock.clone(),
-        grace_period_seconds: Some(config.server.grace_period.0.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(
-            config.server.graceful_shutdown_timeout.0.as_secs(),
-        ),
-        upstream_keepalive_pool_size: pool_per_thread(&config),
-        ..Default::default()
-    };
+    let conf = server_conf(&config, opts.daemon);
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     if !opts.daemon {
@@ -200,4 +208,22 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         }),
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_settings_follow_the_config() {
+        let mut config = Config::default();
+        let conf = server_conf(&config, false);
+        assert!(!conf.work_stealing, "one runtime per worker by default");
+        assert_eq!(conf.threads, config.server.threads);
+        config.server.work_stealing = true;
+        config.server.threads = 3;
+        let conf = server_conf(&config, true);
+        assert!(conf.work_stealing && conf.daemon);
+        assert_eq!(conf.threads, 3);
+    }
 }

@@ -101,6 +101,10 @@ config_struct! {
         port: u16 = 8080,
         /// Worker threads of the proxy service.
         threads: usize = 2,
+        /// Let idle worker threads take tasks queued on busy ones (one multi-threaded
+        /// runtime). Off: each thread runs its own single-threaded runtime, as nginx
+        /// workers do, which is cheaper per request.
+        work_stealing: bool = false,
         /// Pingora's PID file (used by `-d`).
         pid_file: String = "/tmp/mcp-gateway.pid".to_string(),
         /// The socket over which `-u` takes over the listeners of a running process.

@@ -58,6 +58,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port other than `taken`: the kernel may hand out a port again as soon as the
+/// listener that found it is closed, so two calls of [`free_port`] can agree.
+pub fn free_port_besides(taken: u16) -> u16 {
+    loop {
+        let port = free_port();
+        if port != taken {
+            return port;
+        }
+    }
+}
+
 /// Poll `check` every 50 ms for up to `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
@@ -267,13 +278,13 @@ impl Gateway {
         let config = dir.path("gateway.yaml");
         let yaml = yaml
             .replace("{port}", &port.to_string())
-            .replace("{admin_port}", &free_port().to_string())
+            .replace("{admin_port}", &free_port_besides(port).to_string())
             .replace("{dir}", &dir.0.to_string_lossy());
         // Each gateway's admin service on a free port of its own.
         let yaml = if yaml.contains("\nadmin:") {
             yaml
         } else {
-            format!("{yaml}\nadmin:\n  port: {}\n", free_port())
+            format!("{yaml}\nadmin:\n  port: {}\n", free_port_besides(port))
         };
         let yaml = if yaml.contains("pid_file") {
             yaml
