@@ -6,8 +6,9 @@
 //! the state they started with (each holds its own `Arc`); new requests see the new one.
 //! Servers that remain (same group, id, URL, weight and group settings) are carried over
 //! as they are, with their health, breaker, in-flight count and sealed sessions. A
-//! change that needs new listeners or a new process (host, port, TLS, threads, the admin
-//! listener, tracing, ...) is refused with a message saying to use the upgrade.
+//! change that needs new listeners or a new process (host, port, TLS, threads, work
+//! stealing, the admin listener, tracing, ...) is refused with a message saying to use
+//! the upgrade.
 
 use crate::config::{self, Config};
 use crate::state::State;
@@ -220,7 +221,7 @@ pub fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
     check(
         "server",
         process(&old.server) == process(&new.server),
-        "a reload cannot change the process settings (threads, pid file, upgrade socket, grace period)",
+        "a reload cannot change the process settings (threads, work stealing, pid file, upgrade socket, grace period)",
     );
     check(
         "admin",
