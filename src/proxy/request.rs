@@ -372,16 +372,14 @@ async fn read_and_inspect(
     let headers = &session.req_header().headers;
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default();
-    if !is_json(&content_type) {
-        return Err(GatewayError::UnsupportedMediaType(content_type));
+        .map_or(&b""[..], |v| v.as_bytes());
+    if !is_json(content_type) {
+        return Err(GatewayError::UnsupportedMediaType(
+            String::from_utf8_lossy(content_type).into_owned(),
+        ));
     }
     let limit = state.max_request_body;
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|n| n > limit) {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
@@ -481,12 +479,18 @@ pub(super) fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
 }
 
 /// `application/json`, with optional parameters (`; charset=utf-8`).
-fn is_json(content_type: &str) -> bool {
+fn is_json(content_type: &[u8]) -> bool {
     content_type
-        .split(';')
+        .split(|b| *b == b';')
         .next()
-        .map(|t| t.trim().eq_ignore_ascii_case("application/json"))
-        .unwrap_or(false)
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"application/json"))
+}
+
+/// The body length a request declares (`Content-Length`), if it is a number.
+pub(super) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
 }
 
 /// The client's `X-Request-Id` when it is a sane token, else a fresh random one.
@@ -507,10 +511,10 @@ mod tests {
 
     #[test]
     fn json_content_types() {
-        assert!(is_json("application/json"));
-        assert!(is_json("Application/JSON; charset=utf-8"));
-        assert!(!is_json("text/plain"));
-        assert!(!is_json(""));
-        assert!(!is_json("application/jsonx"));
+        assert!(is_json(b"application/json"));
+        assert!(is_json(b"Application/JSON; charset=utf-8"));
+        assert!(!is_json(b"text/plain"));
+        assert!(!is_json(b""));
+        assert!(!is_json(b"application/jsonx"));
     }
 }

@@ -110,7 +110,7 @@ pub async fn json(
 
 /// The largest unread body of a refused request the gateway reads away to keep the
 /// client's connection: a small MCP message; anything larger closes the connection.
-pub const DRAIN_LIMIT: u64 = 16 * 1024;
+const DRAIN_LIMIT: u64 = 16 * 1024;
 /// How long reading it away may take before the connection is closed instead.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -155,10 +155,7 @@ async fn drained(session: &mut Session, max_body: u64) -> bool {
     if super::request::expects_continue(head) {
         return false;
     }
-    let small = head
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    let small = super::request::declared_length(&head.headers)
         .is_some_and(|n| n <= DRAIN_LIMIT.min(max_body));
     if !small || head.headers.contains_key(http::header::TRANSFER_ENCODING) {
         return false;

@@ -134,10 +134,6 @@ pub enum Sent<'c> {
 }
 
 impl<'c> Connection<'c> {
-    pub fn peer(&self) -> &HttpPeer {
-        &self.peer
-    }
-
     /// Send the request (`body` may be empty) and wait for the final answer's head, or
     /// for `cancel`, whichever comes first.
     pub async fn send(

@@ -303,6 +303,32 @@ fn key<'a>(strategy: KeyStrategy, s: &Subject<'a>) -> Option<Key<'a>> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn keys_are_written_as_the_shared_store_knows_them() {
+        // Redis keys (and stream slots) of replicas running other versions must agree.
+        let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        let written = [
+            Key::Ip(Some(ip)),
+            Key::Ip(None),
+            Key::User("alice"),
+            Key::Client("agent-7"),
+            Key::Tool("echo"),
+            Key::Global,
+        ]
+        .map(|k| k.to_string());
+        assert_eq!(
+            written,
+            [
+                "ip:10.0.0.7",
+                "ip:-",
+                "user:alice",
+                "client:agent-7",
+                "tool:echo",
+                "global"
+            ]
+        );
+    }
+
     fn limits(strategy: KeyStrategy, per_minute: u32, burst: u32) -> RateLimits {
         RateLimits::build(&RateLimitingConfig {
             rules: vec![RateLimitRule {
