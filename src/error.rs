@@ -96,6 +96,15 @@ pub enum GatewayError {
     },
     #[error("upstream server {server} of group {group:?} answered 101 Switching Protocols; the gateway does not tunnel protocol upgrades")]
     UpstreamSwitchedProtocols { group: String, server: String },
+    /// A virtual server's member failed and the virtual server fails closed.
+    #[error(
+        "member {member:?} (upstream group {group:?}) of this virtual server failed: {reason}"
+    )]
+    MemberFailed {
+        member: String,
+        group: String,
+        reason: String,
+    },
     #[error("reading the request body failed: {0}")]
     BodyRead(String),
     #[error("the client closed the connection before the response was complete")]
@@ -145,6 +154,7 @@ impl GatewayError {
             UpstreamFailed { .. } => (502, code::INTERNAL_ERROR),
             UpstreamTimeout { .. } => (504, code::INTERNAL_ERROR),
             UpstreamSwitchedProtocols { .. } => (502, code::INTERNAL_ERROR),
+            MemberFailed { .. } => (502, code::INTERNAL_ERROR),
             BodyRead(_) => (400, code::INVALID_REQUEST),
             // Never sent (nobody is listening); 499 as nginx logs it.
             ClientClosed => (499, code::INTERNAL_ERROR),
@@ -177,6 +187,7 @@ impl GatewayError {
             UpstreamFailed { .. } => "upstream_failed",
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamSwitchedProtocols { .. } => "upstream_switched_protocols",
+            MemberFailed { .. } => "member_failed",
             BodyRead(_) => "body_read",
             ClientClosed => "client_closed",
             Busy(_) => "busy",

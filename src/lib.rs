@@ -8,7 +8,8 @@
 //! the edge, TLS files); [`upstream`] (groups, selection, health, breakers, the one
 //! exchange with a server outside Pingora's proxy path); [`state`] (the runtime state
 //! built from a config, and the checks that need it); [`live`] (the running state,
-//! swapped whole by a reload); [`proxy`] (the `ProxyHttp` hooks and the request path);
+//! swapped whole by a reload); [`federation`] (virtual servers: the gateway as the MCP
+//! server of many groups); [`proxy`] (the `ProxyHttp` hooks and the request path);
 //! [`admin`] and [`lifecycle`] (signals, reload watcher, graceful end); [`control`] and
 //! [`app`] (config → Pingora server).
 
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod federation;
 pub mod lifecycle;
 pub mod live;
 pub mod mcp;

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["upstream"],
     &["state"],
     &["live"],
+    &["federation"],
     &["proxy"],
     &["admin", "lifecycle"],
     &["control", "app"],

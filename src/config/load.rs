@@ -160,12 +160,14 @@ fn apply_overrides(root: &mut Value, env: &dyn Fn(&str) -> Option<String>, errs:
     }
 }
 
-/// A path the config serves (`/mcp` when no routes are configured).
+/// A path the config serves: a route or a virtual server (`/mcp` when neither is
+/// configured).
 fn known_route(c: &Config, route: &str) -> bool {
-    if c.routes.is_empty() {
+    if c.routes.is_empty() && c.virtual_servers.is_empty() {
         route == super::DEFAULT_PATH
     } else {
         c.routes.iter().any(|r| r.path == route)
+            || c.virtual_servers.iter().any(|v| v.path == route)
     }
 }
 
@@ -325,7 +327,9 @@ fn validate(c: &Config, errs: &mut Errors) {
             );
         }
     }
+    super::federation::validate(c, errs);
     if c.routes.is_empty()
+        && c.virtual_servers.is_empty()
         && !c.upstream.groups.is_empty()
         && !c.upstream.groups.contains_key("default")
     {

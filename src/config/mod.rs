@@ -10,6 +10,7 @@
 //! `docs/configuration.md` is the reference). Running code uses the resolved pieces built
 //! from it (`upstream::Groups`, `state::Routes`), never this tree on the request path.
 
+pub mod federation;
 pub mod load;
 pub mod security;
 pub mod units;
@@ -20,11 +21,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use units::{ByteSize, Dur};
 
+pub use federation::{
+    MemberConfig, OnMemberFailure, PrefixMode, ToolFilterConfig, VirtualServerConfig,
+};
 pub use load::{load_str, load_str_and, read_file};
 pub use security::*;
 pub use yaml::ConfigError;
 
-/// The path served when no routes are configured.
+/// The path served when no routes (and no virtual servers) are configured.
 pub const DEFAULT_PATH: &str = "/mcp";
 /// The group that path goes to.
 pub const DEFAULT_GROUP: &str = "default";
@@ -38,6 +42,8 @@ config_struct! {
         server: ServerConfig = ServerConfig::default(),
         upstream: UpstreamConfig = UpstreamConfig::default(),
         routes: Vec<RouteConfig> = Vec::new(),
+        /// Endpoints that federate groups (docs/federation.md).
+        virtual_servers: Vec<VirtualServerConfig> = Vec::new(),
         limits: LimitsConfig = LimitsConfig::default(),
         timeouts: TimeoutsConfig = TimeoutsConfig::default(),
         sessions: SessionsConfig = SessionsConfig::default(),

@@ -31,6 +31,24 @@ pub fn decode_value(raw: &[u8]) -> Option<String> {
     Some(s.to_string())
 }
 
+/// A header value for `s`: as it is when it is safe ASCII (visible characters and inner
+/// spaces), else in the `=?base64?…?=` form [`decode_value`] reads.
+pub fn encode_value(s: &str) -> http::HeaderValue {
+    let safe = !s.is_empty()
+        && !s.starts_with(' ')
+        && !s.ends_with(' ')
+        && !s.starts_with("=?")
+        && s.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if safe {
+        if let Ok(v) = http::HeaderValue::from_str(s) {
+            return v;
+        }
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    http::HeaderValue::from_str(&format!("=?base64?{encoded}?="))
+        .expect("base64 is a valid header value")
+}
+
 /// Check a modern-era message's routing headers against its body.
 /// The error text says which header and what the body says, for the `-32020` message.
 pub fn check_modern(env: &Envelope, headers: &HeaderMap) -> Result<(), String> {
@@ -104,6 +122,21 @@ pub fn batch_allowed(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_values_decode_back() {
+        for s in [
+            "files__echo",
+            "file://files+/a b.txt",
+            "héllo",
+            " lead",
+            "=?x",
+        ] {
+            let v = encode_value(s);
+            assert_eq!(decode_value(v.as_bytes()).as_deref(), Some(s), "{s}");
+        }
+        assert_eq!(encode_value("plain").to_str().unwrap(), "plain");
+    }
     use crate::mcp::envelope::{inspect, Body};
     use http::HeaderValue;
 

@@ -21,6 +21,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// 2: the associated data binds the owner's identity (1 bound the group only; such ids
 /// no longer open).
 const VERSION: u8 = 2;
+/// The first byte of a sealed payload ([`SessionKeys::seal_payload`]).
+const PAYLOAD_VERSION: u8 = 3;
 const NONCE_LEN: usize = 24;
 
 /// Whom a session belongs to: the parts of the caller's identity a sealed id is bound
@@ -139,44 +141,14 @@ impl SessionKeys {
         plain.push(id_len);
         plain.extend_from_slice(&id[..id_len as usize]);
         plain.extend_from_slice(upstream_session.as_bytes());
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::thread_rng().fill_bytes(&mut nonce);
-        let aad = associated_data(group, owner);
-        let sealed = self.ciphers[0]
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &plain,
-                    aad: &aad,
-                },
-            )
-            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
-        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
-        URL_SAFE_NO_PAD.encode(out)
+        self.seal_raw(&associated_data(group, owner), &plain)
     }
 
     /// Open a sealed id presented for `group` by `owner`; `None` if forged, tampered, for
     /// another group, issued to another identity, or sealed with a key no longer
     /// configured.
     pub fn open(&self, group: &str, owner: Option<Owner<'_>>, token: &str) -> Option<Opened> {
-        let raw = URL_SAFE_NO_PAD.decode(token.as_bytes()).ok()?;
-        if raw.len() <= NONCE_LEN {
-            return None;
-        }
-        let (nonce, sealed) = raw.split_at(NONCE_LEN);
-        let aad = associated_data(group, owner);
-        let plain = self.ciphers.iter().find_map(|c| {
-            c.decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad,
-                },
-            )
-            .ok()
-        })?;
+        let plain = self.open_raw(&associated_data(group, owner), token)?;
         if plain.len() < 10 || plain[0] != VERSION {
             return None;
         }
@@ -191,6 +163,64 @@ impl SessionKeys {
             server_id: std::str::from_utf8(id).ok()?.to_string(),
             upstream_session: std::str::from_utf8(session).ok()?.to_string(),
             issued_at,
+        })
+    }
+}
+
+impl SessionKeys {
+    /// Seal `payload` for `domain` (a virtual server's session, cursor or request id:
+    /// the caller names what and where) and `owner`: opens only with [`open_payload`]
+    /// for the same domain and owner. Its first byte marks it as a payload, so it never
+    /// opens as a group's session id, nor one of those as a payload.
+    ///
+    /// [`open_payload`]: SessionKeys::open_payload
+    pub fn seal_payload(&self, domain: &str, owner: Option<Owner<'_>>, payload: &[u8]) -> String {
+        let mut plain = Vec::with_capacity(1 + payload.len());
+        plain.push(PAYLOAD_VERSION);
+        plain.extend_from_slice(payload);
+        self.seal_raw(&associated_data(domain, owner), &plain)
+    }
+
+    /// Open what [`SessionKeys::seal_payload`] sealed for `domain` and `owner`; `None` if
+    /// forged, tampered, sealed for another domain or owner, or with a key no longer
+    /// configured.
+    pub fn open_payload(
+        &self,
+        domain: &str,
+        owner: Option<Owner<'_>>,
+        token: &str,
+    ) -> Option<Vec<u8>> {
+        let mut plain = self.open_raw(&associated_data(domain, owner), token)?;
+        if plain.first() != Some(&PAYLOAD_VERSION) {
+            return None;
+        }
+        plain.remove(0);
+        Some(plain)
+    }
+
+    /// Encrypt `plain` under the first key with `aad`: nonce and ciphertext, base64url.
+    fn seal_raw(&self, aad: &[u8], plain: &[u8]) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let sealed = self.ciphers[0]
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
+            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// Decrypt a token of [`SessionKeys::seal_raw`] with any configured key.
+    fn open_raw(&self, aad: &[u8], token: &str) -> Option<Vec<u8>> {
+        let raw = URL_SAFE_NO_PAD.decode(token.as_bytes()).ok()?;
+        if raw.len() <= NONCE_LEN {
+            return None;
+        }
+        let (nonce, sealed) = raw.split_at(NONCE_LEN);
+        self.ciphers.iter().find_map(|c| {
+            c.decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+                .ok()
         })
     }
 }
@@ -301,6 +331,22 @@ mod tests {
         // Fields are length-prefixed: moving a byte between them changes the binding.
         let split = k.seal("g", Some(who("jwt", "ab", "c")), "s", "x", now());
         assert!(k.open("g", Some(who("jwt", "a", "bc")), &split).is_none());
+    }
+
+    #[test]
+    fn payloads_open_only_in_their_domain_and_never_as_session_ids() {
+        let k = keys(&[K1]);
+        let alice = who("jwt", "idp", "alice");
+        let t = k.seal_payload("vs:/mcp", Some(alice), b"members");
+        assert_eq!(
+            k.open_payload("vs:/mcp", Some(alice), &t).unwrap(),
+            b"members"
+        );
+        assert!(k.open_payload("vs:/other", Some(alice), &t).is_none());
+        assert!(k.open_payload("vs:/mcp", None, &t).is_none());
+        assert!(k.open("vs:/mcp", Some(alice), &t).is_none());
+        let id = k.seal("vs:/mcp", None, "s", "x", now());
+        assert!(k.open_payload("vs:/mcp", None, &id).is_none());
     }
 
     #[test]

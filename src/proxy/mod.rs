@@ -9,6 +9,7 @@
 //!    read and checked, is then forwarded from here by [`post`] (the gateway's own
 //!    upstream exchange: head and body in one write) and its answer relayed; the
 //!    phases below are Pingora's proxy path, which carries GET streams and DELETEs.
+//!    A virtual server's requests (all methods) are answered by [`federated`] instead.
 //! 2. `upstream_peer` ([`forward::select`]): the session's server, else the group's strategy.
 //! 3. `upstream_request_filter` ([`forward::upstream_request`]): HTTP/1.1, no hop-by-hop
 //!    fields, path, `Host`, `X-Forwarded-*`, `X-Request-Id`, the upstream's own session
@@ -23,6 +24,7 @@
 
 pub mod connections;
 pub mod ctx;
+pub mod federated;
 pub mod forward;
 pub mod health;
 pub mod hop_by_hop;

@@ -159,14 +159,20 @@ async fn check(
 ) -> Result<Next, GatewayError> {
     let req = session.req_header();
     let path = req.uri.path();
-    let route = state
-        .routes
-        .get(path)
-        .ok_or_else(|| GatewayError::NoRoute(path.to_string()))?;
-    let group = route.group.clone();
-    let route_path = route.path.clone();
-    ctx.route = Some(route.path.clone());
-    ctx.group = Some(group.clone());
+    // A virtual server's path, or a route's (to one group).
+    let virtual_server = state.virtual_servers.get(path).cloned();
+    let (route_path, group) = match &virtual_server {
+        Some(vs) => (vs.path.clone(), None),
+        None => {
+            let route = state
+                .routes
+                .get(path)
+                .ok_or_else(|| GatewayError::NoRoute(path.to_string()))?;
+            (route.path.clone(), Some(route.group.clone()))
+        }
+    };
+    ctx.route = Some(route_path.clone());
+    ctx.group = group.clone();
     // No protocol switch, and no connection fields the gateway will not honour.
     super::hop_by_hop::check_request(req)?;
 
@@ -176,10 +182,10 @@ async fn check(
     // Who is calling, before anything else is read.
     if !state.auth.is_empty() {
         let cert = crate::security::tls::peer_cert(session);
-        match state.auth.check(&route.path, &req.headers, cert, ip).await {
+        match state.auth.check(&route_path, &req.headers, cert, ip).await {
             Ok(identity) => ctx.identity = identity,
             Err(refusal) => {
-                metrics::counter(&METRICS.auth_rejections, &[&route.path, refusal.reason]).inc();
+                metrics::counter(&METRICS.auth_rejections, &[&route_path, refusal.reason]).inc();
                 if let Some(throttled) = refusal.throttled {
                     metrics::counter(&METRICS.auth_throttled, &[throttled.reason()]).inc();
                     return Err(match throttled {
@@ -217,8 +223,9 @@ async fn check(
         return Err(GatewayError::MethodNotAllowed(method.to_string()));
     }
 
-    // Sessions belong to the legacy era; modern servers ignore the header, so do we.
-    if ctx.era() != Some(Era::Modern) {
+    // Sessions belong to the legacy era; modern servers ignore the header, so do we. (A
+    // virtual server opens its own sessions.)
+    if let (Some(group), false) = (&group, ctx.era() == Some(Era::Modern)) {
         if let Some(sealed) = session.req_header().headers.get(MCP_SESSION_ID) {
             let sealed = sealed.to_str().map_err(|_| GatewayError::SessionNotFound)?;
             // Opens only for the identity it was issued to (anonymous: no identity).
@@ -325,6 +332,11 @@ async fn check(
         }
     }
 
+    if let Some(vs) = virtual_server {
+        // The gateway is the MCP server here.
+        super::federated::answer(gw, session, ctx, &vs, ip).await?;
+        return Ok(Next::Answered);
+    }
     if ctx.body.is_some() {
         // A POST, read and checked: the gateway sends it itself.
         post::forward(gw, session, ctx).await?;

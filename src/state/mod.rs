@@ -3,6 +3,7 @@
 //! rate-limit store and stream slots carry over).
 //!
 //! * [`routes`]: exact paths → upstream groups;
+//! * [`virtual_servers`]: exact paths → the groups they federate;
 //! * [`check`]: the checks of a config that need the objects built here (keys,
 //!   certificates, compiled policies, server URLs), and [`check::load`], which reads a
 //!   config and runs every check — what `--validate`, the start and a reload use.
@@ -11,6 +12,7 @@ pub mod check;
 #[cfg(test)]
 mod load_tests;
 pub mod routes;
+pub mod virtual_servers;
 
 use crate::config::Config;
 use crate::mcp::session::SessionKeys;
@@ -20,10 +22,13 @@ use crate::upstream::Groups;
 pub use routes::{Route, Routes};
 use std::sync::Arc;
 use std::time::Duration;
+pub use virtual_servers::VirtualServers;
 
 /// Everything the request path reads, built once from the config.
 pub struct State {
     pub routes: Routes,
+    /// Paths that federate groups (`virtual_servers`).
+    pub virtual_servers: VirtualServers,
     pub groups: Groups,
     pub sessions: SessionKeys,
     pub auth: Auth,
@@ -75,6 +80,7 @@ impl State {
     ) -> Result<(Arc<State>, usize), String> {
         let (groups, kept) = Groups::build_from(config, previous.map(|(c, s)| (c, &s.groups)))?;
         let routes = Routes::build(config, &groups)?;
+        let virtual_servers = VirtualServers::build(config, &groups)?;
         // Unchanged keys are kept as they are (a generated key too: sessions live on).
         let same_keys = previous.filter(|(c, _)| c.sessions.keys == config.sessions.keys);
         let (sessions, generated) = match same_keys {
@@ -102,6 +108,7 @@ impl State {
                 previous.map(|(_, s)| &s.streams),
             ),
             routes,
+            virtual_servers,
             groups,
             sessions,
             max_request_body: config.limits.max_request_body.0,

@@ -20,7 +20,7 @@ pub struct Routes(HashMap<String, Route>);
 impl Routes {
     pub fn build(config: &Config, groups: &Groups) -> Result<Routes, String> {
         let mut map = HashMap::new();
-        if config.routes.is_empty() {
+        if config.routes.is_empty() && config.virtual_servers.is_empty() {
             let g = groups
                 .get(DEFAULT_GROUP)
                 .ok_or("no routes and no group named \"default\"")?;

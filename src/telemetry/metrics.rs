@@ -62,6 +62,12 @@ pub struct Metrics {
     pub upstream_up: IntGaugeVec,
     pub breaker_state: IntGaugeVec,
     pub upstream_in_flight: IntGaugeVec,
+    /// Virtual servers: a member's failures, by virtual server, member and phase.
+    pub federation_member_failures: IntCounterVec,
+    /// Virtual servers: time to fan a request out to the members and merge the answers.
+    pub federation_fan_out_duration: HistogramVec,
+    /// Virtual servers: items each member contributes to the merged lists, by list.
+    pub federation_member_items: IntGaugeVec,
 }
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
@@ -236,6 +242,24 @@ impl Metrics {
                 "mcp_gateway_upstream_in_flight",
                 "Requests and open streams in progress per server",
                 &["group", "server"],
+            ),
+            federation_member_failures: new_counter(
+                &r,
+                "mcp_gateway_federation_member_failures_total",
+                "Virtual servers: requests to a member that failed, by virtual server, member (its prefix) and phase (initialize, discover, the list or method)",
+                &["virtual_server", "member", "phase"],
+            ),
+            federation_fan_out_duration: new_histogram(
+                &r,
+                "mcp_gateway_federation_fan_out_duration_seconds",
+                "Virtual servers: time to ask every member and merge their answers (initialize, server/discover, the lists), by virtual server and method",
+                &["virtual_server", "method"],
+            ),
+            federation_member_items: new_gauge(
+                &r,
+                "mcp_gateway_federation_member_items",
+                "Virtual servers: items a member contributed to its last complete merged list, by virtual server, member and list (tools, prompts, resources)",
+                &["virtual_server", "member", "list"],
             ),
             registry: r,
         }

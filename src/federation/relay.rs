@@ -1,0 +1,385 @@
+//! What members stream to the client, relayed event by event (never buffered):
+//!
+//! * a routed call's answer: the member's notifications (progress, logs) and requests
+//!   (sampling, elicitation, roots: their ids sealed to name the member, so the client's
+//!   answer finds it), then the result with its URIs rewritten;
+//! * the GET stream of a session: the members' GET streams merged (members without one,
+//!   answering 405, are left out), each message once, under composite event ids that
+//!   hold every member's last event id, so `Last-Event-ID` resumes each member; a
+//!   member's stream that ends (polling) is opened again. `list_changed` notifications
+//!   of one kind arriving together are sent once.
+
+use super::member::{self, Body, Call, Events};
+use super::rewrite;
+use super::serve::Request;
+use super::serve::{rpc_error, Answer, Fed};
+use super::token::{MemberSession, RequestId, Sealer};
+use crate::error::GatewayError;
+use crate::mcp::headers::LAST_EVENT_ID;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// A member's answer to a routed call, as the client gets it.
+pub async fn answer<'a>(
+    fed: &Fed<'a>,
+    index: usize,
+    method: &str,
+    id: Value,
+    reply: member::Reply<'a>,
+) -> Result<Answer<'a>, GatewayError> {
+    let vs = fed.vs();
+    let member = &vs.members[index];
+    let status = reply.status;
+    let failed = |detail: String| GatewayError::UpstreamFailed {
+        group: member.group.name.clone(),
+        server: reply.server.id.clone(),
+        detail,
+    };
+    match reply.body {
+        Body::Events(events) => Ok(Answer::Events(Stream::Call(Box::new(CallStream {
+            events,
+            prefix: member.prefix.clone(),
+            method: method.to_string(),
+            id,
+            sealer: copy(&fed.sealer),
+            done: false,
+        })))),
+        Body::Json(bytes) | Body::Other(bytes) => {
+            if status == 202 && bytes.is_empty() {
+                return Ok(Answer::Accepted);
+            }
+            let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+                return Err(failed(format!(
+                    "{method}: HTTP {status} without a JSON-RPC answer ({} bytes)",
+                    bytes.len()
+                )));
+            };
+            if let Some(result) = v.get_mut("result") {
+                rewrite::result(&member.prefix, method, result);
+            } else if v.get("error").is_none() {
+                return Err(failed(format!(
+                    "{method}: HTTP {status}: not a JSON-RPC answer"
+                )));
+            }
+            fed.member_ok(index);
+            Ok(Answer::Json {
+                status,
+                body: serde_json::to_vec(&v).expect("JSON serializes"),
+            })
+        }
+    }
+}
+
+fn copy<'a>(s: &Sealer<'a>) -> Sealer<'a> {
+    Sealer {
+        keys: s.keys,
+        path: s.path,
+        owner: s.owner,
+    }
+}
+
+/// An SSE answer being relayed.
+pub enum Stream<'a> {
+    Call(Box<CallStream<'a>>),
+    Get(Box<GetStream<'a>>),
+}
+
+impl Stream<'_> {
+    /// The next SSE event to write; `None` at the end.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        match self {
+            Stream::Call(s) => s.next().await,
+            Stream::Get(s) => s.next().await,
+        }
+    }
+}
+
+/// One SSE event carrying `message`.
+fn event(id: Option<&str>, message: &Value) -> Bytes {
+    let data = serde_json::to_string(message).expect("JSON serializes");
+    let mut out = String::with_capacity(data.len() + 40);
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    out.push_str("event: message\ndata: ");
+    out.push_str(&data);
+    out.push_str("\n\n");
+    Bytes::from(out)
+}
+
+/// A member's request to the client: its id sealed to name the member.
+fn seal_request(sealer: &Sealer<'_>, prefix: &str, message: &mut Value) {
+    if message.get("method").is_some() {
+        if let Some(id) = message.get_mut("id") {
+            let sealed = sealer.request_id(&RequestId {
+                member: prefix.to_string(),
+                id: id.take(),
+            });
+            *id = Value::String(sealed);
+        }
+    }
+}
+
+/// A routed call's SSE answer.
+pub struct CallStream<'a> {
+    events: Events<'a>,
+    prefix: String,
+    method: String,
+    /// The client's id (the member got it as it was).
+    id: Value,
+    sealer: Sealer<'a>,
+    done: bool,
+}
+
+impl CallStream<'_> {
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let (_, mut message) = match self.events.next().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return None,
+                Err(e) => {
+                    log::info!("member {}: its answer stream failed: {e}", self.prefix);
+                    self.done = true;
+                    let error = rpc_error(
+                        &self.id,
+                        crate::error::code::INTERNAL_ERROR,
+                        format!("member {:?} failed while answering", self.prefix),
+                        None,
+                    );
+                    let v: Value = serde_json::from_slice(&error).expect("JSON");
+                    return Some(event(None, &v));
+                }
+            };
+            if message.get("method").is_none() {
+                if message.get("id") != Some(&self.id) {
+                    continue; // an answer to something else: not the client's
+                }
+                if let Some(result) = message.get_mut("result") {
+                    rewrite::result(&self.prefix, &self.method, result);
+                }
+                self.done = true;
+                return Some(event(None, &message));
+            }
+            rewrite::notification(&self.prefix, &mut message);
+            seal_request(&self.sealer, &self.prefix, &mut message);
+            return Some(event(None, &message));
+        }
+    }
+}
+
+/// A member's part of the merged GET stream.
+struct Part<'a> {
+    index: usize,
+    prefix: String,
+    session: MemberSession,
+    events: Option<Events<'a>>,
+    last: Option<String>,
+    reopened: u32,
+}
+
+/// The merged GET stream of a session.
+pub struct GetStream<'a> {
+    parts: BoxStream<'a, (usize, Option<String>, Value)>,
+    /// Every member's last event id, by prefix.
+    last: BTreeMap<String, String>,
+    prefixes: Vec<String>,
+    sealer: Sealer<'a>,
+    /// When each kind of `list_changed` was last sent.
+    changed: BTreeMap<String, Instant>,
+}
+
+/// How long `list_changed` notifications of one kind are sent as one.
+const COALESCE: Duration = Duration::from_millis(500);
+/// How often a member's GET stream that ended is opened again, in a row.
+const REOPENS: u32 = 5;
+
+impl GetStream<'_> {
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            let (index, event_id, mut message) = self.parts.next().await?;
+            let prefix = self.prefixes[index].clone();
+            if let Some(id) = event_id {
+                self.last.insert(prefix.clone(), id);
+            }
+            if let Some(method) = message.get("method").and_then(Value::as_str) {
+                if method.ends_with("/list_changed") && message.get("id").is_none() {
+                    let now = Instant::now();
+                    let recent = self
+                        .changed
+                        .get(method)
+                        .is_some_and(|at| now.duration_since(*at) < COALESCE);
+                    if recent {
+                        continue;
+                    }
+                    self.changed.insert(method.to_string(), now);
+                }
+            }
+            rewrite::notification(&prefix, &mut message);
+            seal_request(&self.sealer, &prefix, &mut message);
+            let id = (!self.last.is_empty()).then(|| composite(&self.last));
+            return Some(event(id.as_deref(), &message));
+        }
+    }
+}
+
+/// The composite event id: every member's last event id.
+fn composite(last: &BTreeMap<String, String>) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(last).expect("JSON serializes"))
+}
+
+/// A client's `Last-Event-ID`, read back as each member's.
+fn resume_points(raw: Option<&http::HeaderValue>) -> BTreeMap<String, String> {
+    raw.and_then(|v| URL_SAFE_NO_PAD.decode(v.as_bytes()).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Open member `index`'s GET stream in its session `ms`, resuming after `last`.
+async fn open<'a>(
+    req: &'a Request<'a>,
+    index: usize,
+    ms: &MemberSession,
+    last: Option<&str>,
+) -> Result<member::Reply<'a>, GatewayError> {
+    let member = &req.vs.members[index];
+    let mut extra = Vec::new();
+    if let Some(id) = last.and_then(|l| http::HeaderValue::from_str(l).ok()) {
+        extra.push((http::HeaderName::from_static(LAST_EVENT_ID), id));
+    }
+    let call = Call {
+        method: Some(http::Method::GET),
+        session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
+        version: Some(&ms.version),
+        extra,
+        ..Default::default()
+    };
+    member::send(&req.client, member, call).await
+}
+
+/// The session's GET stream: every member's, merged.
+pub async fn get_stream<'a>(fed: &mut Fed<'a>) -> Result<Answer<'a>, GatewayError> {
+    let vs = fed.vs();
+    for i in 0..vs.members.len() {
+        if let Err(e) = fed.member_session(i).await {
+            fed.member_failed(i, "initialize", &e)?;
+        }
+    }
+    let req: &'a Request<'a> = fed.req;
+    let resume = resume_points(req.headers.get(LAST_EVENT_ID));
+    let sessions: Vec<(usize, MemberSession)> = (0..vs.members.len())
+        .filter_map(|i| {
+            let ms = fed.session.as_ref()?.members.get(&vs.members[i].prefix)?;
+            Some((i, ms.clone()))
+        })
+        .collect();
+    let opens = sessions.into_iter().map(|(i, ms)| {
+        let last = resume.get(&vs.members[i].prefix).cloned();
+        async move {
+            let r = open(req, i, &ms, last.as_deref()).await;
+            (i, ms, last, r)
+        }
+    });
+    let mut parts = Vec::new();
+    for (i, ms, last, r) in futures::future::join_all(opens).await {
+        match r {
+            Ok(reply) => match reply.body {
+                Body::Events(events) => parts.push(Part {
+                    index: i,
+                    prefix: vs.members[i].prefix.clone(),
+                    session: ms,
+                    events: Some(events),
+                    last,
+                    reopened: 0,
+                }),
+                _ if reply.status == 405 => {}
+                _ => fed.member_failed(
+                    i,
+                    "GET",
+                    &GatewayError::InvalidRequest(format!(
+                        "its GET stream answered HTTP {}",
+                        reply.status
+                    )),
+                )?,
+            },
+            Err(e) => fed.member_failed(i, "GET", &e)?,
+        }
+    }
+    if parts.is_empty() {
+        return Ok(Answer::Json {
+            status: 405,
+            body: rpc_error(
+                &Value::Null,
+                crate::error::code::INVALID_REQUEST,
+                "no member of this virtual server offers a GET stream".into(),
+                None,
+            ),
+        });
+    }
+    let prefixes = vs.members.iter().map(|m| m.prefix.clone()).collect();
+    let last = parts
+        .iter()
+        .filter_map(|p| Some((p.prefix.clone(), p.last.clone()?)))
+        .collect();
+    let streams = parts.into_iter().map(|part| {
+        futures::stream::unfold(part, move |mut part| async move {
+            loop {
+                if let Some(events) = part.events.as_mut() {
+                    match events.next().await {
+                        Ok(Some((id, message))) => {
+                            if id.is_some() {
+                                part.last = id.clone();
+                            }
+                            part.reopened = 0;
+                            return Some(((part.index, id, message), part));
+                        }
+                        Ok(None) => {}
+                        Err(e) => log::debug!("member {}: GET stream: {e}", part.prefix),
+                    }
+                    part.events = None;
+                }
+                // Ended (a server closing for polling, or failing): open it again.
+                if part.reopened >= REOPENS {
+                    log::info!(
+                        "member {}: its GET stream ended {REOPENS} times in a row; left out of this stream",
+                        part.prefix
+                    );
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(200 << part.reopened)).await;
+                part.reopened += 1;
+                match open(req, part.index, &part.session, part.last.as_deref()).await {
+                    Ok(reply) => match reply.body {
+                        Body::Events(events) => part.events = Some(events),
+                        _ => {
+                            log::info!(
+                                "member {}: reopening its GET stream: HTTP {}",
+                                part.prefix,
+                                reply.status
+                            );
+                            return None;
+                        }
+                    },
+                    Err(e) => log::debug!("member {}: reopening its GET stream: {e}", part.prefix),
+                }
+            }
+        })
+        .boxed()
+    });
+    Ok(Answer::Events(Stream::Get(Box::new(GetStream {
+        parts: futures::stream::select_all(streams).boxed(),
+        last,
+        prefixes,
+        sealer: copy(&fed.sealer),
+        changed: BTreeMap::new(),
+    }))))
+}

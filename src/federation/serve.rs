@@ -1,0 +1,758 @@
+//! One client request to a virtual server: what it is (the era, the message, the
+//! session) and who answers it: the gateway itself (`initialize`, `server/discover`,
+//! `ping`, the merged lists), the member that owns a name or URI (calls), every member
+//! of the session (notifications, DELETE), or the member a client's answer is for.
+
+use super::member::{self, Body, Call, Client};
+use super::token::{MemberSession, Sealer, SessionState};
+use super::{handshake, names, relay};
+use crate::error::{code, GatewayError};
+use crate::mcp::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use crate::mcp::session::Owner;
+use crate::state::virtual_servers::VirtualServer;
+use crate::telemetry::metrics::{self, METRICS};
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use serde_json::{json, Value};
+
+/// The client's request, as the request path read and checked it.
+pub struct Request<'a> {
+    pub vs: &'a VirtualServer,
+    pub client: Client<'a>,
+    pub owner: Option<Owner<'a>>,
+    pub method: Method,
+    pub headers: HeaderMap,
+    /// A POST's body (read, bounded, a JSON-RPC message).
+    pub body: Option<Bytes>,
+    /// The request is of the modern (stateless) era.
+    pub modern: bool,
+}
+
+/// What the client gets.
+pub struct Reply<'a> {
+    pub answer: Answer<'a>,
+    /// A (new) sealed `Mcp-Session-Id` to send.
+    pub session: Option<String>,
+}
+
+pub enum Answer<'a> {
+    /// A JSON body (a JSON-RPC response or error).
+    Json { status: u16, body: Vec<u8> },
+    /// `202 Accepted`: a notification or a client's answer was passed on.
+    Accepted,
+    /// No body (DELETE).
+    Empty(u16),
+    /// An SSE stream: a member's answer relayed, or the merged GET stream.
+    Events(relay::Stream<'a>),
+}
+
+/// A JSON-RPC error the virtual server answers as an MCP server would (HTTP 200 in the
+/// legacy era; the modern one maps a few codes to statuses).
+pub fn rpc_error(id: &Value, code: i32, message: String, data: Option<Value>) -> Vec<u8> {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(d) = data {
+        error["data"] = d;
+    }
+    serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": id, "error": error}))
+        .expect("JSON serializes")
+}
+
+/// A JSON-RPC result.
+pub fn rpc_result(id: &Value, result: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": id, "result": result}))
+        .expect("JSON serializes")
+}
+
+/// `-32602 Invalid params`.
+pub const INVALID_PARAMS: i32 = -32602;
+/// `-32601 Method not found`.
+pub const METHOD_NOT_FOUND: i32 = -32601;
+
+/// One request in progress: the request, its session (opened, and changed when a member
+/// had to be initialized again), and the sealer of its tokens.
+pub struct Fed<'a> {
+    pub req: &'a Request<'a>,
+    pub sealer: Sealer<'a>,
+    pub session: Option<SessionState>,
+    /// The session changed: the answer carries the new sealed id.
+    pub changed: bool,
+    /// The client message's `params._meta` (the modern era's protocol version, client
+    /// info and capabilities), sent along with the gateway's own requests to members.
+    pub meta: Option<Value>,
+}
+
+pub async fn serve<'a>(req: &'a Request<'a>) -> Result<Reply<'a>, GatewayError> {
+    let vs = req.vs;
+    let mut fed = Fed {
+        req,
+        sealer: Sealer {
+            keys: &req.client.state.sessions,
+            path: &vs.path,
+            owner: req.owner,
+        },
+        session: None,
+        changed: false,
+        meta: None,
+    };
+    if req.method == Method::POST && !req.modern {
+        let body = req.body.as_deref().unwrap_or_default();
+        if is_initialize(body) {
+            let answer = handshake::initialize(&mut fed, parse(body)?).await?;
+            let session = fed.session.as_ref().map(|s| fed.sealer.session(s));
+            return Ok(Reply { answer, session });
+        }
+    }
+    if !req.modern {
+        fed.session = Some(fed.open_session()?);
+    }
+    let answer = match req.method {
+        Method::GET if req.modern => return Err(GatewayError::MethodNotAllowed("GET".into())),
+        Method::GET => relay::get_stream(&mut fed).await?,
+        Method::DELETE if req.modern => {
+            return Err(GatewayError::MethodNotAllowed("DELETE".into()))
+        }
+        Method::DELETE => fed.delete().await,
+        _ => {
+            let message = parse(req.body.as_deref().unwrap_or_default())?;
+            fed.meta = message.get("params").and_then(|p| p.get("_meta")).cloned();
+            fed.message(message).await?
+        }
+    };
+    let session = if fed.changed {
+        fed.session.as_ref().map(|s| fed.sealer.session(s))
+    } else {
+        None
+    };
+    Ok(Reply { answer, session })
+}
+
+fn is_initialize(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Method<'b> {
+        #[serde(borrow)]
+        method: Option<&'b str>,
+    }
+    serde_json::from_slice::<Method>(body).is_ok_and(|m| m.method == Some("initialize"))
+}
+
+fn parse(body: &[u8]) -> Result<Value, GatewayError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| GatewayError::Parse(e.to_string()))?;
+    if v.is_array() {
+        return Err(GatewayError::InvalidRequest(
+            "a virtual server takes one JSON-RPC message per request, not a batch".into(),
+        ));
+    }
+    Ok(v)
+}
+
+impl<'a> Fed<'a> {
+    pub fn vs(&self) -> &'a VirtualServer {
+        self.req.vs
+    }
+
+    fn open_session(&self) -> Result<SessionState, GatewayError> {
+        let Some(raw) = self.req.headers.get(MCP_SESSION_ID) else {
+            return Err(GatewayError::InvalidRequest(
+                "Mcp-Session-Id is required: start a session with initialize".into(),
+            ));
+        };
+        let state = raw
+            .to_str()
+            .ok()
+            .and_then(|t| self.sealer.open_session(t))
+            .ok_or(GatewayError::SessionNotFound)?;
+        if let Some(ttl) = self.req.client.state.session_ttl {
+            if crate::mcp::session::now().saturating_sub(state.issued_at) > ttl.as_secs() {
+                return Err(GatewayError::SessionNotFound);
+            }
+        }
+        Ok(state)
+    }
+
+    /// One client message (a POST).
+    async fn message(&mut self, message: Value) -> Result<Answer<'a>, GatewayError> {
+        let id = message.get("id").cloned();
+        let method = message
+            .get("method")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        match (method.as_deref(), id) {
+            (None, Some(id)) => self.client_answer(id, message).await,
+            (None, None) => Err(GatewayError::InvalidRequest(
+                "a JSON-RPC message needs a method or an id".into(),
+            )),
+            (Some(_), None) => {
+                self.notify_all(&message).await;
+                Ok(Answer::Accepted)
+            }
+            (Some(method), Some(id)) => self.request(method, id, message).await,
+        }
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        id: Value,
+        message: Value,
+    ) -> Result<Answer<'a>, GatewayError> {
+        let modern = self.req.modern;
+        match method {
+            "server/discover" if modern => handshake::discover(self, &id, &message).await,
+            "initialize" => Ok(self.error(
+                &id,
+                code::INVALID_REQUEST,
+                "the session is already initialized".into(),
+                None,
+            )),
+            "ping" => {
+                if !modern {
+                    self.fan_out_simple("ping", &id, None, 0).await?;
+                }
+                Ok(Answer::Json {
+                    status: 200,
+                    body: rpc_result(&id, json!({})),
+                })
+            }
+            "logging/setLevel" => {
+                let params = message.get("params").cloned();
+                self.fan_out_simple("logging/setLevel", &id, params, handshake::Caps::LOGGING)
+                    .await?;
+                Ok(Answer::Json {
+                    status: 200,
+                    body: rpc_result(&id, json!({})),
+                })
+            }
+            "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
+                super::catalog::list(self, method, &id, &message).await
+            }
+            "tools/call"
+            | "prompts/get"
+            | "resources/read"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+            | "completion/complete" => self.routed(method, id, message).await,
+            _ => Ok(self.error(
+                &id,
+                METHOD_NOT_FOUND,
+                format!("method {method:?} is not served by this virtual server"),
+                None,
+            )),
+        }
+    }
+
+    /// A JSON-RPC error answer: HTTP 200 in the legacy era; in the modern one, an unknown
+    /// method is a 404 (as a modern server answers it).
+    pub fn error(&self, id: &Value, code: i32, message: String, data: Option<Value>) -> Answer<'a> {
+        let status = if self.req.modern && code == METHOD_NOT_FOUND {
+            404
+        } else {
+            200
+        };
+        Answer::Json {
+            status,
+            body: rpc_error(id, code, message, data),
+        }
+    }
+
+    /// A call that one member answers: the member that owns the name or URI.
+    async fn routed(
+        &mut self,
+        method: &str,
+        id: Value,
+        mut message: Value,
+    ) -> Result<Answer<'a>, GatewayError> {
+        let vs = self.vs();
+        let Some(params) = message.get_mut("params").and_then(Value::as_object_mut) else {
+            return Ok(self.error(&id, INVALID_PARAMS, format!("{method} needs params"), None));
+        };
+        let target = match method {
+            "tools/call" | "prompts/get" => params
+                .get("name")
+                .and_then(Value::as_str)
+                .map(|n| (n.to_string(), false)),
+            "completion/complete" => params.get("ref").and_then(|r| {
+                r.get("name")
+                    .or_else(|| r.get("uri"))
+                    .and_then(Value::as_str)
+                    .map(|n| (n.to_string(), r.get("uri").is_some()))
+            }),
+            _ => params
+                .get("uri")
+                .and_then(Value::as_str)
+                .map(|u| (u.to_string(), true)),
+        };
+        let Some((target, is_uri)) = target else {
+            return Ok(self.error(
+                &id,
+                INVALID_PARAMS,
+                format!("{method} needs a name or uri"),
+                None,
+            ));
+        };
+        let unknown = |what: &str| {
+            format!(
+                "unknown {what} {target:?}: names carry their server's prefix ({}) and {:?}",
+                vs.prefixes(),
+                vs.separator
+            )
+        };
+        let (index, original) = if is_uri {
+            match names::uri_owner(vs, &target) {
+                Some(found) => found,
+                None => {
+                    return Ok(self.error(
+                        &id,
+                        INVALID_PARAMS,
+                        format!(
+                            "unknown resource {target:?}: resource URIs carry their server's prefix ({}) and '+' after the scheme",
+                            vs.prefixes()
+                        ),
+                        Some(json!({"prefixes": vs.members.iter().map(|m| &m.prefix).collect::<Vec<_>>()})),
+                    ))
+                }
+            }
+        } else {
+            match names::owner(vs, &target) {
+                names::Owner::Member(i, name) => (i, name.to_string()),
+                names::Owner::Unknown => {
+                    let what = if method == "tools/call" {
+                        "tool"
+                    } else {
+                        "prompt"
+                    };
+                    return Ok(self.error(
+                        &id,
+                        INVALID_PARAMS,
+                        unknown(what),
+                        Some(json!({"prefixes": vs.members.iter().map(|m| &m.prefix).collect::<Vec<_>>()})),
+                    ));
+                }
+                names::Owner::Unprefixed(name) => {
+                    let found = if method == "tools/call" {
+                        names::tool_owner(vs, name)
+                    } else {
+                        super::catalog::find_prompt(self, name).await?
+                    };
+                    match found {
+                        Some(i) => (i, name.to_string()),
+                        None => {
+                            return Ok(self.error(
+                                &id,
+                                INVALID_PARAMS,
+                                format!(
+                                    "unknown {} {name:?}",
+                                    if method == "tools/call" {
+                                        "tool"
+                                    } else {
+                                        "prompt"
+                                    }
+                                ),
+                                None,
+                            ))
+                        }
+                    }
+                }
+            }
+        };
+        let member = &vs.members[index];
+        if method == "tools/call" && !member.tools.allows(&original) {
+            return Ok(self.error(&id, INVALID_PARAMS, unknown("tool"), None));
+        }
+        // The member's own name or URI.
+        let params = message
+            .get_mut("params")
+            .and_then(Value::as_object_mut)
+            .expect("checked above");
+        match method {
+            "completion/complete" => {
+                if let Some(r) = params.get_mut("ref").and_then(Value::as_object_mut) {
+                    let key = if is_uri { "uri" } else { "name" };
+                    r.insert(key.into(), Value::String(original.clone()));
+                }
+            }
+            "tools/call" | "prompts/get" => {
+                params.insert("name".into(), Value::String(original.clone()));
+            }
+            _ => {
+                params.insert("uri".into(), Value::String(original.clone()));
+            }
+        }
+        let name_header = matches!(method, "tools/call" | "prompts/get" | "resources/read")
+            .then_some(original.as_str());
+        let body = Bytes::from(serde_json::to_vec(&message).expect("JSON serializes"));
+        let reply = self.call(index, body, method, name_header).await?;
+        relay::answer(self, index, method, id, reply).await
+    }
+
+    /// Send a message to member `index` in this request's era: with the member's session
+    /// (initializing the member first when the session has none for it, and once more
+    /// when the member no longer knows it), or stateless.
+    pub async fn call(
+        &mut self,
+        index: usize,
+        body: Bytes,
+        method: &str,
+        name: Option<&str>,
+    ) -> Result<member::Reply<'a>, GatewayError> {
+        let vs = self.vs();
+        let member = &vs.members[index];
+        let client = &self.req.client;
+        if self.req.modern {
+            let call = Call {
+                body,
+                version: self
+                    .req
+                    .headers
+                    .get(MCP_PROTOCOL_VERSION)
+                    .and_then(|v| v.to_str().ok()),
+                routing: (!method.is_empty()).then_some((method, name)),
+                extra: self.param_headers(),
+                ..Default::default()
+            };
+            return member::send(client, member, call).await;
+        }
+        for attempt in 0..2 {
+            let ms = self.member_session(index).await?;
+            let call = Call {
+                body: body.clone(),
+                session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
+                version: Some(&ms.version),
+                ..Default::default()
+            };
+            match member::send(client, member, call).await {
+                Ok(reply) if reply.status == 404 && ms.session.is_some() && attempt == 0 => {
+                    log::info!(
+                        "virtual server {}: member {} no longer knows its session: initializing it again",
+                        vs.path,
+                        member.prefix
+                    );
+                    self.forget(index);
+                }
+                Err(GatewayError::SessionServerDown(_)) if attempt == 0 => {
+                    // The member's server is gone or down: a new session elsewhere.
+                    self.forget(index);
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Send a message to member `index` once: in the session (which must hold the
+    /// member: see [`Fed::member_session`]), or stateless in the modern era. A member
+    /// that no longer knows its session answers 404, which the caller handles.
+    pub async fn send_once(
+        &self,
+        index: usize,
+        body: Bytes,
+        method: &str,
+    ) -> Result<member::Reply<'a>, GatewayError> {
+        let member = &self.vs().members[index];
+        let client = &self.req.client;
+        if self.req.modern {
+            let call = Call {
+                body,
+                version: self
+                    .req
+                    .headers
+                    .get(MCP_PROTOCOL_VERSION)
+                    .and_then(|v| v.to_str().ok()),
+                routing: Some((method, None)),
+                ..Default::default()
+            };
+            return member::send(client, member, call).await;
+        }
+        let ms = self
+            .session
+            .as_ref()
+            .and_then(|s| s.members.get(&member.prefix))
+            .ok_or(GatewayError::SessionNotFound)?;
+        let call = Call {
+            body,
+            session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
+            version: Some(&ms.version),
+            ..Default::default()
+        };
+        member::send(client, member, call).await
+    }
+
+    /// Member `index`'s session, initialized now if the session has none for it.
+    pub async fn member_session(&mut self, index: usize) -> Result<MemberSession, GatewayError> {
+        let prefix = &self.vs().members[index].prefix;
+        if let Some(ms) = self.session.as_ref().and_then(|s| s.members.get(prefix)) {
+            return Ok(ms.clone());
+        }
+        let state = self.session.as_ref().ok_or(GatewayError::SessionNotFound)?;
+        let ms = handshake::initialize_member(
+            self,
+            index,
+            &state.version.clone(),
+            &state.client.clone(),
+        )
+        .await?;
+        let state = self.session.as_mut().expect("checked above");
+        state.members.insert(prefix.clone(), ms.clone());
+        self.changed = true;
+        Ok(ms)
+    }
+
+    pub(super) fn forget(&mut self, index: usize) {
+        let prefix = &self.vs().members[index].prefix;
+        if let Some(s) = self.session.as_mut() {
+            if s.members.remove(prefix).is_some() {
+                self.changed = true;
+            }
+        }
+    }
+
+    /// The client's `Mcp-Param-*` headers (modern era), passed on untouched.
+    fn param_headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        self.req
+            .headers
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("mcp-param-"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Count and log a member's failure (once per change of its state); `Err` when the
+    /// virtual server fails closed.
+    pub fn member_failed(
+        &self,
+        index: usize,
+        phase: &str,
+        e: &GatewayError,
+    ) -> Result<(), GatewayError> {
+        let vs = self.vs();
+        let member = &vs.members[index];
+        metrics::counter(
+            &METRICS.federation_member_failures,
+            &[&vs.path, &member.prefix, phase],
+        )
+        .inc();
+        if member.status.set_degraded(true) {
+            log::warn!(
+                "virtual server {}: member {} (group {}) failed ({phase}): {e}{}",
+                vs.path,
+                member.prefix,
+                member.group.name,
+                e.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+            );
+        }
+        if vs.fail_open {
+            Ok(())
+        } else {
+            Err(GatewayError::MemberFailed {
+                member: member.prefix.clone(),
+                group: member.group.name.clone(),
+                reason: e.to_string(),
+            })
+        }
+    }
+
+    /// A member answered: it is no longer degraded.
+    pub fn member_ok(&self, index: usize) {
+        let vs = self.vs();
+        let member = &vs.members[index];
+        if member.status.set_degraded(false) {
+            log::info!(
+                "virtual server {}: member {} answers again",
+                vs.path,
+                member.prefix
+            );
+        }
+    }
+
+    /// Send a request to every member of the session that has `caps` (0: all), each
+    /// with its own id; member failures as the virtual server's failure mode says.
+    async fn fan_out_simple(
+        &mut self,
+        method: &str,
+        id: &Value,
+        params: Option<Value>,
+        caps: u16,
+    ) -> Result<(), GatewayError> {
+        let vs = self.vs();
+        let mut message =
+            json!({"jsonrpc": "2.0", "id": format!("mcpgw-{}", id), "method": method});
+        if let Some(p) = params {
+            message["params"] = p;
+        }
+        let body = Bytes::from(serde_json::to_vec(&message).expect("JSON serializes"));
+        let members: Vec<usize> = (0..vs.members.len())
+            .filter(|&i| {
+                caps == 0
+                    || self
+                        .session
+                        .as_ref()
+                        .and_then(|s| s.members.get(&vs.members[i].prefix))
+                        .is_some_and(|m| m.caps & caps != 0)
+            })
+            .collect();
+        let mut sessions = Vec::new();
+        for &i in &members {
+            match self.member_session(i).await {
+                Ok(ms) => sessions.push((i, ms)),
+                Err(e) => self.member_failed(i, "initialize", &e)?,
+            }
+        }
+        let client = &self.req.client;
+        let sends = sessions.iter().map(|(i, ms)| {
+            let call = Call {
+                body: body.clone(),
+                session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
+                version: Some(&ms.version),
+                ..Default::default()
+            };
+            member::send(client, &vs.members[*i], call)
+        });
+        let results = futures::future::join_all(sends).await;
+        for ((i, _), r) in sessions.iter().zip(results) {
+            match r {
+                Ok(reply) if reply.status < 300 => self.member_ok(*i),
+                Ok(reply) => self.member_failed(
+                    *i,
+                    method,
+                    &GatewayError::InvalidRequest(format!("answered HTTP {}", reply.status)),
+                )?,
+                Err(e) => self.member_failed(*i, method, &e)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A notification from the client goes to every member of the session (modern: to
+    /// none; nothing a stateless member could tie it to). `notifications/cancelled`
+    /// names a request of one member, which the others ignore, as the spec lets them.
+    async fn notify_all(&mut self, message: &Value) {
+        if self.req.modern {
+            return;
+        }
+        let vs = self.vs();
+        let body = Bytes::from(serde_json::to_vec(message).expect("JSON serializes"));
+        let sessions: Vec<(usize, MemberSession)> = (0..vs.members.len())
+            .filter_map(|i| {
+                let s = self.session.as_ref()?.members.get(&vs.members[i].prefix)?;
+                Some((i, s.clone()))
+            })
+            .collect();
+        let client = &self.req.client;
+        let sends = sessions.iter().map(|(i, ms)| {
+            let call = Call {
+                body: body.clone(),
+                session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
+                version: Some(&ms.version),
+                ..Default::default()
+            };
+            member::send(client, &vs.members[*i], call)
+        });
+        for ((i, _), r) in sessions.iter().zip(futures::future::join_all(sends).await) {
+            if let Err(e) = r {
+                log::debug!(
+                    "virtual server {}: a notification to member {} failed: {e}",
+                    vs.path,
+                    vs.members[*i].prefix
+                );
+            }
+        }
+    }
+
+    /// The client answered a member's request: back to that member, with its own id.
+    async fn client_answer(
+        &mut self,
+        id: Value,
+        mut message: Value,
+    ) -> Result<Answer<'a>, GatewayError> {
+        let vs = self.vs();
+        let opened = id.as_str().and_then(|t| self.sealer.open_request_id(t));
+        let Some(rid) = opened else {
+            return Err(GatewayError::InvalidRequest(
+                "this answer's id names no request the gateway sent to this client".into(),
+            ));
+        };
+        let Some((index, _)) = vs.member(&rid.member) else {
+            return Err(GatewayError::InvalidRequest(format!(
+                "the request this answers came from member {:?}, which this virtual server no longer has",
+                rid.member
+            )));
+        };
+        message["id"] = rid.id;
+        let body = Bytes::from(serde_json::to_vec(&message).expect("JSON serializes"));
+        let reply = self.call(index, body, "", None).await?;
+        if reply.status >= 300 {
+            log::debug!(
+                "virtual server {}: member {} answered HTTP {} to the client's answer",
+                vs.path,
+                rid.member,
+                reply.status
+            );
+        }
+        Ok(Answer::Accepted)
+    }
+
+    /// DELETE: every member session ends.
+    async fn delete(&mut self) -> Answer<'a> {
+        let vs = self.vs();
+        let sessions: Vec<(usize, MemberSession)> = (0..vs.members.len())
+            .filter_map(|i| {
+                let s = self.session.as_ref()?.members.get(&vs.members[i].prefix)?;
+                s.session.is_some().then(|| (i, s.clone()))
+            })
+            .collect();
+        let client = &self.req.client;
+        let sends = sessions.iter().map(|(i, ms)| {
+            let call = Call {
+                method: Some(Method::DELETE),
+                session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
+                version: Some(&ms.version),
+                ..Default::default()
+            };
+            member::send(client, &vs.members[*i], call)
+        });
+        for ((i, _), r) in sessions.iter().zip(futures::future::join_all(sends).await) {
+            match r {
+                Ok(reply) if reply.status < 300 || reply.status == 404 || reply.status == 405 => {}
+                Ok(reply) => log::info!(
+                    "virtual server {}: member {} answered HTTP {} to DELETE",
+                    vs.path,
+                    vs.members[*i].prefix,
+                    reply.status
+                ),
+                Err(e) => log::info!(
+                    "virtual server {}: ending member {}'s session failed: {e}",
+                    vs.path,
+                    vs.members[*i].prefix
+                ),
+            }
+        }
+        Answer::Empty(200)
+    }
+}
+
+/// A member's answer body as the one JSON-RPC response to `id` it carries (a JSON body,
+/// or the response event of an SSE stream; other events are dropped).
+pub async fn response_of(body: Body<'_>, id: &Value) -> Result<Option<Value>, GatewayError> {
+    match body {
+        Body::Json(bytes) | Body::Other(bytes) => {
+            let v: Value = match serde_json::from_slice(&bytes) {
+                Ok(v) => v,
+                Err(_) => return Ok(None),
+            };
+            Ok(is_response_to(&v, id).then_some(v))
+        }
+        Body::Events(mut events) => {
+            while let Some((_, v)) = events.next().await? {
+                if is_response_to(&v, id) {
+                    return Ok(Some(v));
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn is_response_to(v: &Value, id: &Value) -> bool {
+    v.get("method").is_none()
+        && v.get("id") == Some(id)
+        && (v.get("result").is_some() || v.get("error").is_some())
+}

@@ -1,0 +1,212 @@
+//! The virtual servers of the config, resolved: their members (groups), prefixes, tool
+//! filters and the state the admin API shows. The serving is `federation`'s.
+
+use crate::config::{Config, OnMemberFailure, PrefixMode, VirtualServerConfig};
+use crate::upstream::{Group, Groups};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// One virtual server, resolved from its config.
+#[derive(Debug)]
+pub struct VirtualServer {
+    pub path: Arc<str>,
+    /// `serverInfo.name`.
+    pub name: String,
+    pub members: Vec<Member>,
+    pub prefix_mode: PrefixMode,
+    pub separator: String,
+    pub fail_open: bool,
+    pub max_page_size: usize,
+    /// Changes when the virtual server's config changes: cursors of an older catalog
+    /// are refused as stale.
+    pub generation: u64,
+}
+
+/// A member: a group, the prefix of its items, the tools it serves here.
+#[derive(Debug)]
+pub struct Member {
+    pub group: Arc<Group>,
+    pub prefix: String,
+    pub tools: ToolFilter,
+    /// What the admin API shows: failing or not, and its catalog sizes.
+    pub status: MemberStatus,
+}
+
+/// A member's last known state (admin API, metrics).
+#[derive(Debug, Default)]
+pub struct MemberStatus {
+    degraded: AtomicBool,
+    /// A long tool name was warned about (once per member).
+    warned_long: AtomicBool,
+    pub tools: AtomicUsize,
+    pub prompts: AtomicUsize,
+    pub resources: AtomicUsize,
+}
+
+impl MemberStatus {
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// `true` the first time only: warn once about long prefixed tool names.
+    pub fn warn_long_names(&self) -> bool {
+        !self.warned_long.swap(true, Ordering::Relaxed)
+    }
+
+    /// Record whether the member failed; `true` when that changed its state (logged once
+    /// per change by the caller).
+    pub fn set_degraded(&self, failed: bool) -> bool {
+        self.degraded.swap(failed, Ordering::Relaxed) != failed
+    }
+}
+
+impl VirtualServer {
+    pub fn build(c: &VirtualServerConfig, groups: &Groups) -> Result<VirtualServer, String> {
+        let members = c
+            .members
+            .iter()
+            .map(|m| {
+                let group = groups
+                    .get(&m.group)
+                    .ok_or_else(|| format!("virtual server {}: no group {:?}", c.path, m.group))?
+                    .clone();
+                Ok(Member {
+                    group,
+                    prefix: m.prefix().to_string(),
+                    tools: ToolFilter::build(m.tools.as_ref())?,
+                    status: MemberStatus::default(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(VirtualServer {
+            path: c.path.as_str().into(),
+            name: c.name.clone(),
+            members,
+            prefix_mode: c.prefix_mode,
+            separator: c.separator.clone(),
+            fail_open: c.on_member_failure == OnMemberFailure::FailOpen,
+            max_page_size: usize::try_from(c.max_page_size.0).unwrap_or(usize::MAX),
+            generation: generation(c),
+        })
+    }
+
+    /// The member whose prefix this is.
+    pub fn member(&self, prefix: &str) -> Option<(usize, &Member)> {
+        self.members
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.prefix == prefix)
+    }
+
+    /// The known prefixes, for error messages.
+    pub fn prefixes(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.prefix.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A digest of the virtual server's config (FNV-1a over its YAML-independent form).
+fn generation(c: &VirtualServerConfig) -> u64 {
+    let text = format!("{c:?}");
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Every virtual server, by path.
+#[derive(Debug, Default)]
+pub struct VirtualServers(HashMap<String, Arc<VirtualServer>>);
+
+impl VirtualServers {
+    pub fn build(config: &Config, groups: &Groups) -> Result<VirtualServers, String> {
+        let mut map = HashMap::new();
+        for c in &config.virtual_servers {
+            map.insert(c.path.clone(), Arc::new(VirtualServer::build(c, groups)?));
+        }
+        Ok(VirtualServers(map))
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Arc<VirtualServer>> {
+        self.0.get(path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// In path order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<VirtualServer>> {
+        let mut all: Vec<_> = self.0.values().collect();
+        all.sort_by(|a, b| a.path.cmp(&b.path));
+        all.into_iter()
+    }
+}
+
+/// Which of a member's tools a virtual server serves (`tools.include` / `exclude`, exact
+/// names or globs), checked at list and at call time.
+#[derive(Debug, Default)]
+pub struct ToolFilter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+    /// The exact names of `include` (how `prefix_mode: never` finds a tool's member).
+    listed: Vec<String>,
+}
+
+impl ToolFilter {
+    pub fn build(c: Option<&crate::config::ToolFilterConfig>) -> Result<ToolFilter, String> {
+        let Some(c) = c else {
+            return Ok(ToolFilter::default());
+        };
+        let set = |patterns: &[String]| -> Result<GlobSet, String> {
+            let mut b = GlobSetBuilder::new();
+            for p in patterns {
+                b.add(Glob::new(p).map_err(|e| format!("{p:?}: {e}"))?);
+            }
+            b.build().map_err(|e| e.to_string())
+        };
+        Ok(ToolFilter {
+            listed: c.include.iter().flatten().cloned().collect(),
+            include: c.include.as_deref().map(set).transpose()?,
+            exclude: (!c.exclude.is_empty())
+                .then(|| set(&c.exclude))
+                .transpose()?,
+        })
+    }
+
+    /// Does `include` name this tool exactly (and `exclude` not)?
+    pub fn lists(&self, name: &str) -> bool {
+        self.listed.iter().any(|n| n == name) && self.allows(name)
+    }
+
+    /// Is this tool (as the member names it) served?
+    pub fn allows(&self, name: &str) -> bool {
+        self.include.as_ref().is_none_or(|s| s.is_match(name))
+            && !self.exclude.as_ref().is_some_and(|s| s.is_match(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_filters_include_then_exclude() {
+        let c = crate::config::ToolFilterConfig {
+            include: Some(vec!["fetch*".into(), "echo".into()]),
+            exclude: vec!["fetch_raw".into()],
+        };
+        let f = ToolFilter::build(Some(&c)).unwrap();
+        assert!(f.allows("fetch") && f.allows("fetch_page") && f.allows("echo"));
+        assert!(!f.allows("fetch_raw") && !f.allows("echo2") && !f.allows("add"));
+        assert!(ToolFilter::build(None).unwrap().allows("anything"));
+    }
+}
