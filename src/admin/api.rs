@@ -194,6 +194,15 @@ pub fn route(admin: &Admin, method: &str, path: &str) -> ApiResult {
             groups.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(json!({ "groups": groups.iter().map(|g| group_json(g)).collect::<Vec<_>>() }))
         }),
+        ["virtual_servers"] => get(&|| {
+            let state = admin.state();
+            let all: Vec<Value> = state
+                .virtual_servers
+                .iter()
+                .map(|v| virtual_server_json(v))
+                .collect();
+            Ok(json!({ "virtual_servers": all }))
+        }),
         ["upstreams", name, "status"] => get(&|| {
             admin
                 .state()
@@ -207,6 +216,35 @@ pub fn route(admin: &Admin, method: &str, path: &str) -> ApiResult {
             format!("no admin API endpoint {method} {path}"),
         )),
     }
+}
+
+/// A virtual server: its members, their state (`degraded` after a failure until they
+/// answer again) and the sizes of their last complete lists.
+fn virtual_server_json(v: &crate::state::virtual_servers::VirtualServer) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let members: Vec<Value> = v
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "prefix": m.prefix,
+                "group": m.group.name,
+                "state": if m.status.is_degraded() { "degraded" } else if m.group.any_up() { "ok" } else { "down" },
+                "servers_up": m.group.servers().iter().filter(|s| s.is_up()).count(),
+                "tools": m.status.tools.load(Relaxed),
+                "prompts": m.status.prompts.load(Relaxed),
+                "resources": m.status.resources.load(Relaxed),
+            })
+        })
+        .collect();
+    json!({
+        "path": &*v.path,
+        "name": v.name,
+        "prefix_mode": match v.prefix_mode { crate::config::PrefixMode::Always => "always", crate::config::PrefixMode::Never => "never" },
+        "separator": v.separator,
+        "on_member_failure": if v.fail_open { "fail_open" } else { "fail_closed" },
+        "members": members,
+    })
 }
 
 /// The sum of a counter family over all its label sets.

@@ -46,7 +46,8 @@ config_struct! {
         separator: String = "__".to_string(),
         on_member_failure: OnMemberFailure = OnMemberFailure::FailOpen,
         /// A merged list up to this size is answered in one page (many clients never
-        /// follow `nextCursor`); a larger one in pages, one member page each.
+        /// follow `nextCursor`); a larger one in pages, one member page each (`0`: always
+        /// one member page each).
         max_page_size: ByteSize = ByteSize(1 << 20),
     }
 }
@@ -123,8 +124,11 @@ pub fn validate(c: &Config, errs: &mut Errors) {
                 ),
             );
         }
-        if vs.max_page_size.0 < 1024 {
-            errs.push(&at.key("max_page_size"), "must be at least 1KiB");
+        if vs.max_page_size.0 != 0 && vs.max_page_size.0 < 1024 {
+            errs.push(
+                &at.key("max_page_size"),
+                "must be at least 1KiB (or 0: every member page its own page)",
+            );
         }
         if vs.members.is_empty() {
             errs.push(

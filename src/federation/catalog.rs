@@ -146,7 +146,13 @@ async fn whole(
     let mut results = futures::future::join_all(all).await;
     // A member that forgot its session is initialized again and asked once more.
     for (i, r) in results.iter_mut() {
-        if matches!(r, Err((_, GatewayError::SessionNotFound))) {
+        if matches!(
+            r,
+            Err((
+                _,
+                GatewayError::SessionNotFound | GatewayError::SessionServerDown(_)
+            ))
+        ) {
             fed.forget(*i);
             if let Err(e) = fed.member_session(*i).await {
                 *r = Err((*i, e));
@@ -197,7 +203,13 @@ async fn page(
             })
         };
         let mut got = fed.page(index, method, at.cursor.as_deref()).await;
-        if matches!(got, Err((_, GatewayError::SessionNotFound))) {
+        if matches!(
+            got,
+            Err((
+                _,
+                GatewayError::SessionNotFound | GatewayError::SessionServerDown(_)
+            ))
+        ) {
             // The member forgot its session: initialized again, asked once more.
             fed.forget(index);
             got = match fed.member_session(index).await {

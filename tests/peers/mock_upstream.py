@@ -5,7 +5,10 @@ Standard library only. It answers JSON-RPC POSTs with a result that describes wh
 received (path, headers, body length and SHA-256, its own id), so a test can check what
 the gateway forwarded. Behaviour by method / tool name:
 
-* ``initialize``: mints ``Mcp-Session-Id: <id>-session-<n>``;
+* ``initialize``: mints ``Mcp-Session-Id: <id>-session-<n>``; its result also has the
+  client's ``protocolVersion``, capabilities (tools, prompts, resources with subscribe),
+  ``serverInfo`` and ``instructions``;
+* every result of a request carries the request's ``params`` as received;
 * ``tools/call`` ``stream``: an SSE response: one event at once, then after
   ``arguments.delay`` seconds the final result (``arguments.idle`` to stay silent);
   if the client went away the stream is recorded as cancelled (see ``GET /_state``);
@@ -39,7 +42,8 @@ the gateway forwarded. Behaviour by method / tool name:
 * DELETE: ``200``.
 
 ``GET /_state`` returns counters (and ``health_probe``: the last health-check request). Flags: ``--port`` (0 = any), ``--id``, ``--unix PATH``,
-``--tls CERT KEY``, ``--echo-session`` (every JSON answer to a request carrying
+``--tls CERT KEY``, ``--strict-sessions`` (a request carrying an ``Mcp-Session-Id``
+this process did not mint gets ``404``, as after a restart), ``--echo-session`` (every JSON answer to a request carrying
 ``Mcp-Session-Id`` carries it back, as SDK servers do). Prints ``listening on HOST:PORT`` (or the socket path) when ready.
 """
 
@@ -62,6 +66,9 @@ STATE = {"requests": 0, "cancelled": 0, "completed_streams": 0, "sessions": 0, "
 LOCK = threading.Lock()
 SERVER_ID = "mock"
 ECHO_SESSION = False
+# --strict-sessions: requests with a session id this process did not mint get 404.
+STRICT_SESSIONS = False
+MINTED = set()
 
 
 LISTS = {
@@ -222,11 +229,17 @@ class Handler(BaseHTTPRequestHandler):
             return
         method = msg["method"]
         params = msg.get("params") or {}
+        sid = self.headers.get("Mcp-Session-Id")
+        if STRICT_SESSIONS and sid and method != "initialize" and sid not in MINTED:
+            return self.send_json(404, {"jsonrpc": "2.0", "id": msg.get("id"),
+                                        "error": {"code": -32001, "message": "Session not found"}})
         if msg.get("id") == "mcp-gateway-health":
             # What the gateway's health check sent, for tests to look at.
             with LOCK:
                 STATE["health_probe"] = {"method": method, "headers": {k.lower(): v for k, v in self.headers.items()}}
         result = self.describe(body)
+        # The params as received (the name or URI a virtual server forwarded).
+        result["params"] = params
         if method == "vendor/tools":
             # A method of the server's own that answers with the tool list.
             method = "tools/list"
@@ -260,6 +273,15 @@ class Handler(BaseHTTPRequestHandler):
                 return
         if method == "initialize":
             n = bump("sessions")
+            with LOCK:
+                MINTED.add("%s-session-%d" % (SERVER_ID, n))
+            # What an MCP server says of itself (besides the description).
+            result.update({
+                "protocolVersion": params.get("protocolVersion", "2025-06-18"),
+                "capabilities": {"tools": {}, "prompts": {}, "resources": {"subscribe": True}},
+                "serverInfo": {"name": SERVER_ID, "version": "1"},
+                "instructions": "mock server %s" % SERVER_ID,
+            })
             return self.send_json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result},
                                   {"Mcp-Session-Id": "%s-session-%d" % (SERVER_ID, n)})
         if method == "tools/call" and params.get("name") == "mint_session":
@@ -338,16 +360,18 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
 
 
 def main():
-    global SERVER_ID, ECHO_SESSION
+    global SERVER_ID, ECHO_SESSION, STRICT_SESSIONS
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--id", default="mock")
     p.add_argument("--unix")
     p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     p.add_argument("--echo-session", action="store_true")
+    p.add_argument("--strict-sessions", action="store_true")
     a = p.parse_args()
     SERVER_ID = a.id
     ECHO_SESSION = a.echo_session
+    STRICT_SESSIONS = a.strict_sessions
     if a.unix:
         if os.path.exists(a.unix):
             os.unlink(a.unix)
