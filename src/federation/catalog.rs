@@ -146,6 +146,10 @@ async fn whole(
     let mut results = futures::future::join_all(all).await;
     // A member that forgot its session is initialized again and asked once more.
     for (i, r) in results.iter_mut() {
+        if matches!(r, Err((_, GatewayError::SessionNotFound))) && !fed.session_alive(*i).await {
+            // No member knows the session any more: it was ended.
+            return Err(GatewayError::SessionNotFound);
+        }
         if matches!(
             r,
             Err((
@@ -210,6 +214,11 @@ async fn page(
                 GatewayError::SessionNotFound | GatewayError::SessionServerDown(_)
             ))
         ) {
+            if matches!(got, Err((_, GatewayError::SessionNotFound)))
+                && !fed.session_alive(index).await
+            {
+                return Err(GatewayError::SessionNotFound);
+            }
             // The member forgot its session: initialized again, asked once more.
             fed.forget(index);
             got = match fed.member_session(index).await {
@@ -277,16 +286,15 @@ impl Fed<'_> {
                 params["_meta"] = meta.clone();
             }
         }
-        let message = json!({"jsonrpc": "2.0", "id": LIST_ID, "method": method, "params": params});
+        let id = super::serve::own_id("list");
+        let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let body = Bytes::from(serde_json::to_vec(&message).expect("JSON serializes"));
         let reply = self.send_once(index, body, method).await.map_err(fail)?;
         let status = reply.status;
         if status == 404 && !self.req.modern {
             return Err(fail(GatewayError::SessionNotFound));
         }
-        let response = response_of(reply.body, &json!(LIST_ID))
-            .await
-            .map_err(fail)?;
+        let response = response_of(reply.body, &id).await.map_err(fail)?;
         let Some(response) = response else {
             return Err(fail(GatewayError::InvalidRequest(format!(
                 "it answered {method} with HTTP {status} and no JSON-RPC answer"
@@ -320,9 +328,6 @@ impl Fed<'_> {
         }))
     }
 }
-
-/// The id of the gateway's list requests to members.
-const LIST_ID: &str = "mcp-gateway-list";
 
 /// A member's items as the catalog shows them: named, filtered, URIs prefixed.
 fn present(fed: &Fed<'_>, index: usize, kind: ListKind, items: Vec<Value>) -> Vec<Value> {

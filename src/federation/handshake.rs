@@ -102,9 +102,6 @@ impl Caps {
     }
 }
 
-/// The id of the gateway's own requests to members.
-const OWN_ID: &str = "mcp-gateway";
-
 /// The client's `initialize`: every member initialized concurrently, the merged answer.
 pub async fn initialize<'a>(fed: &mut Fed<'a>, message: Value) -> Result<Answer<'a>, GatewayError> {
     let started = Instant::now();
@@ -217,9 +214,10 @@ async fn member_init(
     client: &Value,
 ) -> Result<(MemberSession, Value), GatewayError> {
     let member = &fed.vs().members[index];
+    let id = super::serve::own_id("initialize");
     let message = json!({
         "jsonrpc": "2.0",
-        "id": OWN_ID,
+        "id": id,
         "method": "initialize",
         "params": {
             "protocolVersion": version,
@@ -235,7 +233,7 @@ async fn member_init(
     let status = reply.status;
     let session = reply.session.clone();
     let server = reply.server.id.clone();
-    let response = response_of(reply.body, &json!(OWN_ID)).await?;
+    let response = response_of(reply.body, &id).await?;
     let refused = |why: String| GatewayError::UpstreamFailed {
         group: member.group.name.clone(),
         server: server.clone(),
@@ -273,16 +271,16 @@ pub async fn discover<'a>(
 ) -> Result<Answer<'a>, GatewayError> {
     let started = Instant::now();
     let vs = fed.vs();
-    let mut own = message.clone();
-    own["id"] = json!(OWN_ID);
-    let body = Bytes::from(serde_json::to_vec(&own).expect("JSON serializes"));
     let fed_ref = &*fed;
     let asks = (0..vs.members.len()).map(|i| {
-        let body = body.clone();
+        let mut own = message.clone();
+        let own_id = super::serve::own_id("discover");
+        own["id"] = own_id.clone();
+        let body = Bytes::from(serde_json::to_vec(&own).expect("JSON serializes"));
         async move {
             let reply = fed_ref.send_once(i, body, "server/discover").await?;
             let status = reply.status;
-            match response_of(reply.body, &json!(OWN_ID)).await? {
+            match response_of(reply.body, &own_id).await? {
                 Some(r) if r.get("result").is_some() => Ok(r["result"].clone()),
                 Some(r) => Err(GatewayError::InvalidRequest(format!(
                     "it refused server/discover: {}",

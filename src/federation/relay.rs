@@ -290,8 +290,12 @@ pub async fn get_stream<'a>(fed: &mut Fed<'a>) -> Result<Answer<'a>, GatewayErro
         }
     });
     let mut parts = Vec::new();
-    for (i, ms, last, r) in futures::future::join_all(opens).await {
+    let mut gone = Vec::new();
+    let opened = futures::future::join_all(opens).await;
+    let asked = opened.len();
+    for (i, ms, last, r) in opened {
         match r {
+            Ok(reply) if reply.status == 404 => gone.push(i),
             Ok(reply) => match reply.body {
                 Body::Events(events) => parts.push(Part {
                     index: i,
@@ -313,6 +317,17 @@ pub async fn get_stream<'a>(fed: &mut Fed<'a>) -> Result<Answer<'a>, GatewayErro
             },
             Err(e) => fed.member_failed(i, "GET", &e)?,
         }
+    }
+    if asked > 0 && gone.len() == asked {
+        // No member knows the session: it was ended.
+        return Err(GatewayError::SessionNotFound);
+    }
+    for i in gone {
+        fed.member_failed(
+            i,
+            "GET",
+            &GatewayError::InvalidRequest("it no longer knows its session".into()),
+        )?;
     }
     if parts.is_empty() {
         return Ok(Answer::Json {

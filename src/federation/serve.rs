@@ -63,6 +63,13 @@ pub fn rpc_result(id: &Value, result: Value) -> Vec<u8> {
         .expect("JSON serializes")
 }
 
+/// A fresh id for a request of the gateway's own to a member (`kind`: what it asks).
+/// Random, so that no two requests in one member session share an id, whichever
+/// replica sends them: servers match answers to requests by id.
+pub fn own_id(kind: &str) -> Value {
+    Value::String(format!("mcp-gateway-{kind}-{:016x}", rand::random::<u64>()))
+}
+
 /// `-32602 Invalid params`.
 pub const INVALID_PARAMS: i32 = -32602;
 /// `-32601 Method not found`.
@@ -206,7 +213,7 @@ impl<'a> Fed<'a> {
             )),
             "ping" => {
                 if !modern {
-                    self.fan_out_simple("ping", &id, None, 0).await?;
+                    self.fan_out_simple("ping", None, 0).await?;
                 }
                 Ok(Answer::Json {
                     status: 200,
@@ -215,7 +222,7 @@ impl<'a> Fed<'a> {
             }
             "logging/setLevel" => {
                 let params = message.get("params").cloned();
-                self.fan_out_simple("logging/setLevel", &id, params, handshake::Caps::LOGGING)
+                self.fan_out_simple("logging/setLevel", params, handshake::Caps::LOGGING)
                     .await?;
                 Ok(Answer::Json {
                     status: 200,
@@ -421,6 +428,10 @@ impl<'a> Fed<'a> {
             };
             match member::send(client, member, call).await {
                 Ok(reply) if reply.status == 404 && ms.session.is_some() && attempt == 0 => {
+                    if !self.session_alive(index).await {
+                        // No member knows the session any more: it was ended (DELETE).
+                        return Err(GatewayError::SessionNotFound);
+                    }
                     log::info!(
                         "virtual server {}: member {} no longer knows its session: initializing it again",
                         vs.path,
@@ -496,6 +507,36 @@ impl<'a> Fed<'a> {
         Ok(ms)
     }
 
+    /// Does any member of the session other than `except` still know its session? A
+    /// member answering `404` for its session restarted when another still knows its
+    /// own; when none does, the session was ended (DELETE) and stays ended.
+    pub async fn session_alive(&self, except: usize) -> bool {
+        let vs = self.vs();
+        let others: Vec<(usize, &MemberSession)> = (0..vs.members.len())
+            .filter(|&i| i != except)
+            .filter_map(|i| {
+                let ms = self.session.as_ref()?.members.get(&vs.members[i].prefix)?;
+                ms.session.is_some().then_some((i, ms))
+            })
+            .collect();
+        let ping = json!({"jsonrpc": "2.0", "id": own_id("ping"), "method": "ping"});
+        let ping = Bytes::from(serde_json::to_vec(&ping).expect("JSON serializes"));
+        let client = &self.req.client;
+        let pings = others.iter().map(|(i, ms)| {
+            let call = Call {
+                body: ping.clone(),
+                session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
+                version: Some(&ms.version),
+                ..Default::default()
+            };
+            member::send(client, &vs.members[*i], call)
+        });
+        futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .any(|r| r.is_ok_and(|reply| reply.status < 400))
+    }
+
     pub(super) fn forget(&mut self, index: usize) {
         let prefix = &self.vs().members[index].prefix;
         if let Some(s) = self.session.as_mut() {
@@ -568,13 +609,11 @@ impl<'a> Fed<'a> {
     async fn fan_out_simple(
         &mut self,
         method: &str,
-        id: &Value,
         params: Option<Value>,
         caps: u16,
     ) -> Result<(), GatewayError> {
         let vs = self.vs();
-        let mut message =
-            json!({"jsonrpc": "2.0", "id": format!("mcpgw-{}", id), "method": method});
+        let mut message = json!({"jsonrpc": "2.0", "id": own_id(method), "method": method});
         if let Some(p) = params {
             message["params"] = p;
         }
