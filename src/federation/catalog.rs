@@ -9,9 +9,10 @@
 //! under a sealed cursor holding the list, the catalog generation, the member and the
 //! member's own cursor; a tampered or stale cursor is `-32602`.
 
+use super::fan::response_of;
 use super::handshake::Caps;
 use super::names;
-use super::serve::{response_of, Answer, Fed, INVALID_PARAMS};
+use super::serve::{Answer, Fed, INVALID_PARAMS};
 use super::token::Cursor;
 use crate::error::GatewayError;
 use crate::security::policy::ListKind;

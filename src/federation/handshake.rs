@@ -7,8 +7,9 @@
 //! and each member's `instructions` under its prefix. Modern era: `server/discover`
 //! asks every member and answers with the versions all of them support.
 
+use super::fan::response_of;
 use super::member::Call;
-use super::serve::{response_of, rpc_result, Answer, Fed};
+use super::serve::{rpc_result, Answer, Fed};
 use super::token::{MemberSession, SessionState};
 use crate::error::GatewayError;
 use crate::telemetry::metrics::{self, METRICS};

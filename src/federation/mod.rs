@@ -13,18 +13,22 @@
 //! * [`catalog`]: the four lists, fanned out, prefixed, merged in config order, paged;
 //! * [`rewrite`]: URIs in results and notifications;
 //! * [`relay`]: a member's SSE answer relayed event by event, and the merged GET stream;
-//! * [`serve`]: the dispatch of one client request.
+//! * [`serve`]: the dispatch of one client request;
+//! * [`sessions`]: sending to a member in the request's era and session;
+//! * [`fan`]: what goes to every member of a session (and a reply's one answer).
 //!
 //! Authentication, policies (on prefixed names), rate limits, CORS, metrics and the
 //! access log run before, in the request path, exactly as for a route.
 
 pub mod catalog;
+pub mod fan;
 pub mod handshake;
 pub mod member;
 pub mod names;
 pub mod relay;
 pub mod rewrite;
 pub mod serve;
+pub mod sessions;
 pub mod token;
 
 pub use crate::state::virtual_servers::{Member, MemberStatus, VirtualServer, VirtualServers};
