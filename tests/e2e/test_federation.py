@@ -398,6 +398,43 @@ def test_unknown_prefix_and_unknown_tool_name_the_prefixes(stack):
     assert error["code"] == -32602 and "files" in error["message"] and "remote" in error["message"], error
 
 
+def test_modern_discover_and_stateless_requests(stack):
+    """Raw 2026-07-28 requests: the gateway answers `server/discover` itself, later requests
+    carry no session and are routed by the prefix in `params.name` (and `Mcp-Name`)."""
+    gateway, _, _ = two_catalogs(stack)
+    url = f"{gateway}/mcp"
+    response = modern_post(url, "server/discover")
+    assert response.status_code == 200, response.text
+    [message] = jsonrpc_messages(response)
+    discover = message["result"]
+    assert MODERN in discover["supportedVersions"], discover
+    info = discover.get("serverInfo") or discover.get("_meta", {}).get("io.modelcontextprotocol/serverInfo")
+    assert info and info["name"] == NAME, discover
+    assert {"tools", "prompts", "resources"} <= set(discover["capabilities"]), discover
+    assert "mcp-session-id" not in response.headers
+
+    response = modern_post(url, "tools/list", id=2)
+    assert response.status_code == 200, response.text
+    [message] = jsonrpc_messages(response)
+    assert {t["name"] for t in message["result"]["tools"]} == FILES_TOOLS | WEB_TOOLS
+
+    params = {"name": "w__echo", "arguments": {"text": "stateless"}}
+    response = modern_post(url, "tools/call", params, name="w__echo", id=3)
+    assert response.status_code == 200, response.text
+    [message] = [m for m in jsonrpc_messages(response) if "result" in m or "error" in m]
+    assert message["result"]["content"][0]["text"] == "stateless", message
+
+    response = modern_post(url, "resources/read", {"uri": "mem:w+scratch"}, name="mem:w+scratch", id=4)
+    assert response.status_code == 200, response.text
+    [message] = [m for m in jsonrpc_messages(response) if "result" in m or "error" in m]
+    assert message["result"]["contents"][0]["text"] == "scratch of web", message
+
+    # A header that disagrees with the body is refused, not routed by either.
+    response = modern_post(url, "tools/call", params, name="files__echo", id=5)
+    assert response.status_code == 400, response.text
+    assert error_of(response)["code"] == -32020, response.text
+
+
 # ---- legacy session details ---------------------------------------------------------------
 
 
