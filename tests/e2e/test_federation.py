@@ -20,6 +20,7 @@ import os
 import subprocess
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import httpx
@@ -44,7 +45,7 @@ LEGACY = "2025-11-25"
 MODES = ["auto", "legacy"]
 NAME = "federated-e2e"
 
-CATALOG_TOOLS = {"echo", "fetch", "fetch_raw", "link", "embed", "whoami", "calls", "slow"}
+CATALOG_TOOLS = {"echo", "fetch", "fetch_raw", "link", "embed", "whoami", "calls", "slow", "ask", "think", "client_roots"}
 CATALOG_PROMPTS = {"greet", "summarize"}
 CATALOG_RESOURCES = {"file:///readme.txt", "file:///notes/todo.txt", "mem:scratch", "ui://panel"}
 CATALOG_TEMPLATES = {"file:///{path}"}
@@ -475,6 +476,33 @@ def test_deleted_session_is_not_served(stack):
         raw.close()
 
 
+def test_concurrent_requests_in_one_session(stack):
+    """Several lists and calls in flight at once in one legacy session (what an SDK client does
+    when it validates tool results): each gets its own answer, with its own id."""
+    gateway, _, _ = two_catalogs(stack)
+    raw = Legacy(f"{gateway}/mcp")
+    try:
+        raw.initialize()
+        raw.initialized()
+        messages = [{"jsonrpc": "2.0", "id": 100 + i, "method": "tools/list"} for i in range(4)]
+        messages += [{"jsonrpc": "2.0", "id": 200 + i, "method": "resources/list"} for i in range(2)]
+        messages += [
+            {"jsonrpc": "2.0", "id": 300 + i, "method": "tools/call", "params": {"name": "files__echo", "arguments": {"text": f"c{i}"}}}
+            for i in range(2)
+        ]
+
+        def send(message):
+            response = raw.http.post(raw.url, json=message, headers=raw.headers(), timeout=15)
+            return message["id"], response.status_code, [m.get("id") for m in jsonrpc_messages(response)]
+
+        with ThreadPoolExecutor(len(messages)) as pool:
+            answers = list(pool.map(send, messages))
+        for sent, status, ids in answers:
+            assert status == 200 and ids == [sent], (sent, status, ids)
+    finally:
+        raw.close()
+
+
 def test_tampered_or_foreign_session_id_is_404(stack):
     gateway, _, _ = two_catalogs(stack, extra=f'sessions:\n  keys: ["{session_key()}"]\n')
     raw = Legacy(f"{gateway}/mcp")
@@ -621,6 +649,8 @@ class ClientSide:
 
     async def elicit(self, context, params):
         self.elicitation.append(params)
+        if "answer" in params.requested_schema.get("properties", {}):  # the catalog peer's `ask`
+            return ElicitResult(action="accept", content={"answer": "forty-two"})
         return ElicitResult(action="accept", content={"name": "Ada Lovelace", "check": True})
 
     async def list_roots(self, context):
@@ -708,6 +738,49 @@ def test_roots_through_the_virtual_server(stack):
             text = text_of(result)
             assert "file:///tmp/e2e-root" in text, text
             assert side.roots >= 1
+
+    run(body)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_server_requests_from_two_python_members_at_once(stack, mode):
+    """Elicitation, sampling and roots asked by two Python members during concurrent calls:
+    mid-call requests on each call's stream (legacy; both members number their requests
+    alike, so the gateway must tell them apart), or an InputRequiredResult and the client's
+    retry, routed by its prefix (2026-07-28)."""
+    files = stack.catalog_server("files")
+    web = stack.catalog_server("web")
+    gateway = stack.gateway(
+        {"files": {"servers": [files]}, "web": {"servers": [web]}},
+        extra=vs_yaml([{"group": "files"}, {"group": "web"}]),
+    )
+    side = ClientSide()
+
+    async def body():
+        async with client(gateway, mode, **side.callbacks()) as c:
+            assert c.protocol_version == (MODERN if mode == "auto" else LEGACY)
+            results = {}
+
+            async def call(tool, arguments):
+                results[tool] = text_of(await c.call_tool(tool, arguments))
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    for prefix in ["files", "web"]:
+                        tg.start_soon(call, f"{prefix}__ask", {"question": f"{prefix}?"})
+                        tg.start_soon(call, f"{prefix}__think", {"question": f"think {prefix}"})
+                        tg.start_soon(call, f"{prefix}__client_roots", {})
+            assert results == {
+                "files__ask": "files heard forty-two",
+                "web__ask": "web heard forty-two",
+                "files__think": "files sampled sampled by the e2e client",
+                "web__think": "web sampled sampled by the e2e client",
+                "files__client_roots": "file:///tmp/e2e-root",
+                "web__client_roots": "file:///tmp/e2e-root",
+            }, results
+            assert sorted(e.message for e in side.elicitation) == ["files?", "web?"]
+            assert sorted(m.messages[0].content.text for m in side.sampling) == ["think files", "think web"]
+            assert side.roots == 2
 
     run(body)
 

@@ -16,6 +16,9 @@ Tools:
   whoami()          NAME
   calls()           how many tool calls this process served before this one
   slow(steps)       a progress notification every 0.3 s, then "done"
+  ask(question)     elicits {answer} from the client: "NAME heard ANSWER"
+  think(question)   samples the client's model: "NAME sampled TEXT"
+  client_roots()    lists the client's roots: their URIs, one a line
 Prompts: `greet(name)`, `summarize(topic)`; a completion for `greet`'s `name` argument.
 Resources: `file:///readme.txt`, `file:///notes/todo.txt`, `mem:scratch`, `ui://panel`,
 plus `file:///extra-<i>.txt` for i < --extra-resources; the template `file:///{path}`.
@@ -27,22 +30,43 @@ import argparse
 import asyncio
 import base64
 import sys
+from typing import Annotated
 
 from loopback import bind, serve
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Elicit, ListRoots, MCPServer, Resolve, Sample
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     INVALID_PARAMS,
     Completion,
+    CreateMessageResult,
     EmbeddedResource,
     ListResourcesResult,
+    ListRootsResult,
     PaginatedRequestParams,
     PromptReference,
     ResourceLink,
+    SamplingMessage,
     TextContent,
     TextResourceContents,
 )
+from pydantic import BaseModel
+
+
+class Answer(BaseModel):
+    answer: str
+
+
+def ask_the_user(question: str):
+    return Elicit(question, Answer)
+
+
+def ask_the_model(question: str):
+    return Sample([SamplingMessage(role="user", content=TextContent(text=question))], max_tokens=50)
+
+
+def ask_for_roots():
+    return ListRoots()
 
 
 def build(name: str, page_size: int | None, extra_resources: int) -> MCPServer:
@@ -108,6 +132,27 @@ def build(name: str, page_size: int | None, extra_resources: int) -> MCPServer:
             await asyncio.sleep(0.3)
             await ctx.report_progress(i, steps, f"step {i}")
         return "done"
+
+    # Server->client requests, in either era: mid-call requests on the call's stream up to
+    # 2025-11-25, an InputRequiredResult and the client's retry from 2026-07-28 on.
+
+    @mcp.tool()
+    def ask(question: str, answer: Annotated[Answer, Resolve(ask_the_user)]) -> str:
+        """Elicit an answer to `question` from the client."""
+        count()
+        return f"{name} heard {answer.answer}"
+
+    @mcp.tool()
+    def think(question: str, sampled: Annotated[CreateMessageResult, Resolve(ask_the_model)]) -> str:
+        """Sample the client's model with `question`."""
+        count()
+        return f"{name} sampled {sampled.content.text}"
+
+    @mcp.tool()
+    def client_roots(roots: Annotated[ListRootsResult, Resolve(ask_for_roots)]) -> str:
+        """The client's roots, one URI a line."""
+        count()
+        return "\n".join(str(root.uri) for root in roots.roots)
 
     # ---- prompts -----------------------------------------------------------------------
 
