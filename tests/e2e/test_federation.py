@@ -45,7 +45,7 @@ LEGACY = "2025-11-25"
 MODES = ["auto", "legacy"]
 NAME = "federated-e2e"
 
-CATALOG_TOOLS = {"echo", "fetch", "fetch_raw", "link", "embed", "whoami", "calls", "slow", "ask", "think", "client_roots"}
+CATALOG_TOOLS = {"echo", "fetch", "fetch_raw", "link", "embed", "whoami", "calls", "slow", "ask", "think", "client_roots", "initializations"}
 CATALOG_PROMPTS = {"greet", "summarize"}
 CATALOG_RESOURCES = {"file:///readme.txt", "file:///notes/todo.txt", "mem:scratch", "ui://panel"}
 CATALOG_TEMPLATES = {"file:///{path}"}
@@ -158,7 +158,12 @@ class Legacy:
         return h
 
     def post(self, message: dict, *, url: str | None = None, session_id: str | None = None) -> httpx.Response:
-        return self.http.post(url or self.url, json=message, headers=self.headers(session_id))
+        response = self.http.post(url or self.url, json=message, headers=self.headers(session_id))
+        renewed = response.headers.get("mcp-session-id")
+        if renewed and session_id is None and response.status_code < 300:
+            # A renewed id (a member was initialized again): take it, as the SDK clients do.
+            self.session_id = renewed
+        return response
 
     def request(self, method: str, params: dict | None = None, **kw) -> httpx.Response:
         message = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
@@ -928,6 +933,60 @@ def test_fail_open_member_down_then_back(stack, mode):
             assert text_of(await c.call_tool("files__echo", {"text": "both"})) == "both"
 
     run(body)
+
+
+def test_fail_open_raw_session_member_restarts(stack):
+    """The same as above with a raw legacy session that takes a renewed `Mcp-Session-Id`
+    from any answer: the restarted member is initialized again once, not per request."""
+    gateway, files, web = two_catalogs(stack, on_member_failure="fail_open")
+    raw = Legacy(f"{gateway}/mcp")
+    try:
+        raw.initialize()
+        raw.initialized()
+        assert {t["name"] for t in raw.result("tools/list")["tools"]} == FILES_TOOLS | WEB_TOOLS
+        stack.peer(web).stop()
+        assert {t["name"] for t in raw.result("tools/list")["tools"]} == FILES_TOOLS
+        restart(stack, web, "web")
+        for i in range(3):
+            assert {t["name"] for t in raw.result("tools/list")["tools"]} == FILES_TOOLS | WEB_TOOLS, i
+            called = raw.result("tools/call", {"name": "w__echo", "arguments": {"text": f"back {i}"}})
+            assert called["content"][0]["text"] == f"back {i}"
+    finally:
+        raw.close()
+    assert member_initializations(web) == 1
+
+
+def member_initializations(url: str) -> int:
+    """How many sessions the catalog peer at `url` was asked to begin, not counting the one
+    that asks."""
+
+    async def body():
+        async with Client(url, mode="legacy", read_timeout_seconds=30) as direct:
+            return int(text_of(await direct.call_tool("initializations", {}))) - 1
+
+    return anyio.run(body)
+
+
+def test_member_restart_under_a_python_sdk_session(stack):
+    """The Python SDK 2.x client takes `Mcp-Session-Id` from the `initialize` answer only
+    (mcp/client/streamable_http.py), so it keeps sending the id it began with. After a
+    member restarts, that session must still list the member's items and reach it, without
+    beginning a new member session for every request."""
+    gateway, files, web = two_catalogs(stack, on_member_failure="fail_open")
+
+    async def body():
+        async with client(gateway, "legacy") as c:
+            assert {t.name for t in (await c.list_tools()).tools} == FILES_TOOLS | WEB_TOOLS
+            stack.peer(web).stop()
+            restart(stack, web, "web")
+            for i in range(4):
+                assert text_of(await c.call_tool("w__echo", {"text": f"call {i}"})) == f"call {i}"
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert names == FILES_TOOLS | WEB_TOOLS, f"after the restart: {sorted(names)}"
+
+    run(body)
+    started = member_initializations(web)
+    assert started == 1, f"the restarted member was asked to begin {started} sessions for one client session"
 
 
 def test_fail_closed_names_the_member(stack):

@@ -15,6 +15,7 @@ Tools:
   embed(path)       an embedded text resource `file:///PATH`
   whoami()          NAME
   calls()           how many tool calls this process served before this one
+  initializations() how many `initialize` requests this process answered
   slow(steps)       a progress notification every 0.3 s, then "done"
   ask(question)     elicits {answer} from the client: "NAME heard ANSWER"
   think(question)   samples the client's model: "NAME sampled TEXT"
@@ -71,7 +72,14 @@ def ask_for_roots():
 
 def build(name: str, page_size: int | None, extra_resources: int) -> MCPServer:
     mcp = MCPServer(name)
-    served = {"calls": 0}
+    served = {"calls": 0, "initialize": 0}
+
+    async def count_initialize(ctx, call_next):
+        if ctx.method == "initialize":
+            served["initialize"] += 1
+        return await call_next(ctx)
+
+    mcp._lowlevel_server.middleware.append(count_initialize)
 
     def count() -> int:
         before = served["calls"]
@@ -123,6 +131,12 @@ def build(name: str, page_size: int | None, extra_resources: int) -> MCPServer:
     def calls() -> int:
         """How many tool calls this process served before this one."""
         return count()
+
+    @mcp.tool()
+    def initializations() -> int:
+        """How many `initialize` requests this process answered (legacy-era sessions begun)."""
+        count()
+        return served["initialize"]
 
     @mcp.tool()
     async def slow(steps: int, ctx: Context) -> str:
