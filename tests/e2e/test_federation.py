@@ -26,7 +26,7 @@ import anyio
 import httpx
 import pytest
 from conftest import E2E
-from helpers import JSON_HEADERS, ProgressLog, jsonrpc_messages, run, sse_messages, text_of
+from helpers import JSON_HEADERS, ProgressLog, jsonrpc_messages, run, text_of
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
@@ -539,16 +539,16 @@ def everything_resources(url: str) -> list[str]:
     return anyio.run(body)
 
 
-@pytest.mark.parametrize("max_page_size", [None, 1024])
+@pytest.mark.parametrize("max_page_size", [None, 1024, 0])
 def test_pagination_with_server_everything(stack, max_page_size):
     """Following `nextCursor` through the virtual server yields every resource of every member
     exactly once, prefixed, whether the gateway merges the pages (the default size limit) or
-    hands them out one member page at a time (`max_page_size: 1KiB`)."""
+    hands them out one member page at a time (`max_page_size` 1KiB, or 0)."""
     everything = stack.everything_server()
     files = stack.catalog_server("files", page_size=3, extra_resources=12)
     direct = everything_resources(everything)
     assert len(direct) >= 3, direct
-    settings = {"max_page_size": max_page_size} if max_page_size else {}
+    settings = {"max_page_size": max_page_size} if max_page_size is not None else {}
     gateway = stack.gateway(
         {"ev": {"servers": [everything]}, "files": {"servers": [files]}},
         extra=vs_yaml([{"group": "ev"}, {"group": "files"}], **settings),
@@ -564,7 +564,7 @@ def test_pagination_with_server_everything(stack, max_page_size):
             items, pages = await all_pages(c.list_resources, "resources")
             uris = [r.uri for r in items]
             assert sorted(uris) == expected, f"{len(uris)} listed in {pages} pages, {len(expected)} expected"
-            if max_page_size:
+            if max_page_size is not None:
                 # The catalog member alone has 6 pages of 3.
                 assert pages > 2, pages
             # Every listed URI reads back through the gateway.
