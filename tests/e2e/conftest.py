@@ -2,7 +2,7 @@
 
 Every process listens on a free loopback port, writes its output to a log file in the
 test's temporary directory, and is killed at teardown. Peers: the Python SDK server
-(peers/python_server.py), a small OAuth authorization server (peers/auth_server.py), the
+(peers/python_server.py) and its catalog variant (peers/catalog_server.py), a small OAuth authorization server (peers/auth_server.py), the
 reference `server-everything`, the bundled demo server. When a test fails, the logs of the
 gateway and of every peer it started are attached to the report.
 
@@ -32,6 +32,7 @@ GATEWAY_BIN = Path(os.environ.get("MCP_GATEWAY_BIN", REPO / "target/debug/mcp-ga
 DEMO_BIN = Path(os.environ.get("MCP_DEMO_SERVER_BIN", REPO / "target/debug/demo_server"))
 EVERYTHING_JS = E2E / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 PYTHON_PEER = E2E / "peers/python_server.py"
+CATALOG_PEER = E2E / "peers/catalog_server.py"
 AUTH_PEER = E2E / "peers/auth_server.py"
 
 START_TIMEOUT = 30.0
@@ -131,6 +132,7 @@ class Stack:
     def __init__(self, tmp_path: Path):
         self.dir = tmp_path
         self.procs: list[Proc] = []
+        self._by_url: dict[str, Proc] = {}
 
     def _spawn(self, name: str, argv, env=None, cwd=None, **kw) -> Proc:
         names = {p.name for p in self.procs}
@@ -143,16 +145,31 @@ class Stack:
 
     # ---- peers ---------------------------------------------------------------------
 
-    def _python_peer(self, name: str, script: Path, *args: str) -> str:
-        """Start a Python peer that prints `listening on HOST:PORT`; return `http://127.0.0.1:PORT`."""
-        proc = self._spawn(name, [sys.executable, script, "--port", "0", *args])
+    def _python_peer(self, name: str, script: Path, *args: str, port: int = 0) -> str:
+        """Start a Python peer that prints `listening on HOST:PORT` (on `port`, 0: one the
+        system picks); return `http://127.0.0.1:PORT`."""
+        proc = self._spawn(name, [sys.executable, script, "--port", str(port), *args])
         port = proc.wait_listening_line()
         proc.wait_port(port)
-        return f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{port}"
+        self._by_url[base] = proc
+        return base
+
+    def peer(self, url: str) -> Proc:
+        """The process of the Python peer last started at `url` (its MCP URL or its base)."""
+        u = httpx.URL(url)
+        return self._by_url[f"{u.scheme}://{u.host}:{u.port}"]
 
     def python_server(self, name: str = "python-sdk") -> str:
         """The Python SDK 2.x `MCPServer` peer; returns its MCP URL."""
         return self._python_peer(name, PYTHON_PEER, "--name", name) + "/mcp"
+
+    def catalog_server(self, name: str = "catalog", *, port: int = 0, page_size: int = 0, extra_resources: int = 0) -> str:
+        """The catalog peer (peers/catalog_server.py: tools, prompts, resources, a template);
+        returns its MCP URL. `port` restarts one where a stopped one listened; `page_size`
+        pages its `resources/list`; `extra_resources` adds `file:///extra-<i>.txt` resources."""
+        args = ["--name", name, "--page-size", str(page_size), "--extra-resources", str(extra_resources)]
+        return self._python_peer(name, CATALOG_PEER, *args, port=port) + "/mcp"
 
     def auth_server(self, name: str = "auth-server", grantable: str | None = None) -> str:
         """The OAuth 2.1 authorization server peer (peers/auth_server.py); returns its issuer
