@@ -13,6 +13,7 @@ use crate::state::virtual_servers::VirtualServer;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use serde_json::{json, Value};
+use sha2::Digest;
 
 /// The client's request, as the request path read and checked it.
 pub struct Request<'a> {
@@ -82,6 +83,8 @@ pub struct Fed<'a> {
     pub session: Option<SessionState>,
     /// The session changed: the answer carries the new sealed id.
     pub changed: bool,
+    /// The digest of the client's session id (see `VirtualServer::renewed`).
+    pub token: Option<[u8; 32]>,
     /// The client message's `params._meta` (the modern era's protocol version, client
     /// info and capabilities), sent along with the gateway's own requests to members.
     pub meta: Option<Value>,
@@ -98,6 +101,7 @@ pub async fn serve<'a>(req: &'a Request<'a>) -> Result<Reply<'a>, GatewayError> 
         },
         session: None,
         changed: false,
+        token: None,
         meta: None,
     };
     if req.method == Method::POST && !req.modern {
@@ -156,13 +160,13 @@ impl<'a> Fed<'a> {
         self.req.vs
     }
 
-    fn open_session(&self) -> Result<SessionState, GatewayError> {
+    fn open_session(&mut self) -> Result<SessionState, GatewayError> {
         let Some(raw) = self.req.headers.get(MCP_SESSION_ID) else {
             return Err(GatewayError::InvalidRequest(
                 "Mcp-Session-Id is required: start a session with initialize".into(),
             ));
         };
-        let state = raw
+        let mut state = raw
             .to_str()
             .ok()
             .and_then(|t| self.sealer.open_session(t))
@@ -172,6 +176,15 @@ impl<'a> Fed<'a> {
                 return Err(GatewayError::SessionNotFound);
             }
         }
+        // Member sessions this process renewed for this client session.
+        let token: [u8; 32] = sha2::Sha256::digest(raw.as_bytes()).into();
+        for m in &self.vs().members {
+            let renewed = self.vs().renewed.get(&token, &m.prefix);
+            if let Some(ms) = renewed.and_then(|b| serde_json::from_slice(&b).ok()) {
+                state.members.insert(m.prefix.clone(), ms);
+            }
+        }
+        self.token = Some(token);
         Ok(state)
     }
 

@@ -22,6 +22,38 @@ pub struct VirtualServer {
     /// Changes when the virtual server's config changes: cursors of an older catalog
     /// are refused as stale.
     pub generation: u64,
+    /// Member sessions this process began again for a client session (a member that
+    /// restarted), by the digest of the client's session id and the member's prefix:
+    /// clients that keep the session id they began with (the Python SDK does) reach
+    /// the renewed member session without one more `initialize` per request.
+    pub renewed: Renewed,
+}
+
+/// See [`VirtualServer::renewed`]: bounded, and emptied when full.
+#[derive(Debug, Default)]
+pub struct Renewed(dashmap::DashMap<([u8; 32], String), Vec<u8>>);
+
+/// Most renewed member sessions kept per virtual server.
+const MAX_RENEWED: usize = 100_000;
+
+impl Renewed {
+    pub fn get(&self, token: &[u8; 32], prefix: &str) -> Option<Vec<u8>> {
+        self.0
+            .get(&(*token, prefix.to_string()))
+            .map(|v| v.value().clone())
+    }
+
+    pub fn put(&self, token: [u8; 32], prefix: &str, session: Vec<u8>) {
+        if self.0.len() >= MAX_RENEWED {
+            log::warn!("more than {MAX_RENEWED} renewed member sessions: forgetting them all");
+            self.0.clear();
+        }
+        self.0.insert((token, prefix.to_string()), session);
+    }
+
+    pub fn remove(&self, token: &[u8; 32], prefix: &str) {
+        self.0.remove(&(*token, prefix.to_string()));
+    }
 }
 
 /// A member: a group, the prefix of its items, the tools it serves here.
@@ -89,6 +121,7 @@ impl VirtualServer {
             fail_open: c.on_member_failure == OnMemberFailure::FailOpen,
             max_page_size: usize::try_from(c.max_page_size.0).unwrap_or(usize::MAX),
             generation: generation(c),
+            renewed: Renewed::default(),
         })
     }
 

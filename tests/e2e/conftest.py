@@ -213,7 +213,8 @@ class Stack:
     def gateway(self, groups: dict[str, dict], routes: list[tuple[str, str]] | None = None, extra: str = "") -> str:
         """Start the gateway in front of `groups` and return its base URL (`http://127.0.0.1:PORT`).
 
-        `groups` maps a group name to `{"strategy": ..., "servers": [url, ...]}`; servers get
+        `groups` maps a group name to `{"strategy": ..., "servers": [url, ...], "yaml": "..."}`
+        (`yaml`: more keys of the group); servers get
         ids `s1`, `s2`, ... in order. `extra` is YAML appended at the top level of the config
         (e.g. a `sessions:` section); `{port}` in it stands for the gateway's port, for settings
         that name the gateway's own URL (an OAuth `resource`).
@@ -264,6 +265,8 @@ def gateway_yaml(port: int, run_dir: Path, groups: dict[str, dict], routes, extr
         lines += [f"    {name}:", f"      strategy: {group.get('strategy', 'round_robin')}", "      servers:"]
         for i, url in enumerate(group["servers"], start=1):
             lines.append(f'        - {{id: s{i}, url: "{url}"}}')
+        # More keys of the group, as YAML (e.g. "circuit_breaker: {open_for: 1s}").
+        lines += [f"      {line}" for line in group.get("yaml", "").splitlines() if line.strip()]
     if routes:
         lines.append("routes:")
         lines += [f"  - {{path: {path}, group: {group}}}" for path, group in routes]

@@ -74,12 +74,13 @@ def two_catalogs(stack, web_prefix: str = "w", **settings) -> tuple[str, str, st
     files = stack.catalog_server("files")
     web = stack.catalog_server("web")
     extra = settings.pop("extra", "")
+    web_yaml = settings.pop("web_yaml", "")
     members = [
         {"group": "files"},
         {"group": "web", "prefix": web_prefix, "tools": {"include": ["fetch*", "echo"], "exclude": ["fetch_raw"]}},
     ]
     gateway = stack.gateway(
-        {"files": {"servers": [files]}, "web": {"servers": [web]}},
+        {"files": {"servers": [files]}, "web": {"servers": [web], "yaml": web_yaml}},
         extra=vs_yaml(members, extra=extra, **settings),
     )
     return gateway, files, web
@@ -898,7 +899,9 @@ def restart(stack, url: str, name: str) -> str:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_fail_open_member_down_then_back(stack, mode):
-    gateway, files, web = two_catalogs(stack, on_member_failure="fail_open")
+    # The calls to the member while it is down open its circuit breaker: a short open_for
+    # lets it be tried again within the test.
+    gateway, files, web = two_catalogs(stack, on_member_failure="fail_open", web_yaml="circuit_breaker: {open_for: 1s}")
 
     async def body():
         async with client(gateway, mode) as c:
