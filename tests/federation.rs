@@ -483,14 +483,17 @@ async fn modern_era_is_stateless_and_routing_headers_name_the_members_own_tool()
     assert_eq!(v["result"]["cacheScope"], "private");
     assert_eq!(v["result"]["ttlMs"], 0);
     assert_eq!(names(&v, "tools", "name").len(), 5);
-    let resp = client()
-        .get(gw.url("/mcp"))
-        .header("accept", "text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .send()
-        .await
-        .unwrap();
-    assert_ne!(resp.status(), 200);
+    // No GET stream and no DELETE in the modern era.
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let resp = client()
+            .request(method, gw.url("/mcp"))
+            .header("accept", "text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .send()
+            .await
+            .unwrap();
+        expect_error(resp, 405, -32600).await;
+    }
 }
 
 #[test]
@@ -524,4 +527,152 @@ virtual_servers:
     ] {
         assert!(err.contains(needle), "{needle:?} not in:\n{err}");
     }
+}
+
+/// Read SSE events (`id`, parsed `data`) from `resp` until `done` says so (10 s at most).
+async fn read_events(
+    resp: &mut reqwest::Response,
+    done: impl Fn(&[(Option<String>, Value)]) -> bool,
+) -> Vec<(Option<String>, Value)> {
+    let mut text = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done(&events) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no more events in time; got {events:?}"))
+            .unwrap();
+        let Some(chunk) = chunk else { break };
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let (mut id, mut data) = (None, String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            if !data.is_empty() {
+                events.push((id, serde_json::from_str(&data).unwrap()));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn the_get_stream_merges_members_and_resumes_each() {
+    let files = Upstream::start("files");
+    let web = Upstream::start("web");
+    let yaml = config(&files, &web, "", "").replace("/mcp\"", "/mcp?notify=1\"");
+    let gw = Gateway::start(&yaml).await;
+    let (session, _) = initialize(&gw).await;
+    let open = |last: Option<String>| {
+        let mut req = client()
+            .get(gw.url("/mcp"))
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &session);
+        if let Some(l) = last {
+            req = req.header("last-event-id", l);
+        }
+        req.send()
+    };
+    let mut resp = open(None).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let requests = |e: &[(Option<String>, Value)]| {
+        e.iter()
+            .filter(|(_, m)| m["method"] == "roots/list")
+            .count()
+            == 2
+    };
+    let events = read_events(&mut resp, requests).await;
+    drop(resp);
+    let of = |method: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .map(|(_, m)| m)
+            .filter(|m| m["method"] == method)
+            .collect()
+    };
+    // Each member's stream, in the member's own session.
+    let sessions: Vec<&Value> = of("notifications/message")
+        .iter()
+        .map(|m| &m["params"]["data"]["headers"]["mcp-session-id"])
+        .collect();
+    assert_eq!(sessions.len(), 2, "{events:?}");
+    assert!(
+        sessions.contains(&&json!("files-session-1"))
+            && sessions.contains(&&json!("web-session-1"))
+    );
+    // Both members' list_changed arrive together: sent once.
+    assert_eq!(
+        of("notifications/tools/list_changed").len(),
+        1,
+        "{events:?}"
+    );
+    let mut updated: Vec<&str> = of("notifications/resources/updated")
+        .iter()
+        .map(|m| m["params"]["uri"].as_str().unwrap())
+        .collect();
+    updated.sort();
+    assert_eq!(
+        updated,
+        ["mem://files+public/readme", "mem://w+public/readme"]
+    );
+    // The members' requests carry sealed string ids, one per member.
+    let ids: Vec<&str> = of("roots/list")
+        .iter()
+        .map(|m| m["id"].as_str().expect("a sealed string id"))
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    // The composite event id holds every member's last event id.
+    let last = events.last().unwrap().0.clone().expect("an event id");
+    use base64::Engine;
+    let decoded: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&last)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(decoded, json!({"files": "files-4", "w": "web-4"}));
+
+    // The client's answer reaches the member that asked, with the member's own id (a
+    // number again); a forged id is refused.
+    for id in &ids {
+        let answer =
+            json!({"jsonrpc": "2.0", "id": id, "result": {"roots": [{"uri": "file:///r"}]}});
+        let resp = call(&gw, &session, answer.to_string()).await;
+        assert_eq!(resp.status(), 202);
+    }
+    for member in [&files, &web] {
+        let got = &member.state().await["last_response"];
+        assert_eq!(got["id"], json!(0), "{got}");
+        assert_eq!(got["result"]["roots"][0]["uri"], "file:///r");
+    }
+    let forged = json!({"jsonrpc": "2.0", "id": "forged", "result": {}});
+    expect_error(call(&gw, &session, forged.to_string()).await, 400, -32600).await;
+
+    // Resuming with the composite id resumes each member after its own last event.
+    let mut resp = open(Some(last)).await.unwrap();
+    let messages = |e: &[(Option<String>, Value)]| {
+        e.iter()
+            .filter(|(_, m)| m["method"] == "notifications/message")
+            .count()
+            == 2
+    };
+    let events = read_events(&mut resp, messages).await;
+    let mut resumed: Vec<&str> = events
+        .iter()
+        .filter(|(_, m)| m["method"] == "notifications/message")
+        .map(|(_, m)| {
+            m["params"]["data"]["headers"]["last-event-id"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    resumed.sort();
+    assert_eq!(resumed, ["files-4", "web-4"]);
 }

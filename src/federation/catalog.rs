@@ -32,7 +32,8 @@ const LONG_NAME: usize = 64;
 struct Page {
     items: Vec<Value>,
     next: Option<String>,
-    /// The bytes of the member's answer (for the page-size budget).
+    /// The size of its items as the member sent them (for the page-size budget; the
+    /// prefixes add a few bytes each).
     size: usize,
 }
 
@@ -105,30 +106,30 @@ pub async fn list<'a>(
     })
 }
 
-/// Every page of member `index`'s list while the answers fit `budget`: its items, and
-/// whether they are all of them.
+/// Every page of member `index`'s list while the answers fit `budget`: its items,
+/// whether they are all of them, and their size.
 async fn member_whole(
     fed: &Fed<'_>,
     index: usize,
     method: &str,
     budget: usize,
-) -> Result<(Vec<Value>, bool), (usize, GatewayError)> {
+) -> Result<(Vec<Value>, bool, usize), (usize, GatewayError)> {
     let mut items = Vec::new();
     let mut size = 0;
     let mut cursor: Option<String> = None;
     for _ in 0..MAX_PAGES {
         let Some(p) = fed.page(index, method, cursor.as_deref()).await? else {
-            return Ok((items, true));
+            return Ok((items, true, size));
         };
         size += p.size;
         items.extend(p.items);
         match p.next {
             Some(n) if size <= budget => cursor = Some(n),
-            Some(_) => return Ok((items, false)),
-            None => return Ok((items, true)),
+            Some(_) => return Ok((items, false, size)),
+            None => return Ok((items, true, size)),
         }
     }
-    Ok((items, false))
+    Ok((items, false, size))
 }
 
 /// The whole merged list, if it fits one page.
@@ -171,14 +172,14 @@ async fn whole(
     let mut complete = true;
     for (i, r) in results {
         match r {
-            Ok((items, done)) => {
+            Ok((items, done, bytes)) => {
                 fed.member_ok(i);
                 complete &= done;
+                size += bytes;
                 let items = present(fed, i, kind, items);
                 if done {
                     count(fed, i, kind, items.len());
                 }
-                size += items.iter().map(|v| v.to_string().len()).sum::<usize>();
                 merged.extend(items);
             }
             Err((_, e)) => fed.member_failed(i, method, &e)?,

@@ -11,6 +11,35 @@ use http::Method;
 use serde_json::{json, Value};
 
 impl<'a> Fed<'a> {
+    /// The member sessions this session holds, with their members' index (`with_id`:
+    /// only those with a session id, i.e. not from stateless members).
+    pub(super) fn held(&self, with_id: bool) -> Vec<(usize, MemberSession)> {
+        let vs = self.vs();
+        let Some(state) = self.session.as_ref() else {
+            return Vec::new();
+        };
+        (0..vs.members.len())
+            .filter_map(|i| {
+                let ms = state.members.get(&vs.members[i].prefix)?;
+                (!with_id || ms.session.is_some()).then(|| (i, ms.clone()))
+            })
+            .collect()
+    }
+
+    /// Send `body` to each of `sessions` at once; the results in their order.
+    pub(super) async fn send_each(
+        &self,
+        sessions: &[(usize, MemberSession)],
+        body: &Bytes,
+    ) -> Vec<Result<member::Reply<'a>, GatewayError>> {
+        let vs = self.vs();
+        let client = &self.req.client;
+        let sends = sessions.iter().map(|(i, ms)| {
+            member::send(client, &vs.members[*i], Call::in_session(ms, body.clone()))
+        });
+        futures::future::join_all(sends).await
+    }
+
     /// Send a request to every member of the session that has `caps` (0: all), each
     /// with its own id; member failures as the virtual server's failure mode says.
     pub(super) async fn fan_out_simple(
@@ -25,34 +54,15 @@ impl<'a> Fed<'a> {
             message["params"] = p;
         }
         let body = Bytes::from(serde_json::to_vec(&message).expect("JSON serializes"));
-        let members: Vec<usize> = (0..vs.members.len())
-            .filter(|&i| {
-                caps == 0
-                    || self
-                        .session
-                        .as_ref()
-                        .and_then(|s| s.members.get(&vs.members[i].prefix))
-                        .is_some_and(|m| m.caps & caps != 0)
-            })
-            .collect();
         let mut sessions = Vec::new();
-        for &i in &members {
+        for i in 0..vs.members.len() {
             match self.member_session(i).await {
-                Ok(ms) => sessions.push((i, ms)),
+                Ok(ms) if caps == 0 || ms.caps & caps != 0 => sessions.push((i, ms)),
+                Ok(_) => {}
                 Err(e) => self.member_failed(i, "initialize", &e)?,
             }
         }
-        let client = &self.req.client;
-        let sends = sessions.iter().map(|(i, ms)| {
-            let call = Call {
-                body: body.clone(),
-                session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
-                version: Some(&ms.version),
-                ..Default::default()
-            };
-            member::send(client, &vs.members[*i], call)
-        });
-        let results = futures::future::join_all(sends).await;
+        let results = self.send_each(&sessions, &body).await;
         for ((i, _), r) in sessions.iter().zip(results) {
             match r {
                 Ok(reply) if reply.status < 300 => self.member_ok(*i),
@@ -76,23 +86,8 @@ impl<'a> Fed<'a> {
         }
         let vs = self.vs();
         let body = Bytes::from(serde_json::to_vec(message).expect("JSON serializes"));
-        let sessions: Vec<(usize, MemberSession)> = (0..vs.members.len())
-            .filter_map(|i| {
-                let s = self.session.as_ref()?.members.get(&vs.members[i].prefix)?;
-                Some((i, s.clone()))
-            })
-            .collect();
-        let client = &self.req.client;
-        let sends = sessions.iter().map(|(i, ms)| {
-            let call = Call {
-                body: body.clone(),
-                session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
-                version: Some(&ms.version),
-                ..Default::default()
-            };
-            member::send(client, &vs.members[*i], call)
-        });
-        for ((i, _), r) in sessions.iter().zip(futures::future::join_all(sends).await) {
+        let sessions = self.held(false);
+        for ((i, _), r) in sessions.iter().zip(self.send_each(&sessions, &body).await) {
             if let Err(e) = r {
                 log::debug!(
                     "virtual server {}: a notification to member {} failed: {e}",
@@ -139,19 +134,12 @@ impl<'a> Fed<'a> {
     /// DELETE: every member session ends.
     pub(super) async fn delete(&mut self) -> Answer<'a> {
         let vs = self.vs();
-        let sessions: Vec<(usize, MemberSession)> = (0..vs.members.len())
-            .filter_map(|i| {
-                let s = self.session.as_ref()?.members.get(&vs.members[i].prefix)?;
-                s.session.is_some().then(|| (i, s.clone()))
-            })
-            .collect();
+        let sessions = self.held(true);
         let client = &self.req.client;
         let sends = sessions.iter().map(|(i, ms)| {
             let call = Call {
                 method: Some(Method::DELETE),
-                session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
-                version: Some(&ms.version),
-                ..Default::default()
+                ..Call::in_session(ms, Bytes::new())
             };
             member::send(client, &vs.members[*i], call)
         });

@@ -8,7 +8,7 @@
 //! asks every member and answers with the versions all of them support.
 
 use super::fan::response_of;
-use super::member::Call;
+use super::member::{self, Call};
 use super::serve::{rpc_result, Answer, Fed};
 use super::token::{MemberSession, SessionState};
 use crate::error::GatewayError;
@@ -158,7 +158,7 @@ pub async fn initialize<'a>(fed: &mut Fed<'a>, message: Value) -> Result<Answer<
     state.version = negotiated.clone();
     let mut result = json!({
         "protocolVersion": negotiated,
-        "capabilities": Caps::object(relayed(bits)),
+        "capabilities": Caps::object(bits),
         "serverInfo": {"name": vs.name, "version": env!("CARGO_PKG_VERSION")},
     });
     if !instructions.is_empty() {
@@ -169,18 +169,12 @@ pub async fn initialize<'a>(fed: &mut Fed<'a>, message: Value) -> Result<Answer<
         &[&vs.path, "initialize"],
     )
     .observe(started.elapsed().as_secs_f64());
-    metrics::counter(&METRICS.sessions, &[&vs.path]).inc();
+    metrics::counter(&METRICS.federation_sessions, &[&vs.path]).inc();
     fed.session = Some(state);
     Ok(Answer::Json {
         status: 200,
         body: rpc_result(&id, result),
     })
-}
-
-/// The capabilities the gateway passes on: list changes and resource updates reach the
-/// client on the merged GET stream; everything else is routed per request.
-fn relayed(bits: u16) -> u16 {
-    bits
 }
 
 /// Initialize member `index` for a session that lacks it (a failed or forgotten
@@ -193,19 +187,12 @@ pub async fn initialize_member(
 ) -> Result<MemberSession, GatewayError> {
     let (ms, _) = member_init(fed, index, version, client).await?;
     let body = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-    let call = Call {
-        body,
-        session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
-        version: Some(&ms.version),
-        ..Default::default()
-    };
+    let call = Call::in_session(&ms, body);
     let member = &fed.vs().members[index];
     member::send_and_forget(&fed.req.client, member, call).await;
     fed.member_ok(index);
     Ok(ms)
 }
-
-use super::member;
 
 /// `initialize` sent to one member: its part of the session and its result.
 async fn member_init(
@@ -334,7 +321,7 @@ pub async fn discover<'a>(
     }
     let mut result = json!({
         "supportedVersions": versions.unwrap_or_default(),
-        "capabilities": Caps::object(relayed(bits) & !(Caps::TOOLS_CHANGED | Caps::PROMPTS_CHANGED | Caps::RESOURCES_CHANGED | Caps::SUBSCRIBE)),
+        "capabilities": Caps::object(bits & !(Caps::TOOLS_CHANGED | Caps::PROMPTS_CHANGED | Caps::RESOURCES_CHANGED | Caps::SUBSCRIBE)),
         "resultType": "complete",
         "cacheScope": "private",
         "ttlMs": 0,

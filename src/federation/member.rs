@@ -4,6 +4,7 @@
 //! sent through the upstream exchange (the group's strategy, failover while nothing was
 //! sent, breakers judged, attempts counted), its answer read as JSON or as SSE events.
 
+use super::token::MemberSession;
 use crate::error::GatewayError;
 use crate::security::auth::Identity;
 use crate::state::virtual_servers::Member;
@@ -49,6 +50,18 @@ pub struct Call<'b> {
     pub routing: Option<(&'b str, Option<&'b str>)>,
     /// Passed on as they are (`Mcp-Param-*`, `Last-Event-ID`).
     pub extra: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl<'b> Call<'b> {
+    /// A POST of `body` in the member session `ms` (its server, id and version).
+    pub fn in_session(ms: &'b MemberSession, body: Bytes) -> Call<'b> {
+        Call {
+            body,
+            session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
+            version: Some(&ms.version),
+            ..Default::default()
+        }
+    }
 }
 
 /// A member's answer.

@@ -258,10 +258,8 @@ async fn open<'a>(
     }
     let call = Call {
         method: Some(http::Method::GET),
-        session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
-        version: Some(&ms.version),
         extra,
-        ..Default::default()
+        ..Call::in_session(ms, Bytes::new())
     };
     member::send(&req.client, member, call).await
 }
@@ -276,12 +274,7 @@ pub async fn get_stream<'a>(fed: &mut Fed<'a>) -> Result<Answer<'a>, GatewayErro
     }
     let req: &'a Request<'a> = fed.req;
     let resume = resume_points(req.headers.get(LAST_EVENT_ID));
-    let sessions: Vec<(usize, MemberSession)> = (0..vs.members.len())
-        .filter_map(|i| {
-            let ms = fed.session.as_ref()?.members.get(&vs.members[i].prefix)?;
-            Some((i, ms.clone()))
-        })
-        .collect();
+    let sessions = fed.held(false);
     let opens = sessions.into_iter().map(|(i, ms)| {
         let last = resume.get(&vs.members[i].prefix).cloned();
         async move {

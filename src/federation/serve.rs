@@ -24,7 +24,8 @@ pub struct Request<'a> {
     pub headers: HeaderMap,
     /// A POST's body (read, bounded, a JSON-RPC message).
     pub body: Option<Bytes>,
-    /// The request is of the modern (stateless) era.
+    /// The request is of the modern (stateless) era: its body says so, or (a GET or a
+    /// DELETE) its `MCP-Protocol-Version`.
     pub modern: bool,
 }
 
@@ -116,11 +117,21 @@ pub async fn serve<'a>(req: &'a Request<'a>) -> Result<Reply<'a>, GatewayError> 
         fed.session = Some(fed.open_session()?);
     }
     let answer = match req.method {
-        Method::GET if req.modern => return Err(GatewayError::MethodNotAllowed("GET".into())),
+        // The modern era has no standing stream and no session to end.
+        Method::GET | Method::DELETE if req.modern => Answer::Json {
+            status: 405,
+            body: rpc_error(
+                &Value::Null,
+                code::INVALID_REQUEST,
+                format!(
+                    "{} is not part of protocol version {} and later: requests are POSTs",
+                    req.method,
+                    crate::mcp::envelope::FIRST_MODERN_VERSION
+                ),
+                None,
+            ),
+        },
         Method::GET => relay::get_stream(&mut fed).await?,
-        Method::DELETE if req.modern => {
-            return Err(GatewayError::MethodNotAllowed("DELETE".into()))
-        }
         Method::DELETE => fed.delete().await,
         _ => {
             let message = parse(req.body.as_deref().unwrap_or_default())?;

@@ -28,27 +28,11 @@ impl<'a> Fed<'a> {
         let member = &vs.members[index];
         let client = &self.req.client;
         if self.req.modern {
-            let call = Call {
-                body,
-                version: self
-                    .req
-                    .headers
-                    .get(MCP_PROTOCOL_VERSION)
-                    .and_then(|v| v.to_str().ok()),
-                routing: (!method.is_empty()).then_some((method, name)),
-                extra: self.param_headers(),
-                ..Default::default()
-            };
-            return member::send(client, member, call).await;
+            return member::send(client, member, self.stateless(body, method, name)).await;
         }
         for attempt in 0..2 {
             let ms = self.member_session(index).await?;
-            let call = Call {
-                body: body.clone(),
-                session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
-                version: Some(&ms.version),
-                ..Default::default()
-            };
+            let call = Call::in_session(&ms, body.clone());
             match member::send(client, member, call).await {
                 Ok(reply) if reply.status == 404 && ms.session.is_some() && attempt == 0 => {
                     if !self.session_alive(index).await {
@@ -84,30 +68,34 @@ impl<'a> Fed<'a> {
         let member = &self.vs().members[index];
         let client = &self.req.client;
         if self.req.modern {
-            let call = Call {
-                body,
-                version: self
-                    .req
-                    .headers
-                    .get(MCP_PROTOCOL_VERSION)
-                    .and_then(|v| v.to_str().ok()),
-                routing: Some((method, None)),
-                ..Default::default()
-            };
-            return member::send(client, member, call).await;
+            return member::send(client, member, self.stateless(body, method, None)).await;
         }
         let ms = self
             .session
             .as_ref()
             .and_then(|s| s.members.get(&member.prefix))
             .ok_or(GatewayError::SessionNotFound)?;
-        let call = Call {
+        member::send(client, member, Call::in_session(ms, body)).await
+    }
+
+    /// A modern-era (stateless) request: the client's version, the routing headers of
+    /// `method` and `name`, and for a routed call the client's `Mcp-Param-*`.
+    fn stateless<'b>(&'b self, body: Bytes, method: &'b str, name: Option<&'b str>) -> Call<'b> {
+        Call {
             body,
-            session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
-            version: Some(&ms.version),
+            version: self
+                .req
+                .headers
+                .get(MCP_PROTOCOL_VERSION)
+                .and_then(|v| v.to_str().ok()),
+            routing: (!method.is_empty()).then_some((method, name)),
+            extra: if name.is_some() {
+                self.param_headers()
+            } else {
+                Vec::new()
+            },
             ..Default::default()
-        };
-        member::send(client, member, call).await
+        }
     }
 
     /// Member `index`'s session, initialized now if the session has none for it.
@@ -138,27 +126,11 @@ impl<'a> Fed<'a> {
     /// member answering `404` for its session restarted when another still knows its
     /// own; when none does, the session was ended (DELETE) and stays ended.
     pub async fn session_alive(&self, except: usize) -> bool {
-        let vs = self.vs();
-        let others: Vec<(usize, &MemberSession)> = (0..vs.members.len())
-            .filter(|&i| i != except)
-            .filter_map(|i| {
-                let ms = self.session.as_ref()?.members.get(&vs.members[i].prefix)?;
-                ms.session.is_some().then_some((i, ms))
-            })
-            .collect();
+        let mut others = self.held(true);
+        others.retain(|(i, _)| *i != except);
         let ping = json!({"jsonrpc": "2.0", "id": own_id("ping"), "method": "ping"});
         let ping = Bytes::from(serde_json::to_vec(&ping).expect("JSON serializes"));
-        let client = &self.req.client;
-        let pings = others.iter().map(|(i, ms)| {
-            let call = Call {
-                body: ping.clone(),
-                session: ms.session.as_deref().map(|s| (ms.server.as_str(), s)),
-                version: Some(&ms.version),
-                ..Default::default()
-            };
-            member::send(client, &vs.members[*i], call)
-        });
-        futures::future::join_all(pings)
+        self.send_each(&others, &ping)
             .await
             .into_iter()
             .any(|r| r.is_ok_and(|reply| reply.status < 400))

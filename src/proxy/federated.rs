@@ -9,7 +9,7 @@ use super::Gateway;
 use crate::error::GatewayError;
 use crate::federation::member::Client;
 use crate::federation::{self, Answer, VirtualServer};
-use crate::mcp::envelope::Era;
+use crate::mcp::envelope::{Era, FIRST_MODERN_VERSION};
 use crate::mcp::headers::MCP_SESSION_ID;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -46,7 +46,13 @@ pub async fn answer(
         method: head.method.clone(),
         headers: head.headers.clone(),
         body: ctx.body.clone(),
-        modern: ctx.era() == Some(Era::Modern),
+        modern: match ctx.era() {
+            Some(era) => era == Era::Modern,
+            None => head
+                .headers
+                .get(crate::mcp::headers::MCP_PROTOCOL_VERSION)
+                .is_some_and(|v| v.as_bytes() >= FIRST_MODERN_VERSION.as_bytes()),
+        },
     };
     let reply = federation::serve(&request).await?;
     let shaping =

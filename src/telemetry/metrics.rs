@@ -62,6 +62,8 @@ pub struct Metrics {
     pub upstream_up: IntGaugeVec,
     pub breaker_state: IntGaugeVec,
     pub upstream_in_flight: IntGaugeVec,
+    /// Virtual servers: sessions begun (`initialize` answered), by virtual server.
+    pub federation_sessions: IntCounterVec,
     /// Virtual servers: a member's failures, by virtual server, member and phase.
     pub federation_member_failures: IntCounterVec,
     /// Virtual servers: time to fan a request out to the members and merge the answers.
@@ -242,6 +244,12 @@ impl Metrics {
                 "mcp_gateway_upstream_in_flight",
                 "Requests and open streams in progress per server",
                 &["group", "server"],
+            ),
+            federation_sessions: new_counter(
+                &r,
+                "mcp_gateway_federation_sessions_total",
+                "Virtual servers: sessions begun (initialize answered with a sealed Mcp-Session-Id), by virtual server",
+                &["virtual_server"],
             ),
             federation_member_failures: new_counter(
                 &r,

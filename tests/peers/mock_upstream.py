@@ -29,7 +29,12 @@ the gateway forwarded. Behaviour by method / tool name:
 * ``tools/list``, ``prompts/list``, ``resources/list``, ``resources/templates/list``:
   a few items each (see ``LISTS``); as SSE (a progress event, then the result) when
   ``params._meta.sse`` is true;
-* notifications and responses: ``202`` with no body;
+* notifications and responses: ``202`` with no body (the last response is kept in
+  ``GET /_state`` as ``last_response``);
+* GET with ``?notify``: an SSE stream of a ``notifications/message`` (its data: what the
+  GET carried), ``notifications/tools/list_changed``, ``notifications/resources/updated``
+  (``mem://public/readme``) and a ``roots/list`` request (id ``0``), event ids
+  ``<id>-1`` … ``<id>-4``, then silence for ``?delay=`` seconds (default 30);
 * GET with ``Accept: text/event-stream``: an SSE stream with one ``ready`` event, then
   one more event after ``?delay=`` seconds; with ``?list=FRAME`` (or a ``Last-Event-ID``
   starting with ``list``: a resumed stream) instead one event carrying a ``tools/list``
@@ -186,6 +191,26 @@ class Handler(BaseHTTPRequestHandler):
             self.chunk(sse_frame(frame, {"jsonrpc": "2.0", "id": 7, "result": result}))
             self.chunk(b"")
             return
+        if "notify" in query:
+            # A member's GET stream: a message (with what this GET carried), a
+            # list_changed, a resource update, a request to the client; ids <id>-<n>.
+            self.start_sse()
+            events = [
+                {"jsonrpc": "2.0", "method": "notifications/message",
+                 "params": {"level": "info", "data": self.describe(b"")}},
+                {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"},
+                {"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                 "params": {"uri": "mem://public/readme"}},
+                {"jsonrpc": "2.0", "id": 0, "method": "roots/list"},
+            ]
+            try:
+                for n, event in enumerate(events, start=1):
+                    self.chunk(b"id: %s-%d\nevent: message\ndata: %s\n\n" % (SERVER_ID.encode(), n, json.dumps(event).encode()))
+                time.sleep(float(query.get("delay", ["30"])[0]))
+                self.chunk(b"")
+            except (BrokenPipeError, ConnectionResetError):
+                bump("cancelled")
+            return
         delay = float(query.get("delay", ["0.2"])[0])
         self.start_sse()
         info = self.describe(b"")
@@ -222,6 +247,9 @@ class Handler(BaseHTTPRequestHandler):
                     result[key] = items
                 answers.append({"jsonrpc": "2.0", "id": m.get("id"), "result": result})
             return self.send_json(200, answers)
+        if "method" not in msg and "id" in msg:
+            with LOCK:
+                STATE["last_response"] = msg
         if "method" not in msg or "id" not in msg:
             self.send_response(202)
             self.send_header("Content-Length", "0")
