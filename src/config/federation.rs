@@ -90,21 +90,8 @@ pub fn validate(c: &Config, errs: &mut Errors) {
     let mut paths: HashSet<&str> = c.routes.iter().map(|r| r.path.as_str()).collect();
     for (i, vs) in c.virtual_servers.iter().enumerate() {
         let at = root.index(i);
-        if !vs.path.starts_with('/') {
-            errs.push(
-                &at.key("path"),
-                format!("{:?} must start with '/'", vs.path),
-            );
-        } else if super::load::RESERVED_PATHS.contains(&vs.path.as_str()) {
-            errs.push(
-                &at.key("path"),
-                format!("{} is served by the gateway itself", vs.path),
-            );
-        } else if !paths.insert(vs.path.as_str()) {
-            errs.push(
-                &at.key("path"),
-                format!("{:?} is already a route or another virtual server", vs.path),
-            );
+        if let Err(e) = super::load::endpoint_path(&vs.path, &mut paths) {
+            errs.push(&at.key("path"), e);
         }
         if vs.name.trim().is_empty() {
             errs.push(&at.key("name"), "must not be empty");

@@ -160,6 +160,22 @@ fn apply_overrides(root: &mut Value, env: &dyn Fn(&str) -> Option<String>, errs:
     }
 }
 
+/// An MCP endpoint's path (a route's or a virtual server's): absolute, not one the
+/// gateway answers itself, and not taken by another (`taken` records it).
+pub(super) fn endpoint_path<'c>(path: &'c str, taken: &mut HashSet<&'c str>) -> Result<(), String> {
+    if !path.starts_with('/') {
+        Err(format!("{path:?} must start with '/'"))
+    } else if RESERVED_PATHS.contains(&path) {
+        Err(format!("{path} is served by the gateway itself"))
+    } else if !taken.insert(path) {
+        Err(format!(
+            "{path:?} is already a route or a virtual server's path"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// A path the config serves: a route or a virtual server (`/mcp` when neither is
 /// configured).
 fn known_route(c: &Config, route: &str) -> bool {
@@ -305,18 +321,8 @@ fn validate(c: &Config, errs: &mut Errors) {
     let mut paths = HashSet::new();
     for (i, r) in c.routes.iter().enumerate() {
         let rp = routes.index(i);
-        if !r.path.starts_with('/') {
-            errs.push(&rp.key("path"), format!("{:?} must start with '/'", r.path));
-        } else if RESERVED_PATHS.contains(&r.path.as_str()) {
-            errs.push(
-                &rp.key("path"),
-                format!("{} is served by the gateway itself", r.path),
-            );
-        } else if !paths.insert(r.path.as_str()) {
-            errs.push(
-                &rp.key("path"),
-                format!("duplicate route path {:?}", r.path),
-            );
+        if let Err(e) = endpoint_path(&r.path, &mut paths) {
+            errs.push(&rp.key("path"), e);
         }
         if r.group.is_empty() {
             errs.push(&rp.key("group"), "is required");

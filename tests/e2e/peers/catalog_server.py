@@ -33,9 +33,8 @@ import base64
 import sys
 from typing import Annotated
 
-from loopback import bind, serve
+from loopback import bind, own_authority_only, serve
 from mcp.server.mcpserver import Context, Elicit, ListRoots, MCPServer, Resolve, Sample
-from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     INVALID_PARAMS,
@@ -249,11 +248,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sock, port = bind(args.port)
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=[f"127.0.0.1:{port}"],
-        allowed_origins=[f"http://127.0.0.1:{port}"],
-    )
+    security = own_authority_only(port)
     app = build(args.name, args.page_size or None, args.extra_resources).streamable_http_app(transport_security=security)
     serve(sock, app)
 

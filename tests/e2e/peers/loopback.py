@@ -14,6 +14,19 @@ def bind(port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
+def own_authority_only(port: int):
+    """DNS-rebinding protection that accepts exactly this peer's own authority
+    (`127.0.0.1:PORT`) as `Host` and its own origin: a proxy that forwards the client's
+    `Host` gets `421`."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"127.0.0.1:{port}"],
+        allowed_origins=[f"http://127.0.0.1:{port}"],
+    )
+
+
 def serve(sock: socket.socket, app) -> None:
     """Serve `app` on `sock` until killed, after printing `listening on 127.0.0.1:PORT`."""
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

@@ -17,9 +17,8 @@ import asyncio
 import json
 import sys
 
-from loopback import bind, serve
+from loopback import bind, own_authority_only, serve
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
 
 
 def build(name: str) -> MCPServer:
@@ -63,11 +62,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sock, port = bind(args.port)
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=[f"127.0.0.1:{port}"],
-        allowed_origins=[f"http://127.0.0.1:{port}"],
-    )
+    security = own_authority_only(port)
     serve(sock, build(args.name).streamable_http_app(transport_security=security))
 
 
