@@ -185,6 +185,12 @@ async fn one_endpoint_many_groups_legacy_era() {
     .await;
     assert_eq!(v["result"]["server"], "files");
     assert_eq!(v["result"]["params"]["uri"], "mem://public/readme");
+    // The contents name the catalog URI; a legacy client gets no cache fields.
+    assert_eq!(
+        v["result"]["contents"][0]["uri"],
+        "mem://files+public/readme"
+    );
+    assert!(v["result"].get("ttlMs").is_none() && v["result"].get("cacheScope").is_none());
 
     // Unknown prefixes, filtered tools and unprefixed URIs are invalid params.
     for (name, why) in [
@@ -483,6 +489,30 @@ async fn modern_era_is_stateless_and_routing_headers_name_the_members_own_tool()
     assert_eq!(v["result"]["cacheScope"], "private");
     assert_eq!(v["result"]["ttlMs"], 0);
     assert_eq!(names(&v, "tools", "name").len(), 5);
+    // A member's cache fields do not hold for what the gateway serves: private, 0.
+    let resp = post(
+        &client(),
+        &gw.url("/mcp"),
+        rpc(
+            3,
+            "resources/read",
+            json!({"uri": "mem://files+public/readme", "_meta": meta}),
+        ),
+    )
+    .header("mcp-protocol-version", "2026-07-28")
+    .header("mcp-method", "resources/read")
+    .header("mcp-name", "mem://files+public/readme")
+    .send()
+    .await
+    .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["result"]["params"]["uri"], "mem://public/readme", "{v}");
+    assert_eq!(v["result"]["cacheScope"], "private");
+    assert_eq!(v["result"]["ttlMs"], 0);
+    assert_eq!(
+        v["result"]["contents"][0]["uri"],
+        "mem://files+public/readme"
+    );
     // No GET stream and no DELETE in the modern era.
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
         let resp = client()

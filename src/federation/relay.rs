@@ -47,6 +47,7 @@ pub async fn answer<'a>(
             method: method.to_string(),
             id,
             sealer: copy(&fed.sealer),
+            modern: fed.req.modern,
             done: false,
         })))),
         Body::Json(bytes) | Body::Other(bytes) => {
@@ -61,6 +62,7 @@ pub async fn answer<'a>(
             };
             if let Some(result) = v.get_mut("result") {
                 rewrite::result(&member.prefix, method, result);
+                rewrite::cache_fields(result, fed.req.modern);
             } else if v.get("error").is_none() {
                 return Err(failed(format!(
                     "{method}: HTTP {status}: not a JSON-RPC answer"
@@ -135,6 +137,8 @@ pub struct CallStream<'a> {
     /// The client's id (the member got it as it was).
     id: Value,
     sealer: Sealer<'a>,
+    /// The client speaks the modern era (cache fields stamped, not stripped).
+    modern: bool,
     done: bool,
 }
 
@@ -166,6 +170,7 @@ impl CallStream<'_> {
                 }
                 if let Some(result) = message.get_mut("result") {
                     rewrite::result(&self.prefix, &self.method, result);
+                    rewrite::cache_fields(result, self.modern);
                 }
                 self.done = true;
                 return Some(event(None, &message));

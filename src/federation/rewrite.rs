@@ -71,6 +71,26 @@ pub fn result(prefix: &str, method: &str, result: &mut Value) {
     }
 }
 
+/// The cache fields of a member's result (`ttlMs`, `cacheScope`): what the member says
+/// holds for its own answer, not for what the gateway serves, so a modern client is told
+/// `private` and `ttlMs: 0` (no shared cache may keep it), and a legacy one, whose
+/// protocol has no such fields, gets none.
+pub fn cache_fields(result: &mut Value, modern: bool) {
+    let Some(fields) = result.as_object_mut() else {
+        return;
+    };
+    if !fields.contains_key("ttlMs") && !fields.contains_key("cacheScope") {
+        return;
+    }
+    if modern {
+        fields.insert("cacheScope".into(), Value::String("private".into()));
+        fields.insert("ttlMs".into(), Value::from(0));
+    } else {
+        fields.remove("cacheScope");
+        fields.remove("ttlMs");
+    }
+}
+
 /// A notification from the member with `prefix`.
 pub fn notification(prefix: &str, message: &mut Value) {
     if message.get("method").and_then(Value::as_str) == Some("notifications/resources/updated") {
@@ -109,5 +129,13 @@ mod tests {
             json!({"method": "notifications/resources/updated", "params": {"uri": "file:///c"}});
         notification("files", &mut n);
         assert_eq!(n["params"]["uri"], "file://files+/c");
+        let mut r = json!({"contents": [], "ttlMs": 60000, "cacheScope": "public"});
+        cache_fields(&mut r, true);
+        assert_eq!(
+            (r["ttlMs"].clone(), r["cacheScope"].clone()),
+            (json!(0), json!("private"))
+        );
+        cache_fields(&mut r, false);
+        assert!(r.get("ttlMs").is_none() && r.get("cacheScope").is_none());
     }
 }

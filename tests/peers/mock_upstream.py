@@ -9,6 +9,8 @@ the gateway forwarded. Behaviour by method / tool name:
   client's ``protocolVersion``, capabilities (tools, prompts, resources with subscribe),
   ``serverInfo`` and ``instructions``;
 * every result of a request carries the request's ``params`` as received;
+* ``resources/read``: also ``contents`` (the URI asked for) and ``ttlMs: 60000``,
+  ``cacheScope: "public"``;
 * ``tools/call`` ``stream``: an SSE response: one event at once, then after
   ``arguments.delay`` seconds the final result (``arguments.idle`` to stay silent);
   if the client went away the stream is recorded as cancelled (see ``GET /_state``);
@@ -299,6 +301,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 self.wfile.write(data)
                 return
+        if method == "resources/read":
+            # A modern server's cache fields, saying anyone may keep it for a minute.
+            result.update({"contents": [{"uri": params.get("uri", ""), "text": "x"}],
+                           "ttlMs": 60000, "cacheScope": "public"})
         if method == "initialize":
             n = bump("sessions")
             with LOCK:
