@@ -8,6 +8,13 @@
 //! `initialize` also gets an `Mcp-Session-Id` (`fast-session`), so the gateway's
 //! sealed-session path can be measured too.
 //!
+//! The requests a virtual server of the gateway sends its members on its own
+//! (`initialize`, the lists, `ping`) carry string ids `"mcp-gateway-…"` and are matched to
+//! their answers by id: those get their id back, in an answer shaped for the method
+//! (`initialize`: a version and the tools capability; `tools/list`: three tools; others:
+//! an empty result). Calls the virtual server routes keep the client's id (`1`) and get
+//! the fixed answer.
+//!
 //! A `GET /mcp` is the standing SSE stream of MCP's HTTP transport: it is answered
 //! `200 text/event-stream` with one comment event (`: ok`), and the stream then stays
 //! open, silent, until the client goes away (for the connection-scale mode of
@@ -100,7 +107,11 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Answer>, Infallible> 
             return Ok(res);
         }
     };
-    let mut res = plain(Full::new(Bytes::from_static(RESULT)));
+    let answer = match own_request(&body) {
+        Some(own) => Bytes::from(own),
+        None => Bytes::from_static(RESULT),
+    };
+    let mut res = plain(Full::new(answer));
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if body.windows(12).any(|w| w == b"\"initialize\"") {
@@ -108,6 +119,26 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Answer>, Infallible> 
             .insert("mcp-session-id", HeaderValue::from_static("fast-session"));
     }
     Ok(res)
+}
+
+fn contains(body: &[u8], needle: &[u8]) -> bool {
+    body.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The answer to a request of the gateway's own (see the module's doc), with its id.
+fn own_request(body: &[u8]) -> Option<Vec<u8>> {
+    const MARK: &[u8] = b"\"id\":\"mcp-gateway-";
+    let start = body.windows(MARK.len()).position(|w| w == MARK)? + 5;
+    let len = body[start + 1..].iter().position(|&b| b == b'"')? + 2;
+    let id = std::str::from_utf8(&body[start..start + len]).ok()?;
+    let result = if contains(body, b"\"initialize\"") {
+        r#"{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"fast","version":"1"}}"#
+    } else if contains(body, b"\"tools/list\"") {
+        r#"{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"search","inputSchema":{"type":"object"}},{"name":"fetch","inputSchema":{"type":"object"}}]}"#
+    } else {
+        "{}"
+    };
+    Some(format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#).into_bytes())
 }
 
 fn port_flag() -> u16 {

@@ -442,8 +442,9 @@ fn summary(admin: &Admin) -> Value {
         },
         "connections_active": METRICS.connections_active.get(),
         "sse_streams_active": gauge_total(&METRICS.sse_streams_active),
-        "sessions": total(&METRICS.sessions),
+        "sessions": total(&METRICS.sessions) + total(&METRICS.federation_sessions),
         "upstreams": groups.iter().map(|g| group_json(g)).collect::<Vec<_>>(),
+        "virtual_servers": state.virtual_servers.iter().map(|v| virtual_server_json(v)).collect::<Vec<_>>(),
         "top_tools": tools
             .iter()
             .map(|(g, t, n)| json!({"group": g, "tool": t, "calls": n}))

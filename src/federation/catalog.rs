@@ -102,7 +102,9 @@ pub async fn list<'a>(
         .observe(started.elapsed().as_secs_f64());
     Ok(Answer::Json {
         status: 200,
-        body: serde_json::to_vec(&message).expect("JSON serializes"),
+        body: serde_json::to_vec(&message)
+            .expect("JSON serializes")
+            .into(),
     })
 }
 

@@ -321,7 +321,7 @@ pub async fn discover<'a>(
     }
     let mut result = json!({
         "supportedVersions": versions.unwrap_or_default(),
-        "capabilities": Caps::object(bits & !(Caps::TOOLS_CHANGED | Caps::PROMPTS_CHANGED | Caps::RESOURCES_CHANGED | Caps::SUBSCRIBE)),
+        "capabilities": Caps::object(bits),
         "resultType": "complete",
         "cacheScope": "private",
         "ttlMs": 0,

@@ -196,10 +196,16 @@ pub async fn send<'c>(
         });
     }
     let mut answer = answer;
+    // The first chunk is kept as it is: most answers come in one.
+    let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     loop {
         match answer.read().await {
+            Ok(Some(chunk)) if first.is_none() && buf.is_empty() => first = Some(chunk),
             Ok(Some(chunk)) => {
+                if let Some(f) = first.take() {
+                    buf.extend_from_slice(&f);
+                }
                 if buf.len() + chunk.len() > MAX_ANSWER {
                     answer.close().await;
                     return Err(GatewayError::UpstreamFailed {
@@ -224,7 +230,7 @@ pub async fn send<'c>(
     }
     answer.finish().await;
     drop(attempt);
-    let body = buf.freeze();
+    let body = first.unwrap_or_else(|| buf.freeze());
     let body = if content_type.starts_with(b"application/json") {
         Body::Json(body)
     } else {

@@ -13,6 +13,7 @@
 //! * [`catalog`]: the four lists, fanned out, prefixed, merged in config order, paged;
 //! * [`rewrite`]: URIs in results and notifications;
 //! * [`relay`]: a member's SSE answer relayed event by event, and the merged GET stream;
+//! * [`listen`]: `subscriptions/listen` (modern era) split per member and merged;
 //! * [`serve`]: the dispatch of one client request;
 //! * [`sessions`]: sending to a member in the request's era and session;
 //! * [`fan`]: what goes to every member of a session (and a reply's one answer).
@@ -23,6 +24,7 @@
 pub mod catalog;
 pub mod fan;
 pub mod handshake;
+pub mod listen;
 pub mod member;
 pub mod names;
 pub mod relay;

@@ -38,7 +38,7 @@ pub struct Reply<'a> {
 
 pub enum Answer<'a> {
     /// A JSON body (a JSON-RPC response or error).
-    Json { status: u16, body: Vec<u8> },
+    Json { status: u16, body: Bytes },
     /// `202 Accepted`: a notification or a client's answer was passed on.
     Accepted,
     /// No body (DELETE).
@@ -49,19 +49,21 @@ pub enum Answer<'a> {
 
 /// A JSON-RPC error the virtual server answers as an MCP server would (HTTP 200 in the
 /// legacy era; the modern one maps a few codes to statuses).
-pub fn rpc_error(id: &Value, code: i32, message: String, data: Option<Value>) -> Vec<u8> {
+pub fn rpc_error(id: &Value, code: i32, message: String, data: Option<Value>) -> Bytes {
     let mut error = json!({"code": code, "message": message});
     if let Some(d) = data {
         error["data"] = d;
     }
     serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": id, "error": error}))
         .expect("JSON serializes")
+        .into()
 }
 
 /// A JSON-RPC result.
-pub fn rpc_result(id: &Value, result: Value) -> Vec<u8> {
+pub fn rpc_result(id: &Value, result: Value) -> Bytes {
     serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": id, "result": result}))
         .expect("JSON serializes")
+        .into()
 }
 
 /// A fresh id for a request of the gateway's own to a member (`kind`: what it asks).
@@ -84,8 +86,6 @@ pub struct Fed<'a> {
     pub session: Option<SessionState>,
     /// The session changed: the answer carries the new sealed id.
     pub changed: bool,
-    /// The digest of the client's session id (see `VirtualServer::renewed`).
-    pub token: Option<[u8; 32]>,
     /// The client message's `params._meta` (the modern era's protocol version, client
     /// info and capabilities), sent along with the gateway's own requests to members.
     pub meta: Option<Value>,
@@ -102,16 +102,20 @@ pub async fn serve<'a>(req: &'a Request<'a>) -> Result<Reply<'a>, GatewayError> 
         },
         session: None,
         changed: false,
-        token: None,
         meta: None,
     };
-    if req.method == Method::POST && !req.modern {
-        let body = req.body.as_deref().unwrap_or_default();
-        if is_initialize(body) {
-            let answer = handshake::initialize(&mut fed, parse(body)?).await?;
-            let session = fed.session.as_ref().map(|s| fed.sealer.session(s));
-            return Ok(Reply { answer, session });
-        }
+    // A POST's message, parsed once.
+    let message = match req.method {
+        Method::POST => Some(parse(req.body.as_deref().unwrap_or_default())?),
+        _ => None,
+    };
+    let initialize = message
+        .as_ref()
+        .is_some_and(|m| m.get("method").and_then(Value::as_str) == Some("initialize"));
+    if initialize && !req.modern {
+        let answer = handshake::initialize(&mut fed, message.expect("a POST")).await?;
+        let session = fed.session.as_ref().map(|s| fed.sealer.session(s));
+        return Ok(Reply { answer, session });
     }
     if !req.modern {
         fed.session = Some(fed.open_session()?);
@@ -134,7 +138,7 @@ pub async fn serve<'a>(req: &'a Request<'a>) -> Result<Reply<'a>, GatewayError> 
         Method::GET => relay::get_stream(&mut fed).await?,
         Method::DELETE => fed.delete().await,
         _ => {
-            let message = parse(req.body.as_deref().unwrap_or_default())?;
+            let message = message.expect("a POST (the request path takes no other method)");
             fed.meta = message.get("params").and_then(|p| p.get("_meta")).cloned();
             fed.message(message).await?
         }
@@ -145,15 +149,6 @@ pub async fn serve<'a>(req: &'a Request<'a>) -> Result<Reply<'a>, GatewayError> 
         None
     };
     Ok(Reply { answer, session })
-}
-
-fn is_initialize(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Method<'b> {
-        #[serde(borrow)]
-        method: Option<&'b str>,
-    }
-    serde_json::from_slice::<Method>(body).is_ok_and(|m| m.method == Some("initialize"))
 }
 
 fn parse(body: &[u8]) -> Result<Value, GatewayError> {
@@ -171,7 +166,7 @@ impl<'a> Fed<'a> {
         self.req.vs
     }
 
-    fn open_session(&mut self) -> Result<SessionState, GatewayError> {
+    fn open_session(&self) -> Result<SessionState, GatewayError> {
         let Some(raw) = self.req.headers.get(MCP_SESSION_ID) else {
             return Err(GatewayError::InvalidRequest(
                 "Mcp-Session-Id is required: start a session with initialize".into(),
@@ -188,15 +183,23 @@ impl<'a> Fed<'a> {
             }
         }
         // Member sessions this process renewed for this client session.
-        let token: [u8; 32] = sha2::Sha256::digest(raw.as_bytes()).into();
-        for m in &self.vs().members {
-            let renewed = self.vs().renewed.get(&token, &m.prefix);
-            if let Some(ms) = renewed.and_then(|b| serde_json::from_slice(&b).ok()) {
-                state.members.insert(m.prefix.clone(), ms);
+        let renewed = &self.vs().renewed;
+        if !renewed.is_empty() {
+            let token = self.token();
+            for (i, m) in self.vs().members.iter().enumerate() {
+                let found = token.and_then(|t| renewed.get(&t, i));
+                if let Some(ms) = found.and_then(|b| serde_json::from_slice(&b).ok()) {
+                    state.members.insert(m.prefix.clone(), ms);
+                }
             }
         }
-        self.token = Some(token);
         Ok(state)
+    }
+
+    /// The digest of the client's session id (see `VirtualServer::renewed`).
+    pub(super) fn token(&self) -> Option<[u8; 32]> {
+        let raw = self.req.headers.get(MCP_SESSION_ID)?;
+        Some(sha2::Sha256::digest(raw.as_bytes()).into())
     }
 
     /// One client message (a POST).
@@ -228,6 +231,7 @@ impl<'a> Fed<'a> {
         let modern = self.req.modern;
         match method {
             "server/discover" if modern => handshake::discover(self, &id, &message).await,
+            "subscriptions/listen" if modern => super::listen::listen(self, &id, &message).await,
             "initialize" => Ok(self.error(
                 &id,
                 code::INVALID_REQUEST,

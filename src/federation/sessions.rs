@@ -115,9 +115,9 @@ impl<'a> Fed<'a> {
         let state = self.session.as_mut().expect("checked above");
         state.members.insert(prefix.clone(), ms.clone());
         self.changed = true;
-        if let Some(token) = self.token {
+        if let Some(token) = self.token() {
             let json = serde_json::to_vec(&ms).expect("JSON serializes");
-            self.vs().renewed.put(token, prefix, json);
+            self.vs().renewed.put(token, index, json);
         }
         Ok(ms)
     }
@@ -138,8 +138,8 @@ impl<'a> Fed<'a> {
 
     pub(super) fn forget(&mut self, index: usize) {
         let prefix = &self.vs().members[index].prefix;
-        if let Some(token) = &self.token {
-            self.vs().renewed.remove(token, prefix);
+        if let Some(token) = self.token() {
+            self.vs().renewed.remove(&token, index);
         }
         if let Some(s) = self.session.as_mut() {
             if s.members.remove(prefix).is_some() {

@@ -11,10 +11,28 @@ use crate::federation::member::Client;
 use crate::federation::{self, Answer, VirtualServer};
 use crate::mcp::envelope::{Era, FIRST_MODERN_VERSION};
 use crate::mcp::headers::MCP_SESSION_ID;
-use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::net::IpAddr;
+
+/// The client's headers a virtual server reads: the session, the protocol version, the
+/// resumption point of a GET stream, and `Mcp-Param-*` (passed to the member that takes
+/// a call).
+fn mcp_headers(all: &http::HeaderMap) -> http::HeaderMap {
+    use crate::mcp::headers::{LAST_EVENT_ID, MCP_PROTOCOL_VERSION};
+    let mut out = http::HeaderMap::new();
+    for (name, value) in all {
+        let n = name.as_str();
+        if n == MCP_SESSION_ID
+            || n == MCP_PROTOCOL_VERSION
+            || n == LAST_EVENT_ID
+            || n.starts_with("mcp-param-")
+        {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
 
 pub async fn answer(
     gw: &Gateway,
@@ -44,7 +62,7 @@ pub async fn answer(
         },
         owner,
         method: head.method.clone(),
-        headers: head.headers.clone(),
+        headers: mcp_headers(&head.headers),
         body: ctx.body.clone(),
         modern: match ctx.era() {
             Some(era) => era == Era::Modern,
@@ -111,11 +129,7 @@ pub async fn answer(
         return Ok(());
     }
     if let Some(body) = body {
-        if session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await
-            .is_err()
-        {
+        if session.write_response_body(Some(body), true).await.is_err() {
             ctx.error = Some(GatewayError::ClientClosed);
         }
         return Ok(());

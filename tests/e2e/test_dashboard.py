@@ -169,6 +169,8 @@ def test_dashboard_shows_live_numbers(stack, browser):
         expect(row.locator("td.url")).to_contain_text(upstream)
         expect(page.locator("#auth-error")).to_be_hidden()
         expect(page.locator("#net-error")).to_be_hidden()
+        # No virtual servers configured: no panel for them.
+        expect(page.locator("#virtual-servers-panel")).to_be_hidden()
         # The fragment was read and removed from the address bar; the token is kept in
         # this tab's sessionStorage.
         assert token not in page.url, page.url
@@ -280,5 +282,45 @@ def test_dashboard_without_admin_token_configured(stack, browser):
         expect(page.locator("#auth-error")).to_contain_text("403")
         expect(page.locator("#dash")).to_be_hidden()
         tab.assert_same_origin(admin)
+    finally:
+        tab.close()
+
+
+def test_dashboard_shows_virtual_servers(stack, browser):
+    """A virtual server's members, their state and catalog sizes (docs/federation.md): a
+    member that fails is shown degraded until it answers again."""
+    token = secrets.token_hex(16)
+    files = stack.demo_server("files")
+    dead = f"http://127.0.0.1:{free_port()}/mcp"  # nothing listens there
+    admin_port = free_port()
+    extra = admin_block(admin_port, token) + (
+        "virtual_servers:\n"
+        "  - path: /mcp\n"
+        "    members: [{group: files}, {group: gone, prefix: g}]\n"
+    )
+    gateway = stack.gateway({"files": {"servers": [files]}, "gone": {"servers": [dead]}}, extra=extra)
+    admin = f"http://127.0.0.1:{admin_port}"
+    tab = Page(browser)
+    page = tab.page
+    try:
+        page.goto(f"{admin}/dashboard#token={token}")
+        with httpx.Client() as client:
+            init = rpc(client, f"{gateway}/mcp", 1, "initialize", {
+                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}})
+            assert init.status_code == 200, init.text
+            session = {"Mcp-Session-Id": init.headers["mcp-session-id"], **JSON_HEADERS}
+            listed = client.post(f"{gateway}/mcp", headers=session, timeout=30,
+                                 json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+            assert listed.status_code == 200, listed.text
+            tools = len(listed.json()["result"]["tools"])
+            assert tools > 0, listed.text
+        expect(page.locator("#virtual-servers-panel")).to_be_visible()
+        ok = page.locator('#virtual-servers tr[data-member="/mcp/files"]')
+        expect(ok.locator("td.state")).to_have_text("ok")
+        tab.wait_number('#virtual-servers tr[data-member="/mcp/files"] td.tools', lambda n: n == tools, f"{tools}")
+        gone = page.locator('#virtual-servers tr[data-member="/mcp/g"]')
+        expect(gone.locator("td.state")).to_have_text("degraded")
+        expect(page.locator("#virtual-servers-sub")).to_contain_text("1/2 members ok")
+        tab.assert_clean_console()
     finally:
         tab.close()

@@ -45,7 +45,7 @@ LEGACY = "2025-11-25"
 MODES = ["auto", "legacy"]
 NAME = "federated-e2e"
 
-CATALOG_TOOLS = {"echo", "fetch", "fetch_raw", "link", "embed", "whoami", "calls", "slow", "ask", "think", "client_roots", "initializations"}
+CATALOG_TOOLS = {"echo", "fetch", "fetch_raw", "link", "embed", "whoami", "calls", "slow", "ask", "think", "client_roots", "initializations", "touch"}
 CATALOG_PROMPTS = {"greet", "summarize"}
 CATALOG_RESOURCES = {"file:///readme.txt", "file:///notes/todo.txt", "mem:scratch", "ui://panel"}
 CATALOG_TEMPLATES = {"file:///{path}"}
@@ -1118,5 +1118,31 @@ def test_prefix_mode_never_and_a_custom_separator(stack):
             # A plain route is untouched: the member's own names and serverInfo.
             assert c.server_info.name == "files"
             assert "echo" in {t.name for t in (await c.list_tools()).tools}
+
+    run(body)
+
+
+def test_listen_is_split_per_member_and_merged(stack):
+    """`subscriptions/listen` (2026-07-28) through the virtual server: one acknowledgment
+    with what the members honored (URIs in the catalog's spelling), then each member's
+    changes on the client's stream, URIs prefixed."""
+    gateway, files, web = two_catalogs(stack)
+    readme = prefixed_uri("file:///readme.txt", "files")
+
+    async def body():
+        async with client(gateway, "auto") as c:
+            assert c.protocol_version == MODERN
+            async with c.listen(tools_list_changed=True, resource_subscriptions=[readme]) as sub:
+                assert sub.honored.tools_list_changed is True, sub.honored
+                assert list(sub.honored.resource_subscriptions or []) == [readme], sub.honored
+                assert text_of(await c.call_tool("files__touch", {"uri": "file:///readme.txt"}))
+                seen = set()
+                with anyio.fail_after(15):
+                    async for event in sub:
+                        seen.add(type(event).__name__ + ":" + str(getattr(event, "uri", "")))
+                        if {"ToolsListChanged:", f"ResourceUpdated:{readme}"} <= seen:
+                            break
+                # Calls go on while the stream is open.
+                assert text_of(await c.call_tool("w__echo", {"text": "x"})) == "x"
 
     run(body)

@@ -127,6 +127,15 @@ def build(name: str, page_size: int | None, extra_resources: int) -> MCPServer:
         return name
 
     @mcp.tool()
+    async def touch(uri: str, ctx: Context) -> str:
+        """Change the tool list and the resource `uri` (list_changed and resources/updated
+        to the listening clients)."""
+        count()
+        await ctx.notify_tools_changed()
+        await ctx.notify_resource_updated(uri)
+        return f"{name} touched {uri}"
+
+    @mcp.tool()
     def calls() -> int:
         """How many tool calls this process served before this one."""
         return count()
