@@ -60,7 +60,7 @@ pub async fn answer<'a>(
                 fed.member_ok(index);
                 return Ok(Answer::Json {
                     status,
-                    body: bytes.into(),
+                    body: bytes,
                 });
             }
             let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
