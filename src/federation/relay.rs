@@ -435,3 +435,26 @@ pub async fn get_stream<'a>(fed: &mut Fed<'a>) -> Result<Answer<'a>, GatewayErro
         changed: Coalesce::default(),
     }))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::untouched;
+
+    #[test]
+    fn answers_with_nothing_to_rewrite_pass_as_they_are() {
+        assert!(untouched(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}"#
+        ));
+        for rewritten in [
+            &br#"{"result":{"content":[{"type":"resource_link","uri":"file:///a"}]}}"#[..],
+            br#"{"result":{"content":[{"type":"resource","resource":{"uri":"m:x"}}]}}"#,
+            br#"{"result":{"_meta":{"ui":{"resourceUri":"ui://x"}}}}"#,
+            br#"{"result":{"contents":[{"uri":"file:///b"}]}}"#,
+            br#"{"result":{"ttlMs":5}}"#,
+            br#"{"result":{"cacheScope":"public"}}"#,
+            b"not json",
+        ] {
+            assert!(!untouched(rewritten), "{}", String::from_utf8_lossy(rewritten));
+        }
+    }
+}
