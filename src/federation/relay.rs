@@ -454,7 +454,11 @@ mod tests {
             br#"{"result":{"cacheScope":"public"}}"#,
             b"not json",
         ] {
-            assert!(!untouched(rewritten), "{}", String::from_utf8_lossy(rewritten));
+            assert!(
+                !untouched(rewritten),
+                "{}",
+                String::from_utf8_lossy(rewritten)
+            );
         }
     }
 }
