@@ -706,3 +706,48 @@ async fn the_get_stream_merges_members_and_resumes_each() {
     resumed.sort();
     assert_eq!(resumed, ["files-4", "web-4"]);
 }
+
+#[tokio::test]
+async fn a_session_opens_only_for_the_identity_that_began_it() {
+    let files = Upstream::start("files");
+    let web = Upstream::start("web");
+    let auth = format!(
+        r#"security:
+  auth:
+    - name: keys
+      api_keys:
+        keys:
+          - {{id: alice, sha256: "{}"}}
+          - {{id: bob, sha256: "{}"}}"#,
+        sha256_hex(b"alice-key-0123456789"),
+        sha256_hex(b"bob-key-0123456789")
+    );
+    let gw = Gateway::start(&config(&files, &web, "", &auth)).await;
+    let resp = post(
+        &client(),
+        &gw.url("/mcp"),
+        rpc(
+            1,
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
+        ),
+    )
+    .header("x-api-key", "alice-key-0123456789")
+    .send()
+    .await
+    .unwrap();
+    let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let as_who = |key: &'static str, id: i64| {
+        post(&client(), &gw.url("/mcp"), rpc(id, "tools/list", json!({})))
+            .header("x-api-key", key)
+            .header("mcp-session-id", session.clone())
+            .send()
+    };
+    // Alice's requests (the second one served from the sessions this process opened)...
+    for id in [2, 3] {
+        assert_eq!(as_who("alice-key-0123456789", id).await.unwrap().status(), 200);
+    }
+    // ... and Bob with Alice's session id: not found, cached or not.
+    expect_error(as_who("bob-key-0123456789", 4).await.unwrap(), 404, -32001).await;
+    assert_eq!(as_who("alice-key-0123456789", 5).await.unwrap().status(), 200);
+}

@@ -170,7 +170,7 @@ pub async fn initialize<'a>(fed: &mut Fed<'a>, message: Value) -> Result<Answer<
     )
     .observe(started.elapsed().as_secs_f64());
     metrics::counter(&METRICS.federation_sessions, &[&vs.path]).inc();
-    fed.session = Some(state);
+    fed.session = Some(std::sync::Arc::new(state));
     Ok(Answer::Json {
         status: 200,
         body: rpc_result(&id, result),

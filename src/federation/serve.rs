@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method};
 use serde_json::{json, Value};
 use sha2::Digest;
+use std::sync::Arc;
 
 /// The client's request, as the request path read and checked it.
 pub struct Request<'a> {
@@ -73,6 +74,21 @@ pub fn own_id(kind: &str) -> Value {
     Value::String(format!("mcp-gateway-{kind}-{:016x}", rand::random::<u64>()))
 }
 
+/// Who presents a session, as the opened-session cache compares it (the fields a
+/// sealed session is bound to).
+fn owner_key(owner: Option<Owner<'_>>) -> String {
+    match owner {
+        None => String::new(),
+        Some(o) => format!(
+            "{}\0{}\0{}\0{}",
+            o.method,
+            o.rule,
+            o.subject,
+            o.client_id.unwrap_or_default()
+        ),
+    }
+}
+
 /// `-32602 Invalid params`.
 pub const INVALID_PARAMS: i32 = -32602;
 /// `-32601 Method not found`.
@@ -83,7 +99,7 @@ pub const METHOD_NOT_FOUND: i32 = -32601;
 pub struct Fed<'a> {
     pub req: &'a Request<'a>,
     pub sealer: Sealer<'a>,
-    pub session: Option<SessionState>,
+    pub session: Option<Arc<SessionState>>,
     /// The session changed: the answer carries the new sealed id.
     pub changed: bool,
     /// The client message's `params._meta` (the modern era's protocol version, client
@@ -166,30 +182,42 @@ impl<'a> Fed<'a> {
         self.req.vs
     }
 
-    fn open_session(&self) -> Result<SessionState, GatewayError> {
+    fn open_session(&self) -> Result<Arc<SessionState>, GatewayError> {
         let Some(raw) = self.req.headers.get(MCP_SESSION_ID) else {
             return Err(GatewayError::InvalidRequest(
                 "Mcp-Session-Id is required: start a session with initialize".into(),
             ));
         };
-        let mut state = raw
-            .to_str()
-            .ok()
-            .and_then(|t| self.sealer.open_session(t))
-            .ok_or(GatewayError::SessionNotFound)?;
+        let token = raw.to_str().map_err(|_| GatewayError::SessionNotFound)?;
+        let vs = self.vs();
+        let owner = owner_key(self.req.owner);
+        let mut state = match vs.opened.get(token, &owner) {
+            Some(state) => state,
+            None => {
+                let state = Arc::new(
+                    self.sealer
+                        .open_session(token)
+                        .ok_or(GatewayError::SessionNotFound)?,
+                );
+                vs.opened.put(token, &owner, state.clone());
+                state
+            }
+        };
         if let Some(ttl) = self.req.client.state.session_ttl {
             if crate::mcp::session::now().saturating_sub(state.issued_at) > ttl.as_secs() {
                 return Err(GatewayError::SessionNotFound);
             }
         }
         // Member sessions this process renewed for this client session.
-        let renewed = &self.vs().renewed;
+        let renewed = &vs.renewed;
         if !renewed.is_empty() {
-            let token = self.token();
-            for (i, m) in self.vs().members.iter().enumerate() {
-                let found = token.and_then(|t| renewed.get(&t, i));
+            let digest = self.token();
+            for (i, m) in vs.members.iter().enumerate() {
+                let found = digest.and_then(|t| renewed.get(&t, i));
                 if let Some(ms) = found.and_then(|b| serde_json::from_slice(&b).ok()) {
-                    state.members.insert(m.prefix.clone(), ms);
+                    Arc::make_mut(&mut state)
+                        .members
+                        .insert(m.prefix.clone(), ms);
                 }
             }
         }

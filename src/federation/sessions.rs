@@ -104,15 +104,9 @@ impl<'a> Fed<'a> {
         if let Some(ms) = self.session.as_ref().and_then(|s| s.members.get(prefix)) {
             return Ok(ms.clone());
         }
-        let state = self.session.as_ref().ok_or(GatewayError::SessionNotFound)?;
-        let ms = handshake::initialize_member(
-            self,
-            index,
-            &state.version.clone(),
-            &state.client.clone(),
-        )
-        .await?;
-        let state = self.session.as_mut().expect("checked above");
+        let state = self.session.clone().ok_or(GatewayError::SessionNotFound)?;
+        let ms = handshake::initialize_member(self, index, &state.version, &state.client).await?;
+        let state = std::sync::Arc::make_mut(self.session.as_mut().expect("checked above"));
         state.members.insert(prefix.clone(), ms.clone());
         self.changed = true;
         if let Some(token) = self.token() {
@@ -142,7 +136,8 @@ impl<'a> Fed<'a> {
             self.vs().renewed.remove(&token, index);
         }
         if let Some(s) = self.session.as_mut() {
-            if s.members.remove(prefix).is_some() {
+            if s.members.contains_key(prefix) {
+                std::sync::Arc::make_mut(s).members.remove(prefix);
                 self.changed = true;
             }
         }

@@ -13,42 +13,8 @@
 use crate::mcp::session::{Owner, SessionKeys};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
 
-/// A virtual server's session.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SessionState {
-    /// The protocol version negotiated with the client.
-    #[serde(rename = "v")]
-    pub version: String,
-    /// Seconds since the Unix epoch when the session began (`sessions.ttl`).
-    #[serde(rename = "t")]
-    pub issued_at: u64,
-    /// The client's `initialize` params (`capabilities`, `clientInfo`).
-    #[serde(rename = "c", default)]
-    pub client: Value,
-    /// Each member's session, by prefix; a member missing here is initialized when a
-    /// request needs it.
-    #[serde(rename = "m", default)]
-    pub members: BTreeMap<String, MemberSession>,
-}
-
-/// One member's part of a session.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemberSession {
-    /// The server (id) that holds it.
-    #[serde(rename = "s")]
-    pub server: String,
-    /// The member's `Mcp-Session-Id` (none from a stateless member).
-    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
-    pub session: Option<String>,
-    /// The version the member negotiated.
-    #[serde(rename = "v")]
-    pub version: String,
-    /// Its capabilities ([`super::handshake::Caps`] bits).
-    #[serde(rename = "k")]
-    pub caps: u16,
-}
+pub use crate::state::virtual_servers::{MemberSession, SessionState};
 
 /// A cursor of a merged list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

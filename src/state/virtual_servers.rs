@@ -1,9 +1,14 @@
 //! The virtual servers of the config, resolved: their members (groups), prefixes, tool
-//! filters and the state the admin API shows. The serving is `federation`'s.
+//! filters, the state the admin API shows, and the sessions of a virtual server (their
+//! sealed form is `federation::token`'s; this process keeps the ones it opened). The
+//! serving is `federation`'s.
 
 use crate::config::{Config, OnMemberFailure, PrefixMode, VirtualServerConfig};
 use crate::upstream::{Group, Groups};
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +32,81 @@ pub struct VirtualServer {
     /// clients that keep the session id they began with (the Python SDK does) reach
     /// the renewed member session without one more `initialize` per request.
     pub renewed: Renewed,
+    /// Sessions this process opened, by sealed id: a session's later requests skip
+    /// opening and reading it again.
+    pub opened: Opened,
+}
+
+/// A virtual server's session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionState {
+    /// The protocol version negotiated with the client.
+    #[serde(rename = "v")]
+    pub version: String,
+    /// Seconds since the Unix epoch when the session began (`sessions.ttl`).
+    #[serde(rename = "t")]
+    pub issued_at: u64,
+    /// The client's `initialize` params (`capabilities`, `clientInfo`).
+    #[serde(rename = "c", default)]
+    pub client: Value,
+    /// Each member's session, by prefix; a member missing here is initialized when a
+    /// request needs it.
+    #[serde(rename = "m", default)]
+    pub members: BTreeMap<String, MemberSession>,
+}
+
+/// One member's part of a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberSession {
+    /// The server (id) that holds it.
+    #[serde(rename = "s")]
+    pub server: String,
+    /// The member's `Mcp-Session-Id` (none from a stateless member).
+    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The version the member negotiated.
+    #[serde(rename = "v")]
+    pub version: String,
+    /// Its capabilities (`federation::handshake::Caps` bits).
+    #[serde(rename = "k")]
+    pub caps: u16,
+}
+
+/// See [`VirtualServer::opened`]: the sealed id and who presented it (a session opens
+/// only for its owner, so a hit must be that owner's) → the session. Bounded: emptied
+/// when full. Rebuilt with the virtual server on a reload, so a session key taken out
+/// of `sessions.keys` opens nothing from here either.
+#[derive(Debug, Default)]
+pub struct Opened {
+    map: dashmap::DashMap<Box<str>, (Box<str>, Arc<SessionState>)>,
+    len: AtomicUsize,
+}
+
+/// Most opened sessions kept per virtual server.
+const MAX_OPENED: usize = 4096;
+
+impl Opened {
+    /// The session sealed as `token`, if this process opened it for `owner` (see
+    /// `federation::serve`'s owner key).
+    pub fn get(&self, token: &str, owner: &str) -> Option<Arc<SessionState>> {
+        let entry = self.map.get(token)?;
+        let (who, state) = entry.value();
+        (**who == *owner).then(|| state.clone())
+    }
+
+    pub fn put(&self, token: &str, owner: &str, state: Arc<SessionState>) {
+        if self.len.load(Ordering::Relaxed) >= MAX_OPENED {
+            self.map.clear();
+            self.len.store(0, Ordering::Relaxed);
+        }
+        if self
+            .map
+            .insert(token.into(), (owner.into(), state))
+            .is_none()
+        {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// See [`VirtualServer::renewed`]: by the client session id's digest and the member's
@@ -134,6 +214,7 @@ impl VirtualServer {
             max_page_size: usize::try_from(c.max_page_size.0).unwrap_or(usize::MAX),
             generation: generation(c),
             renewed: Renewed::default(),
+            opened: Opened::default(),
         })
     }
 
