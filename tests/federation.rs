@@ -736,7 +736,10 @@ async fn a_session_opens_only_for_the_identity_that_began_it() {
     .send()
     .await
     .unwrap();
-    let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let as_who = |key: &'static str, id: i64| {
         post(&client(), &gw.url("/mcp"), rpc(id, "tools/list", json!({})))
             .header("x-api-key", key)
@@ -745,9 +748,15 @@ async fn a_session_opens_only_for_the_identity_that_began_it() {
     };
     // Alice's requests (the second one served from the sessions this process opened)...
     for id in [2, 3] {
-        assert_eq!(as_who("alice-key-0123456789", id).await.unwrap().status(), 200);
+        assert_eq!(
+            as_who("alice-key-0123456789", id).await.unwrap().status(),
+            200
+        );
     }
     // ... and Bob with Alice's session id: not found, cached or not.
     expect_error(as_who("bob-key-0123456789", 4).await.unwrap(), 404, -32001).await;
-    assert_eq!(as_who("alice-key-0123456789", 5).await.unwrap().status(), 200);
+    assert_eq!(
+        as_who("alice-key-0123456789", 5).await.unwrap().status(),
+        200
+    );
 }

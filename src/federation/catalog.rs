@@ -11,6 +11,7 @@
 
 use super::fan::response_of;
 use super::handshake::Caps;
+use super::member::Body;
 use super::names;
 use super::serve::{Answer, Fed, INVALID_PARAMS};
 use super::token::Cursor;
@@ -32,8 +33,8 @@ const LONG_NAME: usize = 64;
 struct Page {
     items: Vec<Value>,
     next: Option<String>,
-    /// The size of its items as the member sent them (for the page-size budget; the
-    /// prefixes add a few bytes each).
+    /// The size of the member's answer (for the page-size budget; the prefixes add a few
+    /// bytes per item).
     size: usize,
 }
 
@@ -298,8 +299,13 @@ impl Fed<'_> {
         if status == 404 && !self.req.modern {
             return Err(fail(GatewayError::SessionNotFound));
         }
+        // The answer's size, for the page budget: its bytes when it came as JSON.
+        let bytes = match &reply.body {
+            Body::Json(b) | Body::Other(b) => Some(b.len()),
+            Body::Events(_) => None,
+        };
         let response = response_of(reply.body, &id).await.map_err(fail)?;
-        let Some(response) = response else {
+        let Some(mut response) = response else {
             return Err(fail(GatewayError::InvalidRequest(format!(
                 "it answered {method} with HTTP {status} and no JSON-RPC answer"
             ))));
@@ -313,14 +319,14 @@ impl Fed<'_> {
                 "it refused {method}: {error}"
             ))));
         }
-        let result = &response["result"];
+        let result = &mut response["result"];
         let key = ListKind::of(method).expect("a list").key();
-        let items = result
-            .get(key)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let size = items.iter().map(|v| v.to_string().len()).sum::<usize>();
+        let items = match result.get_mut(key).map(Value::take) {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        };
+        let size =
+            bytes.unwrap_or_else(|| items.iter().map(|v| v.to_string().len()).sum::<usize>());
         Ok(Some(Page {
             items,
             next: result
