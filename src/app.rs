@@ -100,6 +100,8 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         .map_err(crate::state::joined)?;
     crate::telemetry::tracing::configure(&config.tracing);
     resolve_upstreams(&state.groups)?;
+    // stdio servers' sockets exist before the proxy listens.
+    let stdio = crate::transport::stdio::Stdio::prepare(&config)?;
 
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -182,6 +184,13 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         ));
     }
     server.add_service(pingora::services::background::background_service(
+        "stdio servers",
+        crate::transport::stdio::Service {
+            stdio: stdio.clone(),
+            live: live.clone(),
+        },
+    ));
+    server.add_service(pingora::services::background::background_service(
         "config reload",
         crate::lifecycle::Reloader {
             live: live.clone(),
@@ -191,7 +200,10 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
     ));
     server.add_service(pingora::services::background::background_service(
         "shutdown",
-        crate::lifecycle::ExitWhenIdle { live: live.clone() },
+        crate::lifecycle::ExitWhenIdle {
+            live: live.clone(),
+            stdio: stdio.clone(),
+        },
     ));
 
     log::info!(

@@ -27,4 +27,5 @@ pub mod proxy;
 pub mod security;
 pub mod state;
 pub mod telemetry;
+pub mod transport;
 pub mod upstream;

@@ -65,6 +65,8 @@ impl ShutdownSignalWatch for Signals {
 /// handoff, and no request is in flight.
 pub struct ExitWhenIdle {
     pub live: Arc<Live>,
+    /// stdio servers' processes, stopped (and reaped) before the process exits.
+    pub stdio: Arc<crate::transport::stdio::Stdio>,
 }
 
 #[async_trait]
@@ -85,6 +87,7 @@ impl BackgroundService for ExitWhenIdle {
         while active.get() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.stdio.stop_all().await;
         log::info!("shutdown: no request in flight, exiting");
         crate::telemetry::tracing::shutdown();
         std::process::exit(0);

@@ -685,6 +685,40 @@ async fn the_get_stream_merges_members_and_resumes_each() {
     let forged = json!({"jsonrpc": "2.0", "id": "forged", "result": {}});
     expect_error(call(&gw, &session, forged.to_string()).await, 400, -32600).await;
 
+    // The progress token in a member's request is sealed too: the client's progress for
+    // it reaches that member alone, with the member's own token; a cancellation naming a
+    // member's request reaches that member alone, with its own id.
+    let requests = of("roots/list");
+    let token = |m: &Value| m["params"]["_meta"]["progressToken"].clone();
+    assert!(token(requests[0]).is_string() && token(requests[0]) != token(requests[1]));
+    let owner = |m: &Value| {
+        let sealed = m["id"].as_str().unwrap();
+        if ids[0] == sealed {
+            0
+        } else {
+            1
+        }
+    };
+    let members = [&files, &web];
+    let (first, second) = (members[owner(requests[0])], members[owner(requests[1])]);
+    let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+        "params": {"progressToken": token(requests[0]), "progress": 1}});
+    assert_eq!(
+        call(&gw, &session, progress.to_string()).await.status(),
+        202
+    );
+    let got = &first.state().await["last_notification"];
+    assert_eq!(got["params"]["progressToken"], json!(5), "{got}");
+    let got = &second.state().await["last_notification"];
+    assert_ne!(got["method"], "notifications/progress", "{got}");
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": requests[1]["id"]}});
+    assert_eq!(call(&gw, &session, cancel.to_string()).await.status(), 202);
+    let got = &second.state().await["last_notification"];
+    assert_eq!(got["params"]["requestId"], json!(0), "{got}");
+    let got = &first.state().await["last_notification"];
+    assert_eq!(got["method"], "notifications/progress", "{got}");
+
     // Resuming with the composite id resumes each member after its own last event.
     let mut resp = open(Some(last)).await.unwrap();
     let messages = |e: &[(Option<String>, Value)]| {

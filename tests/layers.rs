@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["upstream"],
     &["state"],
     &["live"],
-    &["federation"],
+    &["federation", "transport"],
     &["proxy"],
     &["admin", "lifecycle"],
     &["control", "app"],

@@ -58,9 +58,10 @@ pub fn load_str_and(
     };
     expand_env(&mut root, &Path::root(), env, &mut errs);
     apply_overrides(&mut root, env, &mut errs);
-    let config = Config::from_yaml(&root, &Path::root(), &mut errs).unwrap_or_default();
+    let mut config = Config::from_yaml(&root, &Path::root(), &mut errs).unwrap_or_default();
     if errs.is_empty() {
         validate(&config, &mut errs);
+        super::stdio::assign_urls(&mut config, &mut errs);
         errs.0.extend(more(&config));
     }
     if errs.is_empty() {
@@ -237,9 +238,13 @@ fn validate(c: &Config, errs: &mut Errors) {
                     format!("duplicate server id {:?} in group {name:?}", s.id),
                 );
             }
-            if s.url.is_empty() {
-                errs.push(&sp.key("url"), "is required");
+            if s.url.is_empty() && s.command.is_empty() {
+                errs.push(
+                    &sp.key("url"),
+                    "is required (or a command for a stdio server)",
+                );
             }
+            super::stdio::check(s, &sp, errs);
             if !(1..=MAX_WEIGHT).contains(&s.weight) {
                 errs.push(
                     &sp.key("weight"),

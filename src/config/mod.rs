@@ -13,6 +13,7 @@
 pub mod federation;
 pub mod load;
 pub mod security;
+pub mod stdio;
 pub mod units;
 pub mod yaml;
 
@@ -113,6 +114,9 @@ config_struct! {
         work_stealing: bool = false,
         /// Pingora's PID file (used by `-d`).
         pid_file: String = "/tmp/mcp-gateway.pid".to_string(),
+        /// Where the sockets of stdio servers' bridges go (in a folder per process);
+        /// default: `$RUNTIME_DIRECTORY` (systemd's), else the temporary directory.
+        runtime_dir: Option<String> = None,
         /// The socket over which `-u` takes over the listeners of a running process.
         upgrade_sock: String = "/tmp/mcp-gateway-upgrade.sock".to_string(),
         /// After SIGTERM, how long `/readiness` answers 503 (so load balancers stop
@@ -326,13 +330,39 @@ config_struct! {
 }
 
 config_struct! {
-    /// One replica.
+    /// One replica: an MCP server at `url`, or a `command` the gateway runs (stdio,
+    /// docs/transports.md; its `url` is then the gateway's own bridge socket).
     pub struct ServerEntry {
         id: String = String::new(),
         url: String = String::new(),
         weight: u32 = 100,
+        /// A stdio server: the program and its arguments, run directly (no shell).
+        command: Vec<String> = Vec::new(),
+        /// Added to the minimal environment a stdio server gets.
+        env: BTreeMap<String, String> = BTreeMap::new(),
+        /// The stdio server's working directory (default: the gateway's).
+        cwd: Option<String> = None,
+        /// One process per client session, or a shared pool.
+        process: StdioProcess = StdioProcess::PerSession,
+        /// `shared`: how many processes the pool runs.
+        instances: u32 = 1,
+        /// The most processes of this server at once (at the cap: 503, never a fork).
+        max_processes: u32 = 64,
+        /// `per_session`: a process no request or stream used for this long ends.
+        idle_timeout: Dur = Dur::secs(600),
+        /// The longest line a stdio server may write.
+        max_line: ByteSize = ByteSize(16 << 20),
     }
 }
+
+/// How a stdio server's processes map to client sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdioProcess {
+    PerSession,
+    Shared,
+}
+impl yaml::Leaf for StdioProcess {}
 
 config_struct! {
     /// TLS towards `https://` servers of a group.

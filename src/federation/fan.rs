@@ -80,13 +80,20 @@ impl<'a> Fed<'a> {
     /// A notification from the client goes to every member of the session (modern: to
     /// none; nothing a stateless member could tie it to). `notifications/cancelled`
     /// names a request of one member, which the others ignore, as the spec lets them.
-    pub(super) async fn notify_all(&mut self, message: &Value) {
+    /// One that names a member's own request to the client (its sealed id), and
+    /// `notifications/progress` for a member's request (its sealed progress token), go
+    /// to that member alone, with the member's value put back.
+    pub(super) async fn notify_all(&mut self, mut message: Value) {
         if self.req.modern {
             return;
         }
         let vs = self.vs();
-        let body = Bytes::from(serde_json::to_vec(message).expect("JSON serializes"));
-        let sessions = self.held(false);
+        let addressed = self.addressed(&mut message);
+        let body = Bytes::from(serde_json::to_vec(&message).expect("JSON serializes"));
+        let mut sessions = self.held(false);
+        if let Some(member) = addressed {
+            sessions.retain(|(i, _)| *i == member);
+        }
         for ((i, _), r) in sessions.iter().zip(self.send_each(&sessions, &body).await) {
             if let Err(e) = r {
                 log::debug!(
@@ -96,6 +103,26 @@ impl<'a> Fed<'a> {
                 );
             }
         }
+    }
+
+    /// The member a client's notification is for, when it carries a value the gateway
+    /// sealed (restored in `message`).
+    fn addressed(&self, message: &mut Value) -> Option<usize> {
+        let (pointer, progress) = match message.get("method").and_then(Value::as_str)? {
+            "notifications/progress" => ("/params/progressToken", true),
+            "notifications/cancelled" => ("/params/requestId", false),
+            _ => return None,
+        };
+        let value = message.pointer_mut(pointer)?;
+        let token = value.as_str()?;
+        let opened = if progress {
+            self.sealer.open_progress_token(token)
+        } else {
+            self.sealer.open_request_id(token)
+        }?;
+        let (index, _) = self.vs().member(&opened.member)?;
+        *value = opened.id;
+        Some(index)
     }
 
     /// The client answered a member's request: back to that member, with its own id.

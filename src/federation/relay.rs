@@ -140,16 +140,28 @@ pub(super) fn event(id: Option<&str>, message: &Value) -> Bytes {
     Bytes::from(out)
 }
 
-/// A member's request to the client: its id sealed to name the member.
+/// A member's request to the client: its id, and the progress token in its `_meta`,
+/// sealed to name the member (the client's answer and its progress come back to it).
 fn seal_request(sealer: &Sealer<'_>, prefix: &str, message: &mut Value) {
-    if message.get("method").is_some() {
-        if let Some(id) = message.get_mut("id") {
-            let sealed = sealer.request_id(&RequestId {
-                member: prefix.to_string(),
-                id: id.take(),
-            });
-            *id = Value::String(sealed);
-        }
+    if message.get("method").is_none() {
+        return;
+    }
+    if let Some(id) = message.get_mut("id") {
+        let sealed = sealer.request_id(&RequestId {
+            member: prefix.to_string(),
+            id: id.take(),
+        });
+        *id = Value::String(sealed);
+    }
+    let token = message
+        .pointer_mut("/params/_meta/progressToken")
+        .filter(|t| t.is_string() || t.is_number());
+    if let Some(token) = token {
+        let sealed = sealer.progress_token(&RequestId {
+            member: prefix.to_string(),
+            id: token.take(),
+        });
+        *token = Value::String(sealed);
     }
 }
 

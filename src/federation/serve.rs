@@ -243,7 +243,7 @@ impl<'a> Fed<'a> {
                 "a JSON-RPC message needs a method or an id".into(),
             )),
             (Some(_), None) => {
-                self.notify_all(&message).await;
+                self.notify_all(message).await;
                 Ok(Answer::Accepted)
             }
             (Some(method), Some(id)) => self.request(method, id, message).await,

@@ -8,7 +8,8 @@
 //! * a list cursor ([`Cursor`]): the list, the catalog generation, the member and the
 //!   member's own cursor;
 //! * the id of a member's request to the client ([`RequestId`]): the member and the id
-//!   it used, whose JSON type comes back unchanged.
+//!   it used, whose JSON type comes back unchanged; the same for the progress token
+//!   inside such a request, so the client's `notifications/progress` reaches that member.
 
 use crate::mcp::session::{Owner, SessionKeys};
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,15 @@ impl Sealer<'_> {
 
     pub fn open_request_id(&self, token: &str) -> Option<RequestId> {
         self.open("request", token)
+    }
+
+    /// The progress token of a member's request to the client (`id`: the member's token).
+    pub fn progress_token(&self, r: &RequestId) -> String {
+        self.seal("progress", r)
+    }
+
+    pub fn open_progress_token(&self, token: &str) -> Option<RequestId> {
+        self.open("progress", token)
     }
 }
 

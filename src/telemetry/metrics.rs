@@ -70,6 +70,13 @@ pub struct Metrics {
     pub federation_fan_out_duration: HistogramVec,
     /// Virtual servers: items each member contributes to the merged lists, by list.
     pub federation_member_items: IntGaugeVec,
+    /// stdio servers: processes running, by group and server.
+    pub stdio_processes: IntGaugeVec,
+    /// stdio servers: processes that ended, by group, server and how (`stopped`: the
+    /// gateway ended it; `exited`: on its own; `spawn_failed`: it never started).
+    pub stdio_exits: IntCounterVec,
+    /// stdio servers: seconds until the next start is allowed after repeated exits (0: none).
+    pub stdio_backoff_seconds: IntGaugeVec,
 }
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
@@ -256,6 +263,24 @@ impl Metrics {
                 "mcp_gateway_federation_member_failures_total",
                 "Virtual servers: requests to a member that failed, by virtual server, member (its prefix) and phase (initialize, discover, the list or method)",
                 &["virtual_server", "member", "phase"],
+            ),
+            stdio_processes: new_gauge(
+                &r,
+                "mcp_gateway_stdio_processes",
+                "stdio servers: processes the gateway runs, by group and server",
+                &["group", "server"],
+            ),
+            stdio_exits: new_counter(
+                &r,
+                "mcp_gateway_stdio_exits_total",
+                "stdio servers: processes that ended, by group, server and how (stopped: ended by the gateway; exited: on their own; spawn_failed: never started)",
+                &["group", "server", "how"],
+            ),
+            stdio_backoff_seconds: new_gauge(
+                &r,
+                "mcp_gateway_stdio_backoff_seconds",
+                "stdio servers: seconds until the gateway starts the server again after repeated exits (0: no backoff)",
+                &["group", "server"],
             ),
             federation_fan_out_duration: new_histogram(
                 &r,

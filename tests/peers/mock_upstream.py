@@ -31,11 +31,11 @@ the gateway forwarded. Behaviour by method / tool name:
 * ``tools/list``, ``prompts/list``, ``resources/list``, ``resources/templates/list``:
   a few items each (see ``LISTS``); as SSE (a progress event, then the result) when
   ``params._meta.sse`` is true;
-* notifications and responses: ``202`` with no body (the last response is kept in
-  ``GET /_state`` as ``last_response``);
+* notifications and responses: ``202`` with no body (the last response and the last
+  notification are kept in ``GET /_state`` as ``last_response``, ``last_notification``);
 * GET with ``?notify``: an SSE stream of a ``notifications/message`` (its data: what the
   GET carried), ``notifications/tools/list_changed``, ``notifications/resources/updated``
-  (``mem://public/readme``) and a ``roots/list`` request (id ``0``), event ids
+  (``mem://public/readme``) and a ``roots/list`` request (id ``0``, progress token ``5``), event ids
   ``<id>-1`` … ``<id>-4``, then silence for ``?delay=`` seconds (default 30);
 * GET with ``Accept: text/event-stream``: an SSE stream with one ``ready`` event, then
   one more event after ``?delay=`` seconds; with ``?list=FRAME`` (or a ``Last-Event-ID``
@@ -203,7 +203,8 @@ class Handler(BaseHTTPRequestHandler):
                 {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"},
                 {"jsonrpc": "2.0", "method": "notifications/resources/updated",
                  "params": {"uri": "mem://public/readme"}},
-                {"jsonrpc": "2.0", "id": 0, "method": "roots/list"},
+                {"jsonrpc": "2.0", "id": 0, "method": "roots/list",
+                 "params": {"_meta": {"progressToken": 5}}},
             ]
             try:
                 for n, event in enumerate(events, start=1):
@@ -252,6 +253,9 @@ class Handler(BaseHTTPRequestHandler):
         if "method" not in msg and "id" in msg:
             with LOCK:
                 STATE["last_response"] = msg
+        if "method" in msg and "id" not in msg:
+            with LOCK:
+                STATE["last_notification"] = msg
         if "method" not in msg or "id" not in msg:
             self.send_response(202)
             self.send_header("Content-Length", "0")

@@ -1,0 +1,562 @@
+//! One stdio server process: started in its own process group with a minimal
+//! environment, fed newline-delimited JSON on stdin, read line by line on stdout (a line
+//! cap; lines that are not JSON are skipped and logged), its stderr drained into the log
+//! (rate-limited), and always reaped.
+//!
+//! What the process writes goes to the request it answers (by id), to the request whose
+//! progress token it names, else to the request in flight that can take a stream, else to
+//! the session's GET stream (kept in a bounded backlog until one is open).
+
+use super::Spec;
+use crate::telemetry::metrics::METRICS;
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::StreamExt;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
+
+/// Messages for the GET stream kept while none is open.
+const BACKLOG: usize = 1000;
+/// Lines waiting to be written to stdin.
+const STDIN_QUEUE: usize = 1024;
+/// Each step of the stop sequence: stdin closed, then SIGTERM, then SIGKILL.
+pub const STOP_STEP: Duration = Duration::from_secs(2);
+/// stderr lines logged per second (a burst of this many, then one per 1/N s).
+const STDERR_PER_SECOND: f64 = 20.0;
+
+/// A message for a request in flight: the process's answer ends it.
+pub type ToRequest = mpsc::UnboundedSender<Value>;
+
+/// Why a process is gone, for the errors of what it left unanswered.
+#[derive(Clone, Debug)]
+pub struct Exit {
+    pub why: String,
+    /// The gateway ended it (DELETE, idle, reload, shutdown).
+    pub stopped: bool,
+}
+
+struct InFlight {
+    to: ToRequest,
+    /// The client takes an SSE stream: the process's other messages may go on it.
+    streams: bool,
+}
+
+pub struct Proc {
+    spec: Arc<Spec>,
+    pub pid: u32,
+    stdin: mpsc::Sender<Bytes>,
+    /// Requests in flight, by the JSON text of the id the process got.
+    pending: DashMap<String, InFlight>,
+    /// Progress tokens of requests in flight (JSON text) → their id's JSON text.
+    progress: DashMap<String, String>,
+    /// The request in flight that takes this process's other messages.
+    current: Mutex<Option<String>>,
+    get_stream: Mutex<Option<mpsc::Sender<Bytes>>>,
+    backlog: Mutex<VecDeque<Bytes>>,
+    stopping: watch::Sender<bool>,
+    exited: watch::Receiver<Option<Exit>>,
+    /// Milliseconds of `crate::clock` at the last request, answer or stream.
+    pub last_used: AtomicU64,
+    /// A GET stream is open (the session is in use even with no request).
+    pub streaming: AtomicBool,
+    next_id: AtomicU64,
+}
+
+/// A spawn that failed (the program is missing, no processes left…).
+#[derive(Debug)]
+pub struct SpawnError(pub String);
+
+impl Proc {
+    /// Start the server's program. `on_exit` runs once it is gone, with why.
+    pub fn spawn(
+        spec: &Arc<Spec>,
+        on_exit: impl FnOnce(&Exit) + Send + 'static,
+    ) -> Result<Arc<Proc>, SpawnError> {
+        let mut cmd = tokio::process::Command::new(&spec.command[0]);
+        cmd.args(&spec.command[1..]).env_clear();
+        for key in crate::config::stdio::INHERITED_ENV {
+            if let Some(v) = std::env::var_os(key) {
+                cmd.env(key, v);
+            }
+        }
+        cmd.envs(&spec.env);
+        if let Some(dir) = &spec.cwd {
+            cmd.current_dir(dir);
+        }
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|e| {
+            METRICS
+                .stdio_exits
+                .with_label_values(&[&spec.group, &spec.id, "spawn_failed"])
+                .inc();
+            SpawnError(format!(
+                "cannot start stdio server {} ({:?}): {e}",
+                spec.id, spec.command[0]
+            ))
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(STDIN_QUEUE);
+        let (stopping, mut stop_rx) = watch::channel(false);
+        let (exit_tx, exited) = watch::channel(None);
+        let proc = Arc::new(Proc {
+            spec: spec.clone(),
+            pid,
+            stdin: stdin_tx,
+            pending: DashMap::new(),
+            progress: DashMap::new(),
+            current: Mutex::new(None),
+            get_stream: Mutex::new(None),
+            backlog: Mutex::new(VecDeque::new()),
+            stopping,
+            exited,
+            last_used: AtomicU64::new(crate::clock::now_ms()),
+            streaming: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+        });
+        METRICS
+            .stdio_processes
+            .with_label_values(&[&spec.group, &spec.id])
+            .inc();
+        log::info!(
+            "stdio server {} (group {}): started {:?} as pid {pid}",
+            spec.id,
+            spec.group,
+            spec.command
+        );
+
+        // stdin: written in order; closed when the process is to stop.
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    line = stdin_rx.recv() => match line {
+                        Some(line) => if stdin.write_all(&line).await.is_err() { break },
+                        None => break,
+                    },
+                    _ = super::until(&mut stop_rx, |s| *s) => break,
+                }
+            }
+            drop(stdin);
+        });
+        // stderr: into the log, at most STDERR_PER_SECOND lines a second.
+        let stderr = child.stderr.take().expect("piped stderr");
+        let label = format!("stdio server={} pid={pid}", spec.id);
+        tokio::spawn(drain_stderr(stderr, label));
+        // stdout: each line to where it belongs.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let reader = {
+            let proc = proc.clone();
+            let max = spec.max_line;
+            tokio::spawn(async move {
+                let mut lines = FramedRead::new(stdout, lines(max));
+                // After a line over the cap the stream pauses once (a `None`), then goes on.
+                let mut skipped = false;
+                loop {
+                    match lines.next().await {
+                        Some(Ok(line)) => proc.dispatch(&line),
+                        Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
+                            skipped = true;
+                            log::warn!(
+                                "stdio server {}: a line longer than max_line ({max} bytes) was skipped",
+                                proc.spec.id
+                            )
+                        }
+                        Some(Err(AnyDelimiterCodecError::Io(e))) => {
+                            log::debug!("stdio server {}: stdout: {e}", proc.spec.id);
+                            break;
+                        }
+                        None if std::mem::take(&mut skipped) => {}
+                        None => break,
+                    }
+                }
+            })
+        };
+        // Reaped here, always; whatever it left unanswered gets an error at once.
+        {
+            let proc = proc.clone();
+            tokio::spawn(async move {
+                let status = child.wait().await;
+                let _ = reader.await;
+                let stopped = *proc.stopping.borrow();
+                let why = match status {
+                    Ok(s) => format!("{s}"),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                // What it started in its group goes with it.
+                let group = Pid::from_raw(proc.pid as i32);
+                if proc.pid != 0 && killpg(group, None).is_ok() {
+                    let _ = killpg(group, Signal::SIGTERM);
+                    tokio::time::sleep(STOP_STEP).await;
+                    let _ = killpg(group, Signal::SIGKILL);
+                }
+                let exit = Exit { why, stopped };
+                let labels = [&proc.spec.group, &proc.spec.id];
+                METRICS.stdio_processes.with_label_values(&labels).dec();
+                let how = if stopped { "stopped" } else { "exited" };
+                METRICS
+                    .stdio_exits
+                    .with_label_values(&[labels[0], labels[1], how])
+                    .inc();
+                log::log!(
+                    if stopped {
+                        log::Level::Info
+                    } else {
+                        log::Level::Warn
+                    },
+                    "stdio server {} (group {}): pid {} {} ({})",
+                    proc.spec.id,
+                    proc.spec.group,
+                    proc.pid,
+                    if stopped { "stopped" } else { "exited" },
+                    exit.why
+                );
+                proc.fail_all(&exit);
+                on_exit(&exit);
+                let _ = exit_tx.send(Some(exit));
+            });
+        }
+        Ok(proc)
+    }
+
+    pub fn alive(&self) -> bool {
+        self.exited.borrow().is_none()
+    }
+
+    pub fn exited(&self) -> watch::Receiver<Option<Exit>> {
+        self.exited.clone()
+    }
+
+    pub fn exit(&self) -> Option<Exit> {
+        self.exited.borrow().clone()
+    }
+
+    pub fn touch(&self) {
+        self.last_used
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A fresh id of the JSON type of `like` (shared processes serve many clients).
+    pub fn fresh_id(&self, like: &Value) -> Value {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if like.is_string() {
+            Value::String(format!("gw-{n}"))
+        } else {
+            Value::from(n)
+        }
+    }
+
+    /// Write one message (a line) to the process.
+    pub fn send(&self, message: &Value) -> Result<(), String> {
+        let mut line = serde_json::to_vec(message).expect("JSON serializes");
+        line.push(b'\n');
+        self.stdin.try_send(Bytes::from(line)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => format!(
+                "stdio server {} is not reading its input ({STDIN_QUEUE} messages waiting)",
+                self.spec.id
+            ),
+            mpsc::error::TrySendError::Closed(_) => self.gone(),
+        })
+    }
+
+    fn gone(&self) -> String {
+        match self.exit() {
+            Some(e) => format!("stdio server {} exited ({})", self.spec.id, e.why),
+            None => format!("stdio server {} is stopping", self.spec.id),
+        }
+    }
+
+    /// Send a request whose id (and progress token) are the process's own; the process's
+    /// messages for it arrive on the receiver, its answer last.
+    pub fn request(
+        self: &Arc<Self>,
+        message: &Value,
+        streams: bool,
+    ) -> Result<(Pending, mpsc::UnboundedReceiver<Value>), String> {
+        if !self.alive() {
+            return Err(self.gone());
+        }
+        let key = message["id"].to_string();
+        let (to, rx) = mpsc::unbounded_channel();
+        self.pending.insert(key.clone(), InFlight { to, streams });
+        let token = message
+            .pointer("/params/_meta/progressToken")
+            .map(Value::to_string);
+        if let Some(t) = &token {
+            self.progress.insert(t.clone(), key.clone());
+        }
+        if streams {
+            *self.current.lock().expect("not poisoned") = Some(key.clone());
+        }
+        let pending = Pending {
+            proc: self.clone(),
+            key,
+            id: message["id"].clone(),
+            token,
+            answered: false,
+        };
+        self.touch();
+        self.send(message)?;
+        Ok((pending, rx))
+    }
+
+    /// One line the process wrote.
+    fn dispatch(&self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        let message: Value = match serde_json::from_slice(line) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                let shown: String = String::from_utf8_lossy(line).chars().take(200).collect();
+                log::warn!(
+                    "stdio server {}: skipped a line on stdout that is not a JSON-RPC message: {shown:?}",
+                    self.spec.id
+                );
+                return;
+            }
+        };
+        self.touch();
+        let is_answer = message.get("method").is_none();
+        if is_answer {
+            let key = message.get("id").map(Value::to_string).unwrap_or_default();
+            match self.pending.get(&key) {
+                Some(p) => {
+                    let _ = p.to.send(message);
+                }
+                None => log::debug!(
+                    "stdio server {}: an answer to no request in flight (id {key})",
+                    self.spec.id
+                ),
+            }
+            return;
+        }
+        if message["method"] == "notifications/progress" {
+            let token = message
+                .pointer("/params/progressToken")
+                .map(Value::to_string)
+                .unwrap_or_default();
+            if let Some(key) = self.progress.get(&token) {
+                if let Some(p) = self.pending.get(key.value()) {
+                    let _ = p.to.send(message);
+                    return;
+                }
+            }
+        }
+        let current = self.current.lock().expect("not poisoned").clone();
+        if let Some(p) = current.and_then(|k| self.pending.get(&k)) {
+            if p.streams && p.to.send(message.clone()).is_ok() {
+                return;
+            }
+        }
+        self.to_get_stream(message);
+    }
+
+    /// A server-initiated message: on the GET stream, or kept for the next one.
+    fn to_get_stream(&self, message: Value) {
+        if self.spec.shared() {
+            // Many clients share this process: a request to "the client" has none to go to.
+            if message.get("id").is_some() {
+                let refusal = json!({"jsonrpc": "2.0", "id": message["id"], "error": {
+                    "code": -32601,
+                    "message": "this server runs shared by many clients (process: shared); no client can answer its requests"
+                }});
+                let _ = self.send(&refusal);
+            }
+            return;
+        }
+        let event = super::http::sse_event(&message);
+        let mut stream = self.get_stream.lock().expect("not poisoned");
+        if let Some(tx) = stream.as_ref() {
+            match tx.try_send(event) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e)) => {
+                    *stream = None;
+                    self.streaming.store(false, Ordering::Relaxed);
+                    self.keep(e);
+                }
+            }
+        } else {
+            self.keep(event);
+        }
+    }
+
+    fn keep(&self, event: Bytes) {
+        let mut backlog = self.backlog.lock().expect("not poisoned");
+        if backlog.len() == BACKLOG {
+            backlog.pop_front();
+            log::warn!(
+                "stdio server {}: {BACKLOG} messages wait for a GET stream; the oldest is dropped",
+                self.spec.id
+            );
+        }
+        backlog.push_back(event);
+    }
+
+    /// Open the session's GET stream (a newer one replaces an older one); what waited
+    /// for it comes first.
+    pub fn open_stream(&self) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        for event in self.backlog.lock().expect("not poisoned").drain(..) {
+            let _ = tx.try_send(event);
+        }
+        *self.get_stream.lock().expect("not poisoned") = Some(tx);
+        self.streaming.store(true, Ordering::Relaxed);
+        self.touch();
+        rx
+    }
+
+    /// The GET stream ended (the client went away).
+    pub fn stream_closed(&self) {
+        let mut stream = self.get_stream.lock().expect("not poisoned");
+        if stream.as_ref().is_some_and(|tx| tx.is_closed()) {
+            *stream = None;
+            self.streaming.store(false, Ordering::Relaxed);
+        }
+        self.touch();
+    }
+
+    fn fail_all(&self, exit: &Exit) {
+        let why = if exit.stopped {
+            format!(
+                "stdio server {} was stopped before it answered",
+                self.spec.id
+            )
+        } else {
+            format!(
+                "stdio server {} exited ({}) before it answered",
+                self.spec.id, exit.why
+            )
+        };
+        for p in self.pending.iter() {
+            let id: Value = serde_json::from_str(p.key()).unwrap_or(Value::Null);
+            let _ = p.to.send(json!({"jsonrpc": "2.0", "id": id, "error": {
+                "code": super::http::EXITED, "message": why
+            }}));
+        }
+        *self.get_stream.lock().expect("not poisoned") = None;
+    }
+
+    /// The stop sequence: stdin closed, 2 s, SIGTERM to the group, 2 s, SIGKILL.
+    pub async fn stop(&self) {
+        let _ = self.stopping.send(true);
+        let mut exited = self.exited.clone();
+        let group = Pid::from_raw(self.pid as i32);
+        for signal in [Some(Signal::SIGTERM), Some(Signal::SIGKILL), None] {
+            let done =
+                tokio::time::timeout(STOP_STEP, super::until(&mut exited, Option::is_some)).await;
+            if done.is_ok() {
+                return;
+            }
+            if let (Some(sig), true) = (signal, self.pid != 0) {
+                log::info!(
+                    "stdio server {}: pid {} still running, sending {sig}",
+                    self.spec.id,
+                    self.pid
+                );
+                let _ = killpg(group, sig);
+            }
+        }
+        let _ = super::until(&mut exited, Option::is_some).await;
+    }
+}
+
+/// A request in flight; dropped before its answer (the client went away), the process is
+/// told with `notifications/cancelled`.
+pub struct Pending {
+    proc: Arc<Proc>,
+    key: String,
+    pub id: Value,
+    token: Option<String>,
+    answered: bool,
+}
+
+impl Pending {
+    pub fn answered(&mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.proc.pending.remove(&self.key);
+        if let Some(t) = &self.token {
+            self.proc.progress.remove(t);
+        }
+        {
+            let mut current = self.proc.current.lock().expect("not poisoned");
+            if current.as_deref() == Some(self.key.as_str()) {
+                *current = None;
+            }
+        }
+        if !self.answered && self.proc.alive() {
+            let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": self.id, "reason": "the client went away"}});
+            let _ = self.proc.send(&cancel);
+        }
+        self.proc.touch();
+    }
+}
+
+async fn drain_stderr(stderr: tokio::process::ChildStderr, label: String) {
+    let mut lines = FramedRead::new(stderr, self::lines(16 << 10));
+    let mut allowance = STDERR_PER_SECOND;
+    let mut at = std::time::Instant::now();
+    let mut dropped = 0u64;
+    let mut skipped = false;
+    loop {
+        let line = match lines.next().await {
+            Some(line) => line,
+            None if std::mem::take(&mut skipped) => continue,
+            None => break,
+        };
+        let now = std::time::Instant::now();
+        allowance = (allowance + now.duration_since(at).as_secs_f64() * STDERR_PER_SECOND)
+            .min(STDERR_PER_SECOND);
+        at = now;
+        let line = match line {
+            Ok(line) => line,
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
+                skipped = true;
+                continue;
+            }
+            Err(AnyDelimiterCodecError::Io(_)) => break,
+        };
+        if allowance < 1.0 {
+            dropped += 1;
+            continue;
+        }
+        allowance -= 1.0;
+        if dropped > 0 {
+            log::warn!(
+                "{label}: {dropped} stderr line(s) not logged (more than {STDERR_PER_SECOND}/s)"
+            );
+            dropped = 0;
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        log::info!("{label}: {}", String::from_utf8_lossy(line));
+    }
+}
+
+/// Newline-delimited lines of at most `max` bytes (longer ones are an error, then skipped).
+fn lines(max: usize) -> AnyDelimiterCodec {
+    AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), max)
+}
