@@ -217,8 +217,11 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         shutdown_signal: Box::new(crate::lifecycle::Signals {
             live,
             drain_delay: config.server.drain_delay.0,
+            stdio: stdio.clone(),
         }),
     });
+    // Whatever way the server ended, no stdio server outlives it.
+    stdio.kill_all_now();
     Ok(())
 }
 

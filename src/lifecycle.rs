@@ -27,6 +27,19 @@ use tokio::signal::unix::{signal, SignalKind};
 pub struct Signals {
     pub live: Arc<Live>,
     pub drain_delay: Duration,
+    pub stdio: Arc<crate::transport::stdio::Stdio>,
+}
+
+impl Signals {
+    /// SIGINT: exit now. Pingora's own fast shutdown can leave a proxy thread spinning
+    /// on failed accepts while its runtime stops (the process then never exits); stdio
+    /// servers' processes go first, whatever they are doing.
+    fn fast_exit(&self) -> ! {
+        log::info!("SIGINT: exiting now");
+        self.stdio.kill_all_now();
+        crate::telemetry::tracing::shutdown();
+        std::process::exit(0)
+    }
 }
 
 #[async_trait]
@@ -45,7 +58,7 @@ impl ShutdownSignalWatch for Signals {
                 self.live.start_handoff(self.drain_delay);
                 ShutdownSignal::GracefulUpgrade
             }
-            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = int.recv() => self.fast_exit(),
             _ = term.recv() => {
                 self.live.start_draining();
                 log::info!(
@@ -54,7 +67,7 @@ impl ShutdownSignalWatch for Signals {
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(self.drain_delay) => ShutdownSignal::GracefulTerminate,
-                    _ = int.recv() => ShutdownSignal::FastShutdown,
+                    _ = int.recv() => self.fast_exit(),
                 }
             }
         }

@@ -74,6 +74,8 @@ pub struct Bridge {
     running: Arc<AtomicUsize>,
     health: Arc<Mutex<Health>>,
     stop: watch::Sender<bool>,
+    /// A slot of the pool got a ready process.
+    pool_changed: tokio::sync::Notify,
 }
 
 impl Bridge {
@@ -87,6 +89,7 @@ impl Bridge {
             running: Arc::new(AtomicUsize::new(0)),
             health: Arc::default(),
             stop: watch::channel(false).0,
+            pool_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -212,7 +215,7 @@ impl Bridge {
             }
         }
         if self.spec.shared() {
-            return self.route_shared(message, method);
+            return self.route_shared(message, method).await;
         }
         if let Some(sid) = session {
             let proc = self.session(sid).ok_or_else(|| {
@@ -260,20 +263,14 @@ impl Bridge {
         })
     }
 
-    fn route_shared(&self, message: &Value, method: Option<&str>) -> Result<Route, Refusal> {
+    async fn route_shared(&self, message: &Value, method: Option<&str>) -> Result<Route, Refusal> {
         let is_request = method.is_some() && message.get("id").is_some();
         if !is_request {
             // Many clients share the process: their notifications (initialized,
             // cancelled by a client's own id) and answers name nothing it could tell apart.
             return Ok(Route::Accepted);
         }
-        let ready = self.pick().ok_or_else(|| {
-            let why = match self.backoff() {
-                Some((wait, last)) => {
-                    format!("restarting in {}ms (last: {last})", wait.as_millis())
-                }
-                None => "starting".into(),
-            };
+        let ready = self.ready().await.map_err(|why| {
             (
                 503,
                 code::INTERNAL_ERROR,
@@ -287,6 +284,26 @@ impl Bridge {
             proc: ready.proc.clone(),
             new_session: None,
         })
+    }
+
+    /// A ready process of the pool; while one is starting (not in backoff), wait for it.
+    async fn ready(&self) -> Result<Arc<Ready>, String> {
+        let deadline = tokio::time::Instant::now() + INIT_TIMEOUT;
+        loop {
+            let changed = self.pool_changed.notified();
+            if let Some(r) = self.pick() {
+                return Ok(r);
+            }
+            if let Some((wait, last)) = self.backoff() {
+                return Err(format!(
+                    "restarting in {}ms (last: {last})",
+                    wait.as_millis()
+                ));
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(format!("none started in {}s", INIT_TIMEOUT.as_secs()));
+            }
+        }
     }
 
     /// The next ready process of the pool, round robin.
@@ -384,10 +401,13 @@ impl Bridge {
                 _ = super::until(&mut stop, |s| *s) => Err("stopping".into()),
             };
             match init {
-                Ok(init) => self.pool[slot].store(Some(Arc::new(Ready {
-                    proc: proc.clone(),
-                    init,
-                }))),
+                Ok(init) => {
+                    self.pool[slot].store(Some(Arc::new(Ready {
+                        proc: proc.clone(),
+                        init,
+                    })));
+                    self.pool_changed.notify_waiters();
+                }
                 Err(why) => {
                     log::warn!("stdio server {}: initialize failed: {why}", self.spec.id);
                     if proc.alive() {
@@ -430,6 +450,17 @@ impl Bridge {
             .stdio_backoff_seconds
             .with_label_values(&[&self.spec.group, &self.spec.id])
             .set(0);
+    }
+
+    /// The process ids (and process groups) of the processes alive.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = self.sessions.iter().map(|e| e.value().pid).collect();
+        out.extend(
+            self.pool
+                .iter()
+                .filter_map(|s| s.load().as_ref().map(|r| r.proc.pid)),
+        );
+        out.into_iter().filter(|p| *p != 0).collect()
     }
 
     /// What the admin API shows.

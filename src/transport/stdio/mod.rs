@@ -165,6 +165,36 @@ impl Stdio {
         futures::future::join_all(all.into_iter().map(stop)).await;
     }
 
+    /// After the runtimes are gone (a fast shutdown): every process group still there
+    /// gets SIGTERM, then SIGKILL 2 s later, so no child outlives the gateway.
+    pub fn kill_all_now(&self) {
+        use nix::sys::signal::{killpg, Signal};
+        let groups: Vec<nix::unistd::Pid> = self
+            .running
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .flat_map(|r| r.bridge.pids())
+            .map(|pid| nix::unistd::Pid::from_raw(pid as i32))
+            .filter(|g| killpg(*g, None).is_ok())
+            .collect();
+        if groups.is_empty() {
+            return;
+        }
+        for g in &groups {
+            let _ = killpg(*g, Signal::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + process::STOP_STEP;
+        while std::time::Instant::now() < deadline
+            && groups.iter().any(|g| killpg(*g, None).is_ok())
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for g in &groups {
+            let _ = killpg(*g, Signal::SIGKILL);
+        }
+    }
+
     /// The bridge behind a server URL (the admin API shows its state).
     pub fn bridge(&self, url: &str) -> Option<Arc<Bridge>> {
         let running = self.running.lock().expect("not poisoned");

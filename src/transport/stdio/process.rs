@@ -11,7 +11,6 @@ use super::Spec;
 use crate::telemetry::metrics::METRICS;
 use bytes::Bytes;
 use dashmap::DashMap;
-use futures::StreamExt;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -19,9 +18,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 
 /// Messages for the GET stream kept while none is open.
 const BACKLOG: usize = 1000;
@@ -142,7 +140,10 @@ impl Proc {
             loop {
                 tokio::select! {
                     line = stdin_rx.recv() => match line {
-                        Some(line) => if stdin.write_all(&line).await.is_err() { break },
+                        Some(line) => {
+                            log::trace!("stdio: writing {} bytes", line.len());
+                            if stdin.write_all(&line).await.is_err() { break }
+                        }
                         None => break,
                     },
                     _ = super::until(&mut stop_rx, |s| *s) => break,
@@ -160,25 +161,19 @@ impl Proc {
             let proc = proc.clone();
             let max = spec.max_line;
             tokio::spawn(async move {
-                let mut lines = FramedRead::new(stdout, lines(max));
-                // After a line over the cap the stream pauses once (a `None`), then goes on.
-                let mut skipped = false;
+                let mut lines = Lines::new(stdout, max);
                 loop {
                     match lines.next().await {
-                        Some(Ok(line)) => proc.dispatch(&line),
-                        Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
-                            skipped = true;
-                            log::warn!(
-                                "stdio server {}: a line longer than max_line ({max} bytes) was skipped",
-                                proc.spec.id
-                            )
-                        }
-                        Some(Err(AnyDelimiterCodecError::Io(e))) => {
+                        Ok(Line::Line(line)) => proc.dispatch(&line),
+                        Ok(Line::TooLong) => log::warn!(
+                            "stdio server {}: a line longer than max_line ({max} bytes) was skipped",
+                            proc.spec.id
+                        ),
+                        Ok(Line::End) => break,
+                        Err(e) => {
                             log::debug!("stdio server {}: stdout: {e}", proc.spec.id);
                             break;
                         }
-                        None if std::mem::take(&mut skipped) => {}
-                        None => break,
                     }
                 }
             })
@@ -335,6 +330,7 @@ impl Proc {
             }
         };
         self.touch();
+        log::trace!("stdio server {}: read {message}", self.spec.id);
         let is_answer = message.get("method").is_none();
         if is_answer {
             let key = message.get("id").map(Value::to_string).unwrap_or_default();
@@ -517,29 +513,20 @@ impl Drop for Pending {
 }
 
 async fn drain_stderr(stderr: tokio::process::ChildStderr, label: String) {
-    let mut lines = FramedRead::new(stderr, self::lines(16 << 10));
+    let mut lines = Lines::new(stderr, 16 << 10);
     let mut allowance = STDERR_PER_SECOND;
     let mut at = std::time::Instant::now();
     let mut dropped = 0u64;
-    let mut skipped = false;
     loop {
         let line = match lines.next().await {
-            Some(line) => line,
-            None if std::mem::take(&mut skipped) => continue,
-            None => break,
+            Ok(Line::Line(line)) => line,
+            Ok(Line::TooLong) => b"(a stderr line over 16 KiB, not logged)".to_vec(),
+            Ok(Line::End) | Err(_) => break,
         };
         let now = std::time::Instant::now();
         allowance = (allowance + now.duration_since(at).as_secs_f64() * STDERR_PER_SECOND)
             .min(STDERR_PER_SECOND);
         at = now;
-        let line = match line {
-            Ok(line) => line,
-            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
-                skipped = true;
-                continue;
-            }
-            Err(AnyDelimiterCodecError::Io(_)) => break,
-        };
         if allowance < 1.0 {
             dropped += 1;
             continue;
@@ -556,7 +543,55 @@ async fn drain_stderr(stderr: tokio::process::ChildStderr, label: String) {
     }
 }
 
-/// Newline-delimited lines of at most `max` bytes (longer ones are an error, then skipped).
-fn lines(max: usize) -> AnyDelimiterCodec {
-    AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), max)
+enum Line {
+    Line(Vec<u8>),
+    /// A line over the cap, skipped.
+    TooLong,
+    End,
+}
+
+/// Newline-delimited lines of at most `max` bytes; a longer one is skipped whole (up to
+/// its newline) and reported, and reading goes on after it.
+struct Lines<R> {
+    inner: BufReader<R>,
+    max: usize,
+    line: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> Lines<R> {
+    fn new(inner: R, max: usize) -> Self {
+        Lines {
+            inner: BufReader::with_capacity(64 << 10, inner),
+            max,
+            line: Vec::new(),
+        }
+    }
+
+    async fn next(&mut self) -> std::io::Result<Line> {
+        let mut skipping = false;
+        loop {
+            let buf = self.inner.fill_buf().await?;
+            if buf.is_empty() {
+                return Ok(Line::End);
+            }
+            let (take, newline) = match memchr::memchr(b'\n', buf) {
+                Some(i) => (i, true),
+                None => (buf.len(), false),
+            };
+            if skipping || self.line.len() + take > self.max {
+                skipping = true;
+                self.line.clear();
+            } else {
+                self.line.extend_from_slice(&buf[..take]);
+            }
+            self.inner.consume(take + usize::from(newline));
+            if newline {
+                return Ok(if skipping {
+                    Line::TooLong
+                } else {
+                    Line::Line(std::mem::take(&mut self.line))
+                });
+            }
+        }
+    }
 }
