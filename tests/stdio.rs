@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 const PEER: &str = "tests/peers/stdio_peer.py";
+const ADMIN_TOKEN: &str = "stdio-admin-token-0123456789abcdef";
 
 /// The interpreter, by its real path (a version manager's `python3` shim would add
 /// variables of its own to the environment the test inspects).
@@ -291,7 +292,8 @@ async fn lines_that_are_not_messages_are_skipped_and_long_ones_capped() {
 #[tokio::test]
 async fn a_shared_pool_serves_many_clients_with_ids_of_its_own() {
     let keys = "process: shared\ninstances: 2";
-    let gw = Gateway::start(&yaml(keys, "")).await;
+    let admin = format!("admin:\n  port: {{admin_port}}\n  token: {ADMIN_TOKEN}\n");
+    let gw = Gateway::start(&yaml(keys, &admin)).await;
     // initialize is answered from the pool's own; no session is needed.
     let v = tokio::time::timeout(
         Duration::from_secs(15),
@@ -330,6 +332,16 @@ async fn a_shared_pool_serves_many_clients_with_ids_of_its_own() {
     })
     .await;
     assert!(both, "{pids:?}");
+    // The admin API shows the pool.
+    let v = gw.admin_api("/api/v1/upstreams", ADMIN_TOKEN).await;
+    let stdio = &v["groups"][0]["servers"][0]["stdio"];
+    assert_eq!(stdio["process"], "shared", "{v}");
+    assert_eq!(stdio["ready"], 2, "{v}");
+    assert_eq!(
+        stdio["command"][1],
+        repo().join(PEER).display().to_string(),
+        "{v}"
+    );
     let m = gw.metrics().await;
     assert_eq!(
         metric(&m, "mcp_gateway_stdio_processes", "server=\"peer\""),
@@ -627,4 +639,63 @@ fn bad_stdio_servers_are_listed_with_their_paths() {
             "upstream.groups.io.servers[6].url: is required (or a command for a stdio server)",
         ],
     );
+}
+
+#[tokio::test]
+async fn a_stdio_server_is_a_virtual_server_member_like_any_other() {
+    let web = Upstream::start("web");
+    let members = format!(
+        "    web:\n      servers: [{{id: w1, url: \"{}\"}}]\nvirtual_servers:\n  - path: /vs\n    members:\n      - {{group: io}}\n      - {{group: web, prefix: w}}\n",
+        web.url()
+    );
+    let config = yaml("", "").replace("\nroutes:", &format!("\n{members}routes:"));
+    let gw = Gateway::start(&config).await;
+    let url = gw.url("/vs");
+    let resp = post(&client(), &url, init_body()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let sid = header(&resp, "mcp-session-id").unwrap();
+    let in_vs = |body: String| post(&client(), &url, body).header("mcp-session-id", &sid);
+    let v = json_ok(in_vs(rpc(json!(1), "tools/list", json!({})))).await;
+    let names: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"io__echo") && names.iter().any(|n| n.starts_with("w__")),
+        "{names:?}"
+    );
+    let body = rpc(
+        json!(2),
+        "tools/call",
+        json!({"name": "io__echo", "arguments": {"via": "vs"}}),
+    );
+    let got = messages(in_vs(body).send().await.unwrap()).await;
+    assert_eq!(structured(&got)["arguments"]["via"], "vs");
+
+    // The stdio server's request to the client comes through the virtual server with a
+    // sealed id; the client's answer goes back to that process.
+    let body = rpc(json!(3), "tools/call", json!({"name": "io__ask"}));
+    let mut resp = in_vs(body).send().await.unwrap();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("more of the stream");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let ask: Value =
+        serde_json::from_str(text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert_eq!(ask["method"], "roots/list");
+    assert_ne!(ask["id"], "srv-1", "sealed to name the member");
+    let answer = json!({"jsonrpc": "2.0", "id": ask["id"], "result": {"roots": []}});
+    assert_eq!(
+        in_vs(answer.to_string()).send().await.unwrap().status(),
+        202
+    );
+    let rest = messages(resp).await;
+    assert_eq!(structured(&rest)["client_answered"], json!({"roots": []}));
 }

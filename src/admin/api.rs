@@ -362,6 +362,8 @@ fn server_json(group: &str, s: &Server) -> Value {
         "breaker": s.breaker.state().as_str(),
         "in_flight": s.in_flight(),
         "weight": s.weight,
+        // A server the gateway runs (command:): its processes and their exits.
+        "stdio": crate::transport::stdio::status(&s.url),
         "requests": requests,
         "errors": errors,
         "latency_ms": {

@@ -89,10 +89,19 @@ pub struct Stdio {
     running: Mutex<HashMap<PathBuf, Running>>,
 }
 
+/// This process's bridges (set once at start), for the admin API.
+static REGISTRY: once_cell::sync::OnceCell<Arc<Stdio>> = once_cell::sync::OnceCell::new();
+
+/// The state of the stdio server behind a server URL, if it is one (the admin API).
+pub fn status(url: &str) -> Option<serde_json::Value> {
+    Some(REGISTRY.get()?.bridge(url)?.status())
+}
+
 impl Stdio {
     /// Bind the sockets of the config's stdio servers (at start, before the listeners).
     pub fn prepare(config: &Config) -> Result<Arc<Stdio>, String> {
         let stdio = Arc::new(Stdio::default());
+        let _ = REGISTRY.set(stdio.clone());
         let mut bound = stdio.bound.lock().expect("not poisoned");
         for spec in Spec::all(config) {
             bound.insert(spec.socket.clone(), bind(&spec)?);
