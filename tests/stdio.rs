@@ -100,6 +100,21 @@ async fn call(gw: &Gateway, sid: Option<&str>, id: Value, tool: &str, args: Valu
     messages(resp).await
 }
 
+/// The first event of an SSE answer still streaming (the rest stays to be read).
+async fn first_event(resp: &mut reqwest::Response) -> Value {
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("more of the stream");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    serde_json::from_str(data).unwrap()
+}
+
 fn structured(messages: &[Value]) -> Value {
     let last = messages.last().expect("an answer");
     assert!(last.get("result").is_some(), "{messages:?}");
@@ -237,17 +252,7 @@ async fn progress_and_requests_to_the_client_travel_on_the_request_stream() {
     let body = rpc(json!(6), "tools/call", json!({"name": "ask"}));
     let mut resp = in_session(&gw, &sid, body).send().await.unwrap();
     assert_eq!(header(&resp, "content-type").unwrap(), "text/event-stream");
-    let mut text = String::new();
-    while !text.contains("\n\n") {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("more of the stream");
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    let ask: Value =
-        serde_json::from_str(text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    let ask = first_event(&mut resp).await;
     assert_eq!(ask["method"], "roots/list", "{ask}");
     let answer =
         json!({"jsonrpc": "2.0", "id": ask["id"], "result": {"roots": [{"uri": "file:///r"}]}});
@@ -678,17 +683,7 @@ async fn a_stdio_server_is_a_virtual_server_member_like_any_other() {
     // sealed id; the client's answer goes back to that process.
     let body = rpc(json!(3), "tools/call", json!({"name": "io__ask"}));
     let mut resp = in_vs(body).send().await.unwrap();
-    let mut text = String::new();
-    while !text.contains("\n\n") {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("more of the stream");
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    let ask: Value =
-        serde_json::from_str(text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    let ask = first_event(&mut resp).await;
     assert_eq!(ask["method"], "roots/list");
     assert_ne!(ask["id"], "srv-1", "sealed to name the member");
     let answer = json!({"jsonrpc": "2.0", "id": ask["id"], "result": {"roots": []}});

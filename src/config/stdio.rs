@@ -82,6 +82,10 @@ pub fn check(s: &ServerEntry, at: &Path, errs: &mut Errors) {
     }
 }
 
+/// The pid this process started with: a daemon forks after the config is loaded, and its
+/// reloads must name the same sockets.
+static FIRST_PID: once_cell::sync::Lazy<u32> = once_cell::sync::Lazy::new(std::process::id);
+
 /// The folder of this process's bridge sockets.
 pub fn socket_dir(c: &Config) -> PathBuf {
     let base = c
@@ -91,7 +95,7 @@ pub fn socket_dir(c: &Config) -> PathBuf {
         .or_else(|| std::env::var("RUNTIME_DIRECTORY").ok())
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    base.join(format!("mcp-gateway-{}", std::process::id()))
+    base.join(format!("mcp-gateway-{}", *FIRST_PID))
 }
 
 /// Give every stdio server the URL of its bridge socket, named after everything that

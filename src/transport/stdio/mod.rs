@@ -6,11 +6,13 @@
 //! takes over.
 //!
 //! * [`process`]: one child process (spawn, stdin/stdout/stderr, stop, reaping);
+//! * [`lines`]: its output, line by line under a cap;
 //! * [`bridge`]: its processes (per session or a shared pool), supervision, health;
 //! * [`http`]: the Streamable HTTP side, served with hyper on the socket.
 
 pub mod bridge;
 pub mod http;
+pub mod lines;
 pub mod process;
 
 use crate::config::{Config, StdioProcess};

@@ -7,6 +7,7 @@
 //! progress token it names, else to the request in flight that can take a stream, else to
 //! the session's GET stream (kept in a bounded backlog until one is open).
 
+use super::lines::{Lines, Read};
 use super::Spec;
 use crate::telemetry::metrics::METRICS;
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 /// Messages for the GET stream kept while none is open.
@@ -164,12 +165,12 @@ impl Proc {
                 let mut lines = Lines::new(stdout, max);
                 loop {
                     match lines.next().await {
-                        Ok(Line::Line(line)) => proc.dispatch(&line),
-                        Ok(Line::TooLong) => log::warn!(
+                        Ok(Read::Line(line)) => proc.dispatch(&line),
+                        Ok(Read::TooLong) => log::warn!(
                             "stdio server {}: a line longer than max_line ({max} bytes) was skipped",
                             proc.spec.id
                         ),
-                        Ok(Line::End) => break,
+                        Ok(Read::End) => break,
                         Err(e) => {
                             log::debug!("stdio server {}: stdout: {e}", proc.spec.id);
                             break;
@@ -383,7 +384,7 @@ impl Proc {
         let mut stream = self.get_stream.lock().expect("not poisoned");
         if let Some(tx) = stream.as_ref() {
             match tx.try_send(event) {
-                Ok(()) => return,
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e)) => {
                     *stream = None;
                     self.streaming.store(false, Ordering::Relaxed);
@@ -519,9 +520,9 @@ async fn drain_stderr(stderr: tokio::process::ChildStderr, label: String) {
     let mut dropped = 0u64;
     loop {
         let line = match lines.next().await {
-            Ok(Line::Line(line)) => line,
-            Ok(Line::TooLong) => b"(a stderr line over 16 KiB, not logged)".to_vec(),
-            Ok(Line::End) | Err(_) => break,
+            Ok(Read::Line(line)) => line,
+            Ok(Read::TooLong) => b"(a stderr line over 16 KiB, not logged)".to_vec(),
+            Ok(Read::End) | Err(_) => break,
         };
         let now = std::time::Instant::now();
         allowance = (allowance + now.duration_since(at).as_secs_f64() * STDERR_PER_SECOND)
@@ -540,58 +541,5 @@ async fn drain_stderr(stderr: tokio::process::ChildStderr, label: String) {
         }
         let line = line.strip_suffix(b"\r").unwrap_or(&line);
         log::info!("{label}: {}", String::from_utf8_lossy(line));
-    }
-}
-
-enum Line {
-    Line(Vec<u8>),
-    /// A line over the cap, skipped.
-    TooLong,
-    End,
-}
-
-/// Newline-delimited lines of at most `max` bytes; a longer one is skipped whole (up to
-/// its newline) and reported, and reading goes on after it.
-struct Lines<R> {
-    inner: BufReader<R>,
-    max: usize,
-    line: Vec<u8>,
-}
-
-impl<R: AsyncRead + Unpin> Lines<R> {
-    fn new(inner: R, max: usize) -> Self {
-        Lines {
-            inner: BufReader::with_capacity(64 << 10, inner),
-            max,
-            line: Vec::new(),
-        }
-    }
-
-    async fn next(&mut self) -> std::io::Result<Line> {
-        let mut skipping = false;
-        loop {
-            let buf = self.inner.fill_buf().await?;
-            if buf.is_empty() {
-                return Ok(Line::End);
-            }
-            let (take, newline) = match memchr::memchr(b'\n', buf) {
-                Some(i) => (i, true),
-                None => (buf.len(), false),
-            };
-            if skipping || self.line.len() + take > self.max {
-                skipping = true;
-                self.line.clear();
-            } else {
-                self.line.extend_from_slice(&buf[..take]);
-            }
-            self.inner.consume(take + usize::from(newline));
-            if newline {
-                return Ok(if skipping {
-                    Line::TooLong
-                } else {
-                    Line::Line(std::mem::take(&mut self.line))
-                });
-            }
-        }
     }
 }
