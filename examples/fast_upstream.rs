@@ -24,6 +24,10 @@
 //! Flags: `--port N` (default `0`: any free port). It binds `127.0.0.1` and prints
 //! `listening on 127.0.0.1:PORT` once it accepts connections.
 //!
+//! `--stdio`: the same server on stdin/stdout (one JSON-RPC message per line), for the
+//! gateway's stdio servers: `initialize` and the lists answered as above, every other
+//! request with the fixed result under its own id, notifications ignored.
+//!
 //! ```sh
 //! cargo run --release --example fast_upstream -- --port 3001
 //! ```
@@ -144,7 +148,7 @@ fn own_request(body: &[u8]) -> Option<Vec<u8>> {
 fn port_flag() -> u16 {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: fast_upstream [--port N (0 = any free port)]");
+        println!("usage: fast_upstream [--port N (0 = any free port)] [--stdio]");
         std::process::exit(0);
     }
     match args.iter().position(|a| a == "--port") {
@@ -159,7 +163,38 @@ fn port_flag() -> u16 {
     }
 }
 
+/// `--stdio`: answer each line read on stdin with one line on stdout.
+fn stdio() -> std::io::Result<()> {
+    use std::io::BufRead;
+    let stdin = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in stdin.split(b'\n') {
+        let line = line?;
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let (Some(id), Some(method)) = (msg.get("id"), msg.get("method").and_then(|m| m.as_str())) else {
+            continue;
+        };
+        let answer = match own_request(&line) {
+            Some(a) if method == "initialize" || method.ends_with("/list") => a,
+            _ => {
+                let mut v: serde_json::Value = serde_json::from_slice(RESULT).expect("valid JSON");
+                v["id"] = id.clone();
+                serde_json::to_vec(&v).expect("JSON serializes")
+            }
+        };
+        out.write_all(&answer)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 fn main() -> std::io::Result<()> {
+    if std::env::args().any(|a| a == "--stdio") {
+        return stdio();
+    }
     let port = port_flag();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -181,9 +181,13 @@ impl Bridge {
         }
         let running = self.running.clone();
         let health = self.health.clone();
+        // What counts towards the backoff and health: for a shared pool every exit the
+        // gateway did not ask for; per session, a process that ended before it answered
+        // anything (it cannot start), not one session's crash.
+        let shared = self.spec.shared();
         let on_exit = move |exit: &Exit| {
             running.fetch_sub(1, Ordering::AcqRel);
-            if !exit.stopped {
+            if !exit.stopped && (shared || !exit.answered) {
                 Self::record_exit(&health, &format!("exited: {}", exit.why));
             }
         };
@@ -450,17 +454,6 @@ impl Bridge {
             .stdio_backoff_seconds
             .with_label_values(&[&self.spec.group, &self.spec.id])
             .set(0);
-    }
-
-    /// The process ids (and process groups) of the processes alive.
-    pub fn pids(&self) -> Vec<u32> {
-        let mut out: Vec<u32> = self.sessions.iter().map(|e| e.value().pid).collect();
-        out.extend(
-            self.pool
-                .iter()
-                .filter_map(|s| s.load().as_ref().map(|r| r.proc.pid)),
-        );
-        out.into_iter().filter(|p| *p != 0).collect()
     }
 
     /// What the admin API shows.

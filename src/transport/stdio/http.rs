@@ -139,7 +139,7 @@ async fn post(
         Ok(route) => route,
         Err((status, code, why)) => return error(status, &id, code, &why),
     };
-    let (proc, new_session) = match route {
+    let (proc, mut new_session) = match route {
         Route::Answer(result) => {
             let body = json!({"jsonrpc": "2.0", "id": id, "result": result});
             return json_response(200, serde_json::to_vec(&body).expect("JSON serializes"));
@@ -185,7 +185,8 @@ async fn post(
             200
         };
         if new_session.is_some() && first.get("error").is_some() {
-            bridge.abandon(new_session.as_deref()).await;
+            // No session for an initialize that failed: its process goes.
+            bridge.abandon(new_session.take().as_deref()).await;
         }
         json_response(
             status,

@@ -179,14 +179,12 @@ impl Stdio {
     /// After the runtimes are gone (a fast shutdown): every process group still there
     /// gets SIGTERM, then SIGKILL 2 s later, so no child outlives the gateway.
     pub fn kill_all_now(&self) {
+        // Every process group alive, bridges stopping or not (a grace period that ends
+        // before a stop sequence does leaves them here).
         use nix::sys::signal::{killpg, Signal};
-        let groups: Vec<nix::unistd::Pid> = self
-            .running
-            .lock()
-            .expect("not poisoned")
-            .values()
-            .flat_map(|r| r.bridge.pids())
-            .map(|pid| nix::unistd::Pid::from_raw(pid as i32))
+        let groups: Vec<nix::unistd::Pid> = process::ALIVE
+            .iter()
+            .map(|e| nix::unistd::Pid::from_raw(*e.key() as i32))
             .filter(|g| killpg(*g, None).is_ok())
             .collect();
         if groups.is_empty() {

@@ -40,7 +40,13 @@ pub struct Exit {
     pub why: String,
     /// The gateway ended it (DELETE, idle, reload, shutdown).
     pub stopped: bool,
+    /// It had answered something before (it started cleanly).
+    pub answered: bool,
 }
+
+/// The process groups of every stdio process alive, whatever bridge it belongs to: what
+/// a last-moment kill (the process ending, `Stdio::kill_all_now`) must reach.
+pub static ALIVE: once_cell::sync::Lazy<DashMap<u32, ()>> = once_cell::sync::Lazy::new(DashMap::new);
 
 struct InFlight {
     to: ToRequest,
@@ -67,6 +73,8 @@ pub struct Proc {
     /// A GET stream is open (the session is in use even with no request).
     pub streaming: AtomicBool,
     next_id: AtomicU64,
+    /// It has answered a request.
+    answered: AtomicBool,
 }
 
 /// A spawn that failed (the program is missing, no processes left…).
@@ -123,7 +131,11 @@ impl Proc {
             last_used: AtomicU64::new(crate::clock::now_ms()),
             streaming: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            answered: AtomicBool::new(false),
         });
+        if pid != 0 {
+            ALIVE.insert(pid, ());
+        }
         METRICS
             .stdio_processes
             .with_label_values(&[&spec.group, &spec.id])
@@ -197,7 +209,9 @@ impl Proc {
                     tokio::time::sleep(STOP_STEP).await;
                     let _ = killpg(group, Signal::SIGKILL);
                 }
-                let exit = Exit { why, stopped };
+                ALIVE.remove(&proc.pid);
+                let answered = proc.answered.load(Ordering::Relaxed);
+                let exit = Exit { why, stopped, answered };
                 let labels = [&proc.spec.group, &proc.spec.id];
                 METRICS.stdio_processes.with_label_values(&labels).dec();
                 let how = if stopped { "stopped" } else { "exited" };
@@ -334,6 +348,7 @@ impl Proc {
         log::trace!("stdio server {}: read {message}", self.spec.id);
         let is_answer = message.get("method").is_none();
         if is_answer {
+            self.answered.store(true, Ordering::Relaxed);
             let key = message.get("id").map(Value::to_string).unwrap_or_default();
             match self.pending.get(&key) {
                 Some(p) => {
