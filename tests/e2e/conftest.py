@@ -2,9 +2,11 @@
 
 Every process listens on a free loopback port, writes its output to a log file in the
 test's temporary directory, and is killed at teardown. Peers: the Python SDK server
-(peers/python_server.py) and its catalog variant (peers/catalog_server.py), a small OAuth authorization server (peers/auth_server.py), the
-reference `server-everything`, the bundled demo server. When a test fails, the logs of the
-gateway and of every peer it started are attached to the report.
+(peers/python_server.py) and its catalog variant (peers/catalog_server.py), a small OAuth
+authorization server (peers/auth_server.py), the reference `server-everything`, the bundled
+demo server, a Python SDK server on a Unix socket (peers/unix_server.py); stdio servers are
+started by the gateway itself (test_stdio.py). When a test fails, the logs of the gateway
+and of every peer it started are attached to the report.
 
 Environment:
   MCP_GATEWAY_BIN      gateway binary (default: target/debug/mcp-gateway)
@@ -13,6 +15,7 @@ Environment:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -34,6 +37,7 @@ EVERYTHING_JS = E2E / "node_modules/@modelcontextprotocol/server-everything/dist
 PYTHON_PEER = E2E / "peers/python_server.py"
 CATALOG_PEER = E2E / "peers/catalog_server.py"
 AUTH_PEER = E2E / "peers/auth_server.py"
+UNIX_PEER = E2E / "peers/unix_server.py"
 
 START_TIMEOUT = 30.0
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
@@ -199,6 +203,23 @@ class Stack:
             proc.stop()
         proc.fail("no free port after 3 attempts")
 
+    def unix_server(self, path: Path, name: str = "unix-peer") -> str:
+        """peers/unix_server.py (Python SDK 2.x) served by `uvicorn --uds path`; returns the
+        gateway's URL for it, `unix://PATH:/mcp`."""
+        argv = [sys.executable, "-m", "uvicorn", "--uds", path, "--app-dir", UNIX_PEER.parent, "--log-level", "warning", f"{UNIX_PEER.stem}:app"]
+        proc = self._spawn(name, argv)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                proc.fail(f"exited with {proc.popen.returncode} before listening on {path}")
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(path))
+                return f"unix://{path}:/mcp"
+            except OSError:
+                time.sleep(0.05)
+        proc.fail(f"did not listen on {path} in time")
+
     def demo_server(self, name: str = "demo") -> str:
         """The bundled rmcp demo server (demo/src/main.rs); returns its MCP URL."""
         if not DEMO_BIN.exists():
@@ -210,21 +231,30 @@ class Stack:
 
     # ---- the gateway ---------------------------------------------------------------
 
-    def gateway(self, groups: dict[str, dict], routes: list[tuple[str, str]] | None = None, extra: str = "") -> str:
-        """Start the gateway in front of `groups` and return its base URL (`http://127.0.0.1:PORT`).
+    def gateway(
+        self,
+        groups: dict[str, dict],
+        routes: list[tuple[str, str]] | None = None,
+        extra: str = "",
+        server: dict | None = None,
+    ) -> str:
+        """Start the gateway in front of `groups` and return its base URL (`http://127.0.0.1:PORT`);
+        `stack.peer(base)` is its process.
 
-        `groups` maps a group name to `{"strategy": ..., "servers": [url, ...], "yaml": "..."}`
-        (`yaml`: more keys of the group); servers get
-        ids `s1`, `s2`, ... in order. `extra` is YAML appended at the top level of the config
-        (e.g. a `sessions:` section); `{port}` in it stands for the gateway's port, for settings
-        that name the gateway's own URL (an OAuth `resource`).
+        `groups` maps a group name to `{"strategy": ..., "servers": [server, ...], "yaml": "..."}`
+        (`yaml`: more keys of the group). A server is a URL, or a dict of the server entry's
+        keys (`{"command": [...], "process": "shared"}`); servers get ids `s1`, `s2`, ... in
+        order unless the dict names one. `extra` is YAML appended at the top level of the
+        config (e.g. a `sessions:` section); `{port}` in it stands for the gateway's port, for
+        settings that name the gateway's own URL (an OAuth `resource`). `server` adds keys to
+        the `server:` section (`{"grace_period": "1s"}`).
         """
         if not GATEWAY_BIN.exists():
             pytest.fail(f"{GATEWAY_BIN} is missing: run `cargo build --bin mcp-gateway` (or set MCP_GATEWAY_BIN)")
         for attempt in range(3):
             port = free_port()
             config = self.dir / f"gateway-{port}.yaml"
-            config.write_text(gateway_yaml(port, self.dir, groups, routes, extra))
+            config.write_text(gateway_yaml(port, self.dir, groups, routes, extra, server))
             # SIGINT: Pingora's fast shutdown (SIGTERM waits out server.grace_period).
             proc = self._spawn("gateway", [GATEWAY_BIN, "--config", config], stop_signal=signal.SIGINT)
             base = f"http://127.0.0.1:{port}"
@@ -235,6 +265,7 @@ class Stack:
                     status = httpx.get(f"{base}/readiness", timeout=2).status_code
                     if status == 200:
                         proc.port = port
+                        self._by_url[base] = proc
                         return base
                 except httpx.HTTPError:
                     pass
@@ -250,7 +281,16 @@ class Stack:
             proc.stop()
 
 
-def gateway_yaml(port: int, run_dir: Path, groups: dict[str, dict], routes, extra: str = "") -> str:
+def server_entry(i: int, server: str | dict) -> str:
+    """One entry of a group's `servers:` as a YAML flow mapping: a URL, or a dict of keys
+    (values written as JSON, which YAML reads as is)."""
+    if isinstance(server, str):
+        return f'{{id: s{i}, url: "{server}"}}'
+    keys = {"id": f"s{i}", **server}
+    return "{" + ", ".join(f"{key}: {json.dumps(value)}" for key, value in keys.items()) + "}"
+
+
+def gateway_yaml(port: int, run_dir: Path, groups: dict[str, dict], routes, extra: str = "", server: dict | None = None) -> str:
     lines = [
         "server:",
         "  host: 127.0.0.1",
@@ -258,13 +298,13 @@ def gateway_yaml(port: int, run_dir: Path, groups: dict[str, dict], routes, extr
         "  threads: 2",
         f"  pid_file: {run_dir / f'gateway-{port}.pid'}",
         f"  upgrade_sock: {run_dir / f'gateway-{port}-upgrade.sock'}",
-        "upstream:",
-        "  groups:",
     ]
+    lines += [f"  {key}: {json.dumps(value)}" for key, value in (server or {}).items()]
+    lines += ["upstream:", "  groups:"]
     for name, group in groups.items():
         lines += [f"    {name}:", f"      strategy: {group.get('strategy', 'round_robin')}", "      servers:"]
-        for i, url in enumerate(group["servers"], start=1):
-            lines.append(f'        - {{id: s{i}, url: "{url}"}}')
+        for i, entry in enumerate(group["servers"], start=1):
+            lines.append(f"        - {server_entry(i, entry)}")
         # More keys of the group, as YAML (e.g. "circuit_breaker: {open_for: 1s}").
         lines += [f"      {line}" for line in group.get("yaml", "").splitlines() if line.strip()]
     if routes:
