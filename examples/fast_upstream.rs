@@ -173,7 +173,8 @@ fn stdio() -> std::io::Result<()> {
         let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&line) else {
             continue;
         };
-        let (Some(id), Some(method)) = (msg.get("id"), msg.get("method").and_then(|m| m.as_str())) else {
+        let (Some(id), Some(method)) = (msg.get("id"), msg.get("method").and_then(|m| m.as_str()))
+        else {
             continue;
         };
         let answer = match own_request(&line) {

@@ -630,7 +630,7 @@ async fn a_reload_starts_new_servers_and_stops_removed_ones() {
 
 #[test]
 fn bad_stdio_servers_are_listed_with_their_paths() {
-    let yaml = "upstream:\n  groups:\n    io:\n      servers:\n        - {id: a, url: \"http://127.0.0.1:1/mcp\", command: [\"x\"]}\n        - {id: b, command: [\"x\"], instances: 3}\n        - {id: c, url: \"http://127.0.0.1:1/mcp\", env: {A: b}}\n        - {id: d, command: [\"x\"], process: shared, instances: 5, max_processes: 2}\n        - {id: e, command: [\"x\"], cwd: /nonexistent/dir}\n        - {id: f, command: [\"\"], idle_timeout: 0s}\n        - {id: g}\nroutes:\n  - {path: /mcp, group: io}\n";
+    let yaml = "upstream:\n  groups:\n    io:\n      servers:\n        - {id: a, url: \"http://127.0.0.1:1/mcp\", command: [\"x\"]}\n        - {id: b, command: [\"x\"], instances: 3}\n        - {id: c, url: \"http://127.0.0.1:1/mcp\", env: {A: b}}\n        - {id: d, command: [\"x\"], process: shared, instances: 5, max_processes: 2}\n        - {id: e, command: [\"x\"], cwd: /nonexistent/dir}\n        - {id: f, command: [\"\"], idle_timeout: 0s}\n        - {id: g}\n        - {id: h, url: \"sse+unix:///x.sock:/mcp\"}\n        - {id: i, url: \"sse+http://127.0.0.1:1/sse\", env: {A: b}, max_processes: 3}\nroutes:\n  - {path: /mcp, group: io}\n";
     expect_invalid(
         yaml,
         &[
@@ -642,6 +642,8 @@ fn bad_stdio_servers_are_listed_with_their_paths() {
             "upstream.groups.io.servers[5].command[0]: the program is empty",
             "upstream.groups.io.servers[5].idle_timeout: must be greater than 0",
             "upstream.groups.io.servers[6].url: is required (or a command for a stdio server)",
+            "upstream.groups.io.servers[7].url: \"sse+unix:///x.sock:/mcp\": use sse+http:// or sse+https://",
+            "upstream.groups.io.servers[8].env: only applies to a server with a command",
         ],
     );
 }

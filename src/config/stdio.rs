@@ -27,22 +27,41 @@ pub fn check(s: &ServerEntry, at: &Path, errs: &mut Errors) {
         errs.push(&at.key("command").index(0), "the program is empty");
     }
     let defaults = ServerEntry::default();
+    let sse = s.url.starts_with(LEGACY_SSE);
     if !stdio {
         // The stdio keys mean nothing for a URL: a typo'd `command` would pass silently.
-        for (key, set) in [
-            ("env", !s.env.is_empty()),
-            ("cwd", s.cwd.is_some()),
-            ("process", s.process != defaults.process),
-            ("instances", s.instances != defaults.instances),
-            ("max_processes", s.max_processes != defaults.max_processes),
-            ("idle_timeout", s.idle_timeout != defaults.idle_timeout),
-            ("max_line", s.max_line != defaults.max_line),
+        // A legacy SSE server has a connection per session: its cap, idle time and line.
+        for (key, set, for_sse) in [
+            ("env", !s.env.is_empty(), false),
+            ("cwd", s.cwd.is_some(), false),
+            ("process", s.process != defaults.process, false),
+            ("instances", s.instances != defaults.instances, false),
+            (
+                "max_processes",
+                s.max_processes != defaults.max_processes,
+                true,
+            ),
+            (
+                "idle_timeout",
+                s.idle_timeout != defaults.idle_timeout,
+                true,
+            ),
+            ("max_line", s.max_line != defaults.max_line, true),
         ] {
-            if set {
-                errs.push(&at.key(key), "only applies to a server with a command");
+            if set && !(sse && for_sse) {
+                errs.push(
+                    &at.key(key),
+                    if for_sse {
+                        "only applies to a server with a command or an sse+http:// url"
+                    } else {
+                        "only applies to a server with a command"
+                    },
+                );
             }
         }
-        return;
+        if !sse {
+            return;
+        }
     }
     for key in s.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
@@ -86,22 +105,53 @@ pub fn check(s: &ServerEntry, at: &Path, errs: &mut Errors) {
 /// reloads must name the same sockets.
 static FIRST_PID: once_cell::sync::Lazy<u32> = once_cell::sync::Lazy::new(std::process::id);
 
+/// The folder of this process's bridge sockets: chosen by the first config this process
+/// loads (`server.runtime_dir` needs an upgrade to change, as every listener setting).
+static SOCKET_DIR: once_cell::sync::OnceCell<PathBuf> = once_cell::sync::OnceCell::new();
+
 /// The folder of this process's bridge sockets.
 pub fn socket_dir(c: &Config) -> PathBuf {
-    let base = c
-        .server
-        .runtime_dir
+    SOCKET_DIR
+        .get_or_init(|| {
+            let base = c
+                .server
+                .runtime_dir
+                .clone()
+                .or_else(|| std::env::var("RUNTIME_DIRECTORY").ok())
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            base.join(format!("mcp-gateway-{}", *FIRST_PID))
+        })
         .clone()
-        .or_else(|| std::env::var("RUNTIME_DIRECTORY").ok())
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    base.join(format!("mcp-gateway-{}", *FIRST_PID))
+}
+
+/// The scheme prefix of a legacy HTTP+SSE server's URL (`sse+http://host/sse`).
+pub const LEGACY_SSE: &str = "sse+";
+
+/// The bridge socket of a legacy HTTP+SSE server (`url: sse+http://…`): one per URL.
+/// `None` before a config was loaded in this process.
+pub fn sse_socket(url: &str) -> Option<PathBuf> {
+    let dir = SOCKET_DIR.get()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ("legacy-sse", url).hash(&mut h);
+    Some(dir.join(format!("{:016x}.sock", h.finish())))
 }
 
 /// Give every stdio server the URL of its bridge socket, named after everything that
 /// defines it: a reload that changes a command gets a new server (and a new process).
 pub fn assign_urls(c: &mut Config, errs: &mut Errors) {
     let dir = socket_dir(c);
+    if let Some(sock) = sse_socket("sse+http://host:65535/sse") {
+        if sock.as_os_str().len() > MAX_SOCKET_PATH {
+            errs.push(
+                &Path::root().key("server").key("runtime_dir"),
+                format!(
+                    "{} is too long for a Unix socket path; use a shorter folder",
+                    sock.display()
+                ),
+            );
+        }
+    }
     for (name, g) in c.upstream.groups.iter_mut() {
         for (i, s) in g.servers.iter_mut().enumerate() {
             if s.command.is_empty() {

@@ -2,6 +2,11 @@
 //! gateway owns, so that routing, balancing, health checks, breakers, metrics and virtual
 //! servers treat them as any other server (docs/transports.md).
 //!
-//! * [`stdio`]: servers the gateway runs as child processes (`command:`).
+//! * [`stdio`]: servers the gateway runs as child processes (`command:`), and the bridge
+//!   (a Unix socket speaking Streamable HTTP, sessions, pools, supervision) they share
+//!   with the other adapters;
+//! * [`legacy_sse`]: servers of the 2024-11-05 HTTP+SSE transport (`url: sse+http://…`),
+//!   a connection per session through the same bridge.
 
+pub mod legacy_sse;
 pub mod stdio;

@@ -1,7 +1,9 @@
 //! Where one upstream server lives: parsed from its configured URL.
 //!
 //! `http://host:port/path`, `https://host:port/path` (TLS with SNI) and
-//! `unix:///path/to.sock:/mcp` (a Unix socket, then the HTTP path). Parsing does no DNS;
+//! `unix:///path/to.sock:/mcp` (a Unix socket, then the HTTP path), and
+//! `sse+http://host:port/sse` (a legacy HTTP+SSE server, reached through the gateway's own
+//! bridge socket to it: `transport::legacy_sse`). Parsing does no DNS;
 //! [`Target::resolve`] turns a host name into an address (at start and then every
 //! `resolve_interval`), so `HttpPeer` never sees an unresolvable name (it would panic).
 
@@ -46,6 +48,22 @@ pub struct Target {
 
 impl Target {
     pub fn from_url(url: &str) -> Result<Target, String> {
+        if let Some(inner) = url.strip_prefix(crate::config::stdio::LEGACY_SSE) {
+            // A legacy HTTP+SSE server: reached through the gateway's own bridge to it.
+            let t = Target::from_url(inner)?;
+            if matches!(t.endpoint, Endpoint::Unix(_)) {
+                return Err(format!("{url:?}: use sse+http:// or sse+https://"));
+            }
+            let sock = crate::config::stdio::sse_socket(url)
+                .ok_or_else(|| format!("{url:?}: no bridge folder (load a config first)"))?;
+            return Ok(Target {
+                endpoint: Endpoint::Unix(sock),
+                tls: false,
+                authority: "localhost".into(),
+                host: "localhost".into(),
+                path: "/mcp".into(),
+            });
+        }
         if let Some(rest) = url.strip_prefix("unix://") {
             let (sock, path) = match rest.rfind(":/") {
                 Some(i) => (&rest[..i], &rest[i + 1..]),
@@ -72,12 +90,12 @@ impl Target {
             Some("https") => true,
             Some(other) => {
                 return Err(format!(
-                    "{url:?}: unsupported scheme {other:?} (use http://, https:// or unix://)"
+                    "{url:?}: unsupported scheme {other:?} (use http://, https://, unix:// or sse+http://)"
                 ))
             }
             None => {
                 return Err(format!(
-                    "{url:?}: missing scheme (use http://, https:// or unix://)"
+                    "{url:?}: missing scheme (use http://, https://, unix:// or sse+http://)"
                 ))
             }
         };

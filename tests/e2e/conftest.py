@@ -181,8 +181,9 @@ class Stack:
         args = ["--grantable", grantable] if grantable is not None else []
         return self._python_peer(name, AUTH_PEER, *args)
 
-    def everything_server(self, name: str = "everything", env: dict[str, str] | None = None) -> str:
-        """`@modelcontextprotocol/server-everything` in streamableHttp mode; returns its MCP URL.
+    def everything_server(self, name: str = "everything", env: dict[str, str] | None = None, mode: str = "streamableHttp") -> str:
+        """`@modelcontextprotocol/server-everything` in streamableHttp mode (`mode="sse"`:
+        the legacy HTTP+SSE transport); returns its MCP URL (`…/mcp`, or `…/sse`).
 
         It cannot report a port it picked itself (it logs `PORT` as given), so pick a free
         port and retry if another process took it in the meantime.
@@ -191,13 +192,13 @@ class Stack:
             pytest.fail(f"{EVERYTHING_JS} is missing: run `npm ci` in tests/e2e (scripts/test does)")
         for _ in range(3):
             port = free_port()
-            proc = self._spawn(name, ["node", EVERYTHING_JS, "streamableHttp"], env={"PORT": str(port), **(env or {})}, cwd=E2E)
+            proc = self._spawn(name, ["node", EVERYTHING_JS, mode], env={"PORT": str(port), **(env or {})}, cwd=E2E)
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline and proc.alive() and not port_open(port):
                 time.sleep(0.05)
             if proc.alive() and port_open(port):
                 proc.port = port
-                return f"http://127.0.0.1:{port}/mcp"
+                return f"http://127.0.0.1:{port}/{'sse' if mode == 'sse' else 'mcp'}"
             if "EADDRINUSE" not in proc.log() and "already in use" not in proc.log():
                 proc.fail("did not start")
             proc.stop()

@@ -165,8 +165,9 @@ impl Bridge {
             .set(wait.as_secs_f64().ceil() as i64);
     }
 
-    /// Start one process, within `max_processes`.
-    fn spawn(&self) -> Result<Arc<Proc>, Refusal> {
+    /// Start one process (or, for a legacy SSE server, one connection, with the headers
+    /// of the request that opens the session), within `max_processes`.
+    fn spawn(&self, headers: &http::HeaderMap) -> Result<Arc<Proc>, Refusal> {
         let max = self.spec.max_processes;
         if self.running.fetch_add(1, Ordering::AcqRel) >= max {
             self.running.fetch_sub(1, Ordering::AcqRel);
@@ -191,6 +192,11 @@ impl Bridge {
                 Self::record_exit(&health, &format!("exited: {}", exit.why));
             }
         };
+        if self.spec.sse.is_some() {
+            return Ok(crate::transport::legacy_sse::connect(
+                &self.spec, headers, on_exit,
+            ));
+        }
         Proc::spawn(&self.spec, on_exit).map_err(|e| {
             self.running.fetch_sub(1, Ordering::AcqRel);
             Self::record_exit(&self.health, &e.0);
@@ -200,7 +206,12 @@ impl Bridge {
     }
 
     /// Where one client message goes.
-    pub async fn route(&self, message: &Value, session: Option<&str>) -> Result<Route, Refusal> {
+    pub async fn route(
+        &self,
+        message: &Value,
+        session: Option<&str>,
+        headers: &http::HeaderMap,
+    ) -> Result<Route, Refusal> {
         let method = message.get("method").and_then(Value::as_str);
         if self.stopped() {
             return Err((
@@ -258,7 +269,7 @@ impl Bridge {
             ));
         }
         self.publish_backoff(Duration::ZERO);
-        let proc = self.spawn()?;
+        let proc = self.spawn(headers)?;
         let sid = new_session_id();
         self.sessions.insert(sid.clone(), proc.clone());
         Ok(Route::To {
@@ -396,7 +407,7 @@ impl Bridge {
                 }
             }
             self.publish_backoff(Duration::ZERO);
-            let proc = match self.spawn() {
+            let proc = match self.spawn(&http::HeaderMap::new()) {
                 Ok(p) => p,
                 Err(_) => continue,
             };

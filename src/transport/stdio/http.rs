@@ -135,7 +135,7 @@ async fn post(
     let id = message.get("id").cloned();
     let is_request = message.get("method").is_some() && id.is_some();
     let id = id.unwrap_or(Value::Null);
-    let route = match bridge.route(&message, session.as_deref()).await {
+    let route = match bridge.route(&message, session.as_deref(), headers).await {
         Ok(route) => route,
         Err((status, code, why)) => return error(status, &id, code, &why),
     };
@@ -147,6 +147,9 @@ async fn post(
         Route::Accepted => return empty(202),
         Route::To { proc, new_session } => (proc, new_session),
     };
+    if bridge.spec.sse.is_some() {
+        proc.carry(crate::transport::legacy_sse::forwarded(headers));
+    }
     if !is_request {
         // A notification, or the client's answer to the process's request.
         return match proc.send(&message) {

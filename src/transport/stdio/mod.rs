@@ -5,12 +5,14 @@
 //! (every process through the stop sequence) at shutdown and before an upgraded process
 //! takes over.
 //!
-//! * [`process`]: one child process (spawn, stdin/stdout/stderr, stop, reaping);
+//! * [`process`]: one peer (a process or a connection): routing what it writes, stop;
+//! * [`child`]: starting a stdio process (stdin/stdout/stderr, reaping);
 //! * [`lines`]: its output, line by line under a cap;
 //! * [`bridge`]: its processes (per session or a shared pool), supervision, health;
 //! * [`http`]: the Streamable HTTP side, served with hyper on the socket.
 
 pub mod bridge;
+pub mod child;
 pub mod http;
 pub mod lines;
 pub mod process;
@@ -27,12 +29,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// One stdio server as configured.
+/// One bridged server as configured: a stdio program, or a legacy HTTP+SSE server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
     pub group: String,
     pub id: String,
+    /// stdio: the program and its arguments (empty for a legacy SSE server).
     pub command: Vec<String>,
+    /// A legacy HTTP+SSE server: its stream's URL (`http://…/sse`).
+    pub sse: Option<String>,
     pub env: BTreeMap<String, String>,
     pub cwd: Option<String>,
     pub process: StdioProcess,
@@ -48,21 +53,42 @@ impl Spec {
         self.process == StdioProcess::Shared
     }
 
-    /// The stdio servers of a config (their URLs were assigned at load).
+    /// How logs and errors name it.
+    pub fn kind(&self) -> &'static str {
+        if self.sse.is_some() {
+            "legacy SSE server"
+        } else {
+            "stdio server"
+        }
+    }
+
+    /// The bridged servers of a config (stdio URLs were assigned at load; a legacy SSE
+    /// server's socket follows from its URL, one bridge per URL).
     pub fn all(config: &Config) -> Vec<Spec> {
-        let mut out = Vec::new();
+        let mut out: Vec<Spec> = Vec::new();
         for (group, g) in &config.upstream.groups {
-            for s in g.servers.iter().filter(|s| !s.command.is_empty()) {
-                let socket = s
-                    .url
-                    .strip_prefix("unix://")
-                    .and_then(|r| r.rsplit_once(":/"))
-                    .map(|(sock, _)| PathBuf::from(sock))
-                    .expect("stdio servers get a unix URL at load");
+            for s in &g.servers {
+                let sse = s.url.strip_prefix(crate::config::stdio::LEGACY_SSE);
+                if s.command.is_empty() && sse.is_none() {
+                    continue;
+                }
+                let socket = match sse {
+                    Some(_) => crate::config::stdio::sse_socket(&s.url),
+                    None => s
+                        .url
+                        .strip_prefix("unix://")
+                        .and_then(|r| r.rsplit_once(":/"))
+                        .map(|(sock, _)| PathBuf::from(sock)),
+                };
+                let Some(socket) = socket else { continue };
+                if out.iter().any(|o| o.socket == socket) {
+                    continue;
+                }
                 out.push(Spec {
                     group: group.clone(),
                     id: s.id.clone(),
                     command: s.command.clone(),
+                    sse: sse.map(str::to_string),
                     env: s.env.clone(),
                     cwd: s.cwd.clone(),
                     process: s.process,

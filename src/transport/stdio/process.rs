@@ -1,13 +1,11 @@
-//! One stdio server process: started in its own process group with a minimal
-//! environment, fed newline-delimited JSON on stdin, read line by line on stdout (a line
-//! cap; lines that are not JSON are skipped and logged), its stderr drained into the log
-//! (rate-limited), and always reaped.
+//! One bridged server's peer (a stdio process, `child`; a legacy SSE connection,
+//! `transport::legacy_sse`): the messages it is sent, in order, and where what it writes
+//! goes, its stop sequence and its end.
 //!
 //! What the process writes goes to the request it answers (by id), to the request whose
 //! progress token it names, else to the request in flight that can take a stream, else to
 //! the session's GET stream (kept in a bounded backlog until one is open).
 
-use super::lines::{Lines, Read};
 use super::Spec;
 use crate::telemetry::metrics::METRICS;
 use bytes::Bytes;
@@ -19,7 +17,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 /// Messages for the GET stream kept while none is open.
@@ -28,8 +25,6 @@ const BACKLOG: usize = 1000;
 const STDIN_QUEUE: usize = 1024;
 /// Each step of the stop sequence: stdin closed, then SIGTERM, then SIGKILL.
 pub const STOP_STEP: Duration = Duration::from_secs(2);
-/// stderr lines logged per second (a burst of this many, then one per 1/N s).
-const STDERR_PER_SECOND: f64 = 20.0;
 
 /// A message for a request in flight: the process's answer ends it.
 pub type ToRequest = mpsc::UnboundedSender<Value>;
@@ -46,7 +41,8 @@ pub struct Exit {
 
 /// The process groups of every stdio process alive, whatever bridge it belongs to: what
 /// a last-moment kill (the process ending, `Stdio::kill_all_now`) must reach.
-pub static ALIVE: once_cell::sync::Lazy<DashMap<u32, ()>> = once_cell::sync::Lazy::new(DashMap::new);
+pub static ALIVE: once_cell::sync::Lazy<DashMap<u32, ()>> =
+    once_cell::sync::Lazy::new(DashMap::new);
 
 struct InFlight {
     to: ToRequest,
@@ -75,48 +71,70 @@ pub struct Proc {
     next_id: AtomicU64,
     /// It has answered a request.
     answered: AtomicBool,
+    /// The headers of the client's latest request, for a transport that passes them on
+    /// (a legacy SSE server's POSTs).
+    carried: Mutex<http::HeaderMap>,
 }
 
-/// A spawn that failed (the program is missing, no processes left…).
-#[derive(Debug)]
-pub struct SpawnError(pub String);
+/// The far side of a [`Proc`], for the transport that carries it (a child process's
+/// pipes, a legacy SSE connection): the messages to write, the stop flag, and the end.
+pub struct Io {
+    pub proc: Arc<Proc>,
+    /// Messages to deliver, in order, each one JSON line ending in `\n`.
+    pub input: mpsc::Receiver<Bytes>,
+    /// Set when the gateway wants it gone.
+    pub stop: watch::Receiver<bool>,
+    exit: watch::Sender<Option<Exit>>,
+}
 
-impl Proc {
-    /// Start the server's program. `on_exit` runs once it is gone, with why.
-    pub fn spawn(
-        spec: &Arc<Spec>,
-        on_exit: impl FnOnce(&Exit) + Send + 'static,
-    ) -> Result<Arc<Proc>, SpawnError> {
-        let mut cmd = tokio::process::Command::new(&spec.command[0]);
-        cmd.args(&spec.command[1..]).env_clear();
-        for key in crate::config::stdio::INHERITED_ENV {
-            if let Some(v) = std::env::var_os(key) {
-                cmd.env(key, v);
-            }
-        }
-        cmd.envs(&spec.env);
-        if let Some(dir) = &spec.cwd {
-            cmd.current_dir(dir);
-        }
-        cmd.stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(false);
-        let mut child = cmd.spawn().map_err(|e| {
+impl Io {
+    /// The transport is gone (`why`): whatever it left unanswered gets an error at once,
+    /// then `on_exit` runs and [`Proc::exited`] fires.
+    pub fn finish(self, why: String, on_exit: impl FnOnce(&Exit)) {
+        let proc = &self.proc;
+        ALIVE.remove(&proc.pid);
+        let stopped = *proc.stopping.borrow();
+        let answered = proc.answered.load(Ordering::Relaxed);
+        let exit = Exit {
+            why,
+            stopped,
+            answered,
+        };
+        let how = if stopped { "stopped" } else { "exited" };
+        if proc.pid != 0 {
+            let labels = [&proc.spec.group, &proc.spec.id];
+            METRICS.stdio_processes.with_label_values(&labels).dec();
             METRICS
                 .stdio_exits
-                .with_label_values(&[&spec.group, &spec.id, "spawn_failed"])
+                .with_label_values(&[labels[0], labels[1], how])
                 .inc();
-            SpawnError(format!(
-                "cannot start stdio server {} ({:?}): {e}",
-                spec.id, spec.command[0]
-            ))
-        })?;
-        let pid = child.id().unwrap_or(0);
-        let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(STDIN_QUEUE);
-        let (stopping, mut stop_rx) = watch::channel(false);
-        let (exit_tx, exited) = watch::channel(None);
+        }
+        log::log!(
+            if stopped {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            },
+            "{} {} (group {}): {} {how} ({})",
+            proc.spec.kind(),
+            proc.spec.id,
+            proc.spec.group,
+            proc.name(),
+            exit.why
+        );
+        proc.fail_all(&exit);
+        on_exit(&exit);
+        let _ = self.exit.send(Some(exit));
+    }
+}
+
+impl Proc {
+    /// A peer with nothing behind it yet: the transport drives the returned [`Io`].
+    /// `pid`: the child's process (and process group) id, 0 for a connection.
+    pub fn new(spec: &Arc<Spec>, pid: u32) -> (Arc<Proc>, Io) {
+        let (stdin_tx, input) = mpsc::channel::<Bytes>(STDIN_QUEUE);
+        let (stopping, stop) = watch::channel(false);
+        let (exit, exited) = watch::channel(None);
         let proc = Arc::new(Proc {
             spec: spec.clone(),
             pid,
@@ -132,112 +150,40 @@ impl Proc {
             streaming: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             answered: AtomicBool::new(false),
+            carried: Mutex::new(http::HeaderMap::new()),
         });
         if pid != 0 {
             ALIVE.insert(pid, ());
         }
-        METRICS
-            .stdio_processes
-            .with_label_values(&[&spec.group, &spec.id])
-            .inc();
-        log::info!(
-            "stdio server {} (group {}): started {:?} as pid {pid}",
-            spec.id,
-            spec.group,
-            spec.command
-        );
-
-        // stdin: written in order; closed when the process is to stop.
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    line = stdin_rx.recv() => match line {
-                        Some(line) => {
-                            log::trace!("stdio: writing {} bytes", line.len());
-                            if stdin.write_all(&line).await.is_err() { break }
-                        }
-                        None => break,
-                    },
-                    _ = super::until(&mut stop_rx, |s| *s) => break,
-                }
-            }
-            drop(stdin);
-        });
-        // stderr: into the log, at most STDERR_PER_SECOND lines a second.
-        let stderr = child.stderr.take().expect("piped stderr");
-        let label = format!("stdio server={} pid={pid}", spec.id);
-        tokio::spawn(drain_stderr(stderr, label));
-        // stdout: each line to where it belongs.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let reader = {
-            let proc = proc.clone();
-            let max = spec.max_line;
-            tokio::spawn(async move {
-                let mut lines = Lines::new(stdout, max);
-                loop {
-                    match lines.next().await {
-                        Ok(Read::Line(line)) => proc.dispatch(&line),
-                        Ok(Read::TooLong) => log::warn!(
-                            "stdio server {}: a line longer than max_line ({max} bytes) was skipped",
-                            proc.spec.id
-                        ),
-                        Ok(Read::End) => break,
-                        Err(e) => {
-                            log::debug!("stdio server {}: stdout: {e}", proc.spec.id);
-                            break;
-                        }
-                    }
-                }
-            })
+        let io = Io {
+            proc: proc.clone(),
+            input,
+            stop,
+            exit,
         };
-        // Reaped here, always; whatever it left unanswered gets an error at once.
-        {
-            let proc = proc.clone();
-            tokio::spawn(async move {
-                let status = child.wait().await;
-                let _ = reader.await;
-                let stopped = *proc.stopping.borrow();
-                let why = match status {
-                    Ok(s) => format!("{s}"),
-                    Err(e) => format!("wait failed: {e}"),
-                };
-                // What it started in its group goes with it.
-                let group = Pid::from_raw(proc.pid as i32);
-                if proc.pid != 0 && killpg(group, None).is_ok() {
-                    let _ = killpg(group, Signal::SIGTERM);
-                    tokio::time::sleep(STOP_STEP).await;
-                    let _ = killpg(group, Signal::SIGKILL);
-                }
-                ALIVE.remove(&proc.pid);
-                let answered = proc.answered.load(Ordering::Relaxed);
-                let exit = Exit { why, stopped, answered };
-                let labels = [&proc.spec.group, &proc.spec.id];
-                METRICS.stdio_processes.with_label_values(&labels).dec();
-                let how = if stopped { "stopped" } else { "exited" };
-                METRICS
-                    .stdio_exits
-                    .with_label_values(&[labels[0], labels[1], how])
-                    .inc();
-                log::log!(
-                    if stopped {
-                        log::Level::Info
-                    } else {
-                        log::Level::Warn
-                    },
-                    "stdio server {} (group {}): pid {} {} ({})",
-                    proc.spec.id,
-                    proc.spec.group,
-                    proc.pid,
-                    if stopped { "stopped" } else { "exited" },
-                    exit.why
-                );
-                proc.fail_all(&exit);
-                on_exit(&exit);
-                let _ = exit_tx.send(Some(exit));
-            });
+        (proc, io)
+    }
+
+    /// How the log names it: `pid N`, or the connection.
+    fn name(&self) -> String {
+        if self.pid != 0 {
+            format!("pid {}", self.pid)
+        } else {
+            "its connection".into()
         }
-        Ok(proc)
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// Keep the headers of the request now being passed on.
+    pub fn carry(&self, headers: http::HeaderMap) {
+        *self.carried.lock().expect("not poisoned") = headers;
+    }
+
+    pub fn carried(&self) -> http::HeaderMap {
+        self.carried.lock().expect("not poisoned").clone()
     }
 
     pub fn alive(&self) -> bool {
@@ -278,7 +224,8 @@ impl Proc {
         line.push(b'\n');
         self.stdin.try_send(Bytes::from(line)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => format!(
-                "stdio server {} is not reading its input ({STDIN_QUEUE} messages waiting)",
+                "{} {} is not reading its input ({STDIN_QUEUE} messages waiting)",
+                self.spec.kind(),
                 self.spec.id
             ),
             mpsc::error::TrySendError::Closed(_) => self.gone(),
@@ -287,8 +234,8 @@ impl Proc {
 
     fn gone(&self) -> String {
         match self.exit() {
-            Some(e) => format!("stdio server {} exited ({})", self.spec.id, e.why),
-            None => format!("stdio server {} is stopping", self.spec.id),
+            Some(e) => format!("{} {} exited ({})", self.spec.kind(), self.spec.id, e.why),
+            None => format!("{} {} is stopping", self.spec.kind(), self.spec.id),
         }
     }
 
@@ -327,7 +274,7 @@ impl Proc {
     }
 
     /// One line the process wrote.
-    fn dispatch(&self, line: &[u8]) {
+    pub fn dispatch(&self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let line = line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -338,14 +285,14 @@ impl Proc {
             _ => {
                 let shown: String = String::from_utf8_lossy(line).chars().take(200).collect();
                 log::warn!(
-                    "stdio server {}: skipped a line on stdout that is not a JSON-RPC message: {shown:?}",
+                    "{} {}: skipped a line that is not a JSON-RPC message: {shown:?}",
+                    self.spec.kind(),
                     self.spec.id
                 );
                 return;
             }
         };
         self.touch();
-        log::trace!("stdio server {}: read {message}", self.spec.id);
         let is_answer = message.get("method").is_none();
         if is_answer {
             self.answered.store(true, Ordering::Relaxed);
@@ -355,7 +302,8 @@ impl Proc {
                     let _ = p.to.send(message);
                 }
                 None => log::debug!(
-                    "stdio server {}: an answer to no request in flight (id {key})",
+                    "{} {}: an answer to no request in flight (id {key})",
+                    self.spec.kind(),
                     self.spec.id
                 ),
             }
@@ -416,7 +364,8 @@ impl Proc {
         if backlog.len() == BACKLOG {
             backlog.pop_front();
             log::warn!(
-                "stdio server {}: {BACKLOG} messages wait for a GET stream; the oldest is dropped",
+                "{} {}: {BACKLOG} messages wait for a GET stream; the oldest is dropped",
+                self.spec.kind(),
                 self.spec.id
             );
         }
@@ -449,13 +398,16 @@ impl Proc {
     fn fail_all(&self, exit: &Exit) {
         let why = if exit.stopped {
             format!(
-                "stdio server {} was stopped before it answered",
+                "{} {} was stopped before it answered",
+                self.spec.kind(),
                 self.spec.id
             )
         } else {
             format!(
-                "stdio server {} exited ({}) before it answered",
-                self.spec.id, exit.why
+                "{} {} exited ({}) before it answered",
+                self.spec.kind(),
+                self.spec.id,
+                exit.why
             )
         };
         for p in self.pending.iter() {
@@ -525,36 +477,5 @@ impl Drop for Pending {
             let _ = self.proc.send(&cancel);
         }
         self.proc.touch();
-    }
-}
-
-async fn drain_stderr(stderr: tokio::process::ChildStderr, label: String) {
-    let mut lines = Lines::new(stderr, 16 << 10);
-    let mut allowance = STDERR_PER_SECOND;
-    let mut at = std::time::Instant::now();
-    let mut dropped = 0u64;
-    loop {
-        let line = match lines.next().await {
-            Ok(Read::Line(line)) => line,
-            Ok(Read::TooLong) => b"(a stderr line over 16 KiB, not logged)".to_vec(),
-            Ok(Read::End) | Err(_) => break,
-        };
-        let now = std::time::Instant::now();
-        allowance = (allowance + now.duration_since(at).as_secs_f64() * STDERR_PER_SECOND)
-            .min(STDERR_PER_SECOND);
-        at = now;
-        if allowance < 1.0 {
-            dropped += 1;
-            continue;
-        }
-        allowance -= 1.0;
-        if dropped > 0 {
-            log::warn!(
-                "{label}: {dropped} stderr line(s) not logged (more than {STDERR_PER_SECOND}/s)"
-            );
-            dropped = 0;
-        }
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
-        log::info!("{label}: {}", String::from_utf8_lossy(line));
     }
 }
