@@ -1,5 +1,5 @@
-//! One stdio server's bridge: a Unix socket the proxy reaches like any HTTP upstream,
-//! and the processes behind it.
+//! One bridged server: a Unix socket the proxy reaches like any HTTP upstream, and the
+//! processes (stdio) or connections (legacy SSE: per session only) behind it.
 //!
 //! * `per_session`: `initialize` without a session starts a process and names the
 //!   session; the session's requests, stream and DELETE go to it; it ends with DELETE,
@@ -105,6 +105,20 @@ impl Bridge {
         }
     }
 
+    /// How errors and logs name the server: `stdio server fs`, `legacy SSE server old`.
+    fn name(&self) -> String {
+        format!("{} {}", self.spec.kind(), self.spec.id)
+    }
+
+    /// What serves one session.
+    fn peer(&self) -> &'static str {
+        if self.spec.sse.is_some() {
+            "connection"
+        } else {
+            "process"
+        }
+    }
+
     fn stopped(&self) -> bool {
         *self.stop.borrow()
     }
@@ -144,8 +158,8 @@ impl Bridge {
         let (n, last) = self.recent_exits();
         (n >= UNHEALTHY_EXITS).then(|| {
             format!(
-                "stdio server {} ended {n} times in the last {}s (last: {}); the gateway keeps restarting it with a backoff",
-                self.spec.id,
+                "{} ended {n} times in the last {}s (last: {}); the gateway keeps restarting it with a backoff",
+                self.name(),
                 WINDOW.as_secs(),
                 last.unwrap_or_default()
             )
@@ -175,8 +189,8 @@ impl Bridge {
                 503,
                 code::INTERNAL_ERROR,
                 format!(
-                    "stdio server {} already runs {max} processes (max_processes); try again when a session ends",
-                    self.spec.id
+                    "{} already runs {max} processes (max_processes); try again when a session ends",
+                    self.name()
                 ),
             ));
         }
@@ -217,7 +231,7 @@ impl Bridge {
             return Err((
                 503,
                 code::INTERNAL_ERROR,
-                format!("stdio server {} is stopping", self.spec.id),
+                format!("{} is stopping", self.name()),
             ));
         }
         if method == Some("ping") && session.is_none() {
@@ -237,8 +251,7 @@ impl Bridge {
                 (
                     404,
                     code::SESSION_NOT_FOUND,
-                    "session not found: its stdio process has ended; start a new session with initialize"
-                        .to_string(),
+                    format!("session not found: its {} has ended; start a new session with initialize", self.peer()),
                 )
             })?;
             return Ok(Route::To {
@@ -251,8 +264,8 @@ impl Bridge {
                 400,
                 code::INVALID_REQUEST,
                 format!(
-                    "stdio server {} runs one process per session (process: per_session): begin with initialize; stateless clients need process: shared",
-                    self.spec.id
+                    "{} runs one process (or connection) per session (process: per_session): begin with initialize; stateless clients need process: shared",
+                    self.name()
                 ),
             ));
         }
@@ -262,8 +275,8 @@ impl Bridge {
                 503,
                 code::INTERNAL_ERROR,
                 format!(
-                    "stdio server {} is restarting in {}ms after it ended (last: {last})",
-                    self.spec.id,
+                    "{} is restarting in {}ms after it ended (last: {last})",
+                    self.name(),
                     wait.as_millis()
                 ),
             ));
@@ -289,7 +302,7 @@ impl Bridge {
             (
                 503,
                 code::INTERNAL_ERROR,
-                format!("stdio server {} has no process ready: {why}", self.spec.id),
+                format!("{} has no process ready: {why}", self.name()),
             )
         })?;
         if method == Some("initialize") {
@@ -379,8 +392,8 @@ impl Bridge {
                     return true;
                 }
                 log::info!(
-                    "stdio server {}: session {}… idle for {:?}, its process ends",
-                    self.spec.id,
+                    "{}: session {}… idle for {:?}, its process ends",
+                    self.name(),
                     &sid[..8.min(sid.len())],
                     idle
                 );
@@ -424,7 +437,7 @@ impl Bridge {
                     self.pool_changed.notify_waiters();
                 }
                 Err(why) => {
-                    log::warn!("stdio server {}: initialize failed: {why}", self.spec.id);
+                    log::warn!("{}: initialize failed: {why}", self.name());
                     if proc.alive() {
                         Self::record_exit(&self.health, &format!("initialize failed: {why}"));
                     }

@@ -95,7 +95,7 @@ fn not_found() -> Response<Body> {
         404,
         &Value::Null,
         code::SESSION_NOT_FOUND,
-        "session not found: its stdio process has ended; start a new session with initialize",
+        "session not found: the process or connection that served it has ended; start a new session with initialize",
     )
 }
 
@@ -120,7 +120,7 @@ async fn post(
                 400,
                 &Value::Null,
                 code::INVALID_REQUEST,
-                "a stdio server takes one JSON-RPC message per request, not a batch",
+                "a bridged server (stdio, legacy SSE) takes one JSON-RPC message per request, not a batch",
             )
         }
         _ => {
@@ -177,7 +177,10 @@ async fn post(
     };
     let first = match rx.recv().await {
         Some(m) => m,
-        None => return error(502, &restore.id, EXITED, "the stdio process went away"),
+        None => {
+            let why = format!("{} {} went away", bridge.spec.kind(), bridge.spec.id);
+            return error(502, &restore.id, EXITED, &why);
+        }
     };
     let mut response = if is_answer(&first) {
         let mut pending = pending;

@@ -122,9 +122,11 @@ impl Io {
             proc.name(),
             exit.why
         );
-        proc.fail_all(&exit);
+        // Recorded first (a supervisor woken by the end sees it in its backoff), then
+        // gone (`alive()` is false for whoever reads the errors that follow).
         on_exit(&exit);
-        let _ = self.exit.send(Some(exit));
+        let _ = self.exit.send(Some(exit.clone()));
+        proc.fail_all(&exit);
     }
 }
 
