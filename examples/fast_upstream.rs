@@ -24,6 +24,9 @@
 //! Flags: `--port N` (default `0`: any free port). It binds `127.0.0.1` and prints
 //! `listening on 127.0.0.1:PORT` once it accepts connections.
 //!
+//! `--list-delay-us N`: answer each `tools/list` (the client's or a virtual server's)
+//! N microseconds late, as a real server that builds its list would; calls stay instant.
+//!
 //! `--stdio`: the same server on stdin/stdout (one JSON-RPC message per line), for the
 //! gateway's stdio servers: `initialize` and the lists answered as above, every other
 //! request with the fixed result under its own id, notifications ignored.
@@ -111,8 +114,13 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Answer>, Infallible> 
             return Ok(res);
         }
     };
+    let delay = *LIST_DELAY;
+    if !delay.is_zero() && contains(&body, b"\"tools/list\"") {
+        tokio::time::sleep(delay).await;
+    }
     let answer = match own_request(&body) {
         Some(own) => Bytes::from(own),
+        None if contains(&body, b"\"tools/list\"") => Bytes::from(list_answer(&body)),
         None => Bytes::from_static(RESULT),
     };
     let mut res = plain(Full::new(answer));
@@ -124,6 +132,26 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Answer>, Infallible> 
     }
     Ok(res)
 }
+
+/// `--list-delay-us`.
+static LIST_DELAY: std::sync::LazyLock<std::time::Duration> = std::sync::LazyLock::new(|| {
+    let args: Vec<String> = std::env::args().collect();
+    let us = args
+        .iter()
+        .position(|a| a == "--list-delay-us")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    std::time::Duration::from_micros(us)
+});
+
+/// A client's `tools/list` (id 1, as every measured request): the three tools.
+fn list_answer(_body: &[u8]) -> Vec<u8> {
+    format!(r#"{{"jsonrpc":"2.0","id":1,"result":{TOOLS}}}"#).into_bytes()
+}
+
+/// The tools of `tools/list`.
+const TOOLS: &str = r#"{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"search","inputSchema":{"type":"object"}},{"name":"fetch","inputSchema":{"type":"object"}}]}"#;
 
 fn contains(body: &[u8], needle: &[u8]) -> bool {
     body.windows(needle.len()).any(|w| w == needle)
@@ -138,7 +166,7 @@ fn own_request(body: &[u8]) -> Option<Vec<u8>> {
     let result = if contains(body, b"\"initialize\"") {
         r#"{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"fast","version":"1"}}"#
     } else if contains(body, b"\"tools/list\"") {
-        r#"{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"search","inputSchema":{"type":"object"}},{"name":"fetch","inputSchema":{"type":"object"}}]}"#
+        TOOLS
     } else {
         "{}"
     };
@@ -148,7 +176,7 @@ fn own_request(body: &[u8]) -> Option<Vec<u8>> {
 fn port_flag() -> u16 {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: fast_upstream [--port N (0 = any free port)] [--stdio]");
+        println!("usage: fast_upstream [--port N (0 = any free port)] [--list-delay-us N] [--stdio]");
         std::process::exit(0);
     }
     match args.iter().position(|a| a == "--port") {
