@@ -176,7 +176,9 @@ fn own_request(body: &[u8]) -> Option<Vec<u8>> {
 fn port_flag() -> u16 {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: fast_upstream [--port N (0 = any free port)] [--list-delay-us N] [--stdio]");
+        println!(
+            "usage: fast_upstream [--port N (0 = any free port)] [--list-delay-us N] [--stdio]"
+        );
         std::process::exit(0);
     }
     match args.iter().position(|a| a == "--port") {

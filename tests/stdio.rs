@@ -320,14 +320,18 @@ async fn a_shared_pool_serves_many_clients_with_ids_of_its_own() {
         }
     });
     let pids = std::sync::Mutex::new(std::collections::HashSet::new());
+    let mut seen = Vec::new();
     for (i, id, last) in futures_util::future::join_all(calls).await {
         assert_eq!(last["id"], id);
         let s = &last["result"]["structuredContent"];
         assert_eq!(s["arguments"]["i"], i, "{last}");
-        assert_ne!(s["seen_id"], id);
         assert_eq!(s["seen_id"].is_string(), id.is_string(), "{last}");
         pids.lock().unwrap().insert(s["pid"].as_u64().unwrap());
+        seen.push(format!("{} {}", s["pid"], s["seen_id"]));
     }
+    // The clients all used the ids 7 and "seven"; each process saw each id once.
+    let distinct: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len(), "{seen:?}");
     // Both instances serve, once both have started.
     let both = eventually(Duration::from_secs(10), || async {
         let got = call(&gw, None, json!(1), "echo", json!({})).await;
@@ -630,7 +634,7 @@ async fn a_reload_starts_new_servers_and_stops_removed_ones() {
 
 #[test]
 fn bad_stdio_servers_are_listed_with_their_paths() {
-    let yaml = "upstream:\n  groups:\n    io:\n      servers:\n        - {id: a, url: \"http://127.0.0.1:1/mcp\", command: [\"x\"]}\n        - {id: b, command: [\"x\"], instances: 3}\n        - {id: c, url: \"http://127.0.0.1:1/mcp\", env: {A: b}}\n        - {id: d, command: [\"x\"], process: shared, instances: 5, max_processes: 2}\n        - {id: e, command: [\"x\"], cwd: /nonexistent/dir}\n        - {id: f, command: [\"\"], idle_timeout: 0s}\n        - {id: g}\n        - {id: h, url: \"sse+unix:///x.sock:/mcp\"}\n        - {id: i, url: \"sse+http://127.0.0.1:1/sse\", env: {A: b}, max_processes: 3}\nroutes:\n  - {path: /mcp, group: io}\n";
+    let yaml = "upstream:\n  groups:\n    io:\n      servers:\n        - {id: a, url: \"http://127.0.0.1:1/mcp\", command: [\"x\"]}\n        - {id: b, command: [\"x\"], instances: 3}\n        - {id: c, url: \"http://127.0.0.1:1/mcp\", env: {A: b}}\n        - {id: d, command: [\"x\"], process: shared, instances: 5, max_processes: 2}\n        - {id: e, command: [\"x\"], cwd: /nonexistent/dir}\n        - {id: f, command: [\"\"], idle_timeout: 0s}\n        - {id: g}\n        - {id: h, url: \"sse+unix:///x.sock:/mcp\"}\n        - {id: i, url: \"sse+http://127.0.0.1:1/sse\", env: {A: b}, max_processes: 3}\n        - {id: k, url: \"ws://127.0.0.1:1/mcp\", cwd: /tmp, idle_timeout: 1m}\nroutes:\n  - {path: /mcp, group: io}\n";
     expect_invalid(
         yaml,
         &[
@@ -644,6 +648,7 @@ fn bad_stdio_servers_are_listed_with_their_paths() {
             "upstream.groups.io.servers[6].url: is required (or a command for a stdio server)",
             "upstream.groups.io.servers[7].url: \"sse+unix:///x.sock:/mcp\": use sse+http:// or sse+https://",
             "upstream.groups.io.servers[8].env: only applies to a server with a command",
+            "upstream.groups.io.servers[9].cwd: only applies to a server with a command",
         ],
     );
 }

@@ -27,10 +27,11 @@ pub fn check(s: &ServerEntry, at: &Path, errs: &mut Errors) {
         errs.push(&at.key("command").index(0), "the program is empty");
     }
     let defaults = ServerEntry::default();
-    let sse = s.url.starts_with(LEGACY_SSE);
+    let sse = is_remote(&s.url);
     if !stdio {
         // The stdio keys mean nothing for a URL: a typo'd `command` would pass silently.
-        // A legacy SSE server has a connection per session: its cap, idle time and line.
+        // A legacy SSE or WebSocket server has a connection per session: its cap, idle
+        // time and line.
         for (key, set, for_sse) in [
             ("env", !s.env.is_empty(), false),
             ("cwd", s.cwd.is_some(), false),
@@ -52,7 +53,7 @@ pub fn check(s: &ServerEntry, at: &Path, errs: &mut Errors) {
                 errs.push(
                     &at.key(key),
                     if for_sse {
-                        "only applies to a server with a command or an sse+http:// url"
+                        "only applies to a server with a command, an sse+http:// or a ws:// url"
                     } else {
                         "only applies to a server with a command"
                     },
@@ -128,12 +129,19 @@ pub fn socket_dir(c: &Config) -> PathBuf {
 /// The scheme prefix of a legacy HTTP+SSE server's URL (`sse+http://host/sse`).
 pub const LEGACY_SSE: &str = "sse+";
 
-/// The bridge socket of a legacy HTTP+SSE server (`url: sse+http://…`): one per URL.
-/// `None` before a config was loaded in this process.
-pub fn sse_socket(url: &str) -> Option<PathBuf> {
+/// A server reached over a connection of its own per session, through a bridge: a
+/// legacy HTTP+SSE server (`sse+http://`, `sse+https://`) or a WebSocket one (`ws://`,
+/// `wss://`).
+pub fn is_remote(url: &str) -> bool {
+    url.starts_with(LEGACY_SSE) || url.starts_with("ws://") || url.starts_with("wss://")
+}
+
+/// The bridge socket of such a server: one per URL. `None` before a config was loaded
+/// in this process.
+pub fn remote_socket(url: &str) -> Option<PathBuf> {
     let dir = SOCKET_DIR.get()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    ("legacy-sse", url).hash(&mut h);
+    ("remote", url).hash(&mut h);
     Some(dir.join(format!("{:016x}.sock", h.finish())))
 }
 
@@ -141,7 +149,7 @@ pub fn sse_socket(url: &str) -> Option<PathBuf> {
 /// defines it: a reload that changes a command gets a new server (and a new process).
 pub fn assign_urls(c: &mut Config, errs: &mut Errors) {
     let dir = socket_dir(c);
-    if let Some(sock) = sse_socket("sse+http://host:65535/sse") {
+    if let Some(sock) = remote_socket("sse+http://host:65535/sse") {
         if sock.as_os_str().len() > MAX_SOCKET_PATH {
             errs.push(
                 &Path::root().key("server").key("runtime_dir"),

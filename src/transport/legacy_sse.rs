@@ -65,7 +65,12 @@ pub fn connect(
     on_exit: impl FnOnce(&Exit) + Send + 'static,
 ) -> Arc<Proc> {
     let (proc, io) = Proc::new(spec, 0);
-    let url = spec.sse.clone().unwrap_or_default();
+    let url = spec
+        .remote
+        .as_deref()
+        .and_then(|u| u.strip_prefix(crate::config::stdio::LEGACY_SSE))
+        .unwrap_or_default()
+        .to_string();
     let headers = forwarded(request_headers);
     tokio::spawn(async move {
         let mut io = io;

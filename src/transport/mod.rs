@@ -6,7 +6,9 @@
 //!   (a Unix socket speaking Streamable HTTP, sessions, pools, supervision) they share
 //!   with the other adapters;
 //! * [`legacy_sse`]: servers of the 2024-11-05 HTTP+SSE transport (`url: sse+http://…`),
-//!   a connection per session through the same bridge.
+//!   a connection per session through the same bridge;
+//! * [`websocket`]: WebSocket servers (`url: ws://…`), a socket per session, likewise.
 
 pub mod legacy_sse;
 pub mod stdio;
+pub mod websocket;

@@ -2,8 +2,9 @@
 //!
 //! `http://host:port/path`, `https://host:port/path` (TLS with SNI) and
 //! `unix:///path/to.sock:/mcp` (a Unix socket, then the HTTP path), and
-//! `sse+http://host:port/sse` (a legacy HTTP+SSE server, reached through the gateway's own
-//! bridge socket to it: `transport::legacy_sse`). Parsing does no DNS;
+//! `sse+http://host:port/sse` and `ws://host:port/mcp` (a legacy HTTP+SSE or a WebSocket
+//! server, reached through the gateway's own bridge socket to it: `transport`). Parsing
+//! does no DNS;
 //! [`Target::resolve`] turns a host name into an address (at start and then every
 //! `resolve_interval`), so `HttpPeer` never sees an unresolvable name (it would panic).
 
@@ -48,13 +49,18 @@ pub struct Target {
 
 impl Target {
     pub fn from_url(url: &str) -> Result<Target, String> {
-        if let Some(inner) = url.strip_prefix(crate::config::stdio::LEGACY_SSE) {
-            // A legacy HTTP+SSE server: reached through the gateway's own bridge to it.
-            let t = Target::from_url(inner)?;
+        if crate::config::stdio::is_remote(url) {
+            // A legacy HTTP+SSE or WebSocket server: reached through the gateway's own
+            // bridge to it (`transport`), which opens a connection per session.
+            let inner = match url.strip_prefix(crate::config::stdio::LEGACY_SSE) {
+                Some(inner) => inner.to_string(),
+                None => url.replacen("ws", "http", 1),
+            };
+            let t = Target::from_url(&inner)?;
             if matches!(t.endpoint, Endpoint::Unix(_)) {
                 return Err(format!("{url:?}: use sse+http:// or sse+https://"));
             }
-            let sock = crate::config::stdio::sse_socket(url)
+            let sock = crate::config::stdio::remote_socket(url)
                 .ok_or_else(|| format!("{url:?}: no bridge folder (load a config first)"))?;
             return Ok(Target {
                 endpoint: Endpoint::Unix(sock),
@@ -90,12 +96,12 @@ impl Target {
             Some("https") => true,
             Some(other) => {
                 return Err(format!(
-                    "{url:?}: unsupported scheme {other:?} (use http://, https://, unix:// or sse+http://)"
+                    "{url:?}: unsupported scheme {other:?} (use http://, https://, unix://, sse+http:// or ws://)"
                 ))
             }
             None => {
                 return Err(format!(
-                    "{url:?}: missing scheme (use http://, https://, unix:// or sse+http://)"
+                    "{url:?}: missing scheme (use http://, https://, unix://, sse+http:// or ws://)"
                 ))
             }
         };

@@ -204,6 +204,28 @@ class Stack:
             proc.stop()
         proc.fail("no free port after 3 attempts")
 
+    def supergateway_ws(self, name: str = "supergateway") -> str:
+        """npm `supergateway` serving `server-everything stdio` over WebSocket; returns its
+        URL (`ws://127.0.0.1:PORT/message`)."""
+        script = E2E / "node_modules/supergateway/dist/index.js"
+        if not script.exists():
+            pytest.fail(f"{script} is missing: run `npm ci` in tests/e2e (scripts/test does)")
+        for _ in range(3):
+            port = free_port()
+            argv = ["node", script, "--stdio", f"node {EVERYTHING_JS} stdio", "--port", str(port), "--outputTransport", "ws"]
+            proc = self._spawn(name, argv, cwd=E2E)
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline and proc.alive() and not port_open(port):
+                time.sleep(0.05)
+            if proc.alive() and port_open(port):
+                proc.port = port
+                self._by_url[f"ws://127.0.0.1:{port}"] = proc
+                return f"ws://127.0.0.1:{port}/message"
+            if "EADDRINUSE" not in proc.log():
+                proc.fail("did not start")
+            proc.stop()
+        proc.fail("no free port after 3 attempts")
+
     def unix_server(self, path: Path, name: str = "unix-peer") -> str:
         """peers/unix_server.py (Python SDK 2.x) served by `uvicorn --uds path`; returns the
         gateway's URL for it, `unix://PATH:/mcp`."""

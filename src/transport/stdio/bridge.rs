@@ -112,7 +112,7 @@ impl Bridge {
 
     /// What serves one session.
     fn peer(&self) -> &'static str {
-        if self.spec.sse.is_some() {
+        if self.spec.remote.is_some() {
             "connection"
         } else {
             "process"
@@ -206,10 +206,18 @@ impl Bridge {
                 Self::record_exit(&health, &format!("exited: {}", exit.why));
             }
         };
-        if self.spec.sse.is_some() {
-            return Ok(crate::transport::legacy_sse::connect(
-                &self.spec, headers, on_exit,
-            ));
+        match self.spec.remote.as_deref() {
+            Some(u) if u.starts_with(crate::config::stdio::LEGACY_SSE) => {
+                return Ok(crate::transport::legacy_sse::connect(
+                    &self.spec, headers, on_exit,
+                ))
+            }
+            Some(_) => {
+                return Ok(crate::transport::websocket::connect(
+                    &self.spec, headers, on_exit,
+                ))
+            }
+            None => {}
         }
         Proc::spawn(&self.spec, on_exit).map_err(|e| {
             self.running.fetch_sub(1, Ordering::AcqRel);
@@ -251,7 +259,10 @@ impl Bridge {
                 (
                     404,
                     code::SESSION_NOT_FOUND,
-                    format!("session not found: its {} has ended; start a new session with initialize", self.peer()),
+                    format!(
+                        "session not found: its {} has ended; start a new session with initialize",
+                        self.peer()
+                    ),
                 )
             })?;
             return Ok(Route::To {

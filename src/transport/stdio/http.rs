@@ -147,7 +147,7 @@ async fn post(
         Route::Accepted => return empty(202),
         Route::To { proc, new_session } => (proc, new_session),
     };
-    if bridge.spec.sse.is_some() {
+    if bridge.spec.remote.is_some() {
         proc.carry(crate::transport::legacy_sse::forwarded(headers));
     }
     if !is_request {

@@ -36,8 +36,9 @@ pub struct Spec {
     pub id: String,
     /// stdio: the program and its arguments (empty for a legacy SSE server).
     pub command: Vec<String>,
-    /// A legacy HTTP+SSE server: its stream's URL (`http://…/sse`).
-    pub sse: Option<String>,
+    /// A server with a connection per session: its URL as written (`sse+http://…/sse`,
+    /// `ws://…`).
+    pub remote: Option<String>,
     pub env: BTreeMap<String, String>,
     pub cwd: Option<String>,
     pub process: StdioProcess,
@@ -55,26 +56,26 @@ impl Spec {
 
     /// How logs and errors name it.
     pub fn kind(&self) -> &'static str {
-        if self.sse.is_some() {
-            "legacy SSE server"
-        } else {
-            "stdio server"
+        match self.remote.as_deref() {
+            Some(u) if u.starts_with(crate::config::stdio::LEGACY_SSE) => "legacy SSE server",
+            Some(_) => "WebSocket server",
+            None => "stdio server",
         }
     }
 
-    /// The bridged servers of a config (stdio URLs were assigned at load; a legacy SSE
-    /// server's socket follows from its URL, one bridge per URL).
+    /// The bridged servers of a config (stdio URLs were assigned at load; a legacy SSE or
+    /// WebSocket server's socket follows from its URL, one bridge per URL).
     pub fn all(config: &Config) -> Vec<Spec> {
         let mut out: Vec<Spec> = Vec::new();
         for (group, g) in &config.upstream.groups {
             for s in &g.servers {
-                let sse = s.url.strip_prefix(crate::config::stdio::LEGACY_SSE);
-                if s.command.is_empty() && sse.is_none() {
+                let remote = crate::config::stdio::is_remote(&s.url);
+                if s.command.is_empty() && !remote {
                     continue;
                 }
-                let socket = match sse {
-                    Some(_) => crate::config::stdio::sse_socket(&s.url),
-                    None => s
+                let socket = match remote {
+                    true => crate::config::stdio::remote_socket(&s.url),
+                    false => s
                         .url
                         .strip_prefix("unix://")
                         .and_then(|r| r.rsplit_once(":/"))
@@ -88,7 +89,7 @@ impl Spec {
                     group: group.clone(),
                     id: s.id.clone(),
                     command: s.command.clone(),
-                    sse: sse.map(str::to_string),
+                    remote: remote.then(|| s.url.clone()),
                     env: s.env.clone(),
                     cwd: s.cwd.clone(),
                     process: s.process,
