@@ -221,7 +221,7 @@ pub fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
     check(
         "server",
         process(&old.server) == process(&new.server),
-        "a reload cannot change the process settings (threads, work stealing, pid file, upgrade socket, grace period)",
+        "a reload cannot change the process settings (threads, work stealing, pid file, upgrade socket, runtime dir, grace period)",
     );
     check(
         "admin",

@@ -220,30 +220,6 @@ async fn sigterm_drains_then_finishes_in_flight_streams() {
     );
 }
 
-/// The upgrade: the same binary takes over with `-u` (`mcp-gateway upgrade`), and the
-/// old process gets SIGQUIT. Returns the new process's PID.
-fn upgrade(gw: &Gateway) -> u32 {
-    let old_pid = gw.pid();
-    // The new gateway (a daemon) keeps the command's output open: send it to a file.
-    let log = std::fs::File::create(gw.dir.path("upgrade.log")).unwrap();
-    let status = Command::new(BIN)
-        .args(["upgrade", "-c", gw.config_path().to_str().unwrap()])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .status()
-        .unwrap();
-    let upgrade_log = std::fs::read_to_string(gw.dir.path("upgrade.log")).unwrap();
-    assert!(status.success(), "{upgrade_log}\n{}", gw.log());
-    assert!(upgrade_log.contains("upgraded: PID"), "{upgrade_log}");
-    let new_pid: u32 = std::fs::read_to_string(gw.dir.path("gw.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_ne!(new_pid, old_pid);
-    new_pid
-}
-
 #[tokio::test]
 async fn a_kept_alive_connection_may_send_one_last_request_after_the_handoff() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

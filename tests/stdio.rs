@@ -701,3 +701,39 @@ async fn a_stdio_server_is_a_virtual_server_member_like_any_other() {
     let rest = messages(resp).await;
     assert_eq!(structured(&rest)["client_answered"], json!({"roots": []}));
 }
+
+#[tokio::test]
+async fn an_upgrade_hands_over_without_leaving_a_process_behind() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let peers = TempDir::new("peers");
+    let mut gw = Gateway::start(&yaml(&peer_env(&peers, ""), "")).await;
+    let sid = initialize(&gw).await;
+    let [old] = pids(&peers.0)[..] else {
+        panic!("one process")
+    };
+    // The new process takes the listener; the old one stops its stdio processes as it
+    // exits, so the old session is gone and a new one gets a process of the new gateway.
+    let new_gateway = upgrade(&gw);
+    assert!(
+        gw.wait_exit(Duration::from_secs(30)).is_some(),
+        "the old process stayed"
+    );
+    assert!(
+        gone(old, Duration::from_secs(10)).await,
+        "pid {old} outlived its gateway"
+    );
+    let body = rpc(json!(1), "tools/call", json!({"name": "echo"}));
+    let resp = in_session(&gw, &sid, body).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let fresh = initialize(&gw).await;
+    let got = call(&gw, Some(&fresh), json!(2), "echo", json!({})).await;
+    let new = structured(&got)["pid"].as_u64().unwrap();
+    assert_ne!(new, old);
+    kill(Pid::from_raw(new_gateway as i32), Signal::SIGINT).unwrap();
+    assert!(
+        gone(new, Duration::from_secs(10)).await,
+        "pid {new} outlived the new gateway"
+    );
+    assert!(gone(new_gateway as u64, Duration::from_secs(10)).await);
+}

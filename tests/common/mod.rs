@@ -584,3 +584,27 @@ pub fn make_cert(dir: &TempDir, name: &str, subject: &str, ca: Option<&str>, ext
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The upgrade: the same binary takes over with `-u` (`mcp-gateway upgrade`), and the
+/// old process gets SIGQUIT. Returns the new process's PID.
+pub fn upgrade(gw: &Gateway) -> u32 {
+    let old_pid = gw.pid();
+    // The new gateway (a daemon) keeps the command's output open: send it to a file.
+    let log = std::fs::File::create(gw.dir.path("upgrade.log")).unwrap();
+    let status = Command::new(BIN)
+        .args(["upgrade", "-c", gw.config_path().to_str().unwrap()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+    let upgrade_log = std::fs::read_to_string(gw.dir.path("upgrade.log")).unwrap();
+    assert!(status.success(), "{upgrade_log}\n{}", gw.log());
+    assert!(upgrade_log.contains("upgraded: PID"), "{upgrade_log}");
+    let new_pid: u32 = std::fs::read_to_string(gw.dir.path("gw.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, old_pid);
+    new_pid
+}

@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 
 import anyio
+import httpx
 import pytest
-from conftest import E2E
+from conftest import E2E, free_port
 from helpers import ProgressLog, run, text_of
 from mcp import Client
 from mcp.shared.exceptions import MCPError
@@ -64,8 +65,16 @@ def test_python_sdk_sse_server_and_its_stream_ending(stack):
     upstream = sse_peer(stack)
     port = int(upstream.rsplit(":", 1)[1].split("/")[0])
     groups = {"py": {"servers": [f"sse+{upstream}"], "yaml": 'upstream_auth: {bearer: "member-secret"}'}}
-    gateway = stack.gateway(groups, routes=[("/mcp/py", "py")])
+    admin, token = free_port(), "legacy-sse-admin-token-0123456789"
+    gateway = stack.gateway(groups, routes=[("/mcp/py", "py")], extra=f"admin:\n  port: {admin}\n  token: {token}\n")
     url = f"{gateway}/mcp/py"
+
+    def bridge_state() -> dict:
+        r = httpx.get(f"http://127.0.0.1:{admin}/api/v1/upstreams", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        [group] = [g for g in r.json()["groups"] if g["name"] == "py"]
+        [server] = group["servers"]
+        assert server["url"] == f"sse+{upstream}", server
+        return server["stdio"]
 
     async def first_session():
         async with client(url) as c:
@@ -76,6 +85,9 @@ def test_python_sdk_sse_server_and_its_stream_ending(stack):
             # The group's credential reaches the server on the POSTs.
             seen = json.loads(text_of(await c.call_tool("headers", {})))
             assert seen.get("authorization") == "Bearer member-secret", seen
+            # The admin API shows the connection behind the session.
+            state = await anyio.to_thread.run_sync(bridge_state)
+            assert state["kind"] == "legacy SSE server" and state["processes"] == 1, state
             # The server goes away: the stream ends, the session with it.
             stack.peer(upstream).stop()
             with anyio.fail_after(20):

@@ -495,6 +495,7 @@ impl Bridge {
     pub fn status(&self) -> Value {
         let (exits, last) = self.recent_exits();
         json!({
+            "kind": self.spec.kind(),
             "command": self.spec.command,
             "process": if self.spec.shared() { "shared" } else { "per_session" },
             "processes": self.running.load(Ordering::Relaxed),

@@ -237,11 +237,9 @@ impl Stdio {
         running
             .values()
             .find(|r| {
-                r.bridge
-                    .spec
-                    .socket
-                    .to_str()
-                    .is_some_and(|s| url.contains(s))
+                let spec = &r.bridge.spec;
+                spec.remote.as_deref() == Some(url)
+                    || spec.socket.to_str().is_some_and(|s| url.contains(s))
             })
             .map(|r| r.bridge.clone())
     }
