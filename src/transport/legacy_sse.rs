@@ -12,7 +12,7 @@
 //! context) go on: those of the session's `initialize` with the GET, those of each
 //! request with its POST.
 
-use crate::transport::stdio::process::{Exit, Io, Proc};
+use crate::transport::stdio::process::{Exit, Link, Proc};
 use crate::transport::stdio::Spec;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -64,7 +64,6 @@ pub fn connect(
     request_headers: &HeaderMap,
     on_exit: impl FnOnce(&Exit) + Send + 'static,
 ) -> Arc<Proc> {
-    let (proc, io) = Proc::new(spec, 0);
     let url = spec
         .remote
         .as_deref()
@@ -72,17 +71,17 @@ pub fn connect(
         .unwrap_or_default()
         .to_string();
     let headers = forwarded(request_headers);
-    tokio::spawn(async move {
-        let mut io = io;
-        let why = run(&mut io, &url, headers).await;
-        io.finish(why, on_exit);
-    });
-    proc
+    Proc::connection(spec, on_exit, move |link| run(link, url, headers))
 }
 
 /// The connection's life; what ended it.
-async fn run(io: &mut Io, url: &str, headers: HeaderMap) -> String {
-    let mut stop = io.stop.clone();
+async fn run(link: Link, url: String, headers: HeaderMap) -> String {
+    let Link {
+        proc,
+        input,
+        mut stop,
+    } = link;
+    let url = url.as_str();
     let opened = CLIENT
         .get(url)
         .headers(headers.clone())
@@ -127,12 +126,11 @@ async fn run(io: &mut Io, url: &str, headers: HeaderMap) -> String {
     };
     log::info!(
         "{} {}: connected to {url}, posting to {post_url}",
-        io.proc.spec().kind(),
-        io.proc.spec().id
+        proc.spec().kind(),
+        proc.spec().id
     );
     // Messages out, in order, by a task of their own (the stream is read meanwhile).
-    let input = std::mem::replace(&mut io.input, tokio::sync::mpsc::channel(1).1);
-    let writer = tokio::spawn(write(input, post_url, io.proc.clone()));
+    let writer = tokio::spawn(write(input, post_url, proc.clone()));
     let why = loop {
         let next = tokio::select! {
             e = events.next() => e,
@@ -141,7 +139,7 @@ async fn run(io: &mut Io, url: &str, headers: HeaderMap) -> String {
         match next {
             Some(Ok(sse)) if matches!(sse.event.as_deref(), None | Some("message")) => {
                 if let Some(data) = sse.data {
-                    io.proc.dispatch(data.as_bytes());
+                    proc.dispatch(data.as_bytes());
                 }
             }
             Some(Ok(_)) => {}

@@ -11,7 +11,7 @@
 //! gateway sent with the session's `initialize` (the group's `upstream_auth`,
 //! `forward_identity`, trace context) go with the opening handshake.
 
-use crate::transport::stdio::process::{Exit, Io, Proc};
+use crate::transport::stdio::process::{Exit, Link, Proc};
 use crate::transport::stdio::Spec;
 use futures::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue};
@@ -31,20 +31,19 @@ pub fn connect(
     request_headers: &HeaderMap,
     on_exit: impl FnOnce(&Exit) + Send + 'static,
 ) -> Arc<Proc> {
-    let (proc, io) = Proc::new(spec, 0);
     let url = spec.remote.clone().unwrap_or_default();
     let headers = crate::transport::legacy_sse::forwarded(request_headers);
-    tokio::spawn(async move {
-        let mut io = io;
-        let why = run(&mut io, &url, headers).await;
-        io.finish(why, on_exit);
-    });
-    proc
+    Proc::connection(spec, on_exit, move |link| run(link, url, headers))
 }
 
 /// The socket's life; what ended it.
-async fn run(io: &mut Io, url: &str, headers: HeaderMap) -> String {
-    let mut stop = io.stop.clone();
+async fn run(link: Link, url: String, headers: HeaderMap) -> String {
+    let Link {
+        proc,
+        mut input,
+        mut stop,
+    } = link;
+    let url = url.as_str();
     let mut request = match url.into_client_request() {
         Ok(r) => r,
         Err(e) => return format!("{url}: {e}"),
@@ -69,11 +68,10 @@ async fn run(io: &mut Io, url: &str, headers: HeaderMap) -> String {
     };
     log::info!(
         "{} {}: connected to {url}",
-        io.proc.spec().kind(),
-        io.proc.spec().id
+        proc.spec().kind(),
+        proc.spec().id
     );
     let (mut sink, mut frames) = socket.split();
-    let mut input = std::mem::replace(&mut io.input, tokio::sync::mpsc::channel(1).1);
     loop {
         tokio::select! {
             line = input.recv() => {
@@ -89,11 +87,11 @@ async fn run(io: &mut Io, url: &str, headers: HeaderMap) -> String {
                         return format!("pinging {url} failed: {e}");
                     }
                 }
-                Ok(Some(Ok(Message::Text(text)))) => io.proc.dispatch(text.as_bytes()),
+                Ok(Some(Ok(Message::Text(text)))) => proc.dispatch(text.as_bytes()),
                 Ok(Some(Ok(Message::Binary(_)))) => log::warn!(
                     "{} {}: skipped a binary frame (MCP messages are text)",
-                    io.proc.spec().kind(),
-                    io.proc.spec().id
+                    proc.spec().kind(),
+                    proc.spec().id
                 ),
                 Ok(Some(Ok(Message::Close(close)))) => {
                     return match close {

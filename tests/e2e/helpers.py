@@ -6,6 +6,7 @@ import json
 import time
 
 import anyio
+import pytest
 
 # What the README and demo/src/main.rs tell people to send with curl.
 ACCEPT = "application/json, text/event-stream"
@@ -55,3 +56,16 @@ def jsonrpc_messages(response) -> list[dict]:
         return [response.json()]
     assert ctype.startswith("text/event-stream"), f"unexpected content-type {ctype!r}: {response.text[:500]}"
     return sse_messages(response.text)
+
+
+async def wait_for_tool(c, name: str, timeout: float = 15) -> set[str]:
+    """server-everything registers its sampling, elicitation and roots tools once the session
+    is initialized, if the client offered the capability: poll the list until `name` shows up."""
+    names: set[str] = set()
+    with anyio.move_on_after(timeout):
+        while True:
+            names = {t.name for t in (await c.list_tools()).tools}
+            if name in names:
+                return names
+            await anyio.sleep(0.2)
+    pytest.fail(f"{name} never listed; the last list: {sorted(names)}")

@@ -26,7 +26,7 @@ import anyio
 import httpx
 import pytest
 from conftest import E2E
-from helpers import JSON_HEADERS, ProgressLog, jsonrpc_messages, run, text_of
+from helpers import JSON_HEADERS, ProgressLog, jsonrpc_messages, run, text_of, wait_for_tool
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
@@ -682,19 +682,6 @@ def everything_and_catalog(stack) -> str:
         {"ev": {"servers": [everything]}, "files": {"servers": [files]}},
         extra=vs_yaml([{"group": "ev"}, {"group": "files"}]),
     )
-
-
-async def wait_for_tool(c: Client, name: str, timeout: float = 10) -> set[str]:
-    """server-everything registers its sampling/elicitation/roots tools once the session is
-    initialized, if the client offered the capability: poll the list until `name` shows up."""
-    names: set[str] = set()
-    with anyio.move_on_after(timeout):
-        while True:
-            names = {t.name for t in (await c.list_tools()).tools}
-            if name in names:
-                return names
-            await anyio.sleep(0.2)
-    pytest.fail(f"{name} never listed; the last list: {sorted(names)}")
 
 
 def test_sampling_through_the_virtual_server(stack):

@@ -10,7 +10,7 @@ import anyio
 import httpx
 import pytest
 from conftest import E2E, free_port
-from helpers import ProgressLog, run, text_of
+from helpers import ProgressLog, run, text_of, wait_for_tool
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CreateMessageResult, ListRootsResult, Root, TextContent
@@ -41,11 +41,7 @@ def test_server_everything_over_legacy_sse(stack):
     async def body():
         async with client(f"{gateway}/mcp/ev", sampling_callback=sample, list_roots_callback=roots) as c:
             assert "everything" in c.server_info.name
-            names: set[str] = set()
-            with anyio.fail_after(15):
-                while "trigger-sampling-request" not in names:
-                    names = {t.name for t in (await c.list_tools()).tools}
-                    await anyio.sleep(0.1)
+            await wait_for_tool(c, "trigger-sampling-request")
             assert text_of(await c.call_tool("echo", {"message": "over sse"})) == "Echo: over sse"
             progress = ProgressLog()
             result = await c.call_tool("trigger-long-running-operation", {"duration": 1, "steps": 3}, progress_callback=progress)

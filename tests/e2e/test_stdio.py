@@ -27,7 +27,7 @@ import anyio
 import httpx
 import pytest
 from conftest import E2E, EVERYTHING_JS, free_port
-from helpers import JSON_HEADERS, ProgressLog, run, text_of
+from helpers import JSON_HEADERS, ProgressLog, run, text_of, wait_for_tool
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CreateMessageResult, ListRootsResult, Root, TextContent
@@ -194,19 +194,6 @@ class ClientSide:
 
     def callbacks(self) -> dict:
         return {"sampling_callback": self.sample, "list_roots_callback": self.list_roots}
-
-
-async def wait_for_tool(c: Client, name: str, timeout: float = 15) -> set[str]:
-    """server-everything registers its sampling and roots tools once the session is
-    initialized, if the client offered the capability: poll the list until `name` shows up."""
-    names: set[str] = set()
-    with anyio.move_on_after(timeout):
-        while True:
-            names = {t.name for t in (await c.list_tools()).tools}
-            if name in names:
-                return names
-            await anyio.sleep(0.2)
-    pytest.fail(f"{name} never listed; the last list: {sorted(names)}")
 
 
 def leaves(group: BaseExceptionGroup) -> list[BaseException]:

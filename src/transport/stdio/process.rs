@@ -130,7 +130,39 @@ impl Io {
     }
 }
 
+/// What a connection-carried peer (legacy SSE, WebSocket) is driven with: the peer,
+/// the messages to deliver in order, the stop flag.
+pub struct Link {
+    pub proc: Arc<Proc>,
+    pub input: mpsc::Receiver<Bytes>,
+    pub stop: watch::Receiver<bool>,
+}
+
 impl Proc {
+    /// A peer carried by a connection, not a process: `drive` runs the connection and
+    /// says what ended it; then what it left unanswered gets its error and `on_exit` runs.
+    pub fn connection<Fut>(
+        spec: &Arc<Spec>,
+        on_exit: impl FnOnce(&Exit) + Send + 'static,
+        drive: impl FnOnce(Link) -> Fut,
+    ) -> Arc<Proc>
+    where
+        Fut: std::future::Future<Output = String> + Send + 'static,
+    {
+        let (proc, mut io) = Proc::new(spec, 0);
+        let link = Link {
+            proc: proc.clone(),
+            input: std::mem::replace(&mut io.input, mpsc::channel(1).1),
+            stop: io.stop.clone(),
+        };
+        let ended = drive(link);
+        tokio::spawn(async move {
+            let why = ended.await;
+            io.finish(why, on_exit);
+        });
+        proc
+    }
+
     /// A peer with nothing behind it yet: the transport drives the returned [`Io`].
     /// `pid`: the child's process (and process group) id, 0 for a connection.
     pub fn new(spec: &Arc<Spec>, pid: u32) -> (Arc<Proc>, Io) {
