@@ -187,6 +187,31 @@ mod tests {
     }
 
     #[test]
+    fn bridged_urls_reach_a_socket_of_the_gateway() {
+        // The bridge folder is chosen by the first config a process loads.
+        let dir = crate::config::stdio::socket_dir(&crate::config::Config::default());
+        for url in [
+            "sse+http://127.0.0.1:1/sse",
+            "sse+https://h.example/sse",
+            "ws://h:1/m",
+            "wss://h/m",
+        ] {
+            let t = Target::from_url(url).unwrap();
+            let Endpoint::Unix(sock) = &t.endpoint else {
+                panic!("{url}: {t:?}")
+            };
+            assert!(sock.starts_with(&dir), "{url}: {sock:?}");
+            assert_eq!((t.path.as_str(), t.tls), ("/mcp", false));
+        }
+        // One bridge per URL.
+        let a = Target::from_url("ws://h:1/a").unwrap().endpoint;
+        assert_ne!(a, Target::from_url("ws://h:1/b").unwrap().endpoint);
+        assert_eq!(a, Target::from_url("ws://h:1/a").unwrap().endpoint);
+        assert!(Target::from_url("sse+unix:///x.sock:/mcp").is_err());
+        assert!(Target::from_url("sse+ftp://h/sse").is_err());
+    }
+
+    #[test]
     fn unix_url() {
         let t = Target::from_url("unix:///run/files.sock:/mcp").unwrap();
         assert_eq!(t.endpoint, Endpoint::Unix("/run/files.sock".into()));
