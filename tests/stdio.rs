@@ -737,3 +737,24 @@ async fn an_upgrade_hands_over_without_leaving_a_process_behind() {
     );
     assert!(gone(new_gateway as u64, Duration::from_secs(10)).await);
 }
+
+#[tokio::test]
+async fn a_shared_pool_serves_a_server_of_the_stateless_era() {
+    // A 2026-07-28 server has no initialize: the pool is ready anyway, and requests
+    // (server/discover, calls) reach it.
+    let keys = "process: shared\nenv: {PEER_MODERN: \"1\"}";
+    let gw = Gateway::start(&yaml(keys, "")).await;
+    let discover = rpc(json!("d"), "server/discover", json!({}));
+    let v = json_ok(post(&client(), &gw.url("/mcp"), discover)).await;
+    assert_eq!(v["result"]["supportedVersions"][0], "2026-07-28", "{v}");
+    assert_eq!(v["id"], "d");
+    let got = call(&gw, None, json!(3), "echo", json!({"era": "modern"})).await;
+    assert_eq!(structured(&got)["arguments"]["era"], "modern");
+    // A legacy client's initialize goes to the server, which refuses it.
+    let v = json_of(post(&client(), &gw.url("/mcp"), init_body())).await;
+    assert_eq!(v["error"]["code"], -32601, "{v}");
+    assert!(
+        gw.wait_log("served as a 2026-07-28 server", Duration::from_secs(5))
+            .await
+    );
+}

@@ -6,6 +6,8 @@ On start it writes its pid to ``$PEER_DIR/<pid>.pid`` (when ``PEER_DIR`` is set)
 ``$PEER_DIR/<pid>.env`` (its environment, as JSON) and ``<pid>.cwd``.
 ``PEER_STUBBORN=1``: ignores SIGTERM and the end of stdin (only SIGKILL ends it).
 ``PEER_CRASH_ON_START=N``: exits with status N at once.
+``PEER_MODERN=1``: a 2026-07-28 server: ``initialize`` is an unknown method (``-32601``),
+``server/discover`` answers.
 
 Methods: ``initialize`` (echoes the asked version, tools capability), ``ping``,
 ``tools/list`` (``echo``), ``tools/call``:
@@ -33,6 +35,7 @@ if os.environ.get("PEER_CRASH_ON_START"):
     sys.exit(int(os.environ["PEER_CRASH_ON_START"]))
 
 STUBBORN = os.environ.get("PEER_STUBBORN") == "1"
+MODERN = os.environ.get("PEER_MODERN") == "1"
 if STUBBORN:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -142,6 +145,11 @@ def handle(msg):
             if ev:
                 ev.set()
         return
+    if method == "initialize" and MODERN:
+        return write({"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32601, "message": "no initialize in 2026-07-28"}})
+    if method == "server/discover" and MODERN:
+        return result(msg, {"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}},
+                            "serverInfo": {"name": "stdio-peer", "version": "1"}})
     if method == "initialize":
         version = (msg.get("params") or {}).get("protocolVersion", "2025-11-25")
         return result(msg, {"protocolVersion": version, "capabilities": {"tools": {}},

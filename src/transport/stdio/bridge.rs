@@ -55,8 +55,9 @@ pub type Refusal = (u16, i32, String);
 
 struct Ready {
     proc: Arc<Proc>,
-    /// Its answer to the gateway's `initialize`, given to clients that initialize.
-    init: Value,
+    /// Its answer to the gateway's `initialize`, given to clients that initialize; none
+    /// for a 2026-07-28 server, which has no `initialize` (clients' go to it as they are).
+    init: Option<Value>,
 }
 
 #[derive(Default)]
@@ -316,8 +317,8 @@ impl Bridge {
                 format!("{} has no process ready: {why}", self.name()),
             )
         })?;
-        if method == Some("initialize") {
-            return Ok(Route::Answer(ready.init.clone()));
+        if let (Some("initialize"), Some(init)) = (method, &ready.init) {
+            return Ok(Route::Answer(init.clone()));
         }
         Ok(Route::To {
             proc: ready.proc.clone(),
@@ -509,7 +510,9 @@ impl Bridge {
 }
 
 /// The gateway's own `initialize` of a shared process, then `notifications/initialized`.
-async fn initialize(proc: &Arc<Proc>) -> Result<Value, String> {
+/// A process that answers it with an error is a 2026-07-28 server (there is no
+/// `initialize` in that era; its clients begin with `server/discover`): ready as it is.
+async fn initialize(proc: &Arc<Proc>) -> Result<Option<Value>, String> {
     let message = json!({"jsonrpc": "2.0", "id": "mcp-gateway-init", "method": "initialize",
         "params": {"protocolVersion": INIT_VERSION, "capabilities": {},
             "clientInfo": {"name": "mcp-gateway", "version": env!("CARGO_PKG_VERSION")}}});
@@ -527,10 +530,15 @@ async fn initialize(proc: &Arc<Proc>) -> Result<Value, String> {
     .ok_or("the process went away")?;
     pending.answered();
     if let Some(e) = answer.get("error") {
-        return Err(format!("it answered with an error: {e}"));
+        log::info!(
+            "{} {}: it answered initialize with an error ({e}): served as a 2026-07-28 server, without one",
+            proc.spec().kind(),
+            proc.spec().id
+        );
+        return Ok(None);
     }
     proc.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))?;
-    Ok(answer.get("result").cloned().unwrap_or(Value::Null))
+    Ok(Some(answer.get("result").cloned().unwrap_or(Value::Null)))
 }
 
 /// ±25 %.
