@@ -24,39 +24,12 @@ use std::time::Duration;
 /// How long the server may take to answer the GET with its `endpoint`.
 const CONNECT: Duration = Duration::from_secs(10);
 
-/// The request headers that belong to the bridge's own exchange, not to the server.
-const NOT_FORWARDED: &[&str] = &[
-    "host",
-    "content-length",
-    "content-type",
-    "accept",
-    "accept-encoding",
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "upgrade",
-    "mcp-session-id",
-    "last-event-id",
-];
-
 static CLIENT: once_cell::sync::Lazy<reqwest::Client> = once_cell::sync::Lazy::new(|| {
     reqwest::Client::builder()
         .connect_timeout(CONNECT)
         .build()
         .expect("a reqwest client")
 });
-
-/// The headers of a request to the bridge that go on to the server.
-pub fn forwarded(request_headers: &HeaderMap) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for (name, value) in request_headers {
-        if !NOT_FORWARDED.contains(&name.as_str()) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    headers
-}
 
 /// Open a connection to the server for one session; `on_exit` runs when it ends.
 pub fn connect(
@@ -70,7 +43,7 @@ pub fn connect(
         .and_then(|u| u.strip_prefix(crate::config::stdio::LEGACY_SSE))
         .unwrap_or_default()
         .to_string();
-    let headers = forwarded(request_headers);
+    let headers = crate::transport::stdio::http::forwarded(request_headers);
     Proc::connection(spec, on_exit, move |link| run(link, url, headers))
 }
 

@@ -32,7 +32,7 @@ pub fn connect(
     on_exit: impl FnOnce(&Exit) + Send + 'static,
 ) -> Arc<Proc> {
     let url = spec.remote.clone().unwrap_or_default();
-    let headers = crate::transport::legacy_sse::forwarded(request_headers);
+    let headers = crate::transport::stdio::http::forwarded(request_headers);
     Proc::connection(spec, on_exit, move |link| run(link, url, headers))
 }
 

@@ -24,6 +24,33 @@ pub const EXITED: i32 = code::INTERNAL_ERROR;
 /// A comment on streams that are quiet this long (proxies and clients keep them open).
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// The request headers that belong to the bridge's own exchange, not to the server.
+const NOT_FORWARDED: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "accept",
+    "accept-encoding",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "mcp-session-id",
+    "last-event-id",
+];
+
+/// The headers of a request to the bridge that go on to the server.
+pub fn forwarded(request_headers: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in request_headers {
+        if !NOT_FORWARDED.contains(&name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
 /// One SSE `message` event.
 pub fn sse_event(message: &Value) -> Bytes {
     let mut out = b"event: message\ndata: ".to_vec();
@@ -148,7 +175,7 @@ async fn post(
         Route::To { proc, new_session } => (proc, new_session),
     };
     if bridge.spec.remote.is_some() {
-        proc.carry(crate::transport::legacy_sse::forwarded(headers));
+        proc.carry(forwarded(headers));
     }
     if !is_request {
         // A notification, or the client's answer to the process's request.
@@ -160,7 +187,8 @@ async fn post(
     // Shared processes serve many clients: the request gets an id (and progress token)
     // of the process's own, and the client's come back on the way out.
     let own_token = message.pointer("/params/_meta/progressToken").cloned();
-    if proc_is_shared(bridge) {
+    let rewritten = bridge.spec.shared();
+    if rewritten {
         message["id"] = proc.fresh_id(&id);
         if let Some(t) = message.pointer_mut("/params/_meta/progressToken") {
             *t = proc.fresh_id(t);
@@ -174,6 +202,7 @@ async fn post(
     let restore = Restore {
         id,
         token: own_token,
+        rewritten,
     };
     let first = match rx.recv().await {
         Some(m) => m,
@@ -209,35 +238,32 @@ async fn post(
     response
 }
 
-fn proc_is_shared(bridge: &Bridge) -> bool {
-    bridge.spec.shared()
-}
-
 fn is_answer(m: &Value) -> bool {
     m.get("method").is_none()
 }
 
-/// The client's id and progress token, put back on what goes out.
+/// The client's id and progress token, put back on what goes out (when the request
+/// went to the process under ids of the pool's own).
 struct Restore {
     id: Value,
     token: Option<Value>,
+    rewritten: bool,
 }
 
 impl Restore {
     fn apply(&self, mut m: Value) -> Value {
+        if !self.rewritten {
+            return m;
+        }
         if is_answer(&m) {
             m["id"] = self.id.clone();
-        } else if let (Some(t), Some(own)) = (m.pointer_mut("/params/progressToken"), &self.token) {
-            if m_is_progress(t) {
+        } else if m["method"] == "notifications/progress" {
+            if let (Some(t), Some(own)) = (m.pointer_mut("/params/progressToken"), &self.token) {
                 *t = own.clone();
             }
         }
         m
     }
-}
-
-fn m_is_progress(_: &Value) -> bool {
-    true
 }
 
 /// The rest of a request's messages as an SSE stream, its answer last.

@@ -309,6 +309,17 @@ impl Proc {
 
     /// One line the process wrote.
     pub fn dispatch(&self, line: &[u8]) {
+        // A stdio process's lines are capped as they are read; a connection's messages
+        // (SSE events, WebSocket frames) are held to the same `max_line` here.
+        if line.len() > self.spec.max_line {
+            log::warn!(
+                "{} {}: a message longer than max_line ({} bytes) was skipped",
+                self.spec.kind(),
+                self.spec.id,
+                self.spec.max_line
+            );
+            return;
+        }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let line = line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -511,5 +522,42 @@ impl Drop for Pending {
             let _ = self.proc.send(&cancel);
         }
         self.proc.touch();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(max_line: usize) -> Arc<Spec> {
+        Arc::new(Spec {
+            group: "g".into(),
+            id: "s".into(),
+            command: Vec::new(),
+            remote: Some("ws://127.0.0.1:1/m".into()),
+            env: Default::default(),
+            cwd: None,
+            process: crate::config::StdioProcess::PerSession,
+            instances: 1,
+            max_processes: 1,
+            idle_timeout: Duration::from_secs(60),
+            max_line,
+            socket: "/nonexistent.sock".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_connections_messages_are_held_to_max_line_and_answers_find_their_request() {
+        let (proc, _io) = Proc::new(&spec(64), 0);
+        let request = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call"});
+        let (_pending, mut rx) = proc.request(&request, false).unwrap();
+        let long = format!(
+            r#"{{"jsonrpc":"2.0","id":7,"result":{{"x":"{}"}}}}"#,
+            "y".repeat(100)
+        );
+        proc.dispatch(long.as_bytes());
+        assert!(rx.try_recv().is_err(), "a message over max_line is skipped");
+        proc.dispatch(br#"{"jsonrpc":"2.0","id":7,"result":{}}"#);
+        assert_eq!(rx.try_recv().unwrap()["id"], 7);
     }
 }
