@@ -11,6 +11,8 @@ and of every peer it started are attached to the report.
 Environment:
   MCP_GATEWAY_BIN      gateway binary (default: target/debug/mcp-gateway)
   MCP_DEMO_SERVER_BIN  demo server binary (default: target/debug/demo_server)
+  MCP1_PYTHON          python of a virtualenv with the Python SDK 1.x, for its WebSocket
+                       client (default: .venv-mcp1/bin/python; scripts/test makes it)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ E2E = Path(__file__).resolve().parent
 REPO = E2E.parents[1]
 GATEWAY_BIN = Path(os.environ.get("MCP_GATEWAY_BIN", REPO / "target/debug/mcp-gateway"))
 DEMO_BIN = Path(os.environ.get("MCP_DEMO_SERVER_BIN", REPO / "target/debug/demo_server"))
+MCP1_PYTHON = Path(os.environ.get("MCP1_PYTHON", REPO / ".venv-mcp1/bin/python"))
 EVERYTHING_JS = E2E / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 PYTHON_PEER = E2E / "peers/python_server.py"
 CATALOG_PEER = E2E / "peers/catalog_server.py"
