@@ -158,8 +158,25 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         endpoint = endpoint.tls(tls.settings()?);
     }
     proxy.add_listener(endpoint);
+    // WebSocket and legacy SSE clients: the adapter that speaks their transport, and the
+    // internal listener it sends their messages in on (both in the private runtime folder).
+    let clients = crate::transport::clients::Clients::prepare(live.clone())?;
+    let internal = crate::transport::clients::Sockets::of(&config)
+        .gateway
+        .clone();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        proxy.add_uds(
+            &internal.to_string_lossy(),
+            Some(std::fs::Permissions::from_mode(0o600)),
+        );
+    }
     proxy.threads = Some(config.server.threads);
     server.add_service(proxy);
+    server.add_service(pingora::services::background::background_service(
+        "websocket and legacy sse clients",
+        clients,
+    ));
     if config.admin.enabled {
         let admin = crate::admin::service(crate::admin::Admin::new(live.clone()), &config.admin)?;
         server.add_service(admin);
@@ -222,6 +239,7 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
     });
     // Whatever way the server ended, no stdio server outlives it.
     stdio.kill_all_now();
+    crate::transport::clients::Clients::remove_sockets();
     Ok(())
 }
 

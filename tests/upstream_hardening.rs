@@ -409,8 +409,9 @@ async fn informational_answers_do_not_decide_the_breaker() {
 #[tokio::test]
 async fn upgrade_requests_are_refused_and_never_reach_the_upstream() {
     let (up, gw) = one_upstream("").await;
-    let ws = "GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAccept: text/event-stream\r\n\r\n";
-    let x = exchange(gw.port, ws, b"", false).await;
+    // (A WebSocket client's GET is served by the gateway itself: tests/client_transports.rs.)
+    let other = "GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: IRC/6.9\r\nAccept: text/event-stream\r\n\r\n";
+    let x = exchange(gw.port, other, b"", false).await;
     assert!(x.head.starts_with("HTTP/1.1 400"), "{}", x.head);
     let v: Value = serde_json::from_slice(&x.body).unwrap();
     assert_eq!(v["error"]["code"], -32600, "{v}");

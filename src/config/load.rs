@@ -371,6 +371,11 @@ fn validate(c: &Config, errs: &mut Errors) {
             "max_request_body",
             c.limits.max_request_body.0 == 0,
         ),
+        (
+            "limits",
+            "max_websocket_message",
+            c.limits.max_websocket_message.is_some_and(|m| m.0 == 0),
+        ),
         ("timeouts", "connect", c.timeouts.connect.0.is_zero()),
         ("timeouts", "request", c.timeouts.request.0.is_zero()),
         (

@@ -395,6 +395,11 @@ config_struct! {
         /// Longest time from a connection's accept (or the end of its previous request)
         /// to a complete request head; slower connections are closed (`0`: no limit).
         request_head_timeout: Dur = Dur::secs(10),
+        /// Largest message a WebSocket client may send (one JSON-RPC message); a larger
+        /// one closes the socket with `1009` (unset: `max_request_body`).
+        max_websocket_message: Option<ByteSize> = None,
+        /// How often the gateway pings a WebSocket client (`0`: never).
+        websocket_ping_interval: Dur = Dur::secs(30),
     }
 }
 

@@ -16,6 +16,32 @@ fn has_name_header(method: &str) -> bool {
     matches!(method, "tools/call" | "prompts/get" | "resources/read")
 }
 
+/// The routing headers a modern-era message must carry, from its body (what
+/// [`check_modern`] accepts): `MCP-Protocol-Version`, and for a request or notification
+/// `Mcp-Method` and, where the method names something, `Mcp-Name`.
+pub fn routing(env: &Envelope) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let mut out = Vec::with_capacity(3);
+    if let Some(v) = env.protocol_version.as_deref() {
+        out.push((
+            http::HeaderName::from_static(MCP_PROTOCOL_VERSION),
+            encode_value(v),
+        ));
+    }
+    if env.kind == Kind::Response {
+        return out;
+    }
+    let method = env.method.as_deref().unwrap_or_default();
+    out.push((
+        http::HeaderName::from_static(MCP_METHOD),
+        encode_value(method),
+    ));
+    if has_name_header(method) {
+        let name = env.name.as_deref().unwrap_or_default();
+        out.push((http::HeaderName::from_static(MCP_NAME), encode_value(name)));
+    }
+    out
+}
+
 /// Decode a header value that may use the `=?base64?…?=` form for non-ASCII content.
 pub fn decode_value(raw: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(raw).ok()?.trim();
@@ -139,6 +165,22 @@ mod tests {
     }
     use crate::mcp::envelope::{inspect, Body};
     use http::HeaderValue;
+
+    #[test]
+    fn the_routing_headers_of_a_body_pass_the_check() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"héllo","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"file:///a b","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+        ] {
+            let e = env(body);
+            let mut h = HeaderMap::new();
+            for (k, v) in routing(&e) {
+                h.insert(k, v);
+            }
+            assert_eq!(check_modern(&e, &h), Ok(()), "{body}");
+        }
+    }
 
     fn env(body: &str) -> Envelope {
         match inspect(body.as_bytes()).unwrap() {

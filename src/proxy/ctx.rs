@@ -98,6 +98,12 @@ pub struct RequestCtx {
     /// The outcome of the current attempt already went to the server's breaker.
     pub outcome_recorded: bool,
     pub timeouts: Timeouts,
+    /// A WebSocket or legacy SSE client's request, handed to the client adapter for as
+    /// long as it lives (`transport::clients`).
+    pub downstream: Option<crate::transport::clients::Ticket>,
+    /// The caller a request on the gateway's internal listener comes from (one message of
+    /// such a client): its identity and address stand in for the connection's.
+    pub via: Option<Arc<crate::transport::clients::Caller>>,
 }
 
 /// The servers tried for one request: the first four inline (no allocation).
@@ -170,6 +176,18 @@ impl RequestCtx {
             upstream_status: None,
             outcome_recorded: false,
             timeouts: Timeouts::default(),
+            downstream: None,
+            via: None,
+        }
+    }
+
+    /// The client's address as the gateway decided it: the connection's (or a trusted
+    /// proxy's word for it), or for a message of a WebSocket or legacy SSE client, the
+    /// address that client connected from.
+    pub fn client_ip(&self, session: &pingora::proxy::Session) -> Option<std::net::IpAddr> {
+        match &self.via {
+            Some(caller) => caller.ip,
+            None => crate::security::edge::client_ip(session, &self.state.edge),
         }
     }
 

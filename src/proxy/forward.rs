@@ -41,7 +41,7 @@ pub fn select(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, 
             (InFlight::new(s.clone()), peer)
         }
         None => {
-            let ip = crate::security::edge::client_ip(session, &ctx.state.edge);
+            let ip = ctx.client_ip(session);
             let attempt = group
                 .select(ip, ctx.tried.as_slice())
                 .ok_or_else(|| GatewayError::NoUpstream(group.name.clone()))?;
@@ -125,6 +125,10 @@ pub fn upstream_request(
     for h in ctx.state.auth.credential_headers.iter() {
         req.remove_header(h);
     }
+    if ctx.via.is_some() {
+        // The ticket of a WebSocket or legacy SSE client's message is the gateway's own.
+        req.remove_header(&crate::transport::clients::CALLER);
+    }
     if let Some(group) = &ctx.group {
         if let Some((name, value)) = &group.upstream_auth {
             req.insert_header(name.clone(), value.clone())?;
@@ -207,6 +211,17 @@ fn forwarding_headers(session: &Session, req: &mut RequestHeader, ctx: &RequestC
     use crate::security::edge;
     for h in present(&req.headers, &ORIGIN) {
         req.remove_header(h);
+    }
+    if let Some(caller) = &ctx.via {
+        // A message of a WebSocket or legacy SSE client: its address is the caller's.
+        for h in present(&req.headers, &FORWARDING) {
+            req.remove_header(h);
+        }
+        if let Some(ip) = caller.ip {
+            req.insert_header(X_FORWARDED_FOR, ip.to_string())?;
+            req.insert_header(X_REAL_IP, ip.to_string())?;
+        }
+        return Ok(());
     }
     let Some(peer) = edge::peer_ip(session) else {
         for h in present(&req.headers, &FORWARDING) {

@@ -2,7 +2,8 @@
 //! gateway refuses, strips or rewrites between the client's connection and the
 //! upstream's, the same way on every path (Pingora's proxy path and the POST exchange).
 //!
-//! * Requests: `Upgrade` is refused on MCP routes ([`check_request`]); `Connection` may
+//! * Requests: `Upgrade` is refused on MCP routes ([`check_request`]) but a WebSocket
+//!   client's (`proxy::clients`, which the gateway answers itself); `Connection` may
 //!   not name fields the gateway owns; the standard hop-by-hop fields, those `Connection`
 //!   names, and `Expect` (the gateway answers `100 Continue` itself) never go upstream
 //!   ([`strip_request`]).
@@ -108,10 +109,15 @@ fn is_token(t: &[u8]) -> bool {
 }
 
 /// Refuse, before anything is read, a request whose connection fields the gateway will
-/// not honour: an `Upgrade` (no protocol switch is tunnelled through the gateway) and a
+/// not honour: an `Upgrade` (no protocol switch is tunnelled through the gateway; a
+/// WebSocket client's, `websocket`, is served by the gateway itself) and a
 /// `Connection` header naming a field the gateway owns, malformed, or too long.
-pub fn check_request(req: &RequestHeader) -> Result<(), GatewayError> {
-    if let Some(upgrade) = req.headers.get(header::UPGRADE).filter(|_| !only_h2c(req)) {
+pub fn check_request(req: &RequestHeader, websocket: bool) -> Result<(), GatewayError> {
+    let switch = req
+        .headers
+        .get(header::UPGRADE)
+        .filter(|_| !websocket && !only_h2c(req));
+    if let Some(upgrade) = switch {
         return Err(GatewayError::InvalidRequest(format!(
             "protocol upgrades are not supported on MCP endpoints (Upgrade: {:?}): \
              send MCP over Streamable HTTP (POST, and GET for the SSE stream) without an \
@@ -239,7 +245,7 @@ mod tests {
             ("expect", "100-continue"),
             ("proxy-authorization", "Basic eDp5"),
         ]);
-        check_request(&req).unwrap();
+        check_request(&req, false).unwrap();
         strip_request(&mut req);
         let left: Vec<_> = req.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept"]);
@@ -257,22 +263,25 @@ mod tests {
         ] {
             let req = request(&[(name, value)]);
             assert!(
-                matches!(check_request(&req), Err(GatewayError::InvalidRequest(_))),
+                matches!(
+                    check_request(&req, false),
+                    Err(GatewayError::InvalidRequest(_))
+                ),
                 "{name}: {value}"
             );
         }
-        check_request(&request(&[("connection", "a,b,c,d,e,f,g,h,i")])).unwrap();
+        check_request(&request(&[("connection", "a,b,c,d,e,f,g,h,i")]), false).unwrap();
         // A cleartext HTTP/2 offer is ignored (served as HTTP/1.1), not refused.
         let mut h2c = request(&[
             ("connection", "Upgrade, HTTP2-Settings"),
             ("upgrade", "h2c"),
             ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
         ]);
-        check_request(&h2c).unwrap();
+        check_request(&h2c, false).unwrap();
         strip_request(&mut h2c);
         assert!(h2c.headers.is_empty());
         let both = request(&[("upgrade", "h2c, websocket")]);
-        assert!(check_request(&both).is_err());
+        assert!(check_request(&both, false).is_err());
     }
 
     #[test]

@@ -14,7 +14,11 @@
 //! 3. `upstream_request_filter` ([`forward::upstream_request`]): HTTP/1.1, no hop-by-hop
 //!    fields, path, `Host`, `X-Forwarded-*`, `X-Request-Id`, the upstream's own session
 //!    id.
-//! 4. `upstream_response_filter`: a `101` becomes a 502; a final answer judges the
+//!    A WebSocket or legacy SSE client's request goes, once checked, to the gateway's
+//!    own adapter instead ([`clients`]), which sends each of its messages back in as a
+//!    POST on the internal listener.
+//! 4. `upstream_response_filter`: a `101` becomes a 502 (but the adapter's to a
+//!    WebSocket client); a final answer judges the
 //!    attempt for the breaker (1xx do not). `response_filter`
 //!    ([`forward::client_response`]): no hop-by-hop fields, seal `Mcp-Session-Id`, add
 //!    the request id. Bodies (SSE included) stream through untouched, but for the lists
@@ -22,6 +26,7 @@
 //! 5. `fail_to_proxy`: upstream failures become JSON-RPC errors (502/503/504).
 //! 6. `logging`: the access log line.
 
+pub mod clients;
 pub mod connections;
 pub mod ctx;
 pub mod federated;
@@ -92,6 +97,9 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.downstream.is_some() {
+            return clients::peer();
+        }
         forward::select(session, ctx).map_err(|e| {
             let status = e.status_and_code().0;
             ctx.error = Some(e);
@@ -105,6 +113,9 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(ticket) = &ctx.downstream {
+            return clients::adapter_request(req, ticket);
+        }
         forward::upstream_request(session, req, ctx)
     }
 
@@ -114,9 +125,14 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            // Nothing asked for a protocol switch (upgrades never go upstream): the
-            // gateway does not tunnel what it cannot inspect.
+        let websocket = ctx
+            .downstream
+            .as_ref()
+            .is_some_and(|t| t.kind == crate::transport::clients::Kind::WebSocket);
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !websocket {
+            // Nothing asked for a protocol switch (upgrades never go upstream; a WebSocket
+            // client's goes to the gateway's own adapter): the gateway does not tunnel
+            // what it cannot inspect.
             record::upstream_attempt(ctx, "error");
             outcome::record(ctx, false);
             let err = hop_by_hop::switched_protocols(ctx);
@@ -167,8 +183,14 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // The adapter's answer to a WebSocket client (no other 101 gets here): its
+            // `Upgrade` and `Connection` are the switch itself.
+            respond::common_headers(resp, ctx)?;
+            return Ok(());
+        }
         if resp.status.is_informational() {
-            // Relayed as it is (a 101 never gets here).
+            // Relayed as it is.
             hop_by_hop::strip_response(resp);
             return Ok(());
         }

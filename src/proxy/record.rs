@@ -273,7 +273,7 @@ pub fn access_log(session: &Session, e: Option<&pingora::Error>, ctx: &RequestCt
     let line = serde_json::json!({
         "request_id": ctx.request_id,
         "client": session.client_addr().map(|a| a.to_string()),
-        "client_ip": crate::security::edge::client_ip(session, &ctx.state.edge).map(|ip| ip.to_string()),
+        "client_ip": ctx.client_ip(session).map(|ip| ip.to_string()),
         "method": req.method.as_str(),
         "path": req.uri.path(),
         "route": ctx.route.as_deref(),

@@ -19,6 +19,7 @@ use crate::security::streams::TooManyStreams;
 use crate::state::State;
 use crate::telemetry::metrics::{self, METRICS};
 use crate::telemetry::tracing::RequestSpan;
+use crate::transport::clients::Kind;
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::prelude::*;
@@ -38,6 +39,18 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     let state = ctx.state.clone();
     ctx.request_id = request_id(session);
     ctx.timeouts = state.timeouts;
+    // One message of a WebSocket or legacy SSE client, sent in by the client adapter on
+    // the internal listener: its caller was checked when the connection was admitted.
+    if let Some(found) = super::clients::internal_caller(session) {
+        match found {
+            Ok(caller) => ctx.via = Some(caller),
+            Err(e) => {
+                respond::error(session, ctx, e).await?;
+                return Ok(true);
+            }
+        }
+    }
+    let internal = ctx.via.is_some();
     let draining = gw.live.draining();
     if draining {
         // Shutting down: answer with `Connection: close`, so keep-alive clients move to
@@ -51,12 +64,15 @@ pub async fn filter(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     // The client's scheme: the listener's, or a trusted proxy's X-Forwarded-Proto.
     let scheme = crate::security::edge::scheme(session, &state.edge);
     let https = scheme == "https";
-    if let Err(e) =
-        state
+    let hosts = match internal {
+        // Checked on the client's own connection.
+        true => Ok(()),
+        false => state
             .edge
             .hosts
-            .check(session.req_header(), https, probe, "server.allowed_hosts")
-    {
+            .check(session.req_header(), https, probe, "server.allowed_hosts"),
+    };
+    if let Err(e) = hosts {
         respond::error(session, ctx, e).await?;
         return Ok(true);
     }
@@ -158,7 +174,16 @@ async fn check(
     ctx: &mut RequestCtx,
 ) -> Result<Next, GatewayError> {
     let req = session.req_header();
-    let path = req.uri.path();
+    let full_path = req.uri.path();
+    let served = |p: &str| state.virtual_servers.get(p).is_some() || state.routes.get(p).is_some();
+    // A route's or virtual server's path, or a legacy SSE client's endpoint under one (a
+    // message of such a client comes in on the route's own path).
+    let (path, mut kind) = match served(full_path) {
+        true => (full_path, None),
+        false => super::clients::legacy_endpoint(full_path, served)
+            .filter(|_| ctx.via.is_none())
+            .map_or((full_path, None), |(base, kind)| (base, Some(kind))),
+    };
     // A virtual server's path, or a route's (to one group).
     let virtual_server = state.virtual_servers.get(path).cloned();
     let (route_path, group) = match &virtual_server {
@@ -167,20 +192,33 @@ async fn check(
             let route = state
                 .routes
                 .get(path)
-                .ok_or_else(|| GatewayError::NoRoute(path.to_string()))?;
+                .ok_or_else(|| GatewayError::NoRoute(full_path.to_string()))?;
             (route.path.clone(), Some(route.group.clone()))
         }
     };
     ctx.route = Some(route_path.clone());
     ctx.group = group.clone();
-    // No protocol switch, and no connection fields the gateway will not honour.
-    super::hop_by_hop::check_request(req)?;
+    if kind.is_none() && ctx.via.is_none() && super::clients::is_websocket(req) {
+        kind = Some(Kind::WebSocket);
+    }
+    // No protocol switch but a WebSocket client's, and no connection fields the gateway
+    // will not honour.
+    super::hop_by_hop::check_request(req, kind == Some(Kind::WebSocket))?;
+    if let Some(kind) = kind {
+        super::clients::check(req, kind)?;
+    }
 
     // The address rate limits and the authentication throttle count the client by.
-    let ip = crate::security::edge::client_ip(session, &state.edge);
+    let ip = ctx.client_ip(session);
 
-    // Who is calling, before anything else is read.
-    if !state.auth.is_empty() {
+    if let Some(caller) = &ctx.via {
+        // A message of a connection admitted on this route, from the caller admitted.
+        if *caller.route != *route_path {
+            return Err(GatewayError::SessionNotFound);
+        }
+        ctx.identity = caller.identity.clone();
+    } else if !state.auth.is_empty() {
+        // Who is calling, before anything else is read.
         let cert = crate::security::tls::peer_cert(session);
         match state.auth.check(&route_path, &req.headers, cert, ip).await {
             Ok(identity) => ctx.identity = identity,
@@ -217,15 +255,17 @@ async fn check(
     }
 
     let method = req.method.clone();
-    if method == Method::POST {
+    // A legacy SSE client's message POST is inspected when the adapter sends it in.
+    let message_post = kind == Some(Kind::LegacyMessage);
+    if method == Method::POST && !message_post {
         read_and_inspect(state, session, ctx).await?;
-    } else if method != Method::GET && method != Method::DELETE {
+    } else if method != Method::GET && method != Method::DELETE && !message_post {
         return Err(GatewayError::MethodNotAllowed(method.to_string()));
     }
 
     // Sessions belong to the legacy era; modern servers ignore the header, so do we. (A
     // virtual server opens its own sessions.)
-    if let (Some(group), false) = (&group, ctx.era() == Some(Era::Modern)) {
+    if let (Some(group), false, None) = (&group, ctx.era() == Some(Era::Modern), kind) {
         if let Some(sealed) = session.req_header().headers.get(MCP_SESSION_ID) {
             let sealed = sealed.to_str().map_err(|_| GatewayError::SessionNotFound)?;
             // Opens only for the identity it was issued to (anonymous: no identity).
@@ -249,7 +289,7 @@ async fn check(
     }
 
     // Every message of a batch is authorized, rate-limited and filtered as if sent alone.
-    if !state.policies.is_empty() {
+    if !state.policies.is_empty() && !message_post {
         if ctx.mcp.envelope.is_none() {
             // A GET stream or a DELETE: only rules without method or item conditions match.
             authorize(state, &route_path, ctx.identity.as_ref(), None)?;
@@ -267,7 +307,7 @@ async fn check(
         ctx.list_scope = Scope::of(&state.policies, lists);
     }
 
-    if !state.rate_limits.is_empty() {
+    if !state.rate_limits.is_empty() && !message_post {
         // One count per message (a GET or DELETE: one), each `tools/call` under its tool.
         fn tool(e: &envelope::Envelope) -> Option<&str> {
             match e.method.as_deref() {
@@ -312,8 +352,9 @@ async fn check(
         identity: ctx.identity.as_ref(),
         tool: None,
     };
-    // A GET is the standing SSE stream: it holds a slot until its request ends.
-    if method == Method::GET && state.streams.is_enabled() {
+    // A GET is the standing SSE stream (or a WebSocket, or a legacy SSE stream): it holds
+    // a slot until its request ends. Such a client's own GET stream is in its slot.
+    if method == Method::GET && state.streams.is_enabled() && ctx.via.is_none() {
         match state.streams.open(subject.identity_key()) {
             Ok(slot) => ctx.stream_slot = Some(slot),
             Err(TooManyStreams(cap)) => {
@@ -332,6 +373,11 @@ async fn check(
         }
     }
 
+    if let Some(kind) = kind {
+        // The client adapter speaks the client's transport from here.
+        super::clients::admit(session, ctx, kind, ip);
+        return Ok(Next::Proxy);
+    }
     if let Some(vs) = virtual_server {
         // The gateway is the MCP server here.
         super::federated::answer(gw, session, ctx, &vs, ip).await?;

@@ -451,14 +451,11 @@ def test_legacy_sse_sessions(stack):
         assert too_big.status_code == 413, (too_big.status_code, too_big.text)
         jsonrpc_error(too_big)
 
-        # A denied call is answered on the stream, like any other answer... or refused at
-        # once: either way a -32013 error with the request's id, and the session lives on.
+        # A denied call is answered on the stream, like any other answer: a -32013 error
+        # with the request's id, and the session lives on.
         denied = post(endpoint, {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1, "b": 2}}}, key("alice"))
-        if denied.status_code == 202:
-            error = stream.message(5)["error"]
-        else:
-            assert denied.status_code == 403, (denied.status_code, denied.text)
-            error = jsonrpc_error(denied)
+        assert denied.status_code == 202, (denied.status_code, denied.text)
+        error = stream.message(5)["error"]
         assert error["code"] == FORBIDDEN, error
         assert post(endpoint, {"jsonrpc": "2.0", "id": 6, "method": "ping"}, key("alice")).status_code == 202
         assert stream.message(6)["result"] == {}

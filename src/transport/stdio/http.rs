@@ -305,7 +305,7 @@ fn sse(
     stream_response(StreamBody::new(stream).boxed())
 }
 
-fn stream_response(body: Body) -> Response<Body> {
+pub(crate) fn stream_response(body: Body) -> Response<Body> {
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
