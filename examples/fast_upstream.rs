@@ -15,6 +15,10 @@
 //! an empty result). Calls the virtual server routes keep the client's id (`1`) and get
 //! the fixed answer.
 //!
+//! Every other call gets the fixed answer under the request's id when that is a number
+//! (`scripts/bench`'s WebSocket load, `ws_load`, numbers its requests and waits for each
+//! one's answer): `1`, wrk's, is the fixed answer itself, sent without an allocation.
+//!
 //! A `GET /mcp` is the standing SSE stream of MCP's HTTP transport: it is answered
 //! `200 text/event-stream` with one comment event (`: ok`), and the stream then stays
 //! open, silent, until the client goes away (for the connection-scale mode of
@@ -121,7 +125,10 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Answer>, Infallible> 
     let answer = match own_request(&body) {
         Some(own) => Bytes::from(own),
         None if contains(&body, b"\"tools/list\"") => Bytes::from(list_answer(&body)),
-        None => Bytes::from_static(RESULT),
+        None => match numeric_id(&body) {
+            Some(id) if id != b"1" => Bytes::from(result_with_id(id)),
+            _ => Bytes::from_static(RESULT),
+        },
     };
     let mut res = plain(Full::new(answer));
     res.headers_mut()
@@ -152,6 +159,28 @@ fn list_answer(_body: &[u8]) -> Vec<u8> {
 
 /// The tools of `tools/list`.
 const TOOLS: &str = r#"{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"search","inputSchema":{"type":"object"}},{"name":"fetch","inputSchema":{"type":"object"}}]}"#;
+
+/// The request's id when it is a number (its digits), found as the first `"id":`.
+fn numeric_id(body: &[u8]) -> Option<&[u8]> {
+    const MARK: &[u8] = b"\"id\":";
+    let start = memchr::memmem::find(body, MARK)? + MARK.len();
+    let rest = &body[start..];
+    let skip = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = &rest[skip..];
+    let len = rest.iter().position(|b| !b.is_ascii_digit())?;
+    (len > 0).then(|| &rest[..len])
+}
+
+/// [`RESULT`] under another id.
+fn result_with_id(id: &[u8]) -> Vec<u8> {
+    const HEAD: &[u8] = br#"{"jsonrpc":"2.0","id":"#;
+    let tail = &RESULT[HEAD.len() + 1..];
+    let mut out = Vec::with_capacity(RESULT.len() + id.len());
+    out.extend_from_slice(HEAD);
+    out.extend_from_slice(id);
+    out.extend_from_slice(tail);
+    out
+}
 
 fn contains(body: &[u8], needle: &[u8]) -> bool {
     body.windows(needle.len()).any(|w| w == needle)
