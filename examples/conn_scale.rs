@@ -12,6 +12,12 @@
 //!   standing SSE stream of MCP's HTTP transport. The answer must be `200
 //!   text/event-stream` and its first event (up to the blank line that ends it) must
 //!   arrive. The stream then stays open.
+//! - `--mode ws`: each connection opens a WebSocket on the endpoint (`GET` with `Upgrade:
+//!   websocket`, offering the subprotocol `mcp`), sends the same `tools/call` as one text
+//!   frame, and the first text frame that answers it must be a JSON-RPC `result` with its
+//!   id. The socket then stays open, idle, still read by a task of its own, so the
+//!   gateway's pings are answered (tungstenite queues the pong while reading and sends it
+//!   on the next read) and a close from the server is seen.
 //!
 //! Each open gets `--timeout SECS` (default 10) from connect to the checked answer. When
 //! all are done it prints one line:
@@ -22,8 +28,10 @@
 //!
 //! then `holding K connections` and waits: for stdin to close, SIGINT or SIGTERM. Then it
 //! prints `released: K held, X still open, Y closed by the server meanwhile` (a connection
-//! counts as closed when its hyper connection task has ended) and exits, closing them
-//! all. The first error of each kind is printed with its message.
+//! counts as closed when its hyper connection task, or its WebSocket's reading task, has
+//! ended) and exits, closing them all. The first error of each kind is printed with its
+//! message. `--url` is `http://IP:PORT/PATH`; `--mode ws` takes `ws://` too (the same
+//! endpoint either way).
 //!
 //! ```sh
 //! cargo run --release --example conn_scale -- --url http://127.0.0.1:8080/mcp \
@@ -45,6 +53,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 /// The benchmark's request (scripts/bench): the same body and headers.
 const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
@@ -54,6 +64,7 @@ const PROTOCOL: &str = "2025-11-25";
 enum Mode {
     Post,
     Sse,
+    Ws,
 }
 
 struct Args {
@@ -85,17 +96,18 @@ const KINDS: [(Kind, &str); 6] = [
     (Kind::Timeout, "timeout"),
 ];
 
-/// One open connection: its hyper connection task, and what keeps the exchange alive
-/// (the idle sender of a keep-alive connection, the unfinished body of a stream).
+/// One open connection: its hyper connection task (a WebSocket: the task reading it),
+/// and what keeps the exchange alive (the idle sender of a keep-alive connection, the
+/// unfinished body of a stream).
 struct Held {
     conn: JoinHandle<()>,
-    _sender: http1::SendRequest<Full<Bytes>>,
+    _sender: Option<http1::SendRequest<Full<Bytes>>>,
     _stream: Option<Incoming>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: conn_scale --url http://IP:PORT/PATH --mode post|sse --connections N \
+        "usage: conn_scale --url http://IP:PORT/PATH --mode post|sse|ws --connections N \
          [--concurrency C (200)] [--timeout SECS (10)]"
     );
     std::process::exit(2);
@@ -126,7 +138,20 @@ fn parse_args() -> Args {
         Some(Ok(uri)) => uri,
         _ => usage(),
     };
+    let mode = match value("--mode") {
+        Some("post") => Mode::Post,
+        Some("sse") => Mode::Sse,
+        Some("ws") => Mode::Ws,
+        _ => usage(),
+    };
     let addr = match (uri.scheme_str(), uri.authority()) {
+        (Some("ws"), Some(a)) if mode == Mode::Ws => match a.as_str().parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                eprintln!("error: --url needs an IP:PORT authority (e.g. 127.0.0.1:8080)");
+                std::process::exit(2);
+            }
+        },
         (Some("http"), Some(a)) => match a.as_str().parse::<SocketAddr>() {
             Ok(addr) => addr,
             Err(_) => {
@@ -138,11 +163,6 @@ fn parse_args() -> Args {
             eprintln!("error: --url must be http://IP:PORT/PATH");
             std::process::exit(2);
         }
-    };
-    let mode = match value("--mode") {
-        Some("post") => Mode::Post,
-        Some("sse") => Mode::Sse,
-        _ => usage(),
     };
     Args {
         addr,
@@ -169,12 +189,78 @@ fn request(args: &Args) -> Request<Full<Bytes>> {
             .method("GET")
             .header("accept", "text/event-stream")
             .body(Full::new(Bytes::new())),
+        Mode::Ws => unreachable!("a WebSocket is opened by open_ws"),
     };
     built.expect("a valid request")
 }
 
+/// Open one WebSocket, check the answer to its `tools/call`, and keep reading it.
+async fn open_ws(args: &Args) -> Result<Held, (Kind, String)> {
+    let stream = TcpStream::connect(args.addr)
+        .await
+        .map_err(|e| (Kind::Connect, e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let url = format!("ws://{}{}", args.addr, args.uri.path());
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| (Kind::Handshake, e.to_string()))?;
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        hyper::header::HeaderValue::from_static("mcp"),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(res) => {
+                (Kind::Status, format!("answered {}", res.status()))
+            }
+            e => (Kind::Handshake, e.to_string()),
+        })?;
+    futures::SinkExt::send(&mut ws, Message::text(BODY))
+        .await
+        .map_err(|e| (Kind::Send, e.to_string()))?;
+    loop {
+        let text = match futures::StreamExt::next(&mut ws).await {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(c))) => {
+                return Err((Kind::Body, format!("closed before the answer: {c:?}")))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err((Kind::Body, e.to_string())),
+            None => return Err((Kind::Body, "the socket ended before the answer".into())),
+        };
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(text.as_str()) else {
+            return Err((Kind::Body, format!("not JSON: {}", text.as_str())));
+        };
+        // A notification or a request of the server's: not the answer.
+        if m.get("method").is_some() {
+            continue;
+        }
+        if m.get("id") != Some(&serde_json::json!(1)) || m.get("result").is_none() {
+            return Err((Kind::Body, format!("no result: {}", text.as_str())));
+        }
+        break;
+    }
+    // Read until the socket ends: pings are answered, a close is seen.
+    let conn = tokio::spawn(async move {
+        while let Some(Ok(m)) = futures::StreamExt::next(&mut ws).await {
+            if m.is_close() {
+                break;
+            }
+        }
+    });
+    Ok(Held {
+        conn,
+        _sender: None,
+        _stream: None,
+    })
+}
+
 /// Open one connection and check its answer.
 async fn open(args: &Args) -> Result<Held, (Kind, String)> {
+    if args.mode == Mode::Ws {
+        return open_ws(args).await;
+    }
     let stream = TcpStream::connect(args.addr)
         .await
         .map_err(|e| (Kind::Connect, e.to_string()))?;
@@ -208,7 +294,7 @@ async fn open(args: &Args) -> Result<Held, (Kind, String)> {
             }
             Ok(Held {
                 conn,
-                _sender: sender,
+                _sender: Some(sender),
                 _stream: None,
             })
         }
@@ -239,10 +325,11 @@ async fn open(args: &Args) -> Result<Held, (Kind, String)> {
             }
             Ok(Held {
                 conn,
-                _sender: sender,
+                _sender: Some(sender),
                 _stream: Some(body),
             })
         }
+        Mode::Ws => unreachable!("a WebSocket is opened by open_ws"),
     }
 }
 
@@ -334,6 +421,13 @@ fn main() -> std::io::Result<()> {
             held.len() - closed,
             closed
         );
+        // The reading tasks hold the WebSockets: end them (a hyper connection ends with
+        // its sender).
+        if args.mode == Mode::Ws {
+            for h in &held {
+                h.conn.abort();
+            }
+        }
         drop(held);
         Ok(())
     })
