@@ -37,6 +37,7 @@ impl Signals {
     fn fast_exit(&self) -> ! {
         log::info!("SIGINT: exiting now");
         self.stdio.kill_all_now();
+        crate::transport::clients::Clients::remove_sockets();
         crate::telemetry::tracing::shutdown();
         std::process::exit(0)
     }
@@ -101,6 +102,7 @@ impl BackgroundService for ExitWhenIdle {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.stdio.stop_all().await;
+        crate::transport::clients::Clients::remove_sockets();
         log::info!("shutdown: no request in flight, exiting");
         crate::telemetry::tracing::shutdown();
         std::process::exit(0);

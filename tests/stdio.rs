@@ -758,3 +758,77 @@ async fn a_shared_pool_serves_a_server_of_the_stateless_era() {
             .await
     );
 }
+
+#[tokio::test]
+async fn a_websocket_or_legacy_sse_client_owns_its_process_until_it_goes() {
+    use futures_util::{SinkExt, StreamExt};
+    let peers = TempDir::new("peers");
+    let gw = Gateway::start(&yaml(&peer_env(&peers, ""), "")).await;
+
+    // Legacy SSE: the stream's session starts a process; closing the stream ends it.
+    let mut stream = client().get(gw.url("/mcp/sse")).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = stream.chunk().await.unwrap().expect("the endpoint event");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let endpoint = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("an endpoint")
+        .to_string();
+    assert!(
+        endpoint.starts_with("/mcp/message?sessionId="),
+        "{endpoint}"
+    );
+    let resp = post(&client(), &gw.url(&endpoint), init_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let init = first_event(&mut stream).await;
+    assert_eq!(init["result"]["serverInfo"]["name"], "stdio-peer", "{init}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            pids(&peers.0).len() == 1
+        })
+        .await,
+        "one process for the session"
+    );
+    let sse_pid = pids(&peers.0)[0];
+    assert!(alive(sse_pid));
+    drop(stream);
+    assert!(
+        gone(sse_pid, Duration::from_secs(30)).await,
+        "the session's process outlived its stream\n{}",
+        gw.log()
+    );
+
+    // WebSocket: likewise with the socket.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/mcp", gw.port))
+        .await
+        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(init_body()))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let answer: Value = serde_json::from_str(answer.to_text().unwrap()).unwrap();
+    assert_eq!(
+        answer["result"]["serverInfo"]["name"], "stdio-peer",
+        "{answer}"
+    );
+    let ws_pid = *pids(&peers.0)
+        .iter()
+        .find(|p| **p != sse_pid && alive(**p))
+        .expect("a process for the socket's session");
+    ws.close(None).await.unwrap();
+    assert!(
+        gone(ws_pid, Duration::from_secs(30)).await,
+        "the socket's process outlived it"
+    );
+}

@@ -175,27 +175,28 @@ async fn check(
 ) -> Result<Next, GatewayError> {
     let req = session.req_header();
     let full_path = req.uri.path();
-    let served = |p: &str| state.virtual_servers.get(p).is_some() || state.routes.get(p).is_some();
-    // A route's or virtual server's path, or a legacy SSE client's endpoint under one (a
-    // message of such a client comes in on the route's own path).
-    let (path, mut kind) = match served(full_path) {
-        true => (full_path, None),
-        false => super::clients::legacy_endpoint(full_path, served)
-            .filter(|_| ctx.via.is_none())
-            .map_or((full_path, None), |(base, kind)| (base, Some(kind))),
+    // A virtual server's path, or a route's (to one group); where neither matches, a
+    // legacy SSE client's endpoint under one (that client's messages come in on the
+    // route's own path).
+    let find = |p: &str| match state.virtual_servers.get(p) {
+        Some(vs) => Some((vs.path.clone(), None, Some(vs.clone()))),
+        None => state
+            .routes
+            .get(p)
+            .map(|r| (r.path.clone(), Some(r.group.clone()), None)),
     };
-    // A virtual server's path, or a route's (to one group).
-    let virtual_server = state.virtual_servers.get(path).cloned();
-    let (route_path, group) = match &virtual_server {
-        Some(vs) => (vs.path.clone(), None),
-        None => {
-            let route = state
-                .routes
-                .get(path)
-                .ok_or_else(|| GatewayError::NoRoute(full_path.to_string()))?;
-            (route.path.clone(), Some(route.group.clone()))
+    let (found, mut kind) = match find(full_path) {
+        Some(found) => (Some(found), None),
+        None if ctx.via.is_none() => {
+            match super::clients::legacy_endpoint(full_path, |p| find(p).is_some()) {
+                Some((base, kind)) => (find(base), Some(kind)),
+                None => (None, None),
+            }
         }
+        None => (None, None),
     };
+    let (route_path, group, virtual_server) =
+        found.ok_or_else(|| GatewayError::NoRoute(full_path.to_string()))?;
     ctx.route = Some(route_path.clone());
     ctx.group = group.clone();
     if kind.is_none() && ctx.via.is_none() && super::clients::is_websocket(req) {

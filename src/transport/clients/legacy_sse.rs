@@ -48,10 +48,10 @@ fn event(message: &str) -> Bytes {
 }
 
 /// `GET <route>/sse`: a new session and its stream.
-pub fn open(caller: Arc<Caller>, ticket: &str) -> Response<Body> {
+pub fn open(caller: Arc<Caller>) -> Response<Body> {
     let id = format!("{:032x}", rand::random::<u128>());
     let (tx, rx) = mpsc::channel::<String>(64);
-    let Some(down) = Downstream::new(caller.clone(), ticket, tx) else {
+    let Some(down) = Downstream::new(caller.clone(), super::Kind::LegacyStream, tx) else {
         return error(
             500,
             &Value::Null,

@@ -99,8 +99,15 @@ pub enum Kind {
 
 impl Ticket {
     pub fn issue(caller: Caller, kind: Kind) -> Ticket {
+        Ticket::share(Arc::new(caller), kind)
+    }
+
+    /// Another ticket for the same caller (the adapter's own, for as long as the
+    /// connection's session lives: its last message, the DELETE, goes after the proxy's
+    /// request for the connection has ended).
+    pub fn share(caller: Arc<Caller>, kind: Kind) -> Ticket {
         let id: u128 = rand::random();
-        CALLERS.insert(id, Arc::new(caller));
+        CALLERS.insert(id, caller);
         Ticket { id, kind }
     }
 
@@ -201,24 +208,23 @@ impl Clients {
         })
     }
 
-    /// Remove the sockets (the process is ending).
+    /// Remove the sockets, and the runtime folder once it is empty (the process is
+    /// ending: after the stdio servers' bridges are gone).
     pub fn remove_sockets() {
         if let Some(s) = Sockets::get() {
             let _ = std::fs::remove_file(&s.adapter);
             let _ = std::fs::remove_file(&s.gateway);
+            if let Some(dir) = s.adapter.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
     }
 }
 
 /// One request the proxy handed over.
 async fn serve(live: Arc<Live>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let ticket = req
-        .headers()
-        .get(CALLER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let Some(caller) = caller(ticket.as_bytes()) else {
+    let found = req.headers().get(CALLER).and_then(|v| caller(v.as_bytes()));
+    let Some(caller) = found else {
         return Ok(crate::transport::stdio::http::error(
             403,
             &serde_json::Value::Null,
@@ -229,7 +235,7 @@ async fn serve(live: Arc<Live>, req: Request<Incoming>) -> Result<Response<Body>
     let answer = if req.headers().contains_key(http::header::UPGRADE) {
         websocket::accept(&live, caller, req)
     } else if req.method() == http::Method::GET {
-        legacy_sse::open(caller, &ticket)
+        legacy_sse::open(caller)
     } else {
         legacy_sse::message(&live, caller, req).await
     };

@@ -44,6 +44,8 @@ struct Upstream {
 /// A client connection's side of the exchange with the gateway.
 pub struct Downstream {
     pub caller: Arc<Caller>,
+    /// The caller's ticket for this session's requests to the gateway.
+    _ticket: super::Ticket,
     target: Target,
     /// Messages for the client, in order.
     out: mpsc::Sender<String>,
@@ -76,15 +78,17 @@ pub fn error_message(id: Option<&str>, code: i32, message: &str) -> String {
 }
 
 impl Downstream {
-    /// `ticket`: the [`super::CALLER`] value the gateway knows the caller by.
+    /// `kind`: the transport's.
     pub fn new(
         caller: Arc<Caller>,
-        ticket: &str,
+        kind: super::Kind,
         out: mpsc::Sender<String>,
     ) -> Option<Arc<Downstream>> {
-        let target = Target::new(&caller, ticket)?;
+        let ticket = super::Ticket::share(caller.clone(), kind);
+        let target = Target::new(&caller, &ticket.header())?;
         Some(Arc::new(Downstream {
             caller,
+            _ticket: ticket,
             target,
             out,
             upstream: Mutex::new(Upstream::default()),

@@ -35,6 +35,9 @@ use tokio_tungstenite::WebSocketStream;
 /// The subprotocol of MCP over WebSocket.
 pub const SUBPROTOCOL: &str = "mcp";
 
+/// The socket's read buffer (tungstenite's default is 128 KiB per socket).
+const READ_BUFFER: usize = 8 * 1024;
+
 /// How long a shutdown waits for a socket's messages in flight before it closes anyway.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -63,12 +66,6 @@ pub fn accept(live: &Arc<Live>, caller: Arc<Caller>, mut req: Request<Incoming>)
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mcp = offers_mcp(req.headers()) == Some(true);
-    let ticket = req
-        .headers()
-        .get(super::CALLER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
     let limits = live.loaded().config.limits.clone();
     let max = limits
         .max_websocket_message
@@ -77,7 +74,7 @@ pub fn accept(live: &Arc<Live>, caller: Arc<Caller>, mut req: Request<Incoming>)
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(io) => serve(TokioIo::new(io), caller, ticket, max, ping).await,
+            Ok(io) => serve(TokioIo::new(io), caller, max, ping).await,
             Err(e) => log::debug!("WebSocket upgrade: {e}"),
         }
     });
@@ -112,18 +109,22 @@ fn close(code: CloseCode, reason: &'static str) -> Message {
     }))
 }
 
-async fn serve<S>(io: S, caller: Arc<Caller>, ticket: String, max: usize, ping: Duration)
+async fn serve<S>(io: S, caller: Arc<Caller>, max: usize, ping: Duration)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // Small buffers: an idle socket costs little (a message larger than the read buffer
+    // is read on past it, up to `max`); each message is written out at once.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (mut sink, mut frames) = ws.split();
     let (tx, mut messages) = mpsc::channel::<String>(64);
     let (control, mut controls) = mpsc::channel::<Message>(4);
-    let Some(down) = Downstream::new(caller, &ticket, tx) else {
+    let Some(down) = Downstream::new(caller, super::Kind::WebSocket, tx) else {
         let _ = sink
             .send(close(
                 CloseCode::Error,
