@@ -35,12 +35,12 @@ static SESSIONS: once_cell::sync::Lazy<DashMap<String, Arc<Downstream>>> =
     once_cell::sync::Lazy::new(DashMap::new);
 
 /// One SSE `message` event (a message's lines each get their `data:`).
-fn event(message: &str) -> Bytes {
+fn event(message: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(message.len() + 24);
     out.extend_from_slice(b"event: message\n");
-    for line in message.split('\n') {
+    for line in message.split(|b| *b == b'\n') {
         out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.trim_end_matches('\r').as_bytes());
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
         out.push(b'\n');
     }
     out.push(b'\n');
@@ -50,7 +50,7 @@ fn event(message: &str) -> Bytes {
 /// `GET <route>/sse`: a new session and its stream.
 pub fn open(caller: Arc<Caller>) -> Response<Body> {
     let id = format!("{:032x}", rand::random::<u128>());
-    let (tx, rx) = mpsc::channel::<String>(64);
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
     let Some(down) = Downstream::new(caller.clone(), super::Kind::LegacyStream, tx) else {
         return error(
             500,
@@ -70,7 +70,7 @@ pub fn open(caller: Arc<Caller>) -> Response<Body> {
     struct Stream {
         id: String,
         down: Arc<Downstream>,
-        rx: mpsc::Receiver<String>,
+        rx: mpsc::Receiver<Bytes>,
         first: Option<Bytes>,
         closing: tokio::sync::watch::Receiver<bool>,
         ending: bool,

@@ -15,6 +15,8 @@ static CLIENT: once_cell::sync::Lazy<Option<reqwest::Client>> = once_cell::sync:
     reqwest::Client::builder()
         .unix_socket(socket)
         .pool_idle_timeout(std::time::Duration::from_secs(30))
+        // Enough kept for a busy process; a burst opens more and lets them go.
+        .pool_max_idle_per_host(64)
         .build()
         .map_err(|e| log::error!("the internal client: {e}"))
         .ok()

@@ -47,8 +47,8 @@ pub struct Downstream {
     /// The caller's ticket for this session's requests to the gateway.
     _ticket: super::Ticket,
     target: Target,
-    /// Messages for the client, in order.
-    out: mpsc::Sender<String>,
+    /// Messages for the client (JSON text), in order.
+    out: mpsc::Sender<Bytes>,
     upstream: Mutex<Upstream>,
     /// Requests in flight, by the raw JSON of their id (for cancellation).
     inflight: Mutex<HashMap<String, tokio::task::AbortHandle>>,
@@ -82,7 +82,7 @@ impl Downstream {
     pub fn new(
         caller: Arc<Caller>,
         kind: super::Kind,
-        out: mpsc::Sender<String>,
+        out: mpsc::Sender<Bytes>,
     ) -> Option<Arc<Downstream>> {
         let ticket = super::Ticket::share(caller.clone(), kind);
         let target = Target::new(&caller, &ticket.header())?;
@@ -104,9 +104,9 @@ impl Downstream {
         Active(self.clone())
     }
 
-    async fn to_client(&self, message: String) {
+    async fn to_client(&self, message: impl Into<Bytes>) {
         // A client that is gone has nothing more to read.
-        let _ = self.out.send(message).await;
+        let _ = self.out.send(message.into()).await;
     }
 
     /// One message from the client (its text, already within the size cap).
@@ -238,7 +238,7 @@ impl Downstream {
                 match m {
                     Ok(m) => {
                         if initialize {
-                            self.note_version(&m, id.as_deref());
+                            self.note_version(m.as_bytes(), id.as_deref());
                         }
                         self.to_client(m).await;
                     }
@@ -250,15 +250,23 @@ impl Downstream {
             }
             return;
         }
+        let json = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
         let bytes = resp.bytes().await.unwrap_or_default();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let is_jsonrpc = serde_json::from_str::<Value>(&text)
-            .is_ok_and(|v| v.get("jsonrpc").is_some() || v.is_array());
+        // A JSON answer is relayed as it came (the gateway's own errors are JSON-RPC
+        // objects); an error status with anything else is not a message.
+        let is_jsonrpc = std::str::from_utf8(&bytes).is_ok()
+            && json
+            && (status.is_success()
+                || serde_json::from_slice::<Value>(&bytes)
+                    .is_ok_and(|v| v.get("jsonrpc").is_some() || v.is_array()));
         if is_jsonrpc {
             if initialize {
-                self.note_version(&text, id.as_deref());
+                self.note_version(&bytes, id.as_deref());
             }
-            self.to_client(text).await;
+            self.to_client(bytes).await;
         } else if request {
             let m = format!(
                 "the gateway answered HTTP {} without a JSON-RPC message",
@@ -275,8 +283,8 @@ impl Downstream {
     }
 
     /// The protocol version of an `initialize` answer goes with every later request.
-    fn note_version(&self, message: &str, id: Option<&str>) {
-        let Ok(m) = serde_json::from_str::<Value>(message) else {
+    fn note_version(&self, message: &[u8], id: Option<&str>) {
+        let Ok(m) = serde_json::from_slice::<Value>(message) else {
             return;
         };
         if m.get("id").map(Value::to_string).as_deref() != id {

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 /// The subprotocol of MCP over WebSocket.
@@ -122,7 +122,7 @@ where
         .max_frame_size(Some(max));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (mut sink, mut frames) = ws.split();
-    let (tx, mut messages) = mpsc::channel::<String>(64);
+    let (tx, mut messages) = mpsc::channel::<Bytes>(64);
     let (control, mut controls) = mpsc::channel::<Message>(4);
     let Some(down) = Downstream::new(caller, super::Kind::WebSocket, tx) else {
         let _ = sink
@@ -139,8 +139,12 @@ where
         loop {
             let next = tokio::select! {
                 biased;
-                m = messages.recv(), if answers => match m {
-                    Some(m) => Message::text(m),
+                m = messages.recv(), if answers => match m.map(Utf8Bytes::try_from) {
+                    Some(Ok(m)) => Message::Text(m),
+                    Some(Err(_)) => {
+                        log::warn!("WebSocket client: an answer that is not UTF-8 was dropped");
+                        continue;
+                    }
                     None => {
                         // The session is gone; its close frame may still be coming.
                         answers = false;
