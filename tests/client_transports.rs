@@ -292,16 +292,17 @@ async fn the_internal_listener_honours_only_live_tickets() {
         .unix_socket(socket)
         .build()
         .unwrap();
-    for ticket in [None, Some(format!("{:032x}", 7u128))] {
-        let mut req = internal
+    let ping = || {
+        internal
             .post("http://localhost/mcp")
             .header("content-type", "application/json")
-            .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
-        if let Some(t) = ticket {
-            req = req.header("x-mcp-gateway-caller", t);
-        }
-        expect_error(req.send().await.unwrap(), 404, -32001).await;
-    }
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+    };
+    // A ticket that names no open connection: as a session that ended.
+    let dead = ping().header("x-mcp-gateway-caller", format!("{:032x}", 7u128));
+    expect_error(dead.send().await.unwrap(), 404, -32001).await;
+    // No ticket: a client like any other, whose credential is checked.
+    expect_error(ping().send().await.unwrap(), 401, -32010).await;
 
     // A WebSocket with the key: its messages go through as the key's.
     let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(

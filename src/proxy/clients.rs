@@ -126,15 +126,14 @@ pub fn adapter_request(req: &mut RequestHeader, ticket: &Ticket) -> Result<()> {
 /// request, on a listener of its own); a ticket that names no live connection is `404`,
 /// as a session that ended.
 pub fn internal_caller(session: &Session) -> Option<Result<Arc<Caller>, GatewayError>> {
+    // The header first (one lookup; a client's own request has none): the listener is
+    // looked at only for a request that names a ticket. On the internal listener, one
+    // that does not is served as any client's (its credential is checked).
+    let ticket = session.req_header().headers.get(CALLER)?;
     let sockets = Sockets::get()?;
     let local = session.server_addr()?.as_unix()?.as_pathname()?;
     if local != sockets.gateway {
         return None;
     }
-    let caller = session
-        .req_header()
-        .headers
-        .get(CALLER)
-        .and_then(|v| clients::caller(v.as_bytes()));
-    Some(caller.ok_or(GatewayError::SessionNotFound))
+    Some(clients::caller(ticket.as_bytes()).ok_or(GatewayError::SessionNotFound))
 }
