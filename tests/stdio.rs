@@ -651,6 +651,12 @@ fn bad_stdio_servers_are_listed_with_their_paths() {
             "upstream.groups.io.servers[9].cwd: only applies to a server with a command",
         ],
     );
+    // A group's tls settings would not reach a bridged TLS connection: refused.
+    let yaml = "upstream:\n  groups:\n    ws:\n      tls: {verify: false}\n      servers:\n        - {id: w, url: \"wss://127.0.0.1:1/mcp\"}\nroutes:\n  - {path: /mcp, group: ws}\n";
+    expect_invalid(
+        yaml,
+        &["upstream.groups.ws.tls: does not apply to server \"w\" (wss)"],
+    );
 }
 
 #[tokio::test]

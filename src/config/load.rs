@@ -225,6 +225,23 @@ fn validate(c: &Config, errs: &mut Errors) {
                 );
             }
         }
+        // The bridged TLS connections (wss://, sse+https://) verify against the bundled
+        // web PKI roots with the URL's name: settings that would say otherwise are
+        // refused, not ignored.
+        let bridged_tls = g
+            .servers
+            .iter()
+            .find(|s| s.url.starts_with("wss://") || s.url.starts_with("sse+https://"));
+        if let (Some(s), true) = (bridged_tls, g.tls != crate::config::TlsConfig::default()) {
+            errs.push(
+                &gp.key("tls"),
+                format!(
+                    "does not apply to server {:?} ({}): wss:// and sse+https:// servers are verified against the bundled web PKI roots; put them in a group without tls settings",
+                    s.id,
+                    s.url.split("://").next().unwrap_or_default()
+                ),
+            );
+        }
         let mut ids = HashSet::new();
         for (i, s) in g.servers.iter().enumerate() {
             let sp = gp.key("servers").index(i);
