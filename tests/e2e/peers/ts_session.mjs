@@ -1,5 +1,6 @@
-// What the TypeScript SDK (v1) clients of peers/ts_ws_client.mjs and peers/ts_sse_client.mjs
-// share: their command line, and one session's work once the transport is made.
+// What the TypeScript SDK (v1) clients of peers/ts_client.mjs, peers/ts_ws_client.mjs and
+// peers/ts_sse_client.mjs share: their command line, and one session's work once the
+// transport is made.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 
 // `[--header "Name: value"]... URL [TOOL [JSON_ARGUMENTS]]`: the headers as an object.
@@ -26,8 +27,14 @@ function usage(script) {
 // first tool whose name ends in "echo", with {"text": "hello from typescript"}), closes,
 // and prints `summary` with what it saw as one JSON line; on any failure prints it with
 // {"error": "..."} and exits 1. `describe(summary)` adds what the transport knows once
-// connected.
-export async function exercise(transport, { tool: toolArg, argsJson }, summary = {}, describe = () => {}) {
+// connected; `beforeClose(summary)` runs last before the close (ending the session).
+export async function exercise(
+  transport,
+  { tool: toolArg, argsJson },
+  summary = {},
+  describe = () => {},
+  beforeClose = async () => {},
+) {
   try {
     const client = new Client({ name: "ts-e2e-client", version: "1.0.0" });
     await client.connect(transport);
@@ -56,6 +63,7 @@ export async function exercise(transport, { tool: toolArg, argsJson }, summary =
       };
     }
 
+    await beforeClose(summary);
     await client.close();
     console.log(JSON.stringify(summary));
   } catch (error) {
