@@ -319,3 +319,61 @@ async fn the_internal_listener_honours_only_live_tickets() {
     let pong = next(&mut ws).await;
     assert!(pong.get("result").is_some(), "{pong}");
 }
+
+#[tokio::test]
+async fn a_socket_opened_with_a_token_serves_no_message_after_it_expires() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    const SECRET: &str = "a-websocket-secret-of-at-least-32-bytes!";
+    let (_up, gw) = one_upstream(&format!(
+        "security:\n  auth:\n    - jwt: {{secret: \"{SECRET}\", algorithms: [HS256], leeway: 0s}}\n"
+    ))
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp = now + 2;
+    let token = encode(
+        &Header::default(),
+        &json!({"sub": "alice", "exp": exp}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://127.0.0.1:{}/mcp", gw.port),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+    )
+    .await;
+    assert!(next(&mut ws).await.get("result").is_some());
+    // Past the token's exp (whole seconds), the socket's messages are refused.
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= exp
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}),
+    )
+    .await;
+    let refused = next(&mut ws).await;
+    assert_eq!(refused["id"], 2, "{refused}");
+    assert_eq!(refused["error"]["code"], -32010, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{refused}"
+    );
+}

@@ -93,11 +93,17 @@ pub fn check(req: &RequestHeader, kind: Kind) -> Result<(), GatewayError> {
 
 /// Hand the request to the adapter: the caller is registered for as long as it lives.
 pub fn admit(session: &Session, ctx: &mut RequestCtx, kind: Kind, ip: Option<std::net::IpAddr>) {
+    let route = ctx.route.clone().unwrap_or_else(|| Arc::from(""));
+    let expires = ctx
+        .identity
+        .as_ref()
+        .and_then(|who| ctx.state.auth.expiry(&route, who));
     let caller = Caller {
         identity: ctx.identity.clone(),
         ip,
-        route: ctx.route.clone().unwrap_or_else(|| Arc::from("")),
+        route,
         host: session.req_header().headers.get(header::HOST).cloned(),
+        expires: expires.unwrap_or(u64::MAX).into(),
     };
     // The adapter's answers were filtered when they were the gateway's own.
     ctx.list_scope = super::list_filter::Scope::Off;
@@ -135,5 +141,18 @@ pub fn internal_caller(session: &Session) -> Option<Result<Arc<Caller>, GatewayE
     if local != sockets.gateway {
         return None;
     }
-    Some(clients::caller(ticket.as_bytes()).ok_or(GatewayError::SessionNotFound))
+    let Some(caller) = clients::caller(ticket.as_bytes()) else {
+        return Some(Err(GatewayError::SessionNotFound));
+    };
+    if caller.expired(crate::mcp::session::now()) {
+        // The token the connection was opened with has expired since.
+        return Some(Err(GatewayError::Unauthorized {
+            reason: "expired",
+            message:
+                "the token this connection was opened with has expired: reconnect with a fresh one"
+                    .into(),
+            challenge: "Bearer realm=\"mcp-gateway\", error=\"invalid_token\"".into(),
+        }));
+    }
+    Some(Ok(caller))
 }

@@ -18,6 +18,13 @@ pub(super) struct Jwt {
     validation: Validation,
 }
 
+impl Jwt {
+    /// The leeway `exp` is checked with (seconds).
+    pub(super) fn leeway(&self) -> u64 {
+        self.validation.leeway
+    }
+}
+
 enum JwtKeys {
     One(DecodingKey),
     Jwks(Jwks),

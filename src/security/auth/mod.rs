@@ -111,6 +111,19 @@ impl Auth {
         rule.oauth.as_ref().map(|o| o.insufficient_scope(scopes))
     }
 
+    /// When a bearer token the gateway accepted on `route` stops being valid (its `exp`
+    /// and the rule's leeway, Unix seconds): a connection opened with it (a WebSocket, a
+    /// legacy SSE stream) is served no further message past it. `None`: no expiry (an
+    /// API key, a password, a certificate).
+    pub fn expiry(&self, route: &str, who: &Identity) -> Option<u64> {
+        if who.method != "jwt" {
+            return None;
+        }
+        let exp = who.claims.get("exp").and_then(serde_json::Value::as_u64)?;
+        let leeway = self.rule_for(route).and_then(Rule::jwt_leeway).unwrap_or(0);
+        Some(exp.saturating_add(leeway))
+    }
+
     fn rule_for(&self, route: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.covers(route))
     }

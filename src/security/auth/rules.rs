@@ -93,6 +93,11 @@ pub(super) fn build(i: usize, r: &AuthRule) -> Result<Rule, Problems> {
 }
 
 impl Rule {
+    /// The leeway of this rule's JWT `exp` check (seconds), if it takes JWTs.
+    pub(super) fn jwt_leeway(&self) -> Option<u64> {
+        self.jwt.as_ref().map(Jwt::leeway)
+    }
+
     /// Does this rule apply to `route` (a rule without routes covers every route)?
     pub(super) fn covers(&self, route: &str) -> bool {
         self.routes.is_empty() || self.routes.iter().any(|p| p == route)

@@ -142,6 +142,9 @@ pub async fn message(
     let Some(down) = down else {
         return not_found();
     };
+    // The client's current credential (checked on this POST) keeps its session's
+    // messages going.
+    down.caller.renewed_by(&caller);
     let limit = live.state().max_request_body;
     let body = match Limited::new(req.into_body(), limit as usize)
         .collect()

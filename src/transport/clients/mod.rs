@@ -55,9 +55,27 @@ pub struct Caller {
     pub route: Arc<str>,
     /// The client's `Host`, sent again with each message (`preserve_host` groups).
     pub host: Option<HeaderValue>,
+    /// When the credential the connection was opened with stops being valid (a JWT's
+    /// `exp` and its leeway, Unix seconds; `u64::MAX`: never): later messages are
+    /// refused. A legacy SSE client's message POSTs carry a credential of their own, which
+    /// moves it on.
+    pub expires: std::sync::atomic::AtomicU64,
 }
 
 impl Caller {
+    /// Has the credential the connection was admitted with expired (`now`: Unix seconds)?
+    pub fn expired(&self, now: u64) -> bool {
+        now > self.expires.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A later credential of the same client (a legacy SSE message POST's) is valid until
+    /// `other`'s expiry.
+    pub fn renewed_by(&self, other: &Caller) {
+        let until = other.expires.load(std::sync::atomic::Ordering::Relaxed);
+        self.expires
+            .fetch_max(until, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Do both belong to the same client (a legacy SSE session refuses anyone else)?
     pub fn same_client(&self, other: &Caller) -> bool {
         match (&self.identity, &other.identity) {

@@ -254,14 +254,23 @@ impl Downstream {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-        let bytes = resp.bytes().await.unwrap_or_default();
-        // A JSON answer is relayed as it came (the gateway's own errors are JSON-RPC
-        // objects); an error status with anything else is not a message.
-        let is_jsonrpc = std::str::from_utf8(&bytes).is_ok()
-            && json
-            && (status.is_success()
-                || serde_json::from_slice::<Value>(&bytes)
-                    .is_ok_and(|v| v.get("jsonrpc").is_some() || v.is_array()));
+        let mut bytes = resp.bytes().await.unwrap_or_default();
+        // A JSON answer is relayed as it came; an error status's body is a message if it
+        // is a JSON-RPC object (the gateway's own errors are: one refused before the body
+        // was read carries no id, so it gets the request's).
+        let mut is_jsonrpc = json && std::str::from_utf8(&bytes).is_ok();
+        if is_jsonrpc && !status.is_success() {
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(mut v) if v.get("jsonrpc").is_some() => {
+                    if let (Some(Value::Null), Some(id)) = (v.get("id"), id.as_deref()) {
+                        v["id"] = serde_json::from_str(id).unwrap_or(Value::Null);
+                        bytes = Bytes::from(v.to_string());
+                    }
+                }
+                Ok(v) => is_jsonrpc = v.is_array(),
+                Err(_) => is_jsonrpc = false,
+            }
+        }
         if is_jsonrpc {
             if initialize {
                 self.note_version(&bytes, id.as_deref());
