@@ -1,7 +1,8 @@
 //! WebSocket and legacy HTTP+SSE clients against the real binary and the mock upstream:
 //! each message is a request of its own to the gateway (metrics, rate limits, the
 //! upstream session, its GET stream and its DELETE), modern-era cancellation, the close
-//! on an upgrade, and the internal listener honouring only the tickets it issued.
+//! on an upgrade, the internal listener honouring only the tickets it issued, token
+//! expiry, handshake refusals before the switch, pings and the close of a silent client.
 //! (The SDK clients and the negative table: tests/e2e/test_client_transports.py.)
 
 mod common;
@@ -375,5 +376,77 @@ async fn a_socket_opened_with_a_token_serves_no_message_after_it_expires() {
             .unwrap()
             .contains("expired"),
         "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_handshake_the_adapter_cannot_answer_is_refused_before_anything_is_switched() {
+    let (up, gw) = one_upstream("").await;
+    let base =
+        "GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n";
+    for (extra, says) in [
+        (
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            "Sec-WebSocket-Version: 13",
+        ),
+        (
+            "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            "Sec-WebSocket-Version: 13",
+        ),
+        ("Sec-WebSocket-Version: 13\r\n", "Sec-WebSocket-Key"),
+    ] {
+        let answer = raw_request(gw.port, &format!("{base}{extra}\r\n")).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{extra}: {answer}");
+        assert!(
+            answer.contains("-32600") && answer.contains(says),
+            "{extra}: {answer}"
+        );
+    }
+    assert_eq!(
+        up.state().await["requests"],
+        0,
+        "nothing reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn the_gateway_pings_and_closes_a_client_that_stays_silent() {
+    let (_up, gw) = one_upstream("limits:\n  websocket_ping_interval: 1s\n").await;
+    let mut ws = connect(&gw, "/mcp").await;
+    // A client that reads answers the pings (tungstenite does it while reading).
+    let ping = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_))) => return,
+                Some(Ok(_)) => {}
+                other => panic!("the socket ended before a ping: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(ping.is_ok(), "no ping within 20s");
+    // One that reads nothing for several intervals (no pong goes back) is closed.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "a silent client was not closed\n{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn a_websocket_message_cap_of_zero_is_refused_with_its_path() {
+    expect_invalid(
+        "upstream:\n  groups:\n    default:\n      servers:\n        - {id: a, url: \"http://127.0.0.1:1/mcp\"}\nlimits:\n  max_websocket_message: 0\n",
+        &["limits.max_websocket_message: must be greater than 0"],
     );
 }

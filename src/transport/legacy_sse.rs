@@ -31,6 +31,21 @@ static CLIENT: once_cell::sync::Lazy<reqwest::Client> = once_cell::sync::Lazy::n
         .expect("a reqwest client")
 });
 
+/// The SSE events of an answer as they arrive (sse-stream's parser over its chunks);
+/// also what the client adapter reads the gateway's own SSE answers with.
+pub fn events(
+    resp: reqwest::Response,
+) -> impl futures::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Send {
+    let chunks = futures::stream::unfold(resp, |mut resp| async move {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), resp)),
+            Ok(None) => None,
+            Err(e) => Some((Err(std::io::Error::other(e.to_string())), resp)),
+        }
+    });
+    sse_stream::SseStream::from_bytes_stream(chunks)
+}
+
 /// Open a connection to the server for one session; `on_exit` runs when it ends.
 pub fn connect(
     spec: &Arc<Spec>,
@@ -69,14 +84,7 @@ async fn run(link: Link, url: String, headers: HeaderMap) -> String {
         },
         _ = crate::transport::stdio::until(&mut stop, |s| *s) => return "stopped".into(),
     };
-    let chunks = futures::stream::unfold(resp, |mut resp| async move {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => Some((Ok(chunk), resp)),
-            Ok(None) => None,
-            Err(e) => Some((Err(std::io::Error::other(e.to_string())), resp)),
-        }
-    });
-    let mut events = Box::pin(sse_stream::SseStream::from_bytes_stream(chunks));
+    let mut events = Box::pin(events(resp));
     // The first event names where to POST.
     let endpoint = loop {
         let next = tokio::select! {

@@ -87,14 +87,7 @@ pub fn is_sse(resp: &reqwest::Response) -> bool {
 /// The JSON-RPC messages of an SSE answer (the `data` of its `message` events), as they
 /// arrive; an `Err` ends it.
 pub fn messages(resp: reqwest::Response) -> impl Stream<Item = Result<String, String>> {
-    let chunks = futures::stream::unfold(resp, |mut resp| async move {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => Some((Ok(chunk), resp)),
-            Ok(None) => None,
-            Err(e) => Some((Err(std::io::Error::other(e.to_string())), resp)),
-        }
-    });
-    sse_stream::SseStream::from_bytes_stream(chunks).filter_map(|event| async move {
+    crate::transport::legacy_sse::events(resp).filter_map(|event| async move {
         match event {
             Ok(sse) if matches!(sse.event.as_deref(), None | Some("message")) => {
                 sse.data.filter(|d| !d.trim().is_empty()).map(Ok)
