@@ -125,6 +125,11 @@ pub fn peer() -> Result<Box<HttpPeer>> {
 pub fn adapter_request(req: &mut RequestHeader, ticket: &Ticket) -> Result<()> {
     req.remove_header(&header::AUTHORIZATION);
     req.insert_header(CALLER, ticket.header())?;
+    if ticket.kind == Kind::LegacyMessage {
+        // No connection to the adapter is kept for another request: a WebSocket upgrade
+        // given a pooled one the adapter is closing at that moment would be reset.
+        req.insert_header(header::CONNECTION, "close")?;
+    }
     Ok(())
 }
 
