@@ -194,6 +194,12 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
             reloads: live.subscribe(),
         },
     ));
+    if let Some(store) = state.cache.store().filter(|s| s.redis.is_some()) {
+        server.add_service(pingora::services::background::background_service(
+            "cache store",
+            crate::cache::redis::Upkeep(store.clone()),
+        ));
+    }
     if let Some(shared) = state.rate_limits.shared() {
         server.add_service(pingora::services::background::background_service(
             "rate-limit store",

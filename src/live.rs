@@ -261,6 +261,16 @@ pub fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
         shared(n).is_none() || shared(o) == shared(n),
         "the connection to Redis is set up when the process starts",
     );
+    check(
+        "cache.memory",
+        old.cache.memory == new.cache.memory,
+        "the cache's memory level is sized when the process starts",
+    );
+    check(
+        "cache.redis",
+        old.cache.redis == new.cache.redis,
+        "the cache's connection to Redis is set up when the process starts",
+    );
     // Listing the same problem twice helps nobody.
     out.dedup();
     if out.iter().any(|p| p.starts_with("server.")) {

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["telemetry"],
     &["security"],
-    &["upstream"],
+    &["upstream", "cache"],
     &["state"],
     &["live"],
     &["federation", "transport"],

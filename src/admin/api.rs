@@ -51,6 +51,10 @@ pub async fn mutate(
                 )
             }
         })),
+        ("POST", ["cache", "purge"]) => {
+            let body = read_body(session).await?;
+            super::cache::purge(admin, &body).map(|v| Some((StatusCode::OK, v)))
+        }
         ("POST", ["upstreams", name, "servers"]) => {
             let g = group(name)?;
             let body = read_body(session).await?;
@@ -188,6 +192,7 @@ pub fn route(admin: &Admin, method: &str, path: &str) -> ApiResult {
         ["config"] => get(&|| Ok(admin.config_redacted())),
         ["summary"] => get(&|| Ok(summary(admin))),
         ["connections"] => get(&|| Ok(json!({ "connections": connections() }))),
+        ["cache"] => get(&|| Ok(super::cache::sizes(admin))),
         ["upstreams"] => get(&|| {
             let state = admin.state();
             let mut groups: Vec<&std::sync::Arc<Group>> = state.groups.0.values().collect();

@@ -12,6 +12,7 @@
 //! object, like the proxy port, before anything else.
 
 mod api;
+mod cache;
 
 /// The live dashboard: one self-contained page (no external assets) that polls
 /// `/api/v1/summary` with the admin token the user gives it.

@@ -10,6 +10,7 @@
 //! `docs/configuration.md` is the reference). Running code uses the resolved pieces built
 //! from it (`upstream::Groups`, `state::Routes`), never this tree on the request path.
 
+pub mod cache;
 pub mod federation;
 pub mod load;
 pub mod security;
@@ -53,6 +54,8 @@ config_struct! {
         tracing: TracingConfig = TracingConfig::default(),
         security: SecurityConfig = SecurityConfig::default(),
         reload: ReloadConfig = ReloadConfig::default(),
+        /// Answers kept and served again (docs/caching.md).
+        cache: cache::CacheConfig = cache::CacheConfig::default(),
     }
 }
 

@@ -104,6 +104,10 @@ pub struct RequestCtx {
     /// The caller a request on the gateway's internal listener comes from (one message of
     /// such a client): its identity and address stand in for the connection's.
     pub via: Option<Arc<crate::transport::clients::Caller>>,
+    /// A cache miss this request leads: its answer is collected to be kept.
+    pub cache_fill: Option<super::cache::Fill>,
+    /// Looks for invalidating notifications in a stream relayed on a cached route.
+    pub cache_watch: Option<crate::cache::notice::Watch>,
 }
 
 /// The servers tried for one request: the first four inline (no allocation).
@@ -178,6 +182,8 @@ impl RequestCtx {
             timeouts: Timeouts::default(),
             downstream: None,
             via: None,
+            cache_fill: None,
+            cache_watch: None,
         }
     }
 

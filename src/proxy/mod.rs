@@ -26,6 +26,7 @@
 //! 5. `fail_to_proxy`: upstream failures become JSON-RPC errors (502/503/504).
 //! 6. `logging`: the access log line.
 
+pub mod cache;
 pub mod clients;
 pub mod connections;
 pub mod ctx;
@@ -197,6 +198,7 @@ impl ProxyHttp for Gateway {
         forward::client_response(resp, ctx)?;
         forward::count_sse(resp, ctx);
         forward::filter_list(resp, ctx)?;
+        cache::watch(ctx, resp);
         Ok(())
     }
 
@@ -207,6 +209,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        if let Some(chunk) = body.as_deref() {
+            cache::watch_chunk(ctx, chunk);
+        }
         if let Some(filter) = ctx.list_filter.as_mut() {
             let caller = list_filter::Caller {
                 policies: &ctx.state.policies,

@@ -66,6 +66,11 @@ pub async fn forward(
     ctx.upstream_status = Some(resp.status.as_u16());
     forward::count_sse(&resp, ctx);
     forward::filter_list(&mut resp, ctx).map_err(|e| shaping_failure(ctx, &e))?;
+    let x_cache = ctx.state.cache.x_cache;
+    if let Some(fill) = ctx.cache_fill.as_mut() {
+        fill.start(&mut resp, x_cache);
+    }
+    super::cache::watch(ctx, &resp);
     if resp.status == 200 && ctx.mcp.method() == Some("tools/list") {
         // The group learns its tool names from the answer.
         ctx.tools_list = Some(bytes::BytesMut::new());
@@ -78,6 +83,9 @@ pub async fn forward(
     let filter = &mut ctx.list_filter;
     let tools_list = &mut ctx.tools_list;
     let group = ctx.group.as_deref();
+    let fill = &mut ctx.cache_fill;
+    let watch = &mut ctx.cache_watch;
+    let cache = ctx.state.cache.store();
 
     // From here on the client has a response; failures can only end the stream.
     let relay = async {
@@ -96,7 +104,22 @@ pub async fn forward(
             match read {
                 Some(chunk) => {
                     record::collect_tools(tools_list, group, Some(&chunk), false);
-                    let mut chunk = Some(chunk);
+                    if let (Some(w), Some(store), Some(g)) = (watch.as_mut(), cache, group) {
+                        if w.seen(&chunk) {
+                            store.invalidate_group(
+                                &g.name,
+                                "a list_changed or resources/updated notification",
+                            );
+                        }
+                    }
+                    // A cache miss's JSON answer is held until it is kept (below).
+                    let mut chunk = match fill.as_mut() {
+                        Some(fill) => fill.pass(chunk),
+                        None => Some(chunk),
+                    };
+                    if chunk.is_none() {
+                        continue;
+                    }
                     if let Some(f) = filter.as_mut() {
                         f.chunk(&caller, &mut chunk, false);
                     }
@@ -106,6 +129,17 @@ pub async fn forward(
             }
         }
         record::collect_tools(tools_list, group, None, true);
+        // Kept before the client has it whole, so its next request finds it.
+        if let Some(held) = match fill.take() {
+            Some(fill) => fill.finish().await,
+            None => None,
+        } {
+            let mut chunk = Some(held);
+            if let Some(f) = filter.as_mut() {
+                f.chunk(&caller, &mut chunk, false);
+            }
+            session.write_response_body(chunk, false).await?;
+        }
         let mut last = None;
         if let Some(f) = filter.as_mut() {
             f.chunk(&caller, &mut last, true);

@@ -385,7 +385,10 @@ async fn check(
         return Ok(Next::Answered);
     }
     if ctx.body.is_some() {
-        // A POST, read and checked: the gateway sends it itself.
+        // A POST, read and checked: answered from the cache, or sent by the gateway itself.
+        if let super::cache::Looked::Answered = super::cache::lookup(session, ctx).await? {
+            return Ok(Next::Answered);
+        }
         post::forward(gw, session, ctx).await?;
         return Ok(Next::Answered);
     }

@@ -51,6 +51,14 @@ pub fn check(c: &Config) -> Vec<ConfigError> {
         .flatten()
         .flatten()
         .for_each(|(p, m)| push(p, m));
+    if let Some(redis) = &c.cache.redis {
+        if let Err(e) = crate::security::rate_limit::shared::describe_url(&redis.url) {
+            push("cache.redis.url".into(), e);
+        }
+    }
+    if let Err(problems) = crate::cache::Cache::build(c, None) {
+        problems.into_iter().for_each(|(p, m)| push(p, m));
+    }
     if let Some(url) = c.security.rate_limiting.redis_url() {
         if let Err(e) = crate::security::rate_limit::shared::describe_url(url) {
             push("security.rate_limiting.redis".into(), e);

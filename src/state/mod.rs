@@ -47,6 +47,8 @@ pub struct State {
     pub access_log: bool,
     /// `Strict-Transport-Security` for every answer (TLS listeners only).
     pub hsts: Option<http::HeaderValue>,
+    /// Answers kept and served again (`cache`).
+    pub cache: crate::cache::Cache,
 }
 
 /// Upstream read timeouts, copied from the state at the start of a request.
@@ -93,7 +95,10 @@ impl State {
                  MCP sessions will not survive a restart or span gateway replicas"
             );
         }
+        let cache = crate::cache::Cache::build(config, previous.map(|(c, s)| (c, &s.cache)))
+            .map_err(joined)?;
         let state = Arc::new(State {
+            cache,
             auth: Auth::build(&config.security).map_err(joined)?,
             cors: Cors::build(&config.security.cors).map_err(joined)?,
             policies: Policies::build(&config.security.policies).map_err(joined)?,

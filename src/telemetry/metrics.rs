@@ -77,6 +77,21 @@ pub struct Metrics {
     pub stdio_exits: IntCounterVec,
     /// stdio servers: seconds until the next start is allowed after repeated exits (0: none).
     pub stdio_backoff_seconds: IntGaugeVec,
+    /// Cacheable requests, by route and result (`hit`, `miss`, `coalesced`, `redis_hit`).
+    pub cache_requests: IntCounterVec,
+    /// Entries dropped from the memory level, by route and cause (`size`, `expired`,
+    /// `invalidated`).
+    pub cache_evictions: IntCounterVec,
+    /// Entries stored, by route and level (`memory`, `redis`).
+    pub cache_stores: IntCounterVec,
+    /// Bytes held by the memory level (entries' weighed size).
+    pub cache_memory_bytes: IntGauge,
+    /// Entries held by the memory level.
+    pub cache_memory_entries: IntGauge,
+    /// Redis operations of the cache that failed or timed out, by operation and reason.
+    pub cache_redis_errors: IntCounterVec,
+    /// 1 while the cache's Redis level answers, 0 while the cache runs on memory alone.
+    pub cache_redis_up: IntGauge,
 }
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
@@ -275,6 +290,51 @@ impl Metrics {
                 "mcp_gateway_stdio_exits_total",
                 "stdio servers: processes that ended, by group, server and how (stopped: ended by the gateway; exited: on their own; spawn_failed: never started)",
                 &["group", "server", "how"],
+            ),
+            cache_requests: new_counter(
+                &r,
+                "mcp_gateway_cache_requests_total",
+                "Cacheable requests, by route and result (hit: from memory, redis_hit: from Redis, coalesced: answered by a concurrent miss's upstream request, miss: sent upstream)",
+                &["route", "result"],
+            ),
+            cache_evictions: new_counter(
+                &r,
+                "mcp_gateway_cache_evictions_total",
+                "Entries dropped from the memory level, by route and cause (size, expired, invalidated)",
+                &["route", "cause"],
+            ),
+            cache_stores: new_counter(
+                &r,
+                "mcp_gateway_cache_stores_total",
+                "Answers stored in the cache, by route and level (memory, redis)",
+                &["route", "level"],
+            ),
+            cache_memory_bytes: registered(
+                &r,
+                IntGauge::new(
+                    "mcp_gateway_cache_memory_bytes",
+                    "Bytes of answers held by the cache's memory level",
+                ),
+            ),
+            cache_memory_entries: registered(
+                &r,
+                IntGauge::new(
+                    "mcp_gateway_cache_memory_entries",
+                    "Answers held by the cache's memory level",
+                ),
+            ),
+            cache_redis_errors: new_counter(
+                &r,
+                "mcp_gateway_cache_redis_errors_total",
+                "Cache operations on Redis that failed or timed out (the request went on without Redis), by operation and reason",
+                &["op", "reason"],
+            ),
+            cache_redis_up: registered(
+                &r,
+                IntGauge::new(
+                    "mcp_gateway_cache_redis_up",
+                    "1 while the cache's Redis level answers, 0 while the cache runs on this process's memory alone",
+                ),
             ),
             stdio_backoff_seconds: new_gauge(
                 &r,

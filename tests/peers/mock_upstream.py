@@ -42,6 +42,7 @@ the gateway forwarded. Behaviour by method / tool name:
   starting with ``list``: a resumed stream) instead one event carrying a ``tools/list``
   result (id 7), framed as ``FRAME`` says (see ``sse_frame``), and ``?ct=`` as the
   ``Content-Type``;
+* list requests wait ``_meta.delay`` seconds before answering;
 * list requests as SSE (``_meta.sse``) take ``_meta.frame`` and ``_meta.ct`` the same way;
   with ``_meta.gzip`` a JSON list answer comes gzip-compressed whatever was accepted;
   ``vendor/tools`` (a method of its own) answers like ``tools/list``;
@@ -281,6 +282,8 @@ class Handler(BaseHTTPRequestHandler):
             key, items = LISTS[method]
             result[key] = items
             meta = params.get("_meta") or {}
+            # A list that takes its time (concurrent requests overlap).
+            time.sleep(float(meta.get("delay", 0)))
             if meta.get("sse"):
                 frame = meta.get("frame", "lf")
                 self.start_sse(meta.get("ct"))
