@@ -194,6 +194,21 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
             reloads: live.subscribe(),
         },
     ));
+    server.add_service(pingora::services::background::background_service(
+        "cache listeners",
+        crate::cache::listen::Listeners {
+            plan: Box::new({
+                let live = live.clone();
+                move || {
+                    let state = live.state();
+                    state
+                        .cache
+                        .listened(|path| state.routes.get(path).map(|r| r.group.clone()))
+                }
+            }),
+            reloads: live.subscribe(),
+        },
+    ));
     if let Some(store) = state.cache.store().filter(|s| s.redis.is_some()) {
         server.add_service(pingora::services::background::background_service(
             "cache store",

@@ -346,6 +346,31 @@ async fn an_upstreams_list_changed_drops_its_entries() {
 }
 
 #[tokio::test]
+async fn the_gateways_own_listen_hears_a_modern_upstreams_list_changed() {
+    let (up, gw) = one_upstream(&cache_yaml("")).await;
+    // The gateway listens to the server itself (no client stream is open).
+    let listening = eventually(Duration::from_secs(10), || async {
+        up.state().await["listeners"].as_u64() == Some(1)
+    })
+    .await;
+    assert!(listening, "{}", gw.log());
+    let list = |id: i64| message(json!(id), "tools/list", json!({"_meta": modern_meta()}));
+    assert_eq!(send(&gw, None, &list(1)).await.1.as_deref(), Some("miss"));
+    assert_eq!(send(&gw, None, &list(2)).await.1.as_deref(), Some("hit"));
+    let change = message(json!(3), "tools/call", json!({"name": "change_lists"}));
+    assert_eq!(send(&gw, None, &change).await.0, 200);
+    let dropped = eventually(Duration::from_secs(5), || async {
+        let body = message(json!(4), "tools/list", json!({"_meta": modern_meta()}));
+        send(&gw, None, &body).await.1.as_deref() == Some("miss")
+    })
+    .await;
+    assert!(
+        dropped,
+        "the list_changed on the gateway's listen dropped the entries"
+    );
+}
+
+#[tokio::test]
 async fn the_admin_api_shows_sizes_and_purges() {
     let (_up, gw) = one_upstream(&cache_yaml("")).await;
     let list = |id: i64| message(json!(id), "tools/list", json!({}));

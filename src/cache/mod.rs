@@ -10,7 +10,9 @@
 //! * [`redis`]: the optional second level every replica shares, and the channel that
 //!   carries invalidations between them;
 //! * [`notice`]: the upstream notifications that invalidate (`list_changed`,
-//!   `resources/updated`), found in the streams the gateway relays.
+//!   `resources/updated`), found in the streams the gateway relays;
+//! * [`listen`]: the gateway's own `subscriptions/listen` to modern-era servers, so
+//!   their list changes invalidate with no client stream open.
 //!
 //! [`Cache`] is part of the runtime state: the rules of the config it was built from
 //! and the process's [`store::Store`], which outlives reloads (a reload drops the
@@ -18,6 +20,7 @@
 
 pub mod entry;
 pub mod key;
+pub mod listen;
 pub mod notice;
 pub mod redis;
 pub mod store;
@@ -160,6 +163,26 @@ impl Cache {
     /// Whether `route` caches anything.
     pub fn covers(&self, route: &str) -> bool {
         self.routes.contains_key(route)
+    }
+
+    /// The groups of the cached routes (each once), with the store their notifications
+    /// invalidate: what [`listen`] listens to.
+    pub fn listened(
+        &self,
+        group_of: impl Fn(&str) -> Option<Arc<crate::upstream::Group>>,
+    ) -> Vec<(Arc<store::Store>, Arc<crate::upstream::Group>)> {
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
+        let mut out: Vec<(Arc<store::Store>, Arc<crate::upstream::Group>)> = Vec::new();
+        for path in self.routes.keys() {
+            if let Some(group) = group_of(path) {
+                if !out.iter().any(|(_, g)| g.name == group.name) {
+                    out.push((store.clone(), group));
+                }
+            }
+        }
+        out
     }
 
     pub fn store(&self) -> Option<&Arc<store::Store>> {

@@ -43,6 +43,9 @@ the gateway forwarded. Behaviour by method / tool name:
   result (id 7), framed as ``FRAME`` says (see ``sse_frame``), and ``?ct=`` as the
   ``Content-Type``;
 * list requests wait ``_meta.delay`` seconds before answering;
+* ``subscriptions/listen``: an SSE stream, the acknowledgment first, then a
+  ``notifications/tools/list_changed`` for each ``tools/call`` of ``change_lists``
+  (``listeners`` in ``GET /_state`` counts the open streams);
 * list requests as SSE (``_meta.sse``) take ``_meta.frame`` and ``_meta.ct`` the same way;
   with ``_meta.gzip`` a JSON list answer comes gzip-compressed whatever was accepted;
   ``vendor/tools`` (a method of its own) answers like ``tools/list``;
@@ -70,8 +73,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-STATE = {"requests": 0, "cancelled": 0, "completed_streams": 0, "sessions": 0, "deletes": 0}
+STATE = {"requests": 0, "cancelled": 0, "completed_streams": 0, "sessions": 0, "deletes": 0,
+         "listeners": 0}
 LOCK = threading.Lock()
+# ``change_lists`` calls, for the ``subscriptions/listen`` streams open.
+CHANGES = {"n": 0}
+CHANGED = threading.Condition()
 SERVER_ID = "mock"
 ECHO_SESSION = False
 # --strict-sessions: requests with a session id this process did not mint get 404.
@@ -233,13 +240,16 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(200, self.describe(b""))
 
     def do_POST(self):
-        bump("requests")
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length) if length else b""
         try:
             msg = json.loads(body)
         except ValueError:
+            bump("requests")
             return self.send_json(400, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse"}})
+        # A listen is a standing stream, not a request a test counts.
+        if not (isinstance(msg, dict) and msg.get("method") == "subscriptions/listen"):
+            bump("requests")
         if isinstance(msg, list):
             answers = []
             for m in msg:
@@ -308,6 +318,32 @@ class Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 self.wfile.write(data)
                 return
+        if method == "subscriptions/listen":
+            # A modern listen: the acknowledgment, then a list_changed for every
+            # ``change_lists`` call, until the client goes away.
+            self.start_sse()
+            ack = {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged", "params": {}}
+            seen = CHANGES["n"]
+            try:
+                self.chunk(b"event: message\ndata: %s\n\n" % json.dumps(ack).encode())
+                bump("listeners")
+                while True:
+                    with CHANGED:
+                        CHANGED.wait_for(lambda: CHANGES["n"] != seen, timeout=0.5)
+                        now = CHANGES["n"]
+                    if now != seen:
+                        seen = now
+                        change = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+                        self.chunk(b"event: message\ndata: %s\n\n" % json.dumps(change).encode())
+                    else:
+                        self.chunk(b": keep-alive\n\n")
+            except (BrokenPipeError, ConnectionResetError):
+                bump("listeners", -1)
+            return
+        if method == "tools/call" and params.get("name") == "change_lists":
+            with CHANGED:
+                CHANGES["n"] += 1
+                CHANGED.notify_all()
         if method == "resources/read":
             # A modern server's cache fields, saying anyone may keep it for a minute.
             result.update({"contents": [{"uri": params.get("uri", ""), "text": "x"}],
