@@ -50,9 +50,11 @@ impl Entry {
             .map(Duration::from_millis)
     }
 
-    /// The JSON-RPC answer to a request with `id`: in the modern era with `ttlMs` (the
-    /// time left) and `cacheScope`; a legacy client gets neither.
+    /// The JSON-RPC answer to a request with `id`: in the modern era, for the results
+    /// that define them (lists and reads, not tool calls), with `ttlMs` (the time left)
+    /// and `cacheScope`; a legacy client gets neither.
     pub fn answer(&self, id: &str, modern: bool, now_ms: u64) -> Vec<u8> {
+        let modern = modern && self.method != "tools/call";
         let mut out = Vec::with_capacity(self.result.len() + id.len() + 64);
         out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
         out.extend_from_slice(id.as_bytes());
