@@ -72,12 +72,12 @@ fn alert_rules_pass_promtool() {
     let out = promtool(&repo(), &["check", "rules", ALERTS], None);
     assert!(out.status.success(), "{}", said(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 5 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 6 rules found"),
         "{}",
         said(&out)
     );
 
-    // The five alerts, each with what it fires on, how long, and both annotations.
+    // The six alerts, each with what it fires on, how long, and both annotations.
     let doc = yaml(ALERTS);
     let rules: Vec<&serde_yaml_ng::Value> = doc["groups"]
         .as_sequence()
@@ -101,6 +101,11 @@ fn alert_rules_pass_promtool() {
         (
             "McpGatewayRateLimitsNotShared",
             r#"mcp_gateway_rate_limit_backend_up{job="mcp-gateway", backend="redis"} == 0"#,
+            "2m",
+        ),
+        (
+            "McpGatewayCacheNotShared",
+            r#"mcp_gateway_cache_redis_up{job="mcp-gateway", backend="redis"} == 0"#,
             "2m",
         ),
     ] {

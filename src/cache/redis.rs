@@ -95,7 +95,7 @@ impl Level {
         let place = format!("{}/{}", info.addr(), info.redis_settings().db());
         let client = Client::open(config.url.as_str())
             .map_err(|e| format!("not a valid Redis URL ({e})"))?;
-        METRICS.cache_redis_up.set(0);
+        METRICS.cache_redis_up.with_label_values(&["redis"]).set(0);
         Ok(Level {
             client,
             conn: ArcSwapOption::empty(),
@@ -173,7 +173,7 @@ impl Level {
         if was == up && !first {
             return;
         }
-        METRICS.cache_redis_up.set(up as i64);
+        METRICS.cache_redis_up.with_label_values(&["redis"]).set(up as i64);
         match (up, first) {
             (true, true) => log::info!("cache: Redis at {} is the shared level", self.place),
             (true, false) => {

@@ -111,6 +111,7 @@ impl Store {
             .expire_after(Expiry)
             .support_invalidation_closures()
             .eviction_listener(|_, e: Arc<Entry>, cause| {
+                gauges(&e, -1);
                 let cause = match cause {
                     RemovalCause::Size => "size",
                     RemovalCause::Expired => "expired",
@@ -146,8 +147,7 @@ impl Store {
         let redis = self.redis.as_ref()?;
         let (key, entry) = redis.get(keys, group).await?;
         let entry = Arc::new(entry);
-        self.memory.insert(key, entry.clone());
-        self.gauges();
+        self.keep(key, entry.clone());
         Some((entry, Level::Redis))
     }
 
@@ -169,8 +169,7 @@ impl Store {
     /// Keep `entry` under `key`, in memory and (in the background) in Redis.
     pub fn put(self: &Arc<Self>, key: Key, entry: Arc<Entry>) {
         metrics::counter(&METRICS.cache_stores, &[&entry.route, "memory"]).inc();
-        self.memory.insert(key, entry.clone());
-        self.gauges();
+        self.keep(key, entry.clone());
         if self.redis.is_some() {
             let store = self.clone();
             tokio::spawn(async move {
@@ -217,7 +216,6 @@ impl Store {
                 n += 1;
             }
         }
-        self.gauges();
         n
     }
 
@@ -248,21 +246,27 @@ impl Store {
         log::debug!("cache: {why} from group {group:?}: dropped {n} entries");
     }
 
+    /// Into the memory level (the route's gauges count it until it leaves).
+    fn keep(&self, key: Key, entry: Arc<Entry>) {
+        gauges(&entry, 1);
+        self.memory.insert(key, entry);
+    }
+
     /// Entries and bytes held in memory (exact after pending work is done).
     pub fn sizes(&self) -> (u64, u64) {
         self.memory.run_pending_tasks();
-        self.gauges();
         (self.memory.entry_count(), self.memory.weighted_size())
     }
+}
 
-    fn gauges(&self) {
-        METRICS
-            .cache_memory_entries
-            .set(self.memory.entry_count() as i64);
-        METRICS
-            .cache_memory_bytes
-            .set(self.memory.weighted_size() as i64);
-    }
+/// The route's memory gauges, for an entry coming (`1`) or going (`-1`).
+fn gauges(e: &Entry, sign: i64) {
+    let route: &str = &e.route;
+    METRICS.cache_memory_entries.with_label_values(&[route]).add(sign);
+    METRICS
+        .cache_memory_bytes
+        .with_label_values(&[route])
+        .add(sign * i64::from(e.weight()));
 }
 
 #[cfg(test)]

@@ -84,14 +84,15 @@ pub struct Metrics {
     pub cache_evictions: IntCounterVec,
     /// Entries stored, by route and level (`memory`, `redis`).
     pub cache_stores: IntCounterVec,
-    /// Bytes held by the memory level (entries' weighed size).
-    pub cache_memory_bytes: IntGauge,
-    /// Entries held by the memory level.
-    pub cache_memory_entries: IntGauge,
+    /// Bytes held by the memory level (entries' weighed size), by route.
+    pub cache_memory_bytes: IntGaugeVec,
+    /// Entries held by the memory level, by route.
+    pub cache_memory_entries: IntGaugeVec,
     /// Redis operations of the cache that failed or timed out, by operation and reason.
     pub cache_redis_errors: IntCounterVec,
-    /// 1 while the cache's Redis level answers, 0 while the cache runs on memory alone.
-    pub cache_redis_up: IntGauge,
+    /// 1 while the cache's Redis level answers, 0 while the cache runs on memory alone
+    /// (exported only with `cache.redis`), by backend (`redis`).
+    pub cache_redis_up: IntGaugeVec,
 }
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
@@ -309,19 +310,17 @@ impl Metrics {
                 "Answers stored in the cache, by route and level (memory, redis)",
                 &["route", "level"],
             ),
-            cache_memory_bytes: registered(
+            cache_memory_bytes: new_gauge(
                 &r,
-                IntGauge::new(
-                    "mcp_gateway_cache_memory_bytes",
-                    "Bytes of answers held by the cache's memory level",
-                ),
+                "mcp_gateway_cache_memory_bytes",
+                "Bytes of answers held by the cache's memory level, by route",
+                &["route"],
             ),
-            cache_memory_entries: registered(
+            cache_memory_entries: new_gauge(
                 &r,
-                IntGauge::new(
-                    "mcp_gateway_cache_memory_entries",
-                    "Answers held by the cache's memory level",
-                ),
+                "mcp_gateway_cache_memory_entries",
+                "Answers held by the cache's memory level, by route",
+                &["route"],
             ),
             cache_redis_errors: new_counter(
                 &r,
@@ -329,12 +328,11 @@ impl Metrics {
                 "Cache operations on Redis that failed or timed out (the request went on without Redis), by operation and reason",
                 &["op", "reason"],
             ),
-            cache_redis_up: registered(
+            cache_redis_up: new_gauge(
                 &r,
-                IntGauge::new(
-                    "mcp_gateway_cache_redis_up",
-                    "1 while the cache's Redis level answers, 0 while the cache runs on this process's memory alone",
-                ),
+                "mcp_gateway_cache_redis_up",
+                "1 while the cache's Redis level (cache.redis) answers, 0 while the cache runs on this process's memory alone",
+                &["backend"],
             ),
             stdio_backoff_seconds: new_gauge(
                 &r,
