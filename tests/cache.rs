@@ -478,7 +478,9 @@ async fn replicas_share_entries_and_invalidations_through_redis() {
     // Both replicas use Redis before the test goes on.
     for gw in [&a, &b] {
         let up = eventually(Duration::from_secs(10), || async {
-            gw.metrics().await.contains("mcp_gateway_cache_redis_up{backend=\"redis\"} 1")
+            gw.metrics()
+                .await
+                .contains("mcp_gateway_cache_redis_up{backend=\"redis\"} 1")
         })
         .await;
         assert!(up, "{}", gw.log());
@@ -525,7 +527,9 @@ async fn redis_down_or_stopped_costs_clients_nothing() {
     )))
     .await;
     let ready = eventually(Duration::from_secs(10), || async {
-        gw.metrics().await.contains("mcp_gateway_cache_redis_up{backend=\"redis\"} 1")
+        gw.metrics()
+            .await
+            .contains("mcp_gateway_cache_redis_up{backend=\"redis\"} 1")
     })
     .await;
     assert!(ready);
@@ -538,7 +542,10 @@ async fn redis_down_or_stopped_costs_clients_nothing() {
     }
     let m = gw.metrics().await;
     assert!(m.contains("mcp_gateway_cache_redis_errors_total"), "{m}");
-    assert!(m.contains("mcp_gateway_cache_redis_up{backend=\"redis\"} 0"), "{m}");
+    assert!(
+        m.contains("mcp_gateway_cache_redis_up{backend=\"redis\"} 0"),
+        "{m}"
+    );
     redis.pause(false);
     // Killed: memory alone serves.
     redis.kill();

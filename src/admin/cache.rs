@@ -62,23 +62,21 @@ pub fn purge(admin: &Admin, body: &[u8]) -> Result<Value, (StatusCode, String)> 
             "no cache is configured (cache.routes is empty)".into(),
         ));
     };
-    let group = match &p.route {
-        Some(route) => Some(
-            state
-                .routes
-                .get(route)
-                .filter(|_| state.cache.covers(route))
-                .map(|r| r.group.name.clone())
-                .ok_or_else(|| {
-                    (
-                        StatusCode::NOT_FOUND,
-                        format!("{route:?} is not a cached route (cache.routes)"),
-                    )
-                })?,
-        ),
-        None => None,
+    let group_of = |route: &str| state.routes.get(route).map(|r| r.group.name.clone());
+    let groups = match &p.route {
+        Some(route) => match group_of(route).filter(|_| state.cache.covers(route)) {
+            Some(g) => vec![g],
+            None => {
+                return Err((
+                    StatusCode::NOT_FOUND,
+                    format!("{route:?} is not a cached route (cache.routes)"),
+                ))
+            }
+        },
+        // Every cached route's group: Redis keeps entries per group.
+        None => state.cache.groups(group_of),
     };
-    let purged = store.purge(&p, group.as_deref());
+    let purged = store.purge(&p, groups);
     log::info!(
         "cache purged through the admin API ({}): {purged} entries in memory",
         serde_json::to_string(&p).unwrap_or_default()

@@ -129,7 +129,7 @@ impl Cache {
                         route: Some(path.clone()),
                         ..Default::default()
                     };
-                    store.purge(&purge, group(old_config).as_deref());
+                    store.purge(&purge, group(old_config).into_iter().collect());
                 }
             }
         }
@@ -163,6 +163,17 @@ impl Cache {
     /// Whether `route` caches anything.
     pub fn covers(&self, route: &str) -> bool {
         self.routes.contains_key(route)
+    }
+
+    /// The groups of the cached routes, each once (`group_of`: a route's group).
+    pub fn groups(&self, group_of: impl Fn(&str) -> Option<String>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for path in self.routes.keys() {
+            if let Some(g) = group_of(path).filter(|g| !out.contains(g)) {
+                out.push(g);
+            }
+        }
+        out
     }
 
     /// The groups of the cached routes (each once), with the store their notifications

@@ -173,7 +173,10 @@ impl Level {
         if was == up && !first {
             return;
         }
-        METRICS.cache_redis_up.with_label_values(&["redis"]).set(up as i64);
+        METRICS
+            .cache_redis_up
+            .with_label_values(&["redis"])
+            .set(up as i64);
         match (up, first) {
             (true, true) => log::info!("cache: Redis at {} is the shared level", self.place),
             (true, false) => {
@@ -278,15 +281,11 @@ impl Level {
         self.run::<()>("set", cmd).await.is_some()
     }
 
-    /// Drop `p`'s entries in Redis (`group`'s generation moves on: all of that group's;
-    /// without a group, every group heard of) and tell the other replicas.
-    pub async fn invalidate(&self, p: &Purge, group: Option<&str>) {
-        let groups: Vec<String> = match group {
-            Some(g) => vec![g.to_string()],
-            None => self.gens.iter().map(|g| g.key().clone()).collect(),
-        };
+    /// Drop `p`'s entries in Redis (each of `groups` moves to its next generation: all
+    /// of that group's entries) and tell the other replicas.
+    pub async fn invalidate(&self, p: &Purge, groups: &[String]) {
         let mut moved = Vec::new();
-        for g in groups {
+        for g in groups.iter().cloned() {
             let mut cmd = redis::cmd("INCR");
             cmd.arg(self.gen_key(&g));
             if let Some(n) = self.run::<u64>("invalidate", cmd).await {

@@ -109,7 +109,6 @@ impl Store {
             .max_capacity(config.memory.max_size.0)
             .weigher(|_: &Key, e: &Arc<Entry>| e.weight())
             .expire_after(Expiry)
-            .support_invalidation_closures()
             .eviction_listener(|_, e: Arc<Entry>, cause| {
                 gauges(&e, -1);
                 let cause = match cause {
@@ -219,17 +218,16 @@ impl Store {
         n
     }
 
-    /// Drop the entries `p` matches, in every level and every replica; `group` is the
-    /// upstream whose entries Redis drops (it keeps them per upstream: without one, all).
-    pub fn purge(self: &Arc<Self>, p: &Purge, group: Option<&str>) -> u64 {
+    /// Drop the entries `p` matches, in every level and every replica; `groups` are the
+    /// upstream groups whose entries Redis drops (it keeps them per group).
+    pub fn purge(self: &Arc<Self>, p: &Purge, groups: Vec<String>) -> u64 {
         let n = self.purge_local(p);
         if self.redis.is_some() {
             let store = self.clone();
             let p = p.clone();
-            let group = group.or(p.group.as_deref()).map(str::to_string);
             tokio::spawn(async move {
                 if let Some(redis) = &store.redis {
-                    redis.invalidate(&p, group.as_deref()).await;
+                    redis.invalidate(&p, &groups).await;
                 }
             });
         }
@@ -242,7 +240,7 @@ impl Store {
             group: Some(group.to_string()),
             ..Default::default()
         };
-        let n = self.purge(&p, Some(group));
+        let n = self.purge(&p, vec![group.to_string()]);
         log::debug!("cache: {why} from group {group:?}: dropped {n} entries");
     }
 
@@ -262,7 +260,10 @@ impl Store {
 /// The route's memory gauges, for an entry coming (`1`) or going (`-1`).
 fn gauges(e: &Entry, sign: i64) {
     let route: &str = &e.route;
-    METRICS.cache_memory_entries.with_label_values(&[route]).add(sign);
+    METRICS
+        .cache_memory_entries
+        .with_label_values(&[route])
+        .add(sign);
     METRICS
         .cache_memory_bytes
         .with_label_values(&[route])
