@@ -8,6 +8,7 @@ pub mod code {
     pub const PARSE_ERROR: i32 = -32700;
     pub const INVALID_REQUEST: i32 = -32600;
     pub const INTERNAL_ERROR: i32 = -32603;
+    pub const INVALID_PARAMS: i32 = -32602;
     /// MCP: routing headers disagree with the body.
     pub const HEADER_MISMATCH: i32 = -32020;
     /// What the SDKs answer for an unknown or ended session.
@@ -115,6 +116,10 @@ pub enum GatewayError {
     /// The text goes to the log only (it may come from Pingora).
     #[error("internal error in the gateway (its log has the details)")]
     Internal(String),
+    /// A request the gateway refuses as an MCP server would (an unknown tool, arguments
+    /// a transform cannot apply to): HTTP 200 with `-32602`.
+    #[error("{0}")]
+    InvalidParams(String),
 }
 
 fn misdirected(host: &str, setting: &str) -> String {
@@ -160,6 +165,7 @@ impl GatewayError {
             ClientClosed => (499, code::INTERNAL_ERROR),
             Busy(_) => (503, code::INTERNAL_ERROR),
             Internal(_) => (500, code::INTERNAL_ERROR),
+            InvalidParams(_) => (200, code::INVALID_PARAMS),
         }
     }
 
@@ -192,6 +198,7 @@ impl GatewayError {
             ClientClosed => "client_closed",
             Busy(_) => "busy",
             Internal(_) => "internal",
+            InvalidParams(_) => "invalid_params",
         }
     }
 

@@ -28,5 +28,6 @@ pub mod proxy;
 pub mod security;
 pub mod state;
 pub mod telemetry;
+pub mod transform;
 pub mod transport;
 pub mod upstream;

@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["mcp"],
     &["config"],
     &["telemetry"],
-    &["security"],
+    &["security", "transform"],
     &["upstream"],
     &["cache"],
     &["state"],

@@ -15,6 +15,7 @@ pub mod federation;
 pub mod load;
 pub mod security;
 pub mod stdio;
+pub mod transform;
 pub mod units;
 pub mod yaml;
 
@@ -56,6 +57,8 @@ config_struct! {
         reload: ReloadConfig = ReloadConfig::default(),
         /// Answers kept and served again (docs/caching.md).
         cache: cache::CacheConfig = cache::CacheConfig::default(),
+        /// Rewrites of routes' requests and answers (docs/transforms.md).
+        transforms: Vec<transform::TransformConfig> = Vec::new(),
     }
 }
 

@@ -197,6 +197,7 @@ async fn answer(
             policies: &ctx.state.policies,
             identity: ctx.identity.as_ref(),
             route: &route,
+            transforms: ctx.transforms.as_deref(),
         };
         ListFilter::new(Some(id), false).chunk(&caller, &mut body, true);
     }

@@ -104,6 +104,10 @@ pub struct RequestCtx {
     /// The caller a request on the gateway's internal listener comes from (one message of
     /// such a client): its identity and address stand in for the connection's.
     pub via: Option<Arc<crate::transport::clients::Caller>>,
+    /// The route's transforms (`transforms`).
+    pub transforms: Option<Arc<crate::transform::RouteTransforms>>,
+    /// Arguments a transform changed in the forwarded call, for its `Mcp-Param-*` fields.
+    pub rewritten_args: Option<Vec<(String, Option<serde_json::Value>)>>,
     /// A cache miss this request leads: its answer is collected to be kept.
     pub cache_fill: Option<super::cache::Fill>,
     /// Looks for invalidating notifications in a stream relayed on a cached route.
@@ -182,6 +186,8 @@ impl RequestCtx {
             timeouts: Timeouts::default(),
             downstream: None,
             via: None,
+            transforms: None,
+            rewritten_args: None,
             cache_fill: None,
             cache_watch: None,
         }

@@ -179,6 +179,8 @@ pub fn upstream_request(
         req.remove_header(&http::header::ACCEPT_ENCODING);
     }
 
+    super::transform::upstream_headers(req, ctx)?;
+
     if let Some(body) = &ctx.body {
         req.remove_header(&http::header::TRANSFER_ENCODING);
         req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;

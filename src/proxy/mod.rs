@@ -40,6 +40,7 @@ pub mod post;
 pub mod record;
 pub mod request;
 pub mod respond;
+pub mod transform;
 
 use crate::error::GatewayError;
 use async_trait::async_trait;
@@ -217,6 +218,7 @@ impl ProxyHttp for Gateway {
                 policies: &ctx.state.policies,
                 identity: ctx.identity.as_ref(),
                 route: ctx.route.as_deref().unwrap_or_default(),
+                transforms: ctx.transforms.as_deref(),
             };
             filter.chunk(&caller, body, end_of_stream);
         }

@@ -79,6 +79,7 @@ pub async fn forward(
         policies: &ctx.state.policies,
         identity: ctx.identity.as_ref(),
         route: ctx.route.as_deref().unwrap_or_default(),
+        transforms: ctx.transforms.as_deref(),
     };
     let filter = &mut ctx.list_filter;
     let tools_list = &mut ctx.tools_list;

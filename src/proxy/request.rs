@@ -199,6 +199,7 @@ async fn check(
         found.ok_or_else(|| GatewayError::NoRoute(full_path.to_string()))?;
     ctx.route = Some(route_path.clone());
     ctx.group = group.clone();
+    ctx.transforms = state.transforms.get(&route_path).cloned();
     if kind.is_none() && ctx.via.is_none() && super::clients::is_websocket(req) {
         kind = Some(Kind::WebSocket);
     }
@@ -347,6 +348,10 @@ async fn check(
         }
         ctx.quota = tightest;
     }
+    if ctx.transforms.is_some() {
+        // Every answer passes the transforms (JSON whole, SSE event by event).
+        ctx.list_scope = Scope::All;
+    }
     let subject = Subject {
         route: &route_path,
         ip,
@@ -385,9 +390,15 @@ async fn check(
         return Ok(Next::Answered);
     }
     if ctx.body.is_some() {
-        // A POST, read and checked: answered from the cache, or sent by the gateway itself.
+        // A POST, read and checked: refused or rewritten by the route's transforms,
+        // answered from the cache (keyed on the call as the client sent it), or sent by
+        // the gateway itself.
+        let rewritten = super::transform::plan(ctx)?;
         if let super::cache::Looked::Answered = super::cache::lookup(session, ctx).await? {
             return Ok(Next::Answered);
+        }
+        if let Some(r) = rewritten {
+            super::transform::apply(ctx, r);
         }
         post::forward(gw, session, ctx).await?;
         return Ok(Next::Answered);

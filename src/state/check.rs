@@ -56,6 +56,9 @@ pub fn check(c: &Config) -> Vec<ConfigError> {
             push("cache.redis.url".into(), e);
         }
     }
+    if let Err(problems) = super::transforms(c) {
+        problems.into_iter().for_each(|(p, m)| push(p, m));
+    }
     if let Err(problems) = crate::cache::Cache::build(c, None) {
         problems.into_iter().for_each(|(p, m)| push(p, m));
     }

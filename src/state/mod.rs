@@ -49,6 +49,8 @@ pub struct State {
     pub hsts: Option<http::HeaderValue>,
     /// Answers kept and served again (`cache`).
     pub cache: crate::cache::Cache,
+    /// Rewrites of routes' requests and answers (`transforms`).
+    pub transforms: crate::transform::Transforms,
 }
 
 /// Upstream read timeouts, copied from the state at the start of a request.
@@ -97,8 +99,10 @@ impl State {
         }
         let cache = crate::cache::Cache::build(config, previous.map(|(c, s)| (c, &s.cache)))
             .map_err(joined)?;
+        let transforms = transforms(config).map_err(joined)?;
         let state = Arc::new(State {
             cache,
+            transforms,
             auth: Auth::build(&config.security).map_err(joined)?,
             cors: Cors::build(&config.security.cors).map_err(joined)?,
             policies: Policies::build(&config.security.policies).map_err(joined)?,
@@ -132,4 +136,18 @@ impl State {
         });
         Ok((state, kept))
     }
+}
+
+/// The config's transforms, compiled for its routes.
+pub fn transforms(config: &Config) -> Result<crate::transform::Transforms, Vec<(String, String)>> {
+    let mut routes: Vec<&str> = config.routes.iter().map(|r| r.path.as_str()).collect();
+    if config.routes.is_empty() && config.virtual_servers.is_empty() {
+        routes.push(crate::config::DEFAULT_PATH);
+    }
+    let vs: Vec<&str> = config
+        .virtual_servers
+        .iter()
+        .map(|v| v.path.as_str())
+        .collect();
+    crate::transform::Transforms::build(&config.transforms, &routes, &vs)
 }

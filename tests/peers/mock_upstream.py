@@ -43,6 +43,7 @@ the gateway forwarded. Behaviour by method / tool name:
   result (id 7), framed as ``FRAME`` says (see ``sse_frame``), and ``?ct=`` as the
   ``Content-Type``;
 * list requests wait ``_meta.delay`` seconds before answering;
+* a ``tools/call`` with ``arguments.reply_text`` answers that text as its ``content``;
 * ``subscriptions/listen``: an SSE stream, the acknowledgment first, then a
   ``notifications/tools/list_changed`` for each ``tools/call`` of ``change_lists``
   (``listeners`` in ``GET /_state`` counts the open streams);
@@ -285,6 +286,10 @@ class Handler(BaseHTTPRequestHandler):
         result = self.describe(body)
         # The params as received (the name or URI a virtual server forwarded).
         result["params"] = params
+        # A text result, as asked (``arguments.reply_text``).
+        args = params.get("arguments") if isinstance(params, dict) else None
+        if isinstance(args, dict) and "reply_text" in args:
+            result["content"] = [{"type": "text", "text": args["reply_text"]}]
         if method == "vendor/tools":
             # A method of the server's own that answers with the tool list.
             method = "tools/list"

@@ -82,6 +82,8 @@ pub struct Caller<'a> {
     pub policies: &'a Policies,
     pub identity: Option<&'a Identity>,
     pub route: &'a str,
+    /// The route's transforms, applied before the policies.
+    pub transforms: Option<&'a crate::transform::RouteTransforms>,
 }
 
 /// What filtering one JSON-RPC message (or batch) gave.
@@ -97,19 +99,27 @@ impl Caller<'_> {
         let Ok(text) = std::str::from_utf8(message) else {
             return Filtered::Unreadable;
         };
-        match carries_list(text) {
+        let lists = match carries_list(text) {
             Err(()) => return Filtered::Unreadable,
-            Ok(false) => return Filtered::Unchanged,
-            Ok(true) => {}
+            Ok(lists) => lists,
+        };
+        let transform = self.transforms.filter(|t| t.may_change(message, lists));
+        if !lists && transform.is_none() {
+            return Filtered::Unchanged;
         }
         let mut v: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(_) => return Filtered::Unreadable,
         };
-        match self
-            .policies
-            .filter_lists(self.identity, self.route, &mut v)
-        {
+        let transformed = transform.map_or(0, |t| t.answer(&mut v));
+        // No policies: nothing to filter (an empty rule set would match no item).
+        let filtered = match lists && !self.policies.is_empty() {
+            true => self
+                .policies
+                .filter_lists(self.identity, self.route, &mut v),
+            false => 0,
+        };
+        match transformed + filtered {
             0 => Filtered::Unchanged,
             _ => match serde_json::to_vec(&v) {
                 Ok(out) => Filtered::Changed(out),
@@ -145,8 +155,8 @@ impl ListFilter {
 
     fn error(&self, why: &str) -> Vec<u8> {
         let message = serde_json::to_string(&format!(
-            "the gateway could not apply the caller's policies to this answer, so it was \
-             not passed on: {why}"
+            "the gateway could not apply the caller's policies or the route's transforms to \
+             this answer, so it was not passed on: {why}"
         ))
         .unwrap_or_default();
         format!(
@@ -265,6 +275,7 @@ mod tests {
             policies: p,
             identity: None,
             route: "/mcp",
+            transforms: None,
         };
         let mut out = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
@@ -313,6 +324,7 @@ mod tests {
             policies: &p,
             identity: None,
             route: "/mcp",
+            transforms: None,
         };
         let mut first = Some(Bytes::copy_from_slice(&stream.as_bytes()[..split]));
         f.chunk(&who, &mut first, false);
