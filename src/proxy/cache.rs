@@ -76,6 +76,10 @@ fn scope(ctx: &RequestCtx) -> Scope {
 
 /// Look a POST up before it is forwarded: answer a hit, or prepare the miss's [`Fill`].
 pub async fn lookup(session: &mut Session, ctx: &mut RequestCtx) -> Result<Looked, GatewayError> {
+    // Routes without a cache pay this check and nothing else.
+    if !ctx.state.cache.is_enabled() {
+        return Ok(Looked::Off);
+    }
     let state = ctx.state.clone();
     let cache = &state.cache;
     let (Some(route), Some(group), Some(store)) = (&ctx.route, &ctx.group, cache.store()) else {
