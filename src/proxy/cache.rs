@@ -325,6 +325,9 @@ impl Fill {
 
 /// Start watching a relayed answer for invalidating notifications, on a cached route.
 pub fn watch(ctx: &mut RequestCtx, resp: &ResponseHeader) {
+    if !ctx.state.cache.is_enabled() {
+        return;
+    }
     let covered = ctx
         .route
         .as_deref()

@@ -199,7 +199,9 @@ async fn check(
         found.ok_or_else(|| GatewayError::NoRoute(full_path.to_string()))?;
     ctx.route = Some(route_path.clone());
     ctx.group = group.clone();
-    ctx.transforms = state.transforms.get(&route_path).cloned();
+    if !state.transforms.is_empty() {
+        ctx.transforms = state.transforms.get(&route_path).cloned();
+    }
     if kind.is_none() && ctx.via.is_none() && super::clients::is_websocket(req) {
         kind = Some(Kind::WebSocket);
     }

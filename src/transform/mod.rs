@@ -142,6 +142,10 @@ impl Transforms {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn get(&self, route: &str) -> Option<&Arc<RouteTransforms>> {
         self.0.get(route)
     }
