@@ -20,7 +20,6 @@ use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,7 +132,7 @@ async fn listen(
     let Some(peer) = server.peer(IDLE) else {
         return Ended::Failed("the host name does not resolve".into());
     };
-    let mut one = One {
+    let mut one = exchange::One {
         group: &group.name,
         server: &server.id,
         peer: Some(peer),
@@ -224,31 +223,4 @@ fn head(group: &Group, server: &Server) -> pingora::Result<RequestHeader> {
         req.insert_header(name.clone(), value.clone())?;
     }
     Ok(req)
-}
-
-/// The listen's one server: no failover, no breaker accounting.
-struct One<'a> {
-    group: &'a str,
-    server: &'a str,
-    peer: Option<Box<HttpPeer>>,
-}
-
-impl exchange::Select for One<'_> {
-    fn next(&mut self) -> Result<Box<HttpPeer>, GatewayError> {
-        self.peer
-            .take()
-            .ok_or_else(|| GatewayError::Internal("the listen's one attempt".into()))
-    }
-
-    fn failover(&mut self) -> Result<bool, GatewayError> {
-        Ok(false)
-    }
-}
-
-impl exchange::Record for One<'_> {
-    fn names(&self) -> (&str, &str) {
-        (self.group, self.server)
-    }
-
-    fn record(&mut self, _: exchange::Outcome) {}
 }

@@ -75,6 +75,35 @@ pub trait Select: Record {
     fn failover(&mut self) -> Result<bool, GatewayError>;
 }
 
+/// One server, one attempt: no failover, and the outcome is not a request's (a health
+/// check decides health, the breaker counts requests): the health checks and the cache's
+/// own listens send through it.
+pub struct One<'a> {
+    pub group: &'a str,
+    pub server: &'a str,
+    pub peer: Option<Box<HttpPeer>>,
+}
+
+impl Select for One<'_> {
+    fn next(&mut self) -> Result<Box<HttpPeer>, GatewayError> {
+        self.peer
+            .take()
+            .ok_or_else(|| GatewayError::Internal("the one attempt was made".into()))
+    }
+
+    fn failover(&mut self) -> Result<bool, GatewayError> {
+        Ok(false)
+    }
+}
+
+impl Record for One<'_> {
+    fn names(&self) -> (&str, &str) {
+        (self.group, self.server)
+    }
+
+    fn record(&mut self, _: Outcome) {}
+}
+
 /// Timeouts that replace the peer's own (`None`: the peer's, from the group's settings
 /// and what [`Select::next`] set).
 #[derive(Debug, Clone, Copy, Default)]

@@ -27,7 +27,6 @@ use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -320,7 +319,7 @@ async fn exchange(
         connect: Some(check.timeout.0),
         ..Default::default()
     };
-    let mut one = Probe {
+    let mut one = exchange::One {
         group: &group.name,
         server: &server.id,
         peer: Some(peer),
@@ -395,34 +394,6 @@ async fn exchange(
     }
     answer.close().await;
     Ok((status, buf.freeze()))
-}
-
-/// A health check's one server: no failover, and its outcome is not an attempt's (the
-/// checks decide health; the breaker counts requests).
-struct Probe<'a> {
-    group: &'a str,
-    server: &'a str,
-    peer: Option<Box<HttpPeer>>,
-}
-
-impl exchange::Select for Probe<'_> {
-    fn next(&mut self) -> Result<Box<HttpPeer>, GatewayError> {
-        self.peer
-            .take()
-            .ok_or_else(|| GatewayError::Internal("the probe's one attempt".into()))
-    }
-
-    fn failover(&mut self) -> Result<bool, GatewayError> {
-        Ok(false)
-    }
-}
-
-impl exchange::Record for Probe<'_> {
-    fn names(&self) -> (&str, &str) {
-        (self.group, self.server)
-    }
-
-    fn record(&mut self, _: exchange::Outcome) {}
 }
 
 /// A JSON-RPC response object (`result` or `error`), as JSON or in an SSE `data:` line.
