@@ -273,3 +273,28 @@ fn bad_transforms_are_refused_with_their_paths() {
     .replace("{port}", "8080");
     expect_invalid(&typo, &["transforms[0].tools[0]", "bogus"]);
 }
+
+#[tokio::test]
+async fn a_transformed_json_answer_keeps_a_content_length() {
+    let (_up, gw) = one_upstream(&yaml("")).await;
+    let c = client();
+    for body in [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string(),
+        call(2, "say", json!({"reply_text": "api_key=abc"})),
+    ] {
+        let resp = post(&c, &gw.url("/mcp"), body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let len: usize = header(&resp, "content-length")
+            .expect("a length, not chunked")
+            .parse()
+            .unwrap();
+        assert!(header(&resp, "transfer-encoding").is_none());
+        let text = resp.text().await.unwrap();
+        assert_eq!(text.len(), len);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            v["result"].get("tools").is_some() || v["result"]["content"][0]["text"] == "[redacted]",
+            "{v}"
+        );
+    }
+}

@@ -160,7 +160,7 @@ pub async fn lookup(session: &mut Session, ctx: &mut RequestCtx) -> Result<Looke
         _ => None,
     };
     metrics::counter(&METRICS.cache_requests, &[&route, "miss"]).inc();
-    ctx.cache_fill = Some(Fill {
+    ctx.cache_fill = Some(Box::new(Fill {
         store: store.clone(),
         lead,
         private,
@@ -175,7 +175,7 @@ pub async fn lookup(session: &mut Session, ctx: &mut RequestCtx) -> Result<Looke
         epoch: store.epoch(),
         sse: None,
         buf: BytesMut::new(),
-    });
+    }));
     Ok(Looked::Off)
 }
 

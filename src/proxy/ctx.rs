@@ -109,7 +109,7 @@ pub struct RequestCtx {
     /// Arguments a transform changed in the forwarded call, for its `Mcp-Param-*` fields.
     pub rewritten_args: Option<Vec<(String, Option<serde_json::Value>)>>,
     /// A cache miss this request leads: its answer is collected to be kept.
-    pub cache_fill: Option<super::cache::Fill>,
+    pub cache_fill: Option<Box<super::cache::Fill>>,
     /// Looks for invalidating notifications in a stream relayed on a cached route.
     pub cache_watch: Option<crate::cache::notice::Watch>,
 }

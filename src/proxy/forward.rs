@@ -287,7 +287,11 @@ pub fn count_sse(resp: &ResponseHeader, ctx: &mut RequestCtx) {
 /// An answer whose lists the caller's policies filter (every SSE answer when policies
 /// exist; JSON answers to list requests and GET streams): its length changes, so it is
 /// sent chunked.
-pub fn filter_list(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+///
+/// `hold_json`: the caller sends a JSON answer's head only once the filtered body is
+/// complete, with its `Content-Length` (the POST exchange does: one send, keep-alive);
+/// otherwise its length changes, so it is sent chunked.
+pub fn filter_list(resp: &mut ResponseHeader, ctx: &mut RequestCtx, hold_json: bool) -> Result<()> {
     use super::list_filter::{ListFilter, Scope};
     if ctx.list_scope == Scope::Off
         || !resp.status.is_success()
@@ -323,9 +327,12 @@ pub fn filter_list(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()
             "the server compressed its answer",
         )
     };
+    let whole = !filter.is_sse() && hold_json;
     ctx.list_filter = Some(filter);
-    resp.remove_header(&http::header::CONTENT_LENGTH);
-    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    if !whole {
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
     Ok(())
 }
 

@@ -198,7 +198,7 @@ impl ProxyHttp for Gateway {
         }
         forward::client_response(resp, ctx)?;
         forward::count_sse(resp, ctx);
-        forward::filter_list(resp, ctx)?;
+        forward::filter_list(resp, ctx, false)?;
         cache::watch(ctx, resp);
         Ok(())
     }

@@ -65,7 +65,7 @@ pub async fn forward(
     ctx.local_status = Some(resp.status.as_u16());
     ctx.upstream_status = Some(resp.status.as_u16());
     forward::count_sse(&resp, ctx);
-    forward::filter_list(&mut resp, ctx).map_err(|e| shaping_failure(ctx, &e))?;
+    forward::filter_list(&mut resp, ctx, true).map_err(|e| shaping_failure(ctx, &e))?;
     let x_cache = ctx.state.cache.x_cache;
     if let Some(fill) = ctx.cache_fill.as_mut() {
         fill.start(&mut resp, x_cache);
@@ -88,9 +88,20 @@ pub async fn forward(
     let watch = &mut ctx.cache_watch;
     let cache = ctx.state.cache.store();
 
+    // A JSON answer the filter collects whole goes out once filtered, head and body
+    // together with its length (one send, keep-alive); any other answer's head now.
+    let whole = filter.as_ref().is_some_and(|f| !f.is_sse());
+
     // From here on the client has a response; failures can only end the stream.
     let relay = async {
-        session.write_response_header(Box::new(resp), false).await?;
+        let mut resp = Some(resp);
+        // What a held answer will send, once whole.
+        let mut out = bytes::BytesMut::new();
+        if !whole {
+            if let Some(r) = resp.take() {
+                session.write_response_header(Box::new(r), false).await?;
+            }
+        }
         loop {
             // The client leaving while the upstream is silent ends the relay too.
             let read = tokio::select! {
@@ -124,7 +135,11 @@ pub async fn forward(
                     if let Some(f) = filter.as_mut() {
                         f.chunk(&caller, &mut chunk, false);
                     }
-                    session.write_response_body(chunk, false).await?;
+                    match (whole, chunk) {
+                        (true, Some(c)) => out.extend_from_slice(&c),
+                        (false, Some(c)) => session.write_response_body(Some(c), false).await?,
+                        (_, None) => {}
+                    }
                 }
                 None => break,
             }
@@ -139,11 +154,25 @@ pub async fn forward(
             if let Some(f) = filter.as_mut() {
                 f.chunk(&caller, &mut chunk, false);
             }
-            session.write_response_body(chunk, false).await?;
+            match (whole, chunk) {
+                (true, Some(c)) => out.extend_from_slice(&c),
+                (false, Some(c)) => session.write_response_body(Some(c), false).await?,
+                (_, None) => {}
+            }
         }
         let mut last = None;
         if let Some(f) = filter.as_mut() {
             f.chunk(&caller, &mut last, true);
+        }
+        if let Some(mut r) = resp.take() {
+            // The held head: the filtered body's length, then head and body.
+            if let Some(l) = last.take() {
+                out.extend_from_slice(&l);
+            }
+            r.remove_header(&http::header::TRANSFER_ENCODING);
+            r.insert_header(http::header::CONTENT_LENGTH, out.len().to_string())?;
+            session.write_response_header(Box::new(r), false).await?;
+            last = Some(out.freeze());
         }
         session.write_response_body(last, true).await?;
         Ok::<_, Box<Error>>(())
@@ -156,6 +185,10 @@ pub async fn forward(
             // request (in the modern era that is the cancellation).
             log::debug!("relay for request {} ended early: {e}", ctx.request_id);
             up.close().await;
+            if whole && super::respond::final_response_written(session).is_none() {
+                // A held answer: nothing went out yet, so the client gets an error.
+                return Err(shaping_failure(ctx, &e));
+            }
             session.set_keepalive(None);
         }
     }

@@ -130,6 +130,11 @@ impl Caller<'_> {
 }
 
 impl ListFilter {
+    /// Whether it filters an SSE answer (event by event) rather than a JSON one (whole).
+    pub fn is_sse(&self) -> bool {
+        self.sse
+    }
+
     /// A filter for a JSON answer, or an SSE one (`sse`).
     pub fn new(id: Option<&str>, sse: bool) -> ListFilter {
         ListFilter {
