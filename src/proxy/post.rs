@@ -135,11 +135,7 @@ pub async fn forward(
                     if let Some(f) = filter.as_mut() {
                         f.chunk(&caller, &mut chunk, false);
                     }
-                    match (whole, chunk) {
-                        (true, Some(c)) => out.extend_from_slice(&c),
-                        (false, Some(c)) => session.write_response_body(Some(c), false).await?,
-                        (_, None) => {}
-                    }
+                    emit(session, whole, &mut out, chunk).await?;
                 }
                 None => break,
             }
@@ -154,11 +150,7 @@ pub async fn forward(
             if let Some(f) = filter.as_mut() {
                 f.chunk(&caller, &mut chunk, false);
             }
-            match (whole, chunk) {
-                (true, Some(c)) => out.extend_from_slice(&c),
-                (false, Some(c)) => session.write_response_body(Some(c), false).await?,
-                (_, None) => {}
-            }
+            emit(session, whole, &mut out, chunk).await?;
         }
         let mut last = None;
         if let Some(f) = filter.as_mut() {
@@ -191,6 +183,22 @@ pub async fn forward(
             }
             session.set_keepalive(None);
         }
+    }
+    Ok(())
+}
+
+/// Pass on what the filter let through: to the client now, or (`whole`: the head is
+/// held until the body is complete) into `out`.
+async fn emit(
+    session: &mut Session,
+    whole: bool,
+    out: &mut bytes::BytesMut,
+    chunk: Option<bytes::Bytes>,
+) -> pingora::Result<()> {
+    match (whole, chunk) {
+        (true, Some(c)) => out.extend_from_slice(&c),
+        (false, Some(c)) => session.write_response_body(Some(c), false).await?,
+        (_, None) => {}
     }
     Ok(())
 }
