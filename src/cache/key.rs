@@ -17,9 +17,10 @@ pub struct Key(pub [u8; 32]);
 
 impl Key {
     pub fn hex(&self) -> String {
+        use std::fmt::Write;
         let mut s = String::with_capacity(64);
         for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
+            let _ = write!(s, "{b:02x}");
         }
         s
     }

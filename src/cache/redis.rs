@@ -26,7 +26,7 @@ use dashmap::DashMap;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, Client};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -87,12 +87,7 @@ enum Why {
 
 impl Level {
     pub fn new(config: &CacheRedisConfig) -> Result<Level, String> {
-        let info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| format!("not a valid Redis URL ({e})"))?;
-        let place = format!("{}/{}", info.addr(), info.redis_settings().db());
+        let place = crate::security::rate_limit::shared::describe_url(&config.url)?;
         let client = Client::open(config.url.as_str())
             .map_err(|e| format!("not a valid Redis URL ({e})"))?;
         METRICS.cache_redis_up.with_label_values(&["redis"]).set(0);

@@ -554,7 +554,7 @@ pub(super) fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
 }
 
 /// `application/json`, with optional parameters (`; charset=utf-8`).
-fn is_json(content_type: &[u8]) -> bool {
+pub(super) fn is_json(content_type: &[u8]) -> bool {
     content_type
         .split(|b| *b == b';')
         .next()
