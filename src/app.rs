@@ -201,9 +201,7 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
                 let live = live.clone();
                 move || {
                     let state = live.state();
-                    state
-                        .cache
-                        .listened(|path| state.routes.get(path).map(|r| r.group.clone()))
+                    state.cache.listened(|name| state.groups.get(name).cloned())
                 }
             }),
             reloads: live.subscribe(),

@@ -81,15 +81,6 @@ async fn upstream_requests(up: &Upstream) -> u64 {
     up.state().await["requests"].as_u64().unwrap()
 }
 
-fn tool_names(v: &Value) -> Vec<String> {
-    v["result"]["tools"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no tools in {v}"))
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn modern_meta() -> Value {
     json!({"io.modelcontextprotocol/protocolVersion": MODERN})
 }
@@ -380,7 +371,9 @@ async fn the_admin_api_shows_sizes_and_purges() {
     let sizes = gw.admin_api("/api/v1/cache", ADMIN_TOKEN).await;
     assert_eq!(sizes["memory"]["entries"], 2, "{sizes}");
     assert!(sizes["memory"]["bytes"].as_u64().unwrap() > 0);
-    assert_eq!(sizes["routes"], json!(["/mcp"]));
+    assert_eq!(sizes["routes"][0]["route"], "/mcp");
+    assert_eq!(sizes["routes"][0]["entries"], 2, "{sizes}");
+    assert_eq!(sizes["routes"][0]["bytes"], sizes["memory"]["bytes"]);
 
     let purge = |body: &str| {
         client()
@@ -456,7 +449,7 @@ async fn bad_cache_settings_are_named_by_path() {
             "cache.memory.max_entry_size",
             "cache.redis.url",
             "cache.redis.timeout",
-            "cache.routes[0].path: \"/mcp/b\" is not a configured route's path",
+            "cache.routes[0].path: \"/mcp/b\" is not a configured route's or virtual server's path",
             "cache.routes[0].lists.ttl",
             "cache.routes[0].tools[0].name",
         ],
@@ -541,7 +534,12 @@ async fn redis_down_or_stopped_costs_clients_nothing() {
         assert_eq!((s, v["id"].clone()), (200, json!(i)), "{v}");
     }
     let m = gw.metrics().await;
-    assert!(m.contains("mcp_gateway_cache_redis_errors_total"), "{m}");
+    assert!(
+        m.contains(
+            "mcp_gateway_cache_redis_errors_total{op=\"get\",reason=\"timeout\",route=\"/mcp\"}"
+        ),
+        "Redis errors are counted per route: {m}"
+    );
     assert!(
         m.contains("mcp_gateway_cache_redis_up{backend=\"redis\"} 0"),
         "{m}"

@@ -258,7 +258,7 @@ fn bad_transforms_are_refused_with_their_paths() {
     expect_invalid(
         &bad,
         &[
-            "transforms[0].path: \"/nope\" is not a configured route's path",
+            "transforms[0].path: \"/nope\" is not a configured route's or virtual server's path",
             "transforms[0].request_headers.set.Content-Length",
             "transforms[0].results.max_text_bytes",
             "transforms[0].results.redact[0].pattern",

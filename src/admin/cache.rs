@@ -8,17 +8,32 @@
 
 use super::Admin;
 use crate::cache::store::Purge;
+use crate::telemetry::metrics::METRICS;
 use http::StatusCode;
 use serde_json::{json, Value};
 
 pub fn sizes(admin: &Admin) -> Value {
     let state = admin.state();
     let config = &admin.live.loaded().config.cache;
-    let routes: Vec<&str> = config.routes.iter().map(|r| r.path.as_str()).collect();
+    let names = config
+        .routes
+        .iter()
+        .map(|r| crate::config::cache::scope_name(&r.path, r.member.as_deref()));
     match state.cache.store() {
-        None => json!({ "enabled": false, "routes": routes }),
+        None => json!({ "enabled": false, "routes": names.collect::<Vec<_>>() }),
         Some(store) => {
             let (entries, bytes) = store.sizes();
+            // Each route's (and member's) share of the memory level.
+            let routes: Vec<Value> = names
+                .map(|name| {
+                    let of = |g: &prometheus::IntGaugeVec| g.with_label_values(&[&name]).get();
+                    json!({
+                        "route": name,
+                        "entries": of(&METRICS.cache_memory_entries),
+                        "bytes": of(&METRICS.cache_memory_bytes),
+                    })
+                })
+                .collect();
             json!({
                 "enabled": true,
                 "routes": routes,
@@ -62,10 +77,9 @@ pub fn purge(admin: &Admin, body: &[u8]) -> Result<Value, (StatusCode, String)> 
             "no cache is configured (cache.routes is empty)".into(),
         ));
     };
-    let group_of = |route: &str| state.routes.get(route).map(|r| r.group.name.clone());
     let groups = match &p.route {
-        Some(route) => match group_of(route).filter(|_| state.cache.covers(route)) {
-            Some(g) => vec![g],
+        Some(route) => match state.cache.group(route) {
+            Some(g) => vec![g.to_string()],
             None => {
                 return Err((
                     StatusCode::NOT_FOUND,
@@ -74,7 +88,7 @@ pub fn purge(admin: &Admin, body: &[u8]) -> Result<Value, (StatusCode, String)> 
             }
         },
         // Every cached route's group: Redis keeps entries per group.
-        None => state.cache.groups(group_of),
+        None => state.cache.groups(),
     };
     let purged = store.purge(&p, groups);
     log::info!(

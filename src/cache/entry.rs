@@ -89,7 +89,12 @@ pub struct Kept {
 
 /// The result of a complete success, fit to keep (`None`: not to be kept).
 pub fn keep(result: &RawValue) -> Option<Kept> {
-    let Value::Object(mut m) = serde_json::from_str::<Value>(result.get()).ok()? else {
+    keep_value(serde_json::from_str::<Value>(result.get()).ok()?)
+}
+
+/// [`keep`], of a result already parsed.
+pub fn keep_value(result: Value) -> Option<Kept> {
+    let Value::Object(mut m) = result else {
         return None;
     };
     match m.get("resultType") {

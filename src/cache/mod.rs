@@ -1,6 +1,8 @@
 //! Response caching: answers to list, read and selected tool-call requests kept per
 //! route and served again (docs/caching.md).
 //!
+//! * [`ask`]: one cacheable request looked up, and its miss led and kept (for a route
+//!   or a virtual server's member);
 //! * [`key`]: what makes two requests the same question (route, era, method, canonical
 //!   params, scope);
 //! * [`entry`]: what is kept of an answer (only complete successes) and the answer a
@@ -18,6 +20,7 @@
 //! and the process's [`store::Store`], which outlives reloads (a reload drops the
 //! entries of the routes it changes).
 
+pub mod ask;
 pub mod entry;
 pub mod key;
 pub mod listen;
@@ -46,6 +49,8 @@ struct RouteRules {
     lists: Option<Duration>,
     resources: Option<Duration>,
     tools: Option<(GlobSet, Vec<Duration>)>,
+    /// The upstream group that answers (its notifications invalidate).
+    group: String,
     /// The config it came from (a reload compares them).
     config: CacheRouteConfig,
 }
@@ -94,12 +99,16 @@ impl Cache {
                     }
                 }
             };
+            let Some(group) = group_of(config, &r.path, r.member.as_deref()) else {
+                continue; // `config` names it
+            };
             routes.insert(
-                r.path.clone(),
+                crate::config::cache::scope_name(&r.path, r.member.as_deref()),
                 RouteRules {
                     lists: r.lists.as_ref().map(|t| t.ttl.0),
                     resources: r.resources.as_ref().map(|t| t.ttl.0),
                     tools,
+                    group,
                     config: r.clone(),
                 },
             );
@@ -112,24 +121,17 @@ impl Cache {
             None if routes.is_empty() && cache.redis.is_none() => None,
             None => Some(Arc::new(store::Store::new(cache)?)),
         };
-        if let (Some(store), Some((old_config, old))) = (&store, previous) {
-            for (path, rules) in &old.routes {
-                let group = |c: &crate::config::Config| {
-                    c.routes
-                        .iter()
-                        .find(|r| r.path == *path)
-                        .map(|r| r.group.clone())
-                };
+        if let (Some(store), Some((_, old))) = (&store, previous) {
+            for (name, rules) in &old.routes {
                 let same = routes
-                    .get(path)
-                    .is_some_and(|now| now.config == rules.config)
-                    && group(old_config) == group(config);
+                    .get(name)
+                    .is_some_and(|now| now.config == rules.config && now.group == rules.group);
                 if !same {
                     let purge = store::Purge {
-                        route: Some(path.clone()),
+                        route: Some(name.clone()),
                         ..Default::default()
                     };
-                    store.purge(&purge, group(old_config).into_iter().collect());
+                    store.purge(&purge, vec![rules.group.clone()]);
                 }
             }
         }
@@ -165,40 +167,61 @@ impl Cache {
         self.routes.contains_key(route)
     }
 
-    /// The groups of the cached routes, each once (`group_of`: a route's group).
-    pub fn groups(&self, group_of: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    /// The group answering a cached route or member (`path#prefix`).
+    pub fn group(&self, route: &str) -> Option<&str> {
+        self.routes.get(route).map(|r| r.group.as_str())
+    }
+
+    /// Whether a cached route or member is answered by `group`.
+    pub fn keeps_group(&self, group: &str) -> bool {
+        self.routes.values().any(|r| r.group == group)
+    }
+
+    /// The groups of the cached routes and members, each once.
+    pub fn groups(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for path in self.routes.keys() {
-            if let Some(g) = group_of(path).filter(|g| !out.contains(g)) {
-                out.push(g);
+        for rules in self.routes.values() {
+            if !out.contains(&rules.group) {
+                out.push(rules.group.clone());
             }
         }
         out
     }
 
-    /// The groups of the cached routes (each once), with the store their notifications
-    /// invalidate: what [`listen`] listens to.
+    /// The groups of the cached routes and members (each once), with the store their
+    /// notifications invalidate: what [`listen`] listens to (`group`: a group by name).
     pub fn listened(
         &self,
-        group_of: impl Fn(&str) -> Option<Arc<crate::upstream::Group>>,
+        group: impl Fn(&str) -> Option<Arc<crate::upstream::Group>>,
     ) -> Vec<(Arc<store::Store>, Arc<crate::upstream::Group>)> {
         let Some(store) = &self.store else {
             return Vec::new();
         };
-        let mut out: Vec<(Arc<store::Store>, Arc<crate::upstream::Group>)> = Vec::new();
-        for path in self.routes.keys() {
-            if let Some(group) = group_of(path) {
-                if !out.iter().any(|(_, g)| g.name == group.name) {
-                    out.push((store.clone(), group));
-                }
-            }
-        }
-        out
+        self.groups()
+            .iter()
+            .filter_map(|name| group(name))
+            .map(|g| (store.clone(), g))
+            .collect()
     }
 
     pub fn store(&self) -> Option<&Arc<store::Store>> {
         self.store.as_ref()
     }
+}
+
+/// The group answering a cache entry's `path` (and `member`): the route's, or the
+/// member's (`None`: neither exists; the config's checks name it).
+fn group_of(config: &crate::config::Config, path: &str, member: Option<&str>) -> Option<String> {
+    if let Some(m) = member {
+        let vs = config.virtual_servers.iter().find(|v| v.path == path)?;
+        let m = vs.members.iter().find(|x| x.prefix() == m)?;
+        return Some(m.group.clone());
+    }
+    if config.routes.is_empty() && config.virtual_servers.is_empty() {
+        return (path == crate::config::DEFAULT_PATH).then(|| crate::config::DEFAULT_GROUP.into());
+    }
+    let r = config.routes.iter().find(|r| r.path == path)?;
+    Some(r.group.clone())
 }
 
 /// Unix time in milliseconds.
@@ -243,6 +266,28 @@ mod tests {
         assert_eq!(c.ttl("/mcp", "tools/call", None), None);
         assert_eq!(c.ttl("/mcp", "prompts/get", Some("p")), None);
         assert_eq!(c.ttl("/other", "tools/list", None), None);
+    }
+
+    #[test]
+    fn a_members_rules_go_by_its_name_and_its_group() {
+        let c = cache(
+            "upstream: {groups: {a: {servers: [{id: a, url: 'http://127.0.0.1:1'}]}, b: {servers: [{id: b, url: 'http://127.0.0.1:2'}]}}}
+virtual_servers: [{path: /all, members: [{group: a}, {group: b, prefix: bee}]}]
+sessions: {keys: ['AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=']}
+cache:
+  routes:
+    - {path: /all, member: bee, lists: {ttl: 30s}}
+",
+        );
+        assert_eq!(
+            c.ttl("/all#bee", "tools/list", None),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(c.ttl("/all", "tools/list", None), None);
+        assert_eq!(c.ttl("/all#a", "tools/list", None), None);
+        assert_eq!(c.group("/all#bee"), Some("b"));
+        assert!(c.keeps_group("b") && !c.keeps_group("a"));
+        assert_eq!(c.groups(), ["b"]);
     }
 
     #[test]

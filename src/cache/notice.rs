@@ -15,6 +15,11 @@ const NAMES: &[&[u8]] = &[
     b"notifications/resources/updated",
 ];
 
+/// Whether a notification of `method` invalidates.
+pub fn invalidates(method: &str) -> bool {
+    NAMES.contains(&method.as_bytes())
+}
+
 /// The longest name, less one: what is carried between chunks.
 const CARRY: usize = 36;
 

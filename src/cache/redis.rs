@@ -133,29 +133,42 @@ impl Level {
         }
     }
 
-    /// One command, bounded by the timeout; failures are counted and switch to memory.
-    async fn run<T: redis::FromRedisValue>(&self, op: &str, cmd: redis::Cmd) -> Option<T> {
+    /// One command for `route` (a route's path, a member's `path#prefix`, or empty for
+    /// what serves every route), bounded by the timeout; failures are counted and
+    /// switch to memory.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        op: &str,
+        route: &str,
+        cmd: redis::Cmd,
+    ) -> Option<T> {
         let mut conn = self.conn()?;
         match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
-                self.failed(op, Why::Error, &e.to_string(), e.is_unrecoverable_error());
+                self.failed(
+                    op,
+                    route,
+                    Why::Error,
+                    &e.to_string(),
+                    e.is_unrecoverable_error(),
+                );
                 None
             }
             Err(_) => {
                 let why = format!("no answer within {:?}", self.timeout);
-                self.failed(op, Why::Timeout, &why, false);
+                self.failed(op, route, Why::Timeout, &why, false);
                 None
             }
         }
     }
 
-    fn failed(&self, op: &str, why: Why, detail: &str, broken: bool) {
+    fn failed(&self, op: &str, route: &str, why: Why, detail: &str, broken: bool) {
         let reason = match why {
             Why::Error => "error",
             Why::Timeout => "timeout",
         };
-        metrics::counter(&METRICS.cache_redis_errors, &[op, reason]).inc();
+        metrics::counter(&METRICS.cache_redis_errors, &[route, op, reason]).inc();
         if broken {
             self.conn.store(None);
         }
@@ -193,27 +206,27 @@ impl Level {
     }
 
     /// `group`'s generation: as heard, else read from Redis.
-    async fn generation(&self, group: &str) -> Option<u64> {
+    async fn generation(&self, group: &str, route: &str) -> Option<u64> {
         if let Some(g) = self.gens.get(group) {
             return Some(*g);
         }
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.gen_key(group));
-        let g: Option<u64> = self.run("get", cmd).await?;
+        let g: Option<u64> = self.run("get", route, cmd).await?;
         let g = g.unwrap_or(0);
         self.gens.insert(group.to_string(), g);
         Some(g)
     }
 
     /// The first live entry of `keys` in Redis, with its key.
-    pub async fn get(&self, keys: &[Key], group: &str) -> Option<(Key, Entry)> {
+    pub async fn get(&self, keys: &[Key], group: &str, route: &str) -> Option<(Key, Entry)> {
         self.conn()?;
-        let generation = self.generation(group).await?;
+        let generation = self.generation(group, route).await?;
         let mut cmd = redis::cmd("MGET");
         for k in keys {
             cmd.arg(self.entry_key(k, generation));
         }
-        let found: Vec<Option<Vec<u8>>> = self.run("get", cmd).await?;
+        let found: Vec<Option<Vec<u8>>> = self.run("get", route, cmd).await?;
         let now = super::now_ms();
         for (k, v) in keys.iter().zip(found) {
             let Some(v) = v else { continue };
@@ -247,7 +260,7 @@ impl Level {
         let Some(left) = entry.remaining(super::now_ms()) else {
             return false;
         };
-        let Some(generation) = self.generation(&entry.group).await else {
+        let Some(generation) = self.generation(&entry.group, &entry.route).await else {
             return false;
         };
         let Ok(result) = std::str::from_utf8(&entry.result) else {
@@ -273,7 +286,7 @@ impl Level {
             .arg(value)
             .arg("PX")
             .arg(left.as_millis().max(1) as u64);
-        self.run::<()>("set", cmd).await.is_some()
+        self.run::<()>("set", &entry.route, cmd).await.is_some()
     }
 
     /// Drop `p`'s entries in Redis (each of `groups` moves to its next generation: all
@@ -283,7 +296,8 @@ impl Level {
         for g in groups.iter().cloned() {
             let mut cmd = redis::cmd("INCR");
             cmd.arg(self.gen_key(&g));
-            if let Some(n) = self.run::<u64>("invalidate", cmd).await {
+            let route = p.route.as_deref().unwrap_or_default();
+            if let Some(n) = self.run::<u64>("invalidate", route, cmd).await {
                 self.gens.insert(g.clone(), n);
                 moved.push((g, n));
             }
@@ -309,7 +323,8 @@ impl Level {
             };
             let mut cmd = redis::cmd("PUBLISH");
             cmd.arg(self.channel()).arg(text);
-            self.run::<i64>("publish", cmd).await;
+            self.run::<i64>("publish", p.route.as_deref().unwrap_or_default(), cmd)
+                .await;
         }
     }
 

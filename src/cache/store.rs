@@ -136,7 +136,7 @@ impl Store {
     }
 
     /// The first live entry of `keys`: from memory, else from Redis (then kept in memory).
-    pub async fn get(&self, keys: &[Key], group: &str) -> Option<(Arc<Entry>, Level)> {
+    pub async fn get(&self, keys: &[Key], group: &str, route: &str) -> Option<(Arc<Entry>, Level)> {
         let now = super::now_ms();
         for k in keys {
             if let Some(e) = self.memory.get(k).filter(|e| e.remaining(now).is_some()) {
@@ -144,7 +144,7 @@ impl Store {
             }
         }
         let redis = self.redis.as_ref()?;
-        let (key, entry) = redis.get(keys, group).await?;
+        let (key, entry) = redis.get(keys, group, route).await?;
         let entry = Arc::new(entry);
         self.keep(key, entry.clone());
         Some((entry, Level::Redis))
@@ -299,10 +299,13 @@ mod tests {
         s.put(b, entry("/r", "tools/call", Some("t"), 60_000));
         s.put(c, entry("/r", "tools/list", None, 1));
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(s.get(&[a], "g").await.map(|(_, l)| l), Some(Level::Memory));
-        assert!(s.get(&[c], "g").await.is_none(), "expired");
+        assert_eq!(
+            s.get(&[a], "g", "/r").await.map(|(_, l)| l),
+            Some(Level::Memory)
+        );
+        assert!(s.get(&[c], "g", "/r").await.is_none(), "expired");
         assert!(
-            s.get(&[c, b], "g").await.is_some(),
+            s.get(&[c, b], "g", "/r").await.is_some(),
             "the first live key answers"
         );
         let p = Purge {
@@ -310,10 +313,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.purge_local(&p), 1);
-        assert!(s.get(&[b], "g").await.is_none());
-        assert!(s.get(&[a], "g").await.is_some());
+        assert!(s.get(&[b], "g", "/r").await.is_none());
+        assert!(s.get(&[a], "g", "/r").await.is_some());
         s.invalidate_group("g", "test");
-        assert!(s.get(&[a], "g").await.is_none());
+        assert!(s.get(&[a], "g", "/r").await.is_none());
     }
 
     #[tokio::test]

@@ -37,10 +37,12 @@ config_struct! {
 }
 
 config_struct! {
-    /// What one route keeps.
+    /// What one route, or one member of a virtual server, keeps.
     pub struct CacheRouteConfig {
-        /// A configured route's path.
+        /// A configured route's path, or a virtual server's (with `member`).
         path: String = String::new(),
+        /// On a virtual server: the member whose answers are kept (its prefix).
+        member: Option<String> = None,
         /// `server/discover`, `tools/list`, `prompts/list`, `resources/list`,
         /// `resources/templates/list` (unset: not cached).
         lists: Option<CacheTtlConfig> = None,
@@ -101,29 +103,16 @@ pub fn validate(c: &super::Config, errs: &mut super::yaml::Errors) {
     let routes = at.key("routes");
     for (i, r) in cache.routes.iter().enumerate() {
         let rp = routes.index(i);
-        let served = if c.routes.is_empty() && c.virtual_servers.is_empty() {
-            r.path == super::DEFAULT_PATH
-        } else {
-            c.routes.iter().any(|x| x.path == r.path)
-        };
-        if r.path.is_empty() {
-            errs.push(&rp.key("path"), "is required");
-        } else if c.virtual_servers.iter().any(|v| v.path == r.path) {
-            errs.push(
-                &rp.key("path"),
-                format!(
-                    "{:?} is a virtual server; caching applies to routes (to one group) only",
-                    r.path
-                ),
-            );
-        } else if !served {
-            errs.push(
-                &rp.key("path"),
-                format!("{:?} is not a configured route's path", r.path),
-            );
-        }
-        if cache.routes[..i].iter().any(|x| x.path == r.path) {
-            errs.push(&rp.key("path"), format!("{:?} is listed twice", r.path));
+        member_target(c, r.path.as_str(), r.member.as_deref(), &rp, errs);
+        if cache.routes[..i]
+            .iter()
+            .any(|x| x.path == r.path && x.member == r.member)
+        {
+            let what = match &r.member {
+                Some(m) => format!("{:?} with member {m:?}", r.path),
+                None => format!("{:?}", r.path),
+            };
+            errs.push(&rp.key("path"), format!("{what} is listed twice"));
         }
         for (key, ttl) in [("lists", &r.lists), ("resources", &r.resources)] {
             if ttl.as_ref().is_some_and(|t| t.ttl.0.is_zero()) {
@@ -144,5 +133,65 @@ pub fn validate(c: &super::Config, errs: &mut super::yaml::Errors) {
                 errs.push(&tp.key("ttl"), "must be greater than 0");
             }
         }
+    }
+}
+
+/// Check that `path` (and `member`) name what a cache or transform entry applies to: a
+/// configured route (no `member`), or one member of a virtual server (its prefix).
+pub fn member_target(
+    c: &super::Config,
+    path: &str,
+    member: Option<&str>,
+    at: &super::yaml::Path,
+    errs: &mut super::yaml::Errors,
+) {
+    let route = if c.routes.is_empty() && c.virtual_servers.is_empty() {
+        path == super::DEFAULT_PATH
+    } else {
+        c.routes.iter().any(|x| x.path == path)
+    };
+    let vs = c.virtual_servers.iter().find(|v| v.path == path);
+    let prefixes = |vs: &super::federation::VirtualServerConfig| {
+        vs.members
+            .iter()
+            .map(|m| m.prefix())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (vs, member) {
+        _ if path.is_empty() => errs.push(&at.key("path"), "is required"),
+        (Some(vs), None) => errs.push(
+            &at.key("member"),
+            format!(
+                "is required: {path:?} is a virtual server; name the member (one of: {})",
+                prefixes(vs)
+            ),
+        ),
+        (Some(vs), Some(m)) if !vs.members.iter().any(|x| x.prefix() == m) => errs.push(
+            &at.key("member"),
+            format!(
+                "{m:?} is not a member of {path:?} (its members' prefixes: {})",
+                prefixes(vs)
+            ),
+        ),
+        (Some(_), Some(_)) => {}
+        (None, Some(_)) if route => errs.push(
+            &at.key("member"),
+            format!("{path:?} is a route: members belong to virtual servers (leave member out)"),
+        ),
+        (None, _) if !route => errs.push(
+            &at.key("path"),
+            format!("{path:?} is not a configured route's or virtual server's path"),
+        ),
+        (None, _) => {}
+    }
+}
+
+/// The rules' name of a cache or transform entry: the route's path, or a member's
+/// `path#prefix` (a `#` cannot occur in a request path).
+pub fn scope_name(path: &str, member: Option<&str>) -> String {
+    match member {
+        Some(m) => format!("{path}#{m}"),
+        None => path.to_string(),
     }
 }

@@ -191,6 +191,7 @@ fn known_route(c: &Config, route: &str) -> bool {
 /// Checks that need more than one field or the outside world.
 fn validate(c: &Config, errs: &mut Errors) {
     super::cache::validate(c, errs);
+    super::transform::validate(c, errs);
     let root = Path::root();
     let server = root.key("server");
     if c.server.host.parse::<std::net::IpAddr>().is_err() {

@@ -9,8 +9,11 @@ use std::collections::BTreeMap;
 config_struct! {
     /// The transforms of one route.
     pub struct TransformConfig {
-        /// A configured route's path.
+        /// A configured route's path, or a virtual server's (with `member`).
         path: String = String::new(),
+        /// On a virtual server: the member whose tools, requests and results change (its
+        /// prefix).
+        member: Option<String> = None,
         /// Tool rules, in order: the first whose `match` fits a tool decides for it.
         tools: Vec<ToolTransformConfig> = Vec::new(),
         request_headers: RequestHeadersConfig = RequestHeadersConfig::default(),
@@ -71,5 +74,21 @@ config_struct! {
         /// What replaces each match (not empty: the gateway recognises it and refuses
         /// calls that send it back).
         with: String = "[redacted]".to_string(),
+    }
+}
+
+/// The checks of the `transforms` section that need the rest of the config: what each
+/// entry applies to, once.
+pub fn validate(c: &super::Config, errs: &mut super::yaml::Errors) {
+    let at = super::yaml::Path::root().key("transforms");
+    for (i, t) in c.transforms.iter().enumerate() {
+        let tp = at.index(i);
+        super::cache::member_target(c, &t.path, t.member.as_deref(), &tp, errs);
+        if c.transforms[..i]
+            .iter()
+            .any(|o| o.path == t.path && o.member == t.member)
+        {
+            errs.push(&tp.key("path"), format!("{:?} is listed twice", t.path));
+        }
     }
 }

@@ -15,6 +15,7 @@ use super::member::Body;
 use super::names;
 use super::serve::{Answer, Fed, INVALID_PARAMS};
 use super::token::Cursor;
+use crate::cache::ask::Looked;
 use crate::error::GatewayError;
 use crate::security::policy::ListKind;
 use crate::telemetry::metrics::{self, METRICS};
@@ -294,6 +295,14 @@ impl Fed<'_> {
         let id = super::serve::own_id("list");
         let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let body = Bytes::from(serde_json::to_vec(&message).expect("JSON serializes"));
+        let fill = match self.cached(index, method, None, &body).await {
+            Some(Looked::Hit(entry, _)) => {
+                let result = serde_json::from_slice(&entry.result).unwrap_or(Value::Null);
+                return Ok(Some(Page::of(method, result, entry.result.len())));
+            }
+            Some(Looked::Miss(miss)) => Some(miss),
+            None => None,
+        };
         let reply = self.send_once(index, body, method).await.map_err(fail)?;
         let status = reply.status;
         if status == 404 && !self.req.modern {
@@ -319,15 +328,26 @@ impl Fed<'_> {
                 "it refused {method}: {error}"
             ))));
         }
-        let result = &mut response["result"];
+        let result = response["result"].take();
+        if let Some(miss) = fill {
+            if let Some(kept) = crate::cache::entry::keep_value(result.clone()) {
+                miss.keep(kept);
+            }
+        }
+        let size = bytes.unwrap_or_else(|| result.to_string().len());
+        Ok(Some(Page::of(method, result, size)))
+    }
+}
+
+impl Page {
+    /// The page a member's list `result` is.
+    fn of(method: &str, mut result: Value, size: usize) -> Page {
         let key = ListKind::of(method).expect("a list").key();
         let items = match result.get_mut(key).map(Value::take) {
             Some(Value::Array(items)) => items,
             _ => Vec::new(),
         };
-        let size =
-            bytes.unwrap_or_else(|| items.iter().map(|v| v.to_string().len()).sum::<usize>());
-        Ok(Some(Page {
+        Page {
             items,
             next: result
                 .get("nextCursor")
@@ -335,14 +355,23 @@ impl Fed<'_> {
                 .filter(|c| !c.is_empty())
                 .map(str::to_string),
             size,
-        }))
+        }
     }
 }
 
 /// A member's items as the catalog shows them: named, filtered, URIs prefixed.
-fn present(fed: &Fed<'_>, index: usize, kind: ListKind, items: Vec<Value>) -> Vec<Value> {
+fn present(fed: &Fed<'_>, index: usize, kind: ListKind, mut items: Vec<Value>) -> Vec<Value> {
     let vs = fed.vs();
     let member = &vs.members[index];
+    if kind == ListKind::Tools {
+        // The tool filter names the member's own tools; its transforms then show them.
+        items.retain(|t| {
+            t.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| member.tools.allows(n))
+        });
+        super::transform::tools(fed.req.client.state, member, &mut items);
+    }
     let field = match kind {
         ListKind::Tools | ListKind::Prompts => "name",
         ListKind::Resources => "uri",
@@ -354,9 +383,6 @@ fn present(fed: &Fed<'_>, index: usize, kind: ListKind, items: Vec<Value>) -> Ve
             let own = item.get(field)?.as_str()?.to_string();
             let shown = match kind {
                 ListKind::Tools => {
-                    if !member.tools.allows(&own) {
-                        return None;
-                    }
                     let name = names::name(vs, index, &own);
                     if name.len() > MAX_NAME {
                         log::warn!(

@@ -154,7 +154,7 @@ pub async fn send<'c>(
         .as_ref()
         .map(|a| a.server().clone())
         .ok_or_else(|| GatewayError::Internal("an exchange without an attempt".into()))?;
-    let head = request_head(client, group, &server, &method, &call)?;
+    let head = request_head(client, member, &server, &method, &call)?;
     let answer = match up
         .send(&mut pick, Box::new(head), call.body, std::future::pending())
         .await?
@@ -247,11 +247,12 @@ pub async fn send<'c>(
 /// The request as the member gets it.
 fn request_head(
     client: &Client<'_>,
-    group: &Group,
+    member: &Member,
     server: &Server,
     method: &Method,
     call: &Call<'_>,
 ) -> Result<RequestHeader, GatewayError> {
+    let group = &member.group;
     let bad =
         |e: Box<pingora::Error>| GatewayError::Internal(format!("building a member request: {e}"));
     let mut req = RequestHeader::build(method.clone(), server.target.path.as_bytes(), Some(16))
@@ -315,6 +316,7 @@ fn request_head(
     for (name, value) in &call.extra {
         set(name.clone(), value.clone())?;
     }
+
     if let Some(ip) = client.client_ip {
         set(
             HeaderName::from_static("x-forwarded-for"),
@@ -324,12 +326,17 @@ fn request_head(
     if group.close_connections {
         set(http::header::CONNECTION, HeaderValue::from_static("close"))?;
     }
+    // The member's `request_headers`, then the credentials, which no transform replaces.
+    if let Some(t) = super::transform::of(client.state, member) {
+        t.headers(&mut req).map_err(bad)?;
+    }
     if let Some((name, value)) = &group.upstream_auth {
-        set(name.clone(), value.clone())?;
+        req.insert_header(name.clone(), value.clone())
+            .map_err(bad)?;
     }
     if let (Some(fwd), Some(who)) = (&group.forward_identity, client.identity) {
         if let Some(token) = fwd.token(who, client.request_id) {
-            set(fwd.header.clone(), token)?;
+            req.insert_header(fwd.header.clone(), token).map_err(bad)?;
         }
     }
     Ok(req)

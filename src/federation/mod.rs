@@ -16,11 +16,15 @@
 //! * [`listen`]: `subscriptions/listen` (modern era) split per member and merged;
 //! * [`serve`]: the dispatch of one client request;
 //! * [`sessions`]: sending to a member in the request's era and session;
-//! * [`fan`]: what goes to every member of a session (and a reply's one answer).
+//! * [`fan`]: what goes to every member of a session (and a reply's one answer);
+//! * [`cache`]: members' answers kept (`cache.routes[]` with `member:`), and the
+//!   notifications that drop them;
+//! * [`transform`]: members' transforms (`transforms[]` with `member:`).
 //!
 //! Authentication, policies (on prefixed names), rate limits, CORS, metrics and the
 //! access log run before, in the request path, exactly as for a route.
 
+pub mod cache;
 pub mod catalog;
 pub mod fan;
 pub mod handshake;
@@ -32,6 +36,7 @@ pub mod rewrite;
 pub mod serve;
 pub mod sessions;
 pub mod token;
+pub mod transform;
 
 pub use crate::state::virtual_servers::{Member, MemberStatus, VirtualServer, VirtualServers};
 pub use serve::{serve, Answer, Request};

@@ -10,12 +10,15 @@
 //!   of one kind arriving together are sent once.
 
 use super::member::{self, Body, Call, Events};
-use super::rewrite;
 use super::serve::Request;
 use super::serve::{rpc_error, Answer, Fed};
 use super::token::{MemberSession, RequestId, Sealer};
+use super::{rewrite, transform};
+use crate::cache::ask::Miss;
 use crate::error::GatewayError;
 use crate::mcp::headers::LAST_EVENT_ID;
+use crate::state::virtual_servers::{Member, VirtualServer};
+use crate::state::State;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
@@ -31,15 +34,11 @@ pub async fn answer<'a>(
     method: &str,
     id: Value,
     reply: member::Reply<'a>,
+    fill: Option<Miss>,
 ) -> Result<Answer<'a>, GatewayError> {
     let vs = fed.vs();
     let member = &vs.members[index];
     let status = reply.status;
-    let failed = |detail: String| GatewayError::UpstreamFailed {
-        group: member.group.name.clone(),
-        server: reply.server.id.clone(),
-        detail,
-    };
     match reply.body {
         Body::Events(events) => Ok(Answer::Events(Stream::Call(Box::new(CallStream {
             events,
@@ -49,41 +48,68 @@ pub async fn answer<'a>(
             sealer: copy(&fed.sealer),
             modern: fed.req.modern,
             done: false,
+            state: fed.req.client.state,
+            member,
+            fill,
         })))),
         Body::Json(bytes) | Body::Other(bytes) => {
             if status == 202 && bytes.is_empty() {
                 return Ok(Answer::Accepted);
             }
-            if status < 300 && untouched(&bytes) {
-                // Nothing in it to rewrite (no resource, no cache field), and the id is
-                // the client's own: the member's bytes as they are.
-                fed.member_ok(index);
-                return Ok(Answer::Json {
-                    status,
-                    body: bytes,
-                });
+            if let (Some(miss), 200) = (fill, status) {
+                let raw = serde_json::to_string(&id).expect("JSON serializes");
+                if let Some(kept) = crate::cache::entry::json_result(&bytes, &raw) {
+                    miss.keep(kept);
+                }
             }
-            let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
-                return Err(failed(format!(
-                    "{method}: HTTP {status} without a JSON-RPC answer ({} bytes)",
-                    bytes.len()
-                )));
-            };
-            if let Some(result) = v.get_mut("result") {
-                rewrite::result(&member.prefix, method, result);
-                rewrite::cache_fields(result, fed.req.modern);
-            } else if v.get("error").is_none() {
-                return Err(failed(format!(
-                    "{method}: HTTP {status}: not a JSON-RPC answer"
-                )));
-            }
-            fed.member_ok(index);
-            Ok(Answer::Json {
-                status,
-                body: serde_json::to_vec(&v).expect("JSON serializes").into(),
+            json(fed, index, method, status, bytes).map_err(|detail| GatewayError::UpstreamFailed {
+                group: member.group.name.clone(),
+                server: reply.server.id.clone(),
+                detail,
             })
         }
     }
+}
+
+/// A member's JSON answer (or a kept one) as the client gets it: URIs prefixed, cache
+/// fields for the gateway's answer, the member's `results` transforms; `Err` when it is
+/// not a JSON-RPC answer.
+pub fn json<'a>(
+    fed: &Fed<'a>,
+    index: usize,
+    method: &str,
+    status: u16,
+    bytes: Bytes,
+) -> Result<Answer<'a>, String> {
+    let state = fed.req.client.state;
+    let member = &fed.vs().members[index];
+    if status < 300 && untouched(&bytes) && !transform::may_change(state, member, &bytes) {
+        // Nothing in it to rewrite (no resource, no cache field, no transform), and the
+        // id is the client's own: the member's bytes as they are.
+        fed.member_ok(index);
+        return Ok(Answer::Json {
+            status,
+            body: bytes,
+        });
+    }
+    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Err(format!(
+            "{method}: HTTP {status} without a JSON-RPC answer ({} bytes)",
+            bytes.len()
+        ));
+    };
+    if let Some(result) = v.get_mut("result") {
+        rewrite::result(&member.prefix, method, result);
+        rewrite::cache_fields(result, fed.req.modern);
+        transform::result(state, member, &mut v);
+    } else if v.get("error").is_none() {
+        return Err(format!("{method}: HTTP {status}: not a JSON-RPC answer"));
+    }
+    fed.member_ok(index);
+    Ok(Answer::Json {
+        status,
+        body: serde_json::to_vec(&v).expect("JSON serializes").into(),
+    })
 }
 
 /// A member's JSON answer that needs no rewriting: a JSON object that names no resource
@@ -176,6 +202,10 @@ pub struct CallStream<'a> {
     /// The client speaks the modern era (cache fields stamped, not stripped).
     modern: bool,
     done: bool,
+    state: &'a State,
+    member: &'a Member,
+    /// A miss whose result is kept, unless the member asked the client something first.
+    fill: Option<Miss>,
 }
 
 impl CallStream<'_> {
@@ -204,12 +234,25 @@ impl CallStream<'_> {
                 if message.get("id") != Some(&self.id) {
                     continue; // an answer to something else: not the client's
                 }
+                if let Some(miss) = self.fill.take() {
+                    let raw = serde_json::to_vec(&message).expect("JSON serializes");
+                    let id = serde_json::to_string(&self.id).expect("JSON serializes");
+                    if let Some(kept) = crate::cache::entry::json_result(&raw, &id) {
+                        miss.keep(kept);
+                    }
+                }
                 if let Some(result) = message.get_mut("result") {
                     rewrite::result(&self.prefix, &self.method, result);
                     rewrite::cache_fields(result, self.modern);
+                    transform::result(self.state, self.member, &mut message);
                 }
                 self.done = true;
                 return Some(event(None, &message));
+            }
+            if message.get("id").is_some() {
+                // A request of the member's (sampling, elicitation, roots): the result
+                // depends on the client's answer, and is not kept.
+                self.fill = None;
             }
             rewrite::notification(&self.prefix, &mut message);
             seal_request(&self.sealer, &self.prefix, &mut message);
@@ -236,6 +279,8 @@ pub struct GetStream<'a> {
     prefixes: Vec<String>,
     sealer: Sealer<'a>,
     changed: Coalesce,
+    state: &'a State,
+    vs: &'a VirtualServer,
 }
 
 /// How long `list_changed` notifications of one kind are sent as one.
@@ -273,6 +318,7 @@ impl GetStream<'_> {
     async fn next(&mut self) -> Option<Bytes> {
         loop {
             let (index, event_id, mut message) = self.parts.next().await?;
+            super::cache::notified(self.state, &self.vs.members[index], &message);
             let prefix = self.prefixes[index].clone();
             if let Some(id) = event_id {
                 self.last.insert(prefix.clone(), id);
@@ -445,6 +491,8 @@ pub async fn get_stream<'a>(fed: &mut Fed<'a>) -> Result<Answer<'a>, GatewayErro
         prefixes,
         sealer: copy(&fed.sealer),
         changed: Coalesce::default(),
+        state: req.client.state,
+        vs: req.vs,
     }))))
 }
 

@@ -5,7 +5,9 @@
 
 use super::member::Client;
 use super::token::{Sealer, SessionState};
+use super::transform::Call;
 use super::{handshake, names, relay};
+use crate::cache::ask::Looked;
 use crate::error::{code, GatewayError};
 use crate::mcp::headers::MCP_SESSION_ID;
 use crate::mcp::session::Owner;
@@ -14,6 +16,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method};
 use serde_json::{json, Value};
 use sha2::Digest;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// The client's request, as the request path read and checked it.
@@ -35,6 +38,9 @@ pub struct Reply<'a> {
     pub answer: Answer<'a>,
     /// A (new) sealed `Mcp-Session-Id` to send.
     pub session: Option<String>,
+    /// `hit` or `miss` when members' kept answers were looked up (`hit`: all of them
+    /// were found), for `X-Cache`.
+    pub x_cache: Option<&'static str>,
 }
 
 pub enum Answer<'a> {
@@ -105,6 +111,11 @@ pub struct Fed<'a> {
     /// The client message's `params._meta` (the modern era's protocol version, client
     /// info and capabilities), sent along with the gateway's own requests to members.
     pub meta: Option<Value>,
+    /// The arguments a member's transforms changed in the call (their `Mcp-Param-*`
+    /// fields are re-emitted).
+    pub rewritten_args: Option<Vec<(String, Option<Value>)>>,
+    /// Members' kept answers looked up: 0 none, 1 all found, 2 some not.
+    x_cache: AtomicU8,
 }
 
 pub async fn serve<'a>(req: &'a Request<'a>) -> Result<Reply<'a>, GatewayError> {
@@ -119,6 +130,8 @@ pub async fn serve<'a>(req: &'a Request<'a>) -> Result<Reply<'a>, GatewayError> 
         session: None,
         changed: false,
         meta: None,
+        rewritten_args: None,
+        x_cache: AtomicU8::new(0),
     };
     // A POST's message, parsed once.
     let message = match req.method {
@@ -131,7 +144,11 @@ pub async fn serve<'a>(req: &'a Request<'a>) -> Result<Reply<'a>, GatewayError> 
     if initialize && !req.modern {
         let answer = handshake::initialize(&mut fed, message.expect("a POST")).await?;
         let session = fed.session.as_ref().map(|s| fed.sealer.session(s));
-        return Ok(Reply { answer, session });
+        return Ok(Reply {
+            answer,
+            session,
+            x_cache: None,
+        });
     }
     if !req.modern {
         fed.session = Some(fed.open_session()?);
@@ -164,7 +181,12 @@ pub async fn serve<'a>(req: &'a Request<'a>) -> Result<Reply<'a>, GatewayError> 
     } else {
         None
     };
-    Ok(Reply { answer, session })
+    let x_cache = fed.x_cache();
+    Ok(Reply {
+        answer,
+        session,
+        x_cache,
+    })
 }
 
 fn parse(body: &[u8]) -> Result<Value, GatewayError> {
@@ -180,6 +202,20 @@ fn parse(body: &[u8]) -> Result<Value, GatewayError> {
 impl<'a> Fed<'a> {
     pub fn vs(&self) -> &'a VirtualServer {
         self.req.vs
+    }
+
+    /// A member's kept answer was looked up: found (`hit`) or not.
+    pub(super) fn saw_cache(&self, hit: bool) {
+        let seen = if hit { 1 } else { 2 };
+        self.x_cache.fetch_max(seen, Ordering::Relaxed);
+    }
+
+    fn x_cache(&self) -> Option<&'static str> {
+        match self.x_cache.load(Ordering::Relaxed) {
+            0 => None,
+            1 => Some("hit"),
+            _ => Some("miss"),
+        }
     }
 
     fn open_session(&self) -> Result<Arc<SessionState>, GatewayError> {
@@ -417,9 +453,6 @@ impl<'a> Fed<'a> {
             }
         };
         let member = &vs.members[index];
-        if method == "tools/call" && !member.tools.allows(&original) {
-            return Ok(self.error(&id, INVALID_PARAMS, unknown("tool"), None));
-        }
         // The member's own name or URI.
         let params = message
             .get_mut("params")
@@ -439,10 +472,33 @@ impl<'a> Fed<'a> {
                 params.insert("uri".into(), Value::String(original.clone()));
             }
         }
-        let name_header = matches!(method, "tools/call" | "prompts/get" | "resources/read")
-            .then_some(original.as_str());
         let body = Bytes::from(serde_json::to_vec(&message).expect("JSON serializes"));
-        let reply = self.call(index, body, method, name_header).await?;
-        relay::answer(self, index, method, id, reply).await
+        // The member's transforms: the call its server gets, under the tool's own name.
+        let (sent, upstream) = match method {
+            "tools/call" => match self.transform_call(index, &original, body.clone()) {
+                Call::Send(sent, upstream) => (sent, upstream),
+                Call::Unknown => return Ok(self.error(&id, INVALID_PARAMS, unknown("tool"), None)),
+                Call::Refused(why) => return Ok(self.error(&id, INVALID_PARAMS, why, None)),
+            },
+            _ => (body.clone(), original.clone()),
+        };
+        if method == "tools/call" && !member.tools.allows(&upstream) {
+            return Ok(self.error(&id, INVALID_PARAMS, unknown("tool"), None));
+        }
+        // A kept answer (looked up as the client asked, by the member's names).
+        let fill = match self.cached(index, method, Some(&original), &body).await {
+            Some(Looked::Hit(entry, _)) => {
+                let raw = serde_json::to_string(&id).expect("JSON serializes");
+                let bytes = entry.answer(&raw, self.req.modern, crate::cache::now_ms());
+                return relay::json(self, index, method, 200, bytes.into())
+                    .map_err(GatewayError::Internal);
+            }
+            Some(Looked::Miss(miss)) => Some(miss),
+            None => None,
+        };
+        let name_header = matches!(method, "tools/call" | "prompts/get" | "resources/read")
+            .then_some(upstream.as_str());
+        let reply = self.call(index, sent, method, name_header).await?;
+        relay::answer(self, index, method, id, reply, fill).await
     }
 }

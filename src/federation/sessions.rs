@@ -143,14 +143,30 @@ impl<'a> Fed<'a> {
         }
     }
 
-    /// The client's `Mcp-Param-*` headers (modern era), passed on untouched.
+    /// The client's `Mcp-Param-*` headers (modern era), passed on untouched, but for the
+    /// arguments the member's transforms changed: re-emitted from the new body.
     pub(super) fn param_headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
-        self.req
+        let mut out: Vec<(http::HeaderName, http::HeaderValue)> = self
+            .req
             .headers
             .iter()
             .filter(|(k, _)| k.as_str().starts_with("mcp-param-"))
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+            .collect();
+        if let Some(changed) = &self.rewritten_args {
+            for (header, value) in crate::transform::request::param_headers(changed) {
+                let Some(at) = out.iter().position(|(k, _)| *k == header) else {
+                    continue;
+                };
+                match value {
+                    Some(v) => out[at].1 = v,
+                    None => {
+                        out.remove(at);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Count and log a member's failure (once per change of its state); `Err` when the

@@ -17,37 +17,22 @@
 
 use super::ctx::RequestCtx;
 use super::list_filter::{Caller, ListFilter, Scope as FilterScope};
+use crate::cache::ask::{self, look, Asked, Miss};
 use crate::cache::entry::{self, Entry};
-use crate::cache::key::{canonical_params, Key, Question, Scope};
+use crate::cache::key::canonical_params;
 use crate::cache::notice::Watch;
-use crate::cache::store::{Flight, Lead, Level, Store};
 use crate::error::GatewayError;
 use crate::mcp::envelope::{Era, Kind};
-use crate::telemetry::metrics::{self, METRICS};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use std::sync::Arc;
-use std::time::Duration;
 
 pub const X_CACHE: &str = "x-cache";
 
 /// A led miss: what its answer must be to be kept, and the answer's bytes so far.
 pub struct Fill {
-    store: Arc<Store>,
-    lead: Option<Lead>,
-    /// The caller's private key (a public answer goes under `public`).
-    private: Key,
-    public: Option<Key>,
-    ttl: Duration,
-    modern: bool,
-    route: Arc<str>,
-    group: Arc<str>,
-    method: &'static str,
-    tool: Option<Box<str>>,
+    miss: Miss,
     id: String,
-    /// The store's invalidation count when the request was asked.
-    epoch: u64,
     /// `Some(sse)` once a `200` with a JSON or SSE body started; `None`: not kept.
     sse: Option<bool>,
     buf: BytesMut,
@@ -59,19 +44,6 @@ pub enum Looked {
     Off,
     /// Answered from the cache.
     Answered,
-}
-
-/// The authorization context a private answer is kept for.
-fn scope(ctx: &RequestCtx) -> Scope {
-    Scope::Private(ctx.identity.as_ref().map(|who| {
-        format!(
-            "{}\u{0}{}\u{0}{}\u{0}{}",
-            who.method,
-            who.rule,
-            who.subject,
-            who.client_id.as_deref().unwrap_or("")
-        )
-    }))
 }
 
 /// Look a POST up before it is forwarded: answer a hit, or prepare the miss's [`Fill`].
@@ -113,70 +85,37 @@ pub async fn lookup(session: &mut Session, ctx: &mut RequestCtx) -> Result<Looke
         // A retry with `requestState`, or params the gateway would not key: asked anew.
         return Ok(Looked::Off);
     };
-    let era = env.era();
-    let question = Question {
-        route,
-        era,
-        protocol_version: match era {
-            Era::Modern => env.protocol_version.as_deref(),
-            Era::Legacy => None,
-        },
-        method,
-        params: &params,
-    };
-    let private = question.key(&scope(ctx));
-    let public = (era == Era::Modern).then(|| question.key(&Scope::Public));
-    let keys: Vec<Key> = std::iter::once(private).chain(public).collect();
     let id = id.get().to_string();
-    if let Some((entry, level)) = store.get(&keys, &group.name).await {
-        let result = match level {
-            Level::Memory => "hit",
-            Level::Redis => "redis_hit",
-        };
-        answer(session, ctx, &entry, &id, result).await?;
-        return Ok(Looked::Answered);
-    }
-    let lead = match store.flight(private) {
-        Flight::Lead(lead) => Some(lead),
-        Flight::Wait(mut rx) => {
-            // Another request with this key is asking the upstream: its answer will do.
-            let waited = tokio::time::timeout(ctx.timeouts.request, rx.changed()).await;
-            let kept = match waited {
-                Ok(Ok(())) => rx.borrow().clone(),
-                _ => None,
-            };
-            if let Some(entry) = kept {
-                answer(session, ctx, &entry, &id, "coalesced").await?;
-                return Ok(Looked::Answered);
-            }
-            // It kept nothing (an error, a stream, or it went away): ask for ourselves.
-            None
-        }
-    };
-    let route = route.clone();
-    let group_name: Arc<str> = group.name.as_str().into();
-    let tool = match *method {
-        "tools/call" => env.name.as_deref().map(Into::into),
-        _ => None,
-    };
-    metrics::counter(&METRICS.cache_requests, &[&route, "miss"]).inc();
-    ctx.cache_fill = Some(Box::new(Fill {
-        store: store.clone(),
-        lead,
-        private,
-        public,
-        ttl,
-        modern: era == Era::Modern,
+    let asked = Asked {
         route,
-        group: group_name,
+        group: &group.name,
+        era: env.era(),
+        protocol_version: env.protocol_version.as_deref(),
         method,
-        tool,
-        id,
-        epoch: store.epoch(),
-        sse: None,
-        buf: BytesMut::new(),
-    }));
-    Ok(Looked::Off)
+        tool: match *method {
+            "tools/call" => env.name.as_deref(),
+            _ => None,
+        },
+        params: &params,
+        identity: ctx.identity.as_ref(),
+        ttl,
+        wait: ctx.timeouts.request,
+    };
+    match look(store, asked).await {
+        ask::Looked::Hit(entry, _) => {
+            answer(session, ctx, &entry, &id).await?;
+            Ok(Looked::Answered)
+        }
+        ask::Looked::Miss(miss) => {
+            ctx.cache_fill = Some(Box::new(Fill {
+                miss,
+                id,
+                sse: None,
+                buf: BytesMut::new(),
+            }));
+            Ok(Looked::Off)
+        }
+    }
 }
 
 /// Answer a request from `entry`.
@@ -185,10 +124,8 @@ async fn answer(
     ctx: &mut RequestCtx,
     entry: &Entry,
     id: &str,
-    result: &str,
 ) -> Result<(), GatewayError> {
     let route = ctx.route.clone().unwrap_or_default();
-    metrics::counter(&METRICS.cache_requests, &[&route, result]).inc();
     let modern = ctx.era() == Some(Era::Modern);
     let mut body = Some(Bytes::from(entry.answer(
         id,
@@ -258,7 +195,7 @@ impl Fill {
         let Some(sse) = self.sse else {
             return Some(chunk);
         };
-        if self.buf.len() + chunk.len() > self.store.max_entry {
+        if self.buf.len() + chunk.len() > self.miss.max_entry() {
             // Too large to keep: passed on (with what was held), not kept.
             self.sse = None;
             if sse {
@@ -283,40 +220,9 @@ impl Fill {
             false => entry::json_result(&body, &self.id),
         };
         if let Some(kept) = kept {
-            self.keep(kept);
+            self.miss.keep(kept);
         }
         held
-    }
-
-    fn keep(self, kept: entry::Kept) {
-        // The operator's ttl, shortened by a modern upstream's `ttlMs` (0: not kept).
-        let ttl = match (self.modern, kept.ttl_ms) {
-            (true, Some(ms)) => self.ttl.min(Duration::from_millis(ms)),
-            _ => self.ttl,
-        };
-        if ttl.is_zero() {
-            return;
-        }
-        let public = self.modern && kept.public;
-        let entry = Arc::new(Entry {
-            route: self.route.clone(),
-            group: self.group.clone(),
-            method: self.method,
-            tool: self.tool.clone(),
-            result: kept.result,
-            public,
-            expires_ms: crate::cache::now_ms() + ttl.as_millis() as u64,
-        });
-        let key = match (public, self.public) {
-            (true, Some(k)) => k,
-            _ => self.private,
-        };
-        // An invalidation while it was asked may have made it stale: not kept.
-        if self.store.put_if(self.epoch, key, entry.clone()) {
-            if let Some(lead) = self.lead {
-                lead.done(entry);
-            }
-        }
     }
 }
 

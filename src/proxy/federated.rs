@@ -108,6 +108,10 @@ pub async fn answer(
     }
     resp.insert_header(REQUEST_ID, request_id.as_str())
         .map_err(shaping)?;
+    if let Some(x) = reply.x_cache.filter(|_| ctx.state.cache.x_cache) {
+        resp.insert_header(super::cache::X_CACHE, x)
+            .map_err(shaping)?;
+    }
     if let Some(q) = ctx.quota {
         resp.insert_header("ratelimit-limit", http::HeaderValue::from(q.limit))
             .map_err(shaping)?;

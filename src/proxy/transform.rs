@@ -67,13 +67,7 @@ pub fn upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::R
             req.insert_header(name, value)?;
         }
     }
-    for (arg, value) in changed {
-        let header = format!("mcp-param-{}", arg.to_ascii_lowercase());
-        let Ok(header) = http::HeaderName::try_from(header) else {
-            continue;
-        };
-        // Only a field the client sent for it is re-emitted (the server's schema says
-        // which arguments travel as headers; the client knew it).
+    for (header, value) in crate::transform::request::param_headers(changed) {
         if req.headers.get(&header).is_none() {
             continue;
         }
@@ -82,11 +76,7 @@ pub fn upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::R
                 req.remove_header(&header);
             }
             Some(v) => {
-                let text = match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                req.insert_header(header, crate::mcp::headers::encode_value(&text))?;
+                req.insert_header(header, v)?;
             }
         }
     }

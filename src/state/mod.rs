@@ -138,16 +138,7 @@ impl State {
     }
 }
 
-/// The config's transforms, compiled for its routes.
+/// The config's transforms, compiled.
 pub fn transforms(config: &Config) -> Result<crate::transform::Transforms, Vec<(String, String)>> {
-    let mut routes: Vec<&str> = config.routes.iter().map(|r| r.path.as_str()).collect();
-    if config.routes.is_empty() && config.virtual_servers.is_empty() {
-        routes.push(crate::config::DEFAULT_PATH);
-    }
-    let vs: Vec<&str> = config
-        .virtual_servers
-        .iter()
-        .map(|v| v.path.as_str())
-        .collect();
-    crate::transform::Transforms::build(&config.transforms, &routes, &vs)
+    crate::transform::Transforms::build(&config.transforms)
 }

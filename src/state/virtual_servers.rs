@@ -153,6 +153,8 @@ impl Renewed {
 pub struct Member {
     pub group: Arc<Group>,
     pub prefix: String,
+    /// The name its cache rules and transforms go by: `<path>#<prefix>`.
+    pub scope: Arc<str>,
     pub tools: ToolFilter,
     /// What the admin API shows: failing or not, and its catalog sizes.
     pub status: MemberStatus,
@@ -199,6 +201,7 @@ impl VirtualServer {
                 Ok(Member {
                     group,
                     prefix: m.prefix().to_string(),
+                    scope: crate::config::cache::scope_name(&c.path, Some(m.prefix())).into(),
                     tools: ToolFilter::build(m.tools.as_ref())?,
                     status: MemberStatus::default(),
                 })

@@ -325,8 +325,8 @@ impl Metrics {
             cache_redis_errors: new_counter(
                 &r,
                 "mcp_gateway_cache_redis_errors_total",
-                "Cache operations on Redis that failed or timed out (the request went on without Redis), by operation and reason",
-                &["op", "reason"],
+                "Cache operations on Redis that failed or timed out (the request went on without Redis), by route (empty: for every route), operation and reason",
+                &["route", "op", "reason"],
             ),
             cache_redis_up: new_gauge(
                 &r,

@@ -100,39 +100,16 @@ fn is_glob(s: &str) -> bool {
 }
 
 impl Transforms {
-    /// Compile `transforms` for the config's routes (`routes`: the paths served by one
-    /// group; `virtual_servers`: paths that are not routes).
-    pub fn build(
-        list: &[TransformConfig],
-        routes: &[&str],
-        virtual_servers: &[&str],
-    ) -> Result<Transforms, Vec<(String, String)>> {
+    /// Compile `transforms` (their paths and members are checked with the config), by
+    /// the rules' name: a route's path, or a member's `path#prefix`.
+    pub fn build(list: &[TransformConfig]) -> Result<Transforms, Vec<(String, String)>> {
         let mut errs = Vec::new();
         let mut out = HashMap::new();
         for (i, t) in list.iter().enumerate() {
             let at = format!("transforms[{i}]");
-            if virtual_servers.contains(&t.path.as_str()) {
-                errs.push((
-                    format!("{at}.path"),
-                    format!(
-                        "{:?} is a virtual server; transforms apply to routes (to one group) only",
-                        t.path
-                    ),
-                ));
-            } else if !routes.contains(&t.path.as_str()) {
-                errs.push((
-                    format!("{at}.path"),
-                    format!("{:?} is not a configured route's path", t.path),
-                ));
-            }
-            if list[..i].iter().any(|o| o.path == t.path) {
-                errs.push((
-                    format!("{at}.path"),
-                    format!("{:?} is listed twice", t.path),
-                ));
-            }
             if let Some(rt) = compile(t, &at, &mut errs) {
-                out.insert(t.path.clone(), Arc::new(rt));
+                let name = crate::config::cache::scope_name(&t.path, t.member.as_deref());
+                out.insert(name, Arc::new(rt));
             }
         }
         if errs.is_empty() {
@@ -146,6 +123,7 @@ impl Transforms {
         self.0.is_empty()
     }
 
+    /// A route's transforms, or a member's (`path#prefix`).
     pub fn get(&self, route: &str) -> Option<&Arc<RouteTransforms>> {
         self.0.get(route)
     }

@@ -44,6 +44,27 @@ pub struct Rewritten {
     pub changed: Vec<(String, Option<Value>)>,
 }
 
+/// The modern era's `Mcp-Param-<argument>` fields of the arguments a rewrite changed
+/// (`changed`), as they must now be sent: `None` where the argument was dropped. Only a
+/// field the client sent is to be re-emitted (the server's schema says which arguments
+/// travel as headers; the client knew it).
+pub fn param_headers(
+    changed: &[(String, Option<Value>)],
+) -> impl Iterator<Item = (http::HeaderName, Option<http::HeaderValue>)> + '_ {
+    changed.iter().filter_map(|(arg, value)| {
+        let header = format!("mcp-param-{}", arg.to_ascii_lowercase());
+        let header = http::HeaderName::try_from(header).ok()?;
+        let value = value.as_ref().map(|v| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            crate::mcp::headers::encode_value(&text)
+        });
+        Some((header, value))
+    })
+}
+
 impl RouteTransforms {
     /// What to do with a call of the client-visible tool `name` whose body is `body`:
     /// `Ok(None)` to forward it as it is.

@@ -46,7 +46,7 @@ impl RouteTransforms {
 
     /// The tool rules on a list: hidden tools go, renamed ones get their new name, and
     /// schemas lose hidden arguments and show defaults.
-    fn tools(&self, tools: &mut Vec<Value>) -> usize {
+    pub fn tools(&self, tools: &mut Vec<Value>) -> usize {
         let before = tools.len();
         let mut n = 0;
         tools.retain(|t| {

@@ -11,7 +11,7 @@ fn compiled(yaml: &str) -> Result<Transforms, Vec<(String, String)>> {
             .map(|c| c.transforms)
             .unwrap_or_else(|e| panic!("{e:?}"))
     };
-    Transforms::build(&cfg, &["/mcp"], &["/vs"])
+    Transforms::build(&cfg)
 }
 
 const EXAMPLE: &str = r#"  - path: /mcp
@@ -33,8 +33,7 @@ fn example() -> Arc<RouteTransforms> {
 #[test]
 fn bad_transforms_are_named_by_path() {
     let errs = compiled(
-        r#"  - path: /vs
-  - path: /nope
+        r#"  - path: /mcp
     tools:
       - {match: "a*", rename: b}
       - {match: "c", rename: d, hide: true}
@@ -50,18 +49,16 @@ fn bad_transforms_are_named_by_path() {
     let all: Vec<String> = errs.iter().map(|(p, m)| format!("{p}: {m}")).collect();
     let all = all.join("\n");
     for want in [
-        "transforms[0].path: \"/vs\" is a virtual server",
-        "transforms[1].path: \"/nope\" is not a configured route",
-        "transforms[1].tools[0].rename: renames one tool",
-        "transforms[1].tools[1].rename: a hidden tool cannot be renamed",
-        "transforms[1].tools[2].rename: \"d\" is the new name of an earlier rule",
-        "transforms[1].tools[3].match",
-        "transforms[1].request_headers.set.Host",
-        "transforms[1].request_headers.set.bad name",
-        "transforms[1].request_headers.remove[0]",
-        "transforms[1].results.max_text_bytes",
-        "transforms[1].results.redact[0].pattern",
-        "transforms[1].results.redact[1].with",
+        "transforms[0].tools[0].rename: renames one tool",
+        "transforms[0].tools[1].rename: a hidden tool cannot be renamed",
+        "transforms[0].tools[2].rename: \"d\" is the new name of an earlier rule",
+        "transforms[0].tools[3].match",
+        "transforms[0].request_headers.set.Host",
+        "transforms[0].request_headers.set.bad name",
+        "transforms[0].request_headers.remove[0]",
+        "transforms[0].results.max_text_bytes",
+        "transforms[0].results.redact[0].pattern",
+        "transforms[0].results.redact[1].with",
     ] {
         assert!(all.contains(want), "{want} missing in:\n{all}");
     }

@@ -528,6 +528,16 @@ pub fn expect_invalid(yaml: &str, problems: &[&str]) {
 }
 
 /// SHA-256 of `data` in hex (computed by Python, so the test trusts no code of ours).
+/// The tool names of a `tools/list` answer.
+pub fn tool_names(v: &serde_json::Value) -> Vec<String> {
+    v["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools in {v}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     let out = std::process::Command::new("python3")
         .args([
