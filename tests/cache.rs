@@ -284,6 +284,53 @@ async fn the_operators_ttl_caps_what_is_kept() {
 }
 
 #[tokio::test]
+async fn the_memory_level_keeps_to_its_sizes_and_counts_what_it_drops() {
+    let extra = "  memory: {max_size: 4KiB, max_entry_size: 1KiB}\n  x_cache_header: false\n";
+    let (up, gw) = one_upstream(&cache_yaml(extra)).await;
+    let echo = |id: i64, text: &str| {
+        message(
+            json!(id),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"reply_text": text}}),
+        )
+    };
+    // Larger than max_entry_size: answered whole, never kept.
+    let big = "x".repeat(2048);
+    let before = upstream_requests(&up).await;
+    for id in [1, 2] {
+        let (s, x, v) = send(&gw, None, &echo(id, &big)).await;
+        assert_eq!((s, x), (200, None), "no X-Cache with x_cache_header: false");
+        assert_eq!(v["result"]["content"][0]["text"], big.as_str());
+    }
+    assert_eq!(upstream_requests(&up).await, before + 2, "not kept");
+    // Small answers are kept (no header says so: the upstream's count does).
+    let (_, _, kept) = send(&gw, None, &echo(3, "small")).await;
+    let before = upstream_requests(&up).await;
+    let (_, _, hit) = send(&gw, None, &echo(4, "small")).await;
+    assert_eq!(hit["result"], kept["result"]);
+    assert_eq!(upstream_requests(&up).await, before, "a hit");
+    // Many distinct answers: past max_size the least recently used go, counted as such.
+    for id in 0..40 {
+        send(&gw, None, &echo(10 + id, &format!("{id:0>100}"))).await;
+    }
+    let sizes = gw.admin_api("/api/v1/cache", ADMIN_TOKEN).await;
+    let bytes = sizes["memory"]["bytes"].as_u64().unwrap();
+    assert!(bytes > 0 && bytes <= 4096, "{sizes}");
+    assert_eq!(sizes["routes"][0]["bytes"], bytes, "{sizes}");
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("mcp_gateway_cache_evictions_total{cause=\"size\",route=\"/mcp\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "mcp_gateway_cache_memory_bytes{{route=\"/mcp\"}} {bytes}"
+        )),
+        "the gauge is the memory level's size: {m}"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_misses_make_one_upstream_request() {
     let (up, gw) = one_upstream(&cache_yaml("")).await;
     let before = upstream_requests(&up).await;
