@@ -140,14 +140,23 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         // Pingora counts reuses after the first request.
         options.keepalive_request_limit = Some(config.limits.requests_per_connection - 1);
     }
-    // HTTP/2 connections: a request arrives only once its head is complete, so the head
-    // timeout is Pingora's idle timeout (no request in flight for that long: closed).
-    options.h2_idle_timeout = head_timeout;
+    // HTTP/2 connections: a request arrives only once its head is complete; an idle one
+    // (no stream in flight) is kept for the keep-alive timeout.
+    let keepalive = config.server.keepalive_timeout.0;
+    options.h2_idle_timeout = Some(keepalive);
     proxy_app.server_options = Some(options);
-    // Connections are tracked (and can be closed) through the admin API.
+    let admission = crate::proxy::admission::Admission::new(
+        config
+            .server
+            .max_connections
+            .unwrap_or_else(crate::proxy::admission::default_max_connections),
+        config.limits.max_connections_per_ip,
+    );
+    // Connections are counted, timed, tracked (and can be closed) through the admin API.
     let mut proxy = pingora::services::listening::Service::new(
         "mcp-gateway proxy".to_string(),
-        crate::proxy::connections::Tracked::new(proxy_app, head_timeout).lingering(live.clone()),
+        crate::proxy::connections::Tracked::new(proxy_app, head_timeout, keepalive, admission)
+            .lingering(live.clone()),
     );
     // Each client connection's read buffer: Pingora's default (64 KiB, zero-filled when
     // the connection is accepted) is most of what an idle connection costs; a request head

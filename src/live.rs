@@ -221,7 +221,7 @@ pub fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
     check(
         "server",
         process(&old.server) == process(&new.server),
-        "a reload cannot change the process settings (threads, work stealing, pid file, upgrade socket, runtime dir, grace period)",
+        "a reload cannot change the process settings (threads, work stealing, pid file, upgrade socket, runtime dir, grace period, max_connections, keepalive_timeout)",
     );
     check(
         "admin",
@@ -230,16 +230,23 @@ pub fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
             && old.admin.port == new.admin.port,
         listeners,
     );
-    check(
-        "limits.requests_per_connection",
-        old.limits.requests_per_connection == new.limits.requests_per_connection,
-        "it is a setting of the listener",
-    );
-    check(
-        "limits.request_head_timeout",
-        old.limits.request_head_timeout == new.limits.request_head_timeout,
-        "it is a setting of the listener",
-    );
+    let (o, n) = (&old.limits, &new.limits);
+    for (path, same) in [
+        (
+            "limits.requests_per_connection",
+            o.requests_per_connection == n.requests_per_connection,
+        ),
+        (
+            "limits.request_head_timeout",
+            o.request_head_timeout == n.request_head_timeout,
+        ),
+        (
+            "limits.max_connections_per_ip",
+            o.max_connections_per_ip == n.max_connections_per_ip,
+        ),
+    ] {
+        check(path, same, "it is a setting of the listener");
+    }
     check(
         "upstream.connection_pool",
         old.upstream.connection_pool == new.upstream.connection_pool,

@@ -206,6 +206,18 @@ fn validate(c: &Config, errs: &mut Errors) {
     if c.server.port == 0 {
         errs.push(&server.key("port"), "must be between 1 and 65535");
     }
+    if c.server.max_connections == Some(0) {
+        errs.push(
+            &server.key("max_connections"),
+            "must be at least 1 (leave it out for half the open-file limit)",
+        );
+    }
+    if c.server.keepalive_timeout.0.is_zero() {
+        errs.push(
+            &server.key("keepalive_timeout"),
+            "must be greater than 0 (an idle connection must end some time)",
+        );
+    }
     if c.server.threads == 0 {
         errs.push(&server.key("threads"), "must be at least 1");
     }

@@ -145,6 +145,13 @@ config_struct! {
         /// `host:port`); others get `421`. Unset: `localhost`, `127.0.0.1` and `[::1]`
         /// when `host` is a loopback address, any host otherwise; `[]`: any host.
         allowed_hosts: Option<Vec<String>> = None,
+        /// Client connections the process holds at once; past it, new ones get `503`
+        /// and are closed as they are accepted, before any byte is read. Unset: half
+        /// the process's open-file limit (each client may need an upstream connection).
+        max_connections: Option<usize> = None,
+        /// How long an idle client connection (no request in progress, none started) is
+        /// kept open for its next request (HTTP/2: no stream open).
+        keepalive_timeout: Dur = Dur::secs(75),
     }
 }
 
@@ -193,6 +200,16 @@ config_struct! {
     }
 }
 
+config_struct! {
+    /// A group's connections to each of its servers.
+    pub struct GroupPoolConfig {
+        /// Connections (requests and streams in flight) one server of the group may
+        /// have at once; more requests wait for one up to `timeouts.connect`, then get
+        /// `503` (`0`: no limit).
+        max_connections_per_host: u32 = 0,
+    }
+}
+
 /// How a group picks a server for a request that is not bound to a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -208,6 +225,8 @@ config_struct! {
     /// A set of interchangeable replicas of one MCP server.
     pub struct GroupConfig {
         strategy: Strategy = Strategy::RoundRobin,
+        /// Connections to each of the group's servers.
+        connection_pool: GroupPoolConfig = GroupPoolConfig::default(),
         servers: Vec<ServerEntry> = Vec::new(),
         /// Forward the client's `Host` instead of the upstream's own authority.
         preserve_host: bool = false,
@@ -398,9 +417,14 @@ config_struct! {
         max_request_headers: ByteSize = ByteSize(32 << 10),
         /// Requests served on one client connection before it is closed (`0`: no limit).
         requests_per_connection: u32 = 0,
-        /// Longest time from a connection's accept (or the end of its previous request)
-        /// to a complete request head; slower connections are closed (`0`: no limit).
+        /// Longest time from a connection's accept, or from the first byte of a later
+        /// request, to its complete request head; slower connections are closed (`0`:
+        /// no limit). The wait between requests is `server.keepalive_timeout`'s.
         request_head_timeout: Dur = Dur::secs(10),
+        /// Client connections one IP address may hold at once; past it, new ones get
+        /// `503` as they are accepted (`0`: no limit). The address is the socket's peer:
+        /// behind a load balancer, the balancer's.
+        max_connections_per_ip: u32 = 0,
         /// Largest message a WebSocket client may send (one JSON-RPC message); a larger
         /// one closes the socket with `1009` (unset: `max_request_body`).
         max_websocket_message: Option<ByteSize> = None,

@@ -381,6 +381,10 @@ impl exchange::Select for Pick<'_> {
         }
         Ok(self.tried.len() <= self.group.retries as usize && self.group.has_untried(&self.tried))
     }
+
+    fn attempt(&mut self) -> Option<&mut InFlight> {
+        self.attempt.as_mut()
+    }
 }
 
 impl exchange::Record for Pick<'_> {

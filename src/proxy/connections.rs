@@ -8,17 +8,21 @@
 //! client socket closes and any upstream request in progress is dropped with it (in the
 //! modern era that is the cancellation).
 //!
-//! The same wrapper bounds how long an HTTP/1 connection may take to send a request head
-//! (`limits.request_head_timeout`, against slowloris clients): each `Conn` holds the
-//! deadline of its next head in an atomic, set at accept and at the end of each request,
-//! cleared while a request is served (the request's context marks both, see
-//! `ctx::RequestCtx`). A timer per connection sleeps until that deadline, re-reads it and
-//! closes the connection once it has passed with no request in progress. Requests being
-//! served (SSE streams, slow bodies) are never cut. The head is still in Pingora's
-//! parser when the deadline passes, so the connection is closed without an answer (a
-//! `408` would need the socket the parser holds, and under TLS its session). HTTP/2
-//! connections use Pingora's idle timeout instead (a stream starts only once its head
-//! is complete).
+//! The same wrapper admits connections (`server.max_connections`,
+//! `limits.max_connections_per_ip`: [`super::admission`]) and bounds how long an HTTP/1
+//! connection may wait: for its next request while idle (`server.keepalive_timeout`)
+//! and for a complete request head once the head started, or from the accept for the
+//! first (`limits.request_head_timeout`, against slowloris clients). Each `Conn` holds
+//! its deadline in an atomic, set at accept, at the end of each request (keep-alive)
+//! and by the first bytes read on an idle connection (the stream is wrapped to see
+//! them), and cleared while a request is served (the request's context marks both, see
+//! `ctx::RequestCtx`). A timer per connection sleeps until that deadline (at most half
+//! a head timeout at a time), re-reads it and closes the connection once it has passed
+//! with no request in progress. Requests being served (SSE streams, slow bodies) are
+//! never cut. The head is still in Pingora's parser when its deadline passes, so the
+//! connection is closed without an answer (a `408` would need the socket the parser
+//! holds, and under TLS its session). HTTP/2 connections use Pingora's idle timeout
+//! (`server.keepalive_timeout`) instead (a stream starts only once its head is complete).
 //!
 //! HTTP/2: Pingora runs each stream in a task of its own (spawned, so the task-local is
 //! not there), but every stream's session carries the connection's `Digest`, whose
@@ -27,6 +31,8 @@
 //! of the `Arc`, so the address cannot be reused by another connection while it is
 //! registered. A request finds its connection by the task-local, else by that address.
 
+use super::admission::watched::Watched;
+use super::admission::{Admission, Refused};
 use crate::clock::now_ms;
 use crate::telemetry::metrics::METRICS;
 use arc_swap::ArcSwapOption;
@@ -38,7 +44,7 @@ use pingora::apps::ServerApp;
 use pingora::protocols::SocketDigest;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -66,10 +72,15 @@ pub struct Conn {
     pub identity: ArcSwapOption<String>,
     /// A cheap fingerprint of the last session id seen, to skip re-hashing it.
     session_fingerprint: AtomicU64,
-    /// When the next request head must be complete ([`now_ms`] time), or [`SERVING`].
+    /// When the connection is closed unless a request is served by then ([`now_ms`]
+    /// time): its head's deadline, or while idle its keep-alive's; [`SERVING`]: none.
     head_deadline: AtomicU64,
+    /// No request in progress, and none started: waiting for the next one.
+    idle: AtomicBool,
     /// `limits.request_head_timeout` in milliseconds (`0`: none).
     head_timeout_ms: u64,
+    /// `server.keepalive_timeout` in milliseconds (`0`: the timer is off, HTTP/2).
+    keepalive_ms: u64,
     /// Aborts the connection's future (a flag checked on each poll, no lock).
     close: AbortHandle,
 }
@@ -96,30 +107,65 @@ impl Conn {
     /// A request head is complete: no deadline while the request is served.
     pub fn request_started(&self) {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.idle.store(false, Ordering::Release);
         self.head_deadline.store(SERVING, Ordering::Release);
     }
 
-    /// A request ended: the next head is due within the timeout.
+    /// A request ended: the connection is idle, kept for its keep-alive timeout.
     pub fn request_ended(&self) {
-        if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+        if self.active.fetch_sub(1, Ordering::Relaxed) == 1 && self.keepalive_ms > 0 {
             self.head_deadline
-                .store(now_ms() + self.head_timeout_ms, Ordering::Release);
+                .store(now_ms() + self.keepalive_ms, Ordering::Release);
+            self.idle.store(true, Ordering::Release);
         }
     }
 
-    /// Resolves once the connection is past its head deadline with no request served.
-    async fn head_overdue(&self) {
-        if self.head_timeout_ms == 0 {
+    /// Bytes came in (the client stream's reads, `admission::watched`): on an idle
+    /// connection they start a request, whose head is now due within its timeout.
+    pub fn bytes_read(&self) {
+        if !self.idle.load(Ordering::Relaxed) {
+            return;
+        }
+        let deadline = match self.head_timeout_ms {
+            0 => SERVING,
+            t => now_ms() + t,
+        };
+        // The deadline first: the timer never sees an idle deadline with `idle` false.
+        self.head_deadline.store(deadline, Ordering::Release);
+        self.idle.store(false, Ordering::Release);
+    }
+
+    /// Resolves once the connection is past its deadline with no request served: its
+    /// head's ([`Cut::HeadTimeout`]) or, idle, its keep-alive's ([`Cut::KeepaliveTimeout`]).
+    ///
+    /// No request wakes the timer (that would cost every request a poll): it looks
+    /// again at least every half head timeout, so a head that starts on an idle
+    /// connection, moving the deadline earlier, is closed at most half a timeout late.
+    async fn overdue(&self) -> Cut {
+        if self.keepalive_ms == 0 {
             return std::future::pending().await;
         }
+        let tick = match self.head_timeout_ms {
+            0 => self.keepalive_ms,
+            t => (t / 2).max(1),
+        };
         loop {
             let deadline = self.head_deadline.load(Ordering::Acquire);
             let now = now_ms();
+            if deadline != SERVING && now >= deadline {
+                let idle = self.idle.load(Ordering::Acquire);
+                if self.head_deadline.load(Ordering::Acquire) == deadline {
+                    return if idle {
+                        Cut::KeepaliveTimeout
+                    } else {
+                        Cut::HeadTimeout
+                    };
+                }
+                continue;
+            }
             let wake = match deadline {
-                // Look again a timeout later: the earliest the next deadline can pass.
-                SERVING => now + self.head_timeout_ms,
-                d if now >= d => return,
-                d => d,
+                SERVING => now + tick,
+                d => d.min(now + tick),
             };
             tokio::time::sleep(Duration::from_millis(wake - now)).await;
         }
@@ -155,17 +201,29 @@ pub struct Tracked<A> {
     inner: Arc<A>,
     /// `limits.request_head_timeout` in milliseconds (`0`: none).
     head_timeout_ms: u64,
+    /// `server.keepalive_timeout` in milliseconds.
+    keepalive_ms: u64,
+    admission: Arc<Admission>,
     /// Whose upgrade handoff makes the cleanup wait (see
     /// [`linger_after_handoff`]).
     live: Option<Arc<crate::live::Live>>,
 }
 
 impl<A> Tracked<A> {
-    /// `head_timeout`: the longest wait for a complete HTTP/1 request head.
-    pub fn new(inner: A, head_timeout: Option<Duration>) -> Self {
+    /// `head_timeout`: the longest wait for a complete HTTP/1 request head once it
+    /// started; `keepalive`: for the next request on an idle connection; `admission`:
+    /// the connection limits.
+    pub fn new(
+        inner: A,
+        head_timeout: Option<Duration>,
+        keepalive: Duration,
+        admission: Admission,
+    ) -> Self {
         Tracked {
             inner: Arc::new(inner),
             head_timeout_ms: head_timeout.map_or(0, |d| d.as_millis().max(1) as u64),
+            keepalive_ms: keepalive.as_millis().max(1) as u64,
+            admission: Arc::new(admission),
             live: None,
         }
     }
@@ -181,6 +239,7 @@ impl<A> Tracked<A> {
 /// How a connection's future ended other than by itself.
 enum Cut {
     HeadTimeout,
+    KeepaliveTimeout,
 }
 
 /// Removes the connection from the registry however the connection ends. Holds the
@@ -210,15 +269,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let socket = stream.get_socket_digest();
-        let client = socket
-            .as_ref()
-            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
-            .unwrap_or_default();
+        let peer = socket.as_ref().and_then(|d| d.peer_addr());
+        let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
+        let ip = peer.and_then(|a| a.as_inet()).map(|a| a.ip());
+        let _admitted = match self.admission.admit(ip) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                refuse(stream, why, h2).await;
+                return None;
+            }
+        };
+        let client = peer.map(|a| a.to_string()).unwrap_or_default();
         let (close, registration) = AbortHandle::new_pair();
-        // HTTP/2 has its own idle timeout (set on the HTTP app).
-        let head_timeout_ms = match stream.selected_alpn_proto() {
-            Some(ALPN::H2) => 0,
-            _ => self.head_timeout_ms,
+        // HTTP/2 has its own idle timeout (set on the HTTP app), and heads come whole.
+        let (head_timeout_ms, keepalive_ms) = match h2 {
+            true => (0, 0),
+            false => (self.head_timeout_ms, self.keepalive_ms),
         };
         let conn = Arc::new(Conn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -234,8 +300,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
             session: ArcSwapOption::empty(),
             identity: ArcSwapOption::empty(),
             session_fingerprint: AtomicU64::new(0),
-            head_deadline: AtomicU64::new(now_ms() + head_timeout_ms),
+            head_deadline: AtomicU64::new(match head_timeout_ms {
+                0 => SERVING,
+                t => now_ms() + t,
+            }),
+            idle: AtomicBool::new(false),
             head_timeout_ms,
+            keepalive_ms,
             close,
         });
         CONNECTIONS.insert(conn.id, conn.clone());
@@ -245,13 +316,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
         METRICS.connections_active.inc();
         let _registered = Registered(conn.clone(), socket);
         let inner = self.inner.clone();
+        // HTTP/1: reads tell the connection when a request starts.
+        let stream: Stream = match h2 {
+            true => stream,
+            false => Box::new(Watched::new(stream, conn.clone())),
+        };
         let served = CURRENT.scope(conn.clone(), async move {
             inner.process_new(stream, shutdown).await
         });
         let watched = async {
             tokio::select! {
                 reuse = served => Ok(reuse),
-                () = conn.head_overdue() => Err(Cut::HeadTimeout),
+                cut = conn.overdue() => Err(cut),
             }
         };
         match Abortable::new(watched, registration).await {
@@ -264,6 +340,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
                     conn.id,
                     conn.client,
                     Duration::from_millis(conn.head_timeout_ms)
+                );
+                None
+            }
+            Ok(Err(Cut::KeepaliveTimeout)) => {
+                METRICS.keepalive_timeouts.inc();
+                log::debug!(
+                    "connection {} from {} closed: idle for {:?} (server.keepalive_timeout)",
+                    conn.id,
+                    conn.client,
+                    Duration::from_millis(conn.keepalive_ms)
                 );
                 None
             }
@@ -284,6 +370,21 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
         }
         self.inner.cleanup().await;
     }
+}
+
+/// Refuse a connection past a limit: HTTP/1 gets its `503` (one write, bounded), HTTP/2
+/// is closed.
+async fn refuse(mut stream: Stream, why: Refused, h2: bool) {
+    use tokio::io::AsyncWriteExt;
+    if !h2 {
+        let answer = Admission::answer(why);
+        let write = async {
+            stream.write_all(&answer).await?;
+            stream.flush().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    }
+    let _ = stream.shutdown().await;
 }
 
 /// After an upgrade handoff, once shutdown has begun: resolves when no client

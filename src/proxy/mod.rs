@@ -26,6 +26,7 @@
 //! 5. `fail_to_proxy`: upstream failures become JSON-RPC errors (502/503/504).
 //! 6. `logging`: the access log line.
 
+pub mod admission;
 pub mod cache;
 pub mod clients;
 pub mod connections;
@@ -102,11 +103,23 @@ impl ProxyHttp for Gateway {
         if ctx.downstream.is_some() {
             return clients::peer();
         }
-        forward::select(session, ctx).map_err(|e| {
+        let failed = |ctx: &mut RequestCtx, e: GatewayError| {
             let status = e.status_and_code().0;
             ctx.error = Some(e);
             Error::new(ErrorType::HTTPStatus(status))
-        })
+        };
+        let peer = forward::select(session, ctx).map_err(|e| failed(ctx, e))?;
+        // A GET stream holds one of its server's connections while it is open.
+        let wait = peer
+            .options
+            .connection_timeout
+            .unwrap_or(std::time::Duration::from_secs(5));
+        if let (Some(attempt), Some(group)) = (ctx.upstream.as_mut(), ctx.group.as_ref()) {
+            if let Err(e) = attempt.hold_slot(&group.name, wait).await {
+                return Err(failed(ctx, e));
+            }
+        }
+        Ok(peer)
     }
 
     async fn upstream_request_filter(

@@ -217,6 +217,10 @@ impl exchange::Select for Choosing<'_> {
     fn failover(&mut self) -> Result<bool, GatewayError> {
         forward::failover(self.ctx)
     }
+
+    fn attempt(&mut self) -> Option<&mut crate::upstream::InFlight> {
+        self.ctx.upstream.as_mut()
+    }
 }
 
 impl exchange::Record for Choosing<'_> {

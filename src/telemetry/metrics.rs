@@ -37,6 +37,12 @@ pub struct Metrics {
     pub requests_active: IntGauge,
     /// Client connections closed for not sending a complete request head in time.
     pub request_head_timeouts: IntCounter,
+    /// Idle client connections closed after `server.keepalive_timeout`.
+    pub keepalive_timeouts: IntCounter,
+    /// Client connections refused as they were accepted, by limit.
+    pub connections_refused: IntCounterVec,
+    /// Requests that found their server's connections all in use, by group and outcome.
+    pub upstream_connection_waits: IntCounterVec,
     /// SSE answers being relayed, by group.
     pub sse_streams_active: IntGaugeVec,
     /// Requests refused by a rate limit, by route and rule.
@@ -150,7 +156,27 @@ impl Metrics {
                 "Client connections closed for not sending a complete request head within limits.request_head_timeout",
             ),
         );
+        let keepalive_timeouts = registered(
+            &r,
+            IntCounter::new(
+                "mcp_gateway_keepalive_timeouts_total",
+                "Idle client connections closed after server.keepalive_timeout with no request",
+            ),
+        );
         Metrics {
+            connections_refused: new_counter(
+                &r,
+                "mcp_gateway_connections_refused_total",
+                "Client connections refused as they were accepted (503), by limit: max_connections or max_connections_per_ip",
+                &["reason"],
+            ),
+            keepalive_timeouts,
+            upstream_connection_waits: new_counter(
+                &r,
+                "mcp_gateway_upstream_connection_waits_total",
+                "Requests that found all of their server's connections in use (connection_pool.max_connections_per_host), by group and outcome: waited (one was freed within timeouts.connect) or timeout (503)",
+                &["group", "outcome"],
+            ),
             requests: new_counter(
                 &r,
                 "mcp_gateway_requests_total",

@@ -73,6 +73,11 @@ pub trait Select: Record {
     /// another, `Ok(false)` to answer with the connect failure, `Err` for the caller's own
     /// answer (a session's server that is down).
     fn failover(&mut self) -> Result<bool, GatewayError>;
+    /// The current attempt, whose server's connections may be limited
+    /// (`connection_pool.max_connections_per_host`); `None`: not limited.
+    fn attempt(&mut self) -> Option<&mut InFlight> {
+        None
+    }
 }
 
 /// One server, one attempt: no failover, and the outcome is not a request's (a health
@@ -129,6 +134,14 @@ pub async fn connect<'c>(
 ) -> Result<Connection<'c>, GatewayError> {
     loop {
         let mut peer = servers.next()?;
+        let wait = timeouts
+            .connect
+            .or(peer.options.connection_timeout)
+            .unwrap_or(Duration::from_secs(5));
+        let group = servers.names().0.to_string();
+        if let Some(attempt) = servers.attempt() {
+            attempt.hold_slot(&group, wait).await?;
+        }
         let options = &mut peer.options;
         options.connection_timeout = timeouts.connect.or(options.connection_timeout);
         options.read_timeout = timeouts.read.or(options.read_timeout);

@@ -132,6 +132,7 @@ impl Group {
                 connect_timeout: config.timeouts.connect.0,
                 write_timeout: config.timeouts.stream_idle.0,
                 idle_timeout: config.upstream.connection_pool.idle_timeout.0,
+                max_connections: g.connection_pool.max_connections_per_host,
             },
             checked: g.health_check.is_some(),
             breaker: g.circuit_breaker.clone(),
@@ -140,8 +141,11 @@ impl Group {
         let mut kept = 0;
         for s in &g.servers {
             let same = previous.and_then(|p| {
-                p.server_by_id(&s.id)
-                    .filter(|o| o.url == s.url && o.weight == s.weight)
+                p.server_by_id(&s.id).filter(|o| {
+                    o.url == s.url
+                        && o.weight == s.weight
+                        && o.max_connections() == g.connection_pool.max_connections_per_host
+                })
             });
             if let Some(server) = same {
                 servers.push(server.clone());

@@ -24,6 +24,8 @@ pub struct PeerSettings {
     pub connect_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
+    /// `connection_pool.max_connections_per_host` (`0`: no limit).
+    pub max_connections: u32,
 }
 
 /// One replica of an upstream MCP server.
@@ -51,6 +53,8 @@ pub struct Server {
     /// Its consecutive health-check passes and failures: they live with the server, so
     /// a reload that keeps it keeps them (only the health-check task takes the lock).
     pub(crate) health_counts: std::sync::Mutex<super::health::Counters>,
+    /// Its connections in use, when limited: one permit per request or stream in flight.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Server {
@@ -66,6 +70,7 @@ impl Server {
         breaker: &crate::config::BreakerConfig,
     ) -> Result<Server, String> {
         let target = Target::from_url(url)?;
+        let settings_limit = settings.max_connections;
         Ok(Server {
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             id: id.to_string(),
@@ -85,7 +90,14 @@ impl Server {
                 breaker.half_open_requests,
             ),
             health_counts: Default::default(),
+            slots: (settings_limit > 0)
+                .then(|| Arc::new(tokio::sync::Semaphore::new(settings_limit as usize))),
         })
+    }
+
+    /// `connection_pool.max_connections_per_host` (`0`: no limit).
+    pub fn max_connections(&self) -> u32 {
+        self.settings.max_connections
     }
 
     pub fn is_draining(&self) -> bool {
@@ -219,6 +231,8 @@ pub struct InFlight {
     server: Arc<Server>,
     /// The breaker's permit, until the attempt's outcome is recorded.
     permit: Option<Permit>,
+    /// One of the server's connections, when they are limited ([`InFlight::hold_slot`]).
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl InFlight {
@@ -232,6 +246,44 @@ impl InFlight {
         InFlight {
             server,
             permit: Some(permit),
+            slot: None,
+        }
+    }
+
+    /// Take one of the server's connections when `max_connections_per_host` limits them:
+    /// at once when one is free, else waiting up to `wait` (`timeouts.connect`); `Err`
+    /// (a `503`) when none is freed in time. Held until the attempt ends.
+    pub async fn hold_slot(
+        &mut self,
+        group: &str,
+        wait: Duration,
+    ) -> Result<(), crate::error::GatewayError> {
+        let Some(slots) = self.server.slots.clone() else {
+            return Ok(());
+        };
+        if self.slot.is_some() {
+            return Ok(());
+        }
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            self.slot = Some(slot);
+            return Ok(());
+        }
+        let waits = &crate::telemetry::metrics::METRICS.upstream_connection_waits;
+        match tokio::time::timeout(wait, slots.acquire_owned()).await {
+            Ok(Ok(slot)) => {
+                waits.with_label_values(&[group, "waited"]).inc();
+                self.slot = Some(slot);
+                Ok(())
+            }
+            _ => {
+                waits.with_label_values(&[group, "timeout"]).inc();
+                Err(crate::error::GatewayError::Busy(format!(
+                    "server {:?} of group {group:?} has all its {} connections in use \
+                     (upstream.groups.{group}.connection_pool.max_connections_per_host) and \
+                     none was freed within {wait:?} (timeouts.connect)",
+                    self.server.id, self.server.settings.max_connections
+                )))
+            }
         }
     }
 

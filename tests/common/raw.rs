@@ -54,6 +54,26 @@ impl Conn {
         }
     }
 
+    /// A connection from the local address `from` (another loopback address:
+    /// `127.0.0.2` is one on Linux).
+    pub async fn open_from(port: u16, from: std::net::IpAddr) -> Conn {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+        let stream = socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Send raw bytes without reading.
+    pub async fn write(&mut self, raw: &[u8]) -> bool {
+        self.stream.write_all(raw).await.is_ok()
+    }
+
     /// Send `raw` and read one answer; `None` if the connection closed first.
     pub async fn send(&mut self, raw: &[u8]) -> Option<Answer> {
         if self.stream.write_all(raw).await.is_err() {
