@@ -108,6 +108,10 @@ pub enum GatewayError {
     },
     #[error("reading the request body failed: {0}")]
     BodyRead(String),
+    #[error("the request body stalled: nothing arrived for {0:?} (limits.request_body_timeout)")]
+    BodyTimeout(std::time::Duration),
+    #[error("{0}")]
+    NotAcceptable(String),
     #[error("the client closed the connection before the response was complete")]
     ClientClosed,
     /// Too busy to check the request now (every password-verification slot in use).
@@ -161,6 +165,8 @@ impl GatewayError {
             UpstreamSwitchedProtocols { .. } => (502, code::INTERNAL_ERROR),
             MemberFailed { .. } => (502, code::INTERNAL_ERROR),
             BodyRead(_) => (400, code::INVALID_REQUEST),
+            BodyTimeout(_) => (408, code::INVALID_REQUEST),
+            NotAcceptable(_) => (406, code::INVALID_REQUEST),
             // Never sent (nobody is listening); 499 as nginx logs it.
             ClientClosed => (499, code::INTERNAL_ERROR),
             Busy(_) => (503, code::INTERNAL_ERROR),
@@ -195,6 +201,8 @@ impl GatewayError {
             UpstreamSwitchedProtocols { .. } => "upstream_switched_protocols",
             MemberFailed { .. } => "member_failed",
             BodyRead(_) => "body_read",
+            BodyTimeout(_) => "body_timeout",
+            NotAcceptable(_) => "not_acceptable",
             ClientClosed => "client_closed",
             Busy(_) => "busy",
             Internal(_) => "internal",

@@ -87,7 +87,18 @@ impl Admin {
 
 #[async_trait]
 impl ServeHttp for Admin {
+    /// Every answer with its `Content-Length`: Pingora sends a body without one as
+    /// delimited by the close, while saying `Connection: keep-alive`.
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut r = self.answer(session).await;
+        let len = http::HeaderValue::from(r.body().len());
+        r.headers_mut().insert(http::header::CONTENT_LENGTH, len);
+        r
+    }
+}
+
+impl Admin {
+    async fn answer(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         // DNS rebinding: a page under another name must not read /metrics or drive the
         // dashboard, so a foreign Host is refused before anything else.
         let probe = crate::proxy::health::is_probe(session.req_header().uri.path());

@@ -218,6 +218,12 @@ fn validate(c: &Config, errs: &mut Errors) {
             "must be greater than 0 (an idle connection must end some time)",
         );
     }
+    if c.limits.request_body_timeout.0.is_zero() {
+        errs.push(
+            &root.key("limits").key("request_body_timeout"),
+            "must be greater than 0 (a stalled body must end some time)",
+        );
+    }
     if c.server.threads == 0 {
         errs.push(&server.key("threads"), "must be at least 1");
     }

@@ -425,6 +425,9 @@ config_struct! {
         /// `503` as they are accepted (`0`: no limit). The address is the socket's peer:
         /// behind a load balancer, the balancer's.
         max_connections_per_ip: u32 = 0,
+        /// Longest wait between two reads of a request body; a body that stalls this
+        /// long gets `408` and the connection closes.
+        request_body_timeout: Dur = Dur::secs(30),
         /// Largest message a WebSocket client may send (one JSON-RPC message); a larger
         /// one closes the socket with `1009` (unset: `max_request_body`).
         max_websocket_message: Option<ByteSize> = None,

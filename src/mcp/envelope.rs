@@ -188,10 +188,17 @@ fn single(body: &str) -> Result<Envelope, InspectError> {
             )))
         }
         Err(e) => {
+            // The message's shape failed first; the text may still not be JSON at all
+            // (`""0`): that is a parse error (checked on this error path only).
+            if let Err(syntax) = serde_json::from_str::<serde::de::IgnoredAny>(body) {
+                return Err(InspectError::Parse(format!(
+                    "the body is not valid JSON: {syntax}"
+                )));
+            }
             return Err(InspectError::Invalid(
                 format!("not a JSON-RPC 2.0 message: {e}"),
                 None,
-            ))
+            ));
         }
     };
     let id = raw.id.filter(|v| v.get() != "null");
@@ -222,6 +229,9 @@ fn single(body: &str) -> Result<Envelope, InspectError> {
         (Some(_), Some(_), _) => Kind::Request,
         (Some(_), None, _) if raw.id_was_null => return invalid("\"id\" must not be null"),
         (Some(_), None, _) => Kind::Notification,
+        (None, None, true) if !raw.id_was_null => {
+            return invalid("a response needs the \"id\" of the request it answers")
+        }
         (None, _, true) => Kind::Response,
         (None, _, false) => return invalid("a message needs a \"method\" (request or notification) or a \"result\"/\"error\" (response)"),
     };

@@ -179,7 +179,7 @@ impl Fill {
             .is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
         let content_type = header(http::header::CONTENT_TYPE).unwrap_or_default();
         let sse = super::list_filter::is_sse(content_type);
-        let json = super::request::is_json(content_type);
+        let json = super::framing::is_json(content_type);
         if resp.status == 200 && !encoded && (sse || json) {
             self.sse = Some(sse);
         }

@@ -104,6 +104,11 @@ impl Conn {
         self.close.abort();
     }
 
+    /// A request is being served on the connection.
+    pub fn serving(&self) -> bool {
+        self.active.load(Ordering::Relaxed) > 0
+    }
+
     /// A request head is complete: no deadline while the request is served.
     pub fn request_started(&self) {
         self.active.fetch_add(1, Ordering::Relaxed);

@@ -33,6 +33,7 @@ pub mod connections;
 pub mod ctx;
 pub mod federated;
 pub mod forward;
+pub mod framing;
 pub mod health;
 pub mod hop_by_hop;
 pub mod list_filter;
@@ -88,6 +89,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.find_conn(session);
+        // Requests a client sends before reading the previous answer (HTTP/1.1
+        // pipelining) are served in turn; without this Pingora drops them with the
+        // bytes read past the body.
+        session.as_downstream_mut().set_pipelining_enabled(true);
         Ok(())
     }
 

@@ -89,8 +89,17 @@ pub async fn forward(
     let cache = ctx.state.cache.store();
 
     // A JSON answer the filter collects whole goes out once filtered, head and body
-    // together with its length (one send, keep-alive); any other answer's head now.
-    let whole = filter.as_ref().is_some_and(|f| !f.is_sse());
+    // together with its length (one send, keep-alive); so does a small JSON answer
+    // (at most `HOLD` bytes, most of them), so an upstream that fails before it is
+    // complete costs the client a JSON-RPC error, not a cut body. Any other answer's
+    // head goes now.
+    let whole = filter.as_ref().is_some_and(|f| !f.is_sse()) || small_json(&resp);
+    let sse = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| super::list_filter::is_sse(v.as_bytes()));
+    // Whether the relay ended because the upstream failed (not the client).
+    let mut upstream_failed = false;
 
     // From here on the client has a response; failures can only end the stream.
     let relay = async {
@@ -106,7 +115,13 @@ pub async fn forward(
             // The client leaving while the upstream is silent ends the relay too.
             let read = tokio::select! {
                 biased;
-                read = up.read() => read?,
+                read = up.read() => match read {
+                    Ok(read) => read,
+                    Err(e) => {
+                        upstream_failed = true;
+                        return Err(e);
+                    }
+                },
                 idle = session.read_body_or_idle(true) => {
                     return Err(idle.err().unwrap_or_else(|| {
                         Error::explain(ErrorType::ConnectionClosed, "the client sent data after its request")
@@ -181,10 +196,40 @@ pub async fn forward(
                 // A held answer: nothing went out yet, so the client gets an error.
                 return Err(shaping_failure(ctx, &e));
             }
+            if sse && upstream_failed {
+                // The stream is the client's: it ends with the request's JSON-RPC error
+                // as its last event, then cleanly.
+                let failure = shaping_failure(ctx, &e);
+                let id = ctx.mcp.envelope.as_ref().and_then(|env| env.id.as_deref());
+                let mut event = b"event: message\ndata: ".to_vec();
+                event.extend_from_slice(&failure.to_body(id));
+                event.extend_from_slice(b"\n\n");
+                let ended = session
+                    .write_response_body(Some(event.into()), true)
+                    .await
+                    .is_ok();
+                ctx.error = Some(failure);
+                if ended {
+                    session.set_keepalive(None);
+                    return Ok(());
+                }
+            }
             session.set_keepalive(None);
         }
     }
     Ok(())
+}
+
+/// Answers held whole before the client gets them (see [`small_json`]).
+const HOLD: u64 = 64 << 10;
+
+/// A JSON answer with a `Content-Length` of at most [`HOLD`].
+fn small_json(resp: &ResponseHeader) -> bool {
+    let h = &resp.headers;
+    h.get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| super::framing::is_json(v.as_bytes()))
+        && super::framing::declared_length(h).is_some_and(|n| n <= HOLD)
+        && !h.contains_key(http::header::CONTENT_ENCODING)
 }
 
 /// Pass on what the filter let through: to the client now, or (`whole`: the head is

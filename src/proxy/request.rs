@@ -5,6 +5,7 @@
 //! GET stream, a DELETE).
 
 use super::ctx::RequestCtx;
+use super::framing;
 use super::list_filter::Scope;
 use super::record;
 use super::{post, respond, Gateway};
@@ -20,7 +21,6 @@ use crate::state::State;
 use crate::telemetry::metrics::{self, METRICS};
 use crate::telemetry::tracing::RequestSpan;
 use crate::transport::clients::Kind;
-use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -263,6 +263,13 @@ async fn check(
     let message_post = kind == Some(Kind::LegacyMessage);
     if method == Method::POST && !message_post {
         read_and_inspect(state, session, ctx).await?;
+    } else if method == Method::GET
+        && kind.is_none()
+        && !framing::accepts_sse(&session.req_header().headers)
+    {
+        return Err(GatewayError::NotAcceptable(
+            "a GET opens the server's SSE stream: Accept must include text/event-stream".into(),
+        ));
     } else if method != Method::GET && method != Method::DELETE && !message_post {
         return Err(GatewayError::MethodNotAllowed(method.to_string()));
     }
@@ -448,26 +455,26 @@ async fn read_and_inspect(
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
         .map_or(&b""[..], |v| v.as_bytes());
-    if !is_json(content_type) {
+    if !framing::is_json_utf8(content_type) {
         return Err(GatewayError::UnsupportedMediaType(
             String::from_utf8_lossy(content_type).into_owned(),
         ));
     }
     let limit = state.max_request_body;
-    let declared = declared_length(headers);
+    let declared = framing::declared_length(headers);
     if declared.is_some_and(|n| n > limit) {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
 
     // A client waiting for `100 Continue` gets it now, from the gateway: the upstream
     // never sees `Expect` (the body is read here, before any upstream is chosen).
-    if expects_continue(session.req_header()) && !session.is_body_done() {
+    if framing::expects_continue(session.req_header()) && !session.is_body_done() {
         session
             .write_continue_response()
             .await
             .map_err(|_| GatewayError::ClientClosed)?;
     }
-    let body = read_body(session, limit, declared).await?;
+    let body = framing::read_body(session, limit, declared, state.request_body_timeout).await?;
 
     let parsed = envelope::inspect(&body).map_err(|e| match e {
         InspectError::Parse(m) => GatewayError::Parse(m),
@@ -520,54 +527,6 @@ async fn read_and_inspect(
     Ok(())
 }
 
-async fn read_body(
-    session: &mut Session,
-    limit: u64,
-    declared: Option<u64>,
-) -> Result<Bytes, GatewayError> {
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit) as usize);
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if (buf.len() + chunk.len()) as u64 > limit {
-                    return Err(GatewayError::PayloadTooLarge { limit });
-                }
-                if buf.is_empty() && declared == Some(chunk.len() as u64) {
-                    // The whole body in one read: keep it without copying.
-                    return Ok(chunk);
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(buf.freeze()),
-            Err(e) => return Err(GatewayError::BodyRead(e.to_string())),
-        }
-    }
-}
-
-/// An HTTP/1.1 request with `Expect: 100-continue` (RFC 9110 §10.1.1).
-pub(super) fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
-    req.version == http::Version::HTTP_11
-        && req
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-/// `application/json`, with optional parameters (`; charset=utf-8`).
-pub(super) fn is_json(content_type: &[u8]) -> bool {
-    content_type
-        .split(|b| *b == b';')
-        .next()
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"application/json"))
-}
-
-/// The body length a request declares (`Content-Length`), if it is a number.
-pub(super) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-}
-
 /// The client's `X-Request-Id` when it is a sane token, else a fresh random one.
 fn request_id(session: &Session) -> String {
     if let Some(v) = session.req_header().headers.get(respond::REQUEST_ID) {
@@ -578,18 +537,4 @@ fn request_id(session: &Session) -> String {
     }
     let n: u128 = rand::random();
     format!("{n:032x}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_json;
-
-    #[test]
-    fn json_content_types() {
-        assert!(is_json(b"application/json"));
-        assert!(is_json(b"Application/JSON; charset=utf-8"));
-        assert!(!is_json(b"text/plain"));
-        assert!(!is_json(b""));
-        assert!(!is_json(b"application/jsonx"));
-    }
 }

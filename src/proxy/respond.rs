@@ -152,10 +152,10 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: GatewayErro
 /// read (chunked or large bodies, slow clients) closes the connection instead.
 async fn drained(session: &mut Session, max_body: u64) -> bool {
     let head = session.req_header();
-    if super::request::expects_continue(head) {
+    if super::framing::expects_continue(head) {
         return false;
     }
-    let small = super::request::declared_length(&head.headers)
+    let small = super::framing::declared_length(&head.headers)
         .is_some_and(|n| n <= DRAIN_LIMIT.min(max_body));
     if !small || head.headers.contains_key(http::header::TRANSFER_ENCODING) {
         return false;

@@ -40,6 +40,8 @@ pub struct State {
     /// Trusted proxies and allowed hosts (`server.trusted_proxies`, `*.allowed_hosts`).
     pub edge: Edge,
     pub max_request_body: u64,
+    /// `limits.request_body_timeout`: the longest wait between two reads of a body.
+    pub request_body_timeout: Duration,
     pub max_request_headers: u64,
     pub timeouts: Timeouts,
     /// Sealed session ids older than this are refused (`None`: never).
@@ -121,6 +123,7 @@ impl State {
             groups,
             sessions,
             max_request_body: config.limits.max_request_body.0,
+            request_body_timeout: config.limits.request_body_timeout.0,
             max_request_headers: config.limits.max_request_headers.0,
             timeouts: Timeouts {
                 request: config.timeouts.request.0,

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub requests_active: IntGauge,
     /// Client connections closed for not sending a complete request head in time.
     pub request_head_timeouts: IntCounter,
+    /// Request heads Pingora's parser refused (answered `400` with a JSON-RPC error).
+    pub bad_request_heads: IntCounter,
     /// Idle client connections closed after `server.keepalive_timeout`.
     pub keepalive_timeouts: IntCounter,
     /// Client connections refused as they were accepted, by limit.
@@ -163,7 +165,15 @@ impl Metrics {
                 "Idle client connections closed after server.keepalive_timeout with no request",
             ),
         );
+        let bad_request_heads = registered(
+            &r,
+            IntCounter::new(
+                "mcp_gateway_bad_request_heads_total",
+                "Request heads that could not be parsed (malformed line or field, bad framing, too many fields), answered 400",
+            ),
+        );
         Metrics {
+            bad_request_heads,
             connections_refused: new_counter(
                 &r,
                 "mcp_gateway_connections_refused_total",

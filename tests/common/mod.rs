@@ -139,11 +139,19 @@ impl Upstream {
     }
 
     pub fn start_with(id: &str, extra: &[&str]) -> Upstream {
-        let script = repo().join("tests/peers/mock_upstream.py");
+        let mut args = vec!["--id", id];
+        args.extend_from_slice(extra);
+        Self::start_peer("mock_upstream.py", &args)
+    }
+
+    /// Another peer of tests/peers that speaks like the mock (`--port 0`, prints
+    /// `listening on HOST:PORT`, `GET /_state`): e.g. `chaos_upstream.py`.
+    pub fn start_peer(script: &str, args: &[&str]) -> Upstream {
+        let script = repo().join("tests/peers").join(script);
         let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--port", "0", "--id", id])
-            .args(extra)
+            .arg(&script)
+            .args(["--port", "0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -157,11 +165,12 @@ impl Upstream {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("mock upstream said {line:?}"))
             .to_string();
-        Upstream {
-            child,
-            addr,
-            id: id.to_string(),
-        }
+        let id = args
+            .iter()
+            .position(|a| *a == "--id")
+            .and_then(|i| args.get(i + 1))
+            .map_or_else(|| script.to_string_lossy().into_owned(), |s| s.to_string());
+        Upstream { child, addr, id }
     }
 
     /// Start on a given port (e.g. to bring a killed replica back at its address).

@@ -159,6 +159,13 @@ fn notifications_and_responses() {
     assert_eq!(r.kind, Kind::Response);
     let r = one(r#"{"jsonrpc":"2.0","id":3,"error":{"code":-1,"message":"x"}}"#);
     assert_eq!(r.kind, Kind::Response);
+    // An error about a request whose id could not be read answers with a null id.
+    let r = one(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#);
+    assert_eq!(r.kind, Kind::Response);
+    assert!(
+        inspect(br#"{"jsonrpc":"2.0","result":{}}"#).is_err(),
+        "no id at all"
+    );
     let unknown = one(r#"{"jsonrpc":"2.0","id":1,"method":"vendor/thing","params":[1,2]}"#);
     assert_eq!(unknown.method.as_deref(), Some("vendor/thing"));
     assert!(!unknown.method_is_known());
@@ -219,4 +226,11 @@ fn non_string_name_is_ignored_not_rejected() {
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":{"x":1},"_meta":null}}"#,
     );
     assert_eq!(e.name, None);
+}
+
+#[test]
+fn text_that_is_not_json_is_a_parse_error_whatever_fails_first() {
+    // Found by the property tests: a string then more text failed as a wrong type.
+    assert!(matches!(inspect(br#"""0"#), Err(InspectError::Parse(_))));
+    assert!(matches!(inspect(b"\"x\""), Err(InspectError::Invalid(..))));
 }

@@ -138,15 +138,30 @@ impl Admission {
                 "this address holds as many connections as it may (limits.max_connections_per_ip); reuse one, or close one first"
             }
         };
-        let body = crate::error::GatewayError::Busy(message.into()).to_body(None);
-        let mut out = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
-            body.len()
+        closing_answer(
+            &crate::error::GatewayError::Busy(message.into()),
+            "retry-after: 1\r\n",
         )
-        .into_bytes();
-        out.extend_from_slice(&body);
-        out
     }
+}
+
+/// A whole HTTP/1.1 answer carrying `e` as a JSON-RPC error (no id), with `fields`
+/// (each ending in CRLF), that closes the connection: for the bytes written before (or
+/// instead of) Pingora's own.
+pub fn closing_answer(e: &crate::error::GatewayError, fields: &str) -> Vec<u8> {
+    let body = e.to_body(None);
+    let status = e.status_and_code().0;
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{fields}connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 #[cfg(test)]

@@ -25,12 +25,37 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Watched {
     inner: Stream,
     conn: Arc<Conn>,
+    /// Pingora's own `400` being replaced: the gateway's bytes, how many are written,
+    /// and how many of Pingora's to report written once they all are.
+    replacing: Option<(usize, usize)>,
 }
 
 impl Watched {
     pub fn new(inner: Stream, conn: Arc<Conn>) -> Watched {
-        Watched { inner, conn }
+        Watched {
+            inner,
+            conn,
+            replacing: None,
+        }
     }
+}
+
+/// What a client whose request head Pingora's parser refused gets instead of Pingora's
+/// empty `400`: the gateway's JSON-RPC error, and the connection closes.
+static BAD_HEAD: once_cell::sync::Lazy<Vec<u8>> = once_cell::sync::Lazy::new(|| {
+    let e = crate::error::GatewayError::InvalidRequest(
+        "the request head could not be read: a malformed request line or header field \
+         (CR, LF or NUL in a value, an invalid Content-Length or Transfer-Encoding), or \
+         more than 256 fields"
+            .into(),
+    );
+    super::closing_answer(&e, "")
+});
+
+/// Whether `buf` is Pingora's own answer to a head it could not parse: a `400` written
+/// while no request is in progress (every answer of the gateway's is written in one).
+fn pingoras_bad_request(conn: &Conn, buf: &[u8]) -> bool {
+    (buf.starts_with(b"HTTP/1.1 400 ") || buf.starts_with(b"HTTP/1.0 400 ")) && !conn.serving()
 }
 
 impl std::fmt::Debug for Watched {
@@ -63,7 +88,27 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if self.replacing.is_none() && pingoras_bad_request(&self.conn, buf) {
+            crate::telemetry::metrics::METRICS.bad_request_heads.inc();
+            self.replacing = Some((0, buf.len()));
+        }
+        let Some((written, claimed)) = self.replacing else {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        };
+        let mut written = written;
+        while written < BAD_HEAD.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &BAD_HEAD[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    self.replacing = Some((written, claimed));
+                }
+                other => return other,
+            }
+        }
+        // Whatever Pingora writes after it (an empty body) is dropped.
+        self.replacing = Some((written, 0));
+        Poll::Ready(Ok(claimed.max(buf.len())))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -1,0 +1,219 @@
+//! Chaos upstreams (tests/peers/chaos_upstream.py) against the real binary: resets
+//! before and after the head, truncated and non-HTTP answers, drips, hangs, an SSE
+//! stream of 10 MiB without a newline, streams cut mid-event, `Content-Length` lies, a
+//! flapping server. For each: what the client gets, that the request reached the
+//! upstream once (never replayed once sent), that other clients are served meanwhile,
+//! and that the gateway's open file descriptors and memory come back to their baseline.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn call(id: u64, chaos: &str, extra: Value) -> String {
+    let mut args = json!({"chaos": chaos});
+    if let (Some(a), Some(e)) = (args.as_object_mut(), extra.as_object()) {
+        a.extend(e.clone());
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": "chaos", "arguments": args}})
+    .to_string()
+}
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What the client saw: the status, the JSON-RPC error code of a JSON answer (or of an
+/// SSE stream's last event), and whether the body ended cleanly.
+async fn outcome(resp: Result<reqwest::Response, reqwest::Error>) -> (u16, Option<i64>, String) {
+    let Ok(resp) = resp else {
+        return (0, None, "no answer".into());
+    };
+    let status = resp.status().as_u16();
+    let sse = header(&resp, "content-type").is_some_and(|c| c.starts_with("text/event-stream"));
+    match resp.bytes().await {
+        Ok(body) => {
+            let text = String::from_utf8_lossy(&body);
+            let last = if sse {
+                text.lines()
+                    .rev()
+                    .find_map(|l| l.strip_prefix("data: ").map(str::to_string))
+                    .unwrap_or_default()
+            } else {
+                text.to_string()
+            };
+            let code = serde_json::from_str::<Value>(&last)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_i64());
+            let shape = if sse { "sse ended" } else { "complete" };
+            (status, code, format!("{shape} ({} bytes)", body.len()))
+        }
+        Err(e) => (status, None, format!("body cut: {e}")),
+    }
+}
+
+#[tokio::test]
+async fn chaos_table() {
+    let up = Upstream::start_peer("chaos_upstream.py", &[]);
+    let good = Upstream::start("good");
+    let yaml = format!(
+        r#"server:
+  host: 127.0.0.1
+  port: {{port}}
+  threads: 2
+upstream:
+  groups:
+    default:
+      servers: [{{id: chaos, url: "{}"}}]
+      circuit_breaker: {{failure_threshold: 1000}}
+    other:
+      servers: [{{id: good, url: "{}"}}]
+routes:
+  - {{path: /mcp, group: default}}
+  - {{path: /good, group: other}}
+timeouts:
+  request: 2s
+logging: {{level: info, format: text}}
+"#,
+        up.url(),
+        good.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let c = client();
+    // Warm up (pools, buffers), then the baseline.
+    for i in 0..20 {
+        let r = post(&c, &gw.url("/mcp"), call(i, "ok", json!({})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", gw.log());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (fd0, rss0) = (fds(gw.pid()), rss_kib(gw.pid()));
+    // Each mode, with what the client must get: the status, the JSON-RPC error code
+    // (of the JSON answer, or of an SSE stream's last event), and how the body ended.
+    type Want = (u16, Option<i64>, &'static str);
+    let bad: Want = (502, Some(-32603), "complete");
+    let modes: &[(&str, Value, Want)] = &[
+        ("reset_before_head", json!({}), bad),
+        ("reset_after_head", json!({}), bad),
+        ("truncated", json!({}), bad),
+        ("not_http", json!({}), bad),
+        ("drip", json!({"interval": 0.02}), (200, None, "complete")),
+        // Silent past timeouts.request: the stream ends with the request's error.
+        (
+            "hang_after_head",
+            json!({}),
+            (200, Some(-32603), "sse ended"),
+        ),
+        // Relayed as it comes (nothing buffers a passthrough stream).
+        (
+            "sse_no_newline",
+            json!({"mib": 10}),
+            (200, None, "sse ended"),
+        ),
+        // The upstream closed: so does the stream.
+        ("close_mid_event", json!({}), (200, None, "sse ended")),
+        // The upstream's framing is its word: its first 10 bytes, and its connection is
+        // not reused (the next row reaches it on a new one).
+        ("cl_short", json!({}), (200, None, "complete")),
+        ("cl_long", json!({}), bad),
+        // An upstream's own error answer is passed on as it is.
+        ("flap", json!({}), (503, None, "complete")),
+        ("flap", json!({}), (200, None, "complete")),
+    ];
+    let mut failures = Vec::new();
+    for (i, (mode, extra, want)) in modes.iter().enumerate() {
+        let before = up.state().await["requests"][mode].as_u64().unwrap_or(0);
+        // Another client is served while the upstream misbehaves.
+        let other = tokio::spawn({
+            let url = gw.url("/good");
+            async move {
+                post(
+                    &client(),
+                    &url,
+                    r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+                )
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+            }
+        });
+        let (status, code, shape) = outcome(
+            post(
+                &c,
+                &gw.url("/mcp"),
+                call(100 + i as u64, mode, extra.clone()),
+            )
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await,
+        )
+        .await;
+        let sent = up.state().await["requests"][mode].as_u64().unwrap_or(0) - before;
+        let other = other.await.unwrap().ok();
+        if (status, code) != (want.0, want.1)
+            || !shape.starts_with(want.2)
+            || sent != 1
+            || other != Some(200)
+        {
+            failures.push(format!(
+                "{mode}: got {status} {code:?} {shape}, sent upstream {sent} times, other client {other:?}; want {want:?}, sent once, other 200"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Back to the baseline: no descriptor or buffer kept for what failed.
+    let settled = eventually(Duration::from_secs(10), || async {
+        fds(gw.pid()) <= fd0 + 2
+    })
+    .await;
+    let (fd1, rss1) = (fds(gw.pid()), rss_kib(gw.pid()));
+    assert!(settled, "open descriptors {fd0} -> {fd1}");
+    assert!(
+        rss1 < rss0 + 16 * 1024,
+        "memory {rss0} -> {rss1} KiB after relaying 10 MiB and the failures"
+    );
+}
+
+#[tokio::test]
+async fn the_breaker_opens_on_a_failing_server_and_nothing_more_is_sent() {
+    let up = Upstream::start_peer("chaos_upstream.py", &[]);
+    let yaml = config_for(&[up.url()], "").replace(
+        "logging:\n",
+        "      circuit_breaker: {failure_threshold: 2, open_for: 30s}\nlogging:\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let c = client();
+    for i in 0..2 {
+        let r = post(&c, &gw.url("/mcp"), call(i, "reset_before_head", json!({})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+    }
+    let before = up.state().await["requests"].clone();
+    let r = post(&c, &gw.url("/mcp"), call(9, "ok", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "the breaker is open");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32603, "{v}");
+    assert_eq!(
+        up.state().await["requests"],
+        before,
+        "nothing was sent to it"
+    );
+}
