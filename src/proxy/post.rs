@@ -5,7 +5,10 @@
 //! ([`crate::upstream::exchange`]: the head and body in one write, failover before
 //! sending, 1xx skipped, 101 refused, the attempt judged) and relays the answer from
 //! `request_filter`, streamed chunk by chunk (an SSE answer goes out event by event, a
-//! `Content-Length` one stays length-delimited). It shapes headers and filters lists
+//! `Content-Length` one stays length-delimited), but for small JSON answers (64 KiB),
+//! held until complete and sent with their head in one write, so an upstream failing in
+//! the middle of one costs the client a JSON-RPC error rather than a cut body. An SSE
+//! answer whose upstream fails ends with the request's JSON-RPC error as its last event. It shapes headers and filters lists
 //! exactly as Pingora's proxy path does for GET streams and DELETEs (`forward`,
 //! `hop_by_hop`, `list_filter`). Like Pingora's proxy path it watches the client while
 //! the upstream is silent: a client that leaves closes the upstream request (the modern

@@ -1,10 +1,14 @@
-//! The client stream as the proxy reads it, wrapped to notice when a request starts on
-//! a kept-alive connection: the first bytes read while the connection is idle (no
-//! request in progress) start its head's timer ([`Conn::head_started`]). Everything
-//! else is the wrapped stream's own: reads, writes, TLS, digests (the socket digest is
-//! the same `Arc`, which HTTP/2 streams find their connection by).
+//! The client stream as the proxy reads it (HTTP/1), wrapped for two things Pingora's
+//! session cannot be asked for:
 //!
-//! The check is one relaxed atomic load per read.
+//! * the first bytes read while the connection is idle (no request in progress) start
+//!   its head's timer ([`Conn::bytes_read`]): one relaxed atomic load per read;
+//! * the empty `400` Pingora writes for a request head its parser refused (no request
+//!   of the gateway's is in progress then) is replaced by the gateway's JSON-RPC error
+//!   with `Connection: close`, as every other error of the proxy port is.
+//!
+//! Everything else is the wrapped stream's own: reads, writes, TLS, digests (the socket
+//! digest is the same `Arc`, which HTTP/2 streams find their connection by).
 
 use crate::proxy::connections::Conn;
 use async_trait::async_trait;
@@ -25,8 +29,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Watched {
     inner: Stream,
     conn: Arc<Conn>,
-    /// Pingora's own `400` being replaced: the gateway's bytes, how many are written,
-    /// and how many of Pingora's to report written once they all are.
+    /// Pingora's own `400` being replaced: how many of the gateway's bytes
+    /// ([`BAD_HEAD`]) are written, and how many of Pingora's to report written once
+    /// they all are.
     replacing: Option<(usize, usize)>,
 }
 
@@ -124,6 +129,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if self.replacing.is_some() || first.is_some_and(|b| pingoras_bad_request(&self.conn, b)) {
+            return self.poll_write(cx, first.map_or(&[][..], |b| &b[..]));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
