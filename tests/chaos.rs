@@ -217,3 +217,33 @@ async fn the_breaker_opens_on_a_failing_server_and_nothing_more_is_sent() {
         "nothing was sent to it"
     );
 }
+
+#[tokio::test]
+async fn a_members_endless_sse_line_ends_its_answer_with_an_error() {
+    let up = Upstream::start_peer("chaos_upstream.py", &[]);
+    let yaml = config_for(
+        &[up.url()],
+        "virtual_servers:\n  - path: /vs\n    members: [{group: default, prefix: c}]\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let rss0 = rss_kib(gw.pid());
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "c__chaos", "arguments": {"chaos": "sse_no_newline", "mib": 40},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let resp = post(&client(), &gw.url("/vs"), body.to_string())
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "c__chaos")
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await;
+    let (status, code, shape) = outcome(resp).await;
+    assert_eq!((status, code), (200, Some(-32603)), "{shape}\n{}", gw.log());
+    // The 40 MiB line was never held whole: the member's stream was cut at 16 MiB.
+    assert!(
+        rss_kib(gw.pid()) < rss0 + 48 * 1024,
+        "memory {rss0} -> {} KiB",
+        rss_kib(gw.pid())
+    );
+}

@@ -24,8 +24,12 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// Largest JSON answer (or SSE event) read from a member.
+/// Largest JSON answer read from a member.
 pub const MAX_ANSWER: usize = 32 << 20;
+
+/// Longest line of a member's SSE answer (so its largest event), as the list filter's
+/// cap on a route: past it the answer ends with an error.
+pub const MAX_SSE_LINE: usize = 16 << 20;
 
 /// What every member request of one client request shares.
 pub struct Client<'a> {
@@ -177,11 +181,30 @@ pub async fn send<'c>(
     let attempt = pick.attempt.take().expect("checked above");
     if content_type.starts_with(b"text/event-stream") && status == 200 {
         let member_name = member.prefix.clone();
-        let chunks = futures::stream::unfold(answer, |mut answer| async move {
+        // Bytes since the last line end: an SSE line (so an event) longer than
+        // `MAX_SSE_LINE` ends the stream with an error instead of growing the parser's buffer.
+        let chunks = futures::stream::unfold((Some(answer), 0usize), |(answer, run)| async move {
+            let mut answer = answer?;
             match answer.read().await {
-                Ok(Some(chunk)) => Some((Ok(chunk), answer)),
+                Ok(Some(chunk)) => {
+                    let run = match memchr::memrchr(b'\n', &chunk) {
+                        Some(at) => chunk.len() - at - 1,
+                        None => run + chunk.len(),
+                    };
+                    if run > MAX_SSE_LINE {
+                        answer.close().await;
+                        let e = std::io::Error::other(format!(
+                            "an SSE line longer than {MAX_SSE_LINE} bytes"
+                        ));
+                        return Some((Err(e), (None, 0)));
+                    }
+                    Some((Ok(chunk), (Some(answer), run)))
+                }
                 Ok(None) => None,
-                Err(e) => Some((Err(std::io::Error::other(e.to_string())), answer)),
+                Err(e) => Some((
+                    Err(std::io::Error::other(e.to_string())),
+                    (Some(answer), run),
+                )),
             }
         });
         return Ok(Reply {
