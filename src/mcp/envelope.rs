@@ -188,8 +188,7 @@ fn single(body: &str) -> Result<Envelope, InspectError> {
             )))
         }
         Err(e) => {
-            // The message's shape failed first; the text may still not be JSON at all
-            // (`""0`): that is a parse error (checked on this error path only).
+            // The shape failed first, but the text may not be JSON at all (`""0`).
             if let Err(syntax) = serde_json::from_str::<serde::de::IgnoredAny>(body) {
                 return Err(InspectError::Parse(format!(
                     "the body is not valid JSON: {syntax}"
