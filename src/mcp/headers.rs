@@ -104,10 +104,10 @@ pub fn check_modern(env: &Envelope, headers: &HeaderMap) -> Result<(), String> {
             ))
         }
         Some(Some(h)) if h == method => {}
-        Some(h) => {
+        Some(None) => return Err(undecodable("Mcp-Method")),
+        Some(Some(h)) => {
             return Err(format!(
-                "Mcp-Method header {:?} does not match the body's method {method:?}",
-                h.unwrap_or_default()
+                "Mcp-Method header {h:?} does not match the body's method {method:?}"
             ))
         }
     }
@@ -120,10 +120,10 @@ pub fn check_modern(env: &Envelope, headers: &HeaderMap) -> Result<(), String> {
                 ))
             }
             Some(Some(h)) if h == name => {}
-            Some(h) => {
+            Some(None) => return Err(undecodable("Mcp-Name")),
+            Some(Some(h)) => {
                 return Err(format!(
-                    "Mcp-Name header {:?} does not match the body's {} {name:?}",
-                    h.unwrap_or_default(),
+                    "Mcp-Name header {h:?} does not match the body's {} {name:?}",
                     if method == "resources/read" {
                         "params.uri"
                     } else {
@@ -134,6 +134,11 @@ pub fn check_modern(env: &Envelope, headers: &HeaderMap) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A header whose value is neither plain text nor a `=?base64?…?=` form that decodes.
+fn undecodable(header: &str) -> String {
+    format!("the {header} header is not a valid value: neither plain text nor a =?base64?...?= form that decodes to UTF-8")
 }
 
 /// Whether a batch body is allowed: only when the negotiated version is 2025-03-26
@@ -231,6 +236,11 @@ mod tests {
             .contains("Mcp-Name"));
         let missing = headers(&[("mcp-protocol-version", "2026-07-28")]);
         assert!(check_modern(&e, &missing).unwrap_err().contains("required"));
+        // A base64 form that does not decode is named as such, not as an empty name.
+        let broken = modern("2026-07-28", "tools/call", "=?base64?!!!?=");
+        assert!(check_modern(&e, &broken)
+            .unwrap_err()
+            .contains("the Mcp-Name header is not a valid value"));
     }
 
     #[test]
