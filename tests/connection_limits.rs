@@ -230,3 +230,24 @@ async fn a_full_server_makes_requests_wait_for_a_connection_then_503() {
         assert!(m.contains(&line), "{line} in\n{m}");
     }
 }
+
+#[test]
+fn bad_connection_limits_are_named_by_path() {
+    let yaml = config_for(
+        &["http://127.0.0.1:9/mcp".to_string()],
+        "limits:\n  request_body_timeout: 0s\n",
+    )
+    .replace(
+        "  threads: 2\n",
+        "  threads: 2\n  max_connections: 0\n  keepalive_timeout: 0s\n",
+    )
+    .replace("{port}", "8080");
+    expect_invalid(
+        &yaml,
+        &[
+            "server.max_connections: must be at least 1",
+            "server.keepalive_timeout: must be greater than 0",
+            "limits.request_body_timeout: must be greater than 0",
+        ],
+    );
+}

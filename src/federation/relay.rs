@@ -234,10 +234,11 @@ impl CallStream<'_> {
                 if message.get("id") != Some(&self.id) {
                     continue; // an answer to something else: not the client's
                 }
-                if let Some(miss) = self.fill.take() {
-                    let raw = serde_json::to_vec(&message).expect("JSON serializes");
-                    let id = serde_json::to_string(&self.id).expect("JSON serializes");
-                    if let Some(kept) = crate::cache::entry::json_result(&raw, &id) {
+                // The client's own answer (its id, checked above): a result is kept as
+                // the member gave it, an error never.
+                let fill = self.fill.take();
+                if let (Some(miss), Some(result)) = (fill, message.get("result")) {
+                    if let Some(kept) = crate::cache::entry::keep_value(result.clone()) {
                         miss.keep(kept);
                     }
                 }

@@ -97,10 +97,8 @@ pub async fn forward(
     // complete costs the client a JSON-RPC error, not a cut body. Any other answer's
     // head goes now.
     let whole = filter.as_ref().is_some_and(|f| !f.is_sse()) || small_json(&resp);
-    let sse = resp
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| super::list_filter::is_sse(v.as_bytes()));
+    // `count_sse` (above) holds the stream gauge of an SSE answer.
+    let sse = ctx.sse.is_some();
     // Whether the relay ended because the upstream failed (not the client).
     let mut upstream_failed = false;
 
