@@ -413,3 +413,63 @@ async fn upgrade_under_load_loses_nothing() {
     );
     signal(new_pid, "INT");
 }
+
+/// A keep-alive connection whose long answer ends after the drain window (the listeners
+/// are closed by then): the answer still arrives whole, a JSON answer says
+/// `Connection: close`, and the gateway closes the connection right after each answer
+/// instead of leaving the client a connection that fails on its next request.
+#[tokio::test]
+async fn a_long_answer_that_ends_after_the_drain_window_closes_its_connection() {
+    use common::raw::Conn;
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&yaml(&[up.url()], "")).await;
+    let request = |body: &str| {
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let slow = request(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow","arguments":{"delay":3}}}"#,
+    );
+    let stream = request(
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"stream","arguments":{"delay":3}}}"#,
+    );
+    // Both connections served one request each first: they are kept-alive ones.
+    let mut json_conn = Conn::open(gw.port).await;
+    let mut sse_conn = Conn::open(gw.port).await;
+    for conn in [&mut json_conn, &mut sse_conn] {
+        let first = conn.send(request(LIST).as_bytes()).await.unwrap();
+        assert_eq!(first.status, 200);
+        assert_eq!(first.header("connection"), Some("keep-alive"));
+    }
+    assert!(json_conn.write(slow.as_bytes()).await);
+    assert!(sse_conn.write(stream.as_bytes()).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(gw.pid(), "TERM");
+    // drain_delay is 1 s: the answers end about 2 s after the listeners closed.
+    let json_answer = json_conn.answer().await.expect("the JSON answer was lost");
+    assert_eq!(json_answer.status, 200);
+    assert_eq!(json_answer.json()["id"], 1);
+    assert_eq!(json_answer.header("connection"), Some("close"));
+    assert!(
+        json_conn.closed().await,
+        "the JSON answer's connection stayed open"
+    );
+    let sse_answer = sse_conn.answer().await.expect("the SSE answer was lost");
+    assert_eq!(sse_answer.status, 200);
+    let events = String::from_utf8_lossy(&sse_answer.body).into_owned();
+    assert!(events.contains("\"result\""), "{events}");
+    assert!(
+        sse_conn.closed().await,
+        "the stream's connection stayed open"
+    );
+    let mut gw = gw;
+    assert!(
+        gw.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "{}",
+        gw.log()
+    );
+}

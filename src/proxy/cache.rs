@@ -156,7 +156,7 @@ async fn answer(
     let resp = shaped.map_err(|e| GatewayError::Internal(e.to_string()))?;
     ctx.local_status = Some(200);
     let written = async {
-        session.write_response_header(Box::new(resp), false).await?;
+        super::respond::head(session, &ctx.live, resp, false).await?;
         session.write_response_body(Some(body), true).await
     };
     if written.await.is_err() {

@@ -43,6 +43,9 @@ pub struct RequestCtx {
     /// The state current when the request started: a reload never changes it under a
     /// request in flight.
     pub state: Arc<crate::state::State>,
+    /// The process's live state: whether it is draining, read when an answer's head is
+    /// written ([`super::respond::head`]).
+    pub live: Arc<crate::live::Live>,
     pub started: Instant,
     /// The matched route's path.
     pub route: Option<Arc<str>>,
@@ -153,9 +156,10 @@ impl Tried {
 }
 
 impl RequestCtx {
-    pub fn new(state: Arc<crate::state::State>) -> Self {
+    pub fn new(live: &Arc<crate::live::Live>) -> Self {
         RequestCtx {
-            state,
+            state: live.state(),
+            live: live.clone(),
             started: Instant::now(),
             route: None,
             upstream_started: None,

@@ -123,8 +123,7 @@ pub async fn answer(
     common_headers(&mut resp, ctx).map_err(shaping)?;
     ctx.local_status = Some(status);
     let end = body.is_none() && stream.is_none();
-    if session
-        .write_response_header(Box::new(resp), end)
+    if super::respond::head(session, &ctx.live, resp, end)
         .await
         .is_err()
     {

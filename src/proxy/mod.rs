@@ -76,7 +76,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.live.state())
+        RequestCtx::new(&self.live)
     }
 
     /// No downstream modules: Pingora's default adds a disabled response-compression
@@ -199,10 +199,14 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if self.live.draining() {
+            // As `respond::head` does for the answers the gateway writes itself.
+            session.set_keepalive(None);
+        }
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
             // The adapter's answer to a WebSocket client (no other 101 gets here): its
             // `Upgrade` and `Connection` are the switch itself.
@@ -287,6 +291,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if self.live.draining() {
+            // An answer that began before the drain: its connection closes now rather
+            // than wait for a next request the listeners no longer take.
+            session.set_keepalive(None);
+        }
         if !ctx.outcome_recorded
             && ctx.server().is_some()
             && e.is_some_and(|e| matches!(e.esource(), ErrorSource::Upstream))

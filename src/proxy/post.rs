@@ -90,6 +90,7 @@ pub async fn forward(
     let fill = &mut ctx.cache_fill;
     let watch = &mut ctx.cache_watch;
     let cache = ctx.state.cache.store();
+    let live = &ctx.live;
 
     // A JSON answer the filter collects whole goes out once filtered, head and body
     // together with its length (one send, keep-alive); so does a small JSON answer
@@ -109,7 +110,7 @@ pub async fn forward(
         let mut out = bytes::BytesMut::new();
         if !whole {
             if let Some(r) = resp.take() {
-                session.write_response_header(Box::new(r), false).await?;
+                super::respond::head(session, live, r, false).await?;
             }
         }
         loop {
@@ -179,7 +180,7 @@ pub async fn forward(
             }
             r.remove_header(&http::header::TRANSFER_ENCODING);
             r.insert_header(http::header::CONTENT_LENGTH, out.len().to_string())?;
-            session.write_response_header(Box::new(r), false).await?;
+            super::respond::head(session, live, r, false).await?;
             last = Some(out.freeze());
         }
         session.write_response_body(last, true).await?;

@@ -39,6 +39,20 @@ fn security_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     Ok(())
 }
 
+/// Write an answer's head. Once the process drains, it says `Connection: close` and the
+/// connection closes after this answer, however long ago the request came in.
+pub async fn head(
+    session: &mut Session,
+    live: &crate::live::Live,
+    resp: ResponseHeader,
+    end: bool,
+) -> Result<()> {
+    if live.draining() {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), end).await
+}
+
 /// An answer without a body (a CORS preflight), with `headers`.
 pub async fn empty(
     session: &mut Session,
@@ -56,7 +70,7 @@ pub async fn empty(
         resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
     }
     ctx.local_status = Some(status);
-    session.write_response_header(Box::new(resp), true).await?;
+    head(session, &ctx.live, resp, true).await?;
     Ok(())
 }
 
@@ -101,7 +115,7 @@ pub async fn json(
         _ => {}
     }
     ctx.local_status = Some(status);
-    session.write_response_header(Box::new(resp), false).await?;
+    head(session, &ctx.live, resp, false).await?;
     session
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
