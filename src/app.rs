@@ -129,10 +129,7 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
     ));
     let mut proxy_app = pingora::proxy::http_proxy(
         &server.configuration,
-        Gateway::new(
-            live.clone(),
-            pool_per_thread(&config) * config.server.threads.max(1),
-        ),
+        Gateway::new(live.clone(), pool_per_thread(&config)),
     );
     let head_timeout = Some(config.limits.request_head_timeout.0).filter(|d| !d.is_zero());
     let mut options = pingora::apps::HttpServerOptions::default();

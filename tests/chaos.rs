@@ -247,3 +247,152 @@ async fn a_members_endless_sse_line_ends_its_answer_with_an_error() {
         rss_kib(gw.pid())
     );
 }
+
+/// A replica that flaps between healthy and dead (its listener closed and its open
+/// connections reset, then back on the same port) while clients keep calling: the
+/// active health checks eject it and bring it back on every flap, every request is
+/// answered (a `200`, or a JSON-RPC `502` for one the dead replica had received), and no
+/// request reaches the upstreams twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flapping_replica_is_ejected_and_readmitted_and_nothing_is_replayed() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let steady = Upstream::start_peer("chaos_upstream.py", &[]);
+    let flapping = Upstream::start_peer("chaos_upstream.py", &[]);
+    let yaml = format!(
+        r#"server:
+  host: 127.0.0.1
+  port: {{port}}
+  threads: 2
+upstream:
+  groups:
+    default:
+      strategy: round_robin
+      servers: [{{id: steady, url: "{}"}}, {{id: flapping, url: "{}"}}]
+      health_check: {{kind: mcp, interval: 200ms, timeout: 150ms, healthy_threshold: 2, unhealthy_threshold: 1}}
+routes:
+  - {{path: /mcp, group: default}}
+logging: {{level: info, format: text, access_log: false}}
+"#,
+        steady.url(),
+        flapping.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let next_id = Arc::new(AtomicU64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Four clients, each calling in a loop on its kept-alive connections.
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, next_id, stop) = (gw.url("/mcp"), next_id.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = client();
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    let got = outcome(
+                        post(&c, &url, call(id, "ok", json!({})))
+                            .timeout(Duration::from_secs(10))
+                            .send()
+                            .await,
+                    )
+                    .await;
+                    answers.push((id, got));
+                }
+                answers
+            })
+        })
+        .collect();
+    let flaps = 3;
+    for n in 1..=flaps {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(std::process::Command::new("kill")
+            .args(["-USR1", &flapping.pid().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        assert!(
+            gw.wait_log_count(
+                "upstream default/flapping: unhealthy",
+                n,
+                Duration::from_secs(10)
+            )
+            .await,
+            "flap {n}: never ejected\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(std::process::Command::new("kill")
+            .args(["-USR1", &flapping.pid().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        assert!(
+            gw.wait_log_count(
+                "upstream default/flapping: healthy",
+                // The first check's pass is logged too.
+                n + 1,
+                Duration::from_secs(10)
+            )
+            .await,
+            "flap {n}: never readmitted\n{}",
+            gw.log()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for l in load {
+        answers.extend(l.await.unwrap());
+    }
+
+    // What each upstream received, by request id, across the flapping one's lives.
+    let mut arrived: std::collections::HashMap<String, u64> = Default::default();
+    let mut by_flapping = 0;
+    for (up, flapping_one) in [(&steady, false), (&flapping, true)] {
+        let state = up.state().await;
+        for (id, n) in state["calls"].as_object().unwrap() {
+            *arrived.entry(id.clone()).or_default() += n.as_u64().unwrap();
+            if flapping_one {
+                by_flapping += 1;
+            }
+        }
+    }
+    let replayed: Vec<_> = arrived.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(replayed.is_empty(), "requests replayed: {replayed:?}");
+    let mut failed = 0;
+    for (id, (status, code, shape)) in &answers {
+        match (status, code) {
+            (200, None) => assert_eq!(
+                arrived.get(&id.to_string()),
+                Some(&1),
+                "request {id} was answered but arrived {:?} times",
+                arrived.get(&id.to_string())
+            ),
+            // Sent to the replica as it died: not sent again, the client is told.
+            (502, Some(-32603)) => failed += 1,
+            other => panic!("request {id}: {other:?} {shape}\n{}", gw.log()),
+        }
+    }
+    // At most the requests in flight on the flapping replica when it died.
+    assert!(
+        failed <= 4 * flaps,
+        "{failed} of {} failed\n{}",
+        answers.len(),
+        gw.log()
+    );
+    eprintln!(
+        "{} answered, {failed} failed (sent to the replica as it died), {by_flapping} to the flapping replica",
+        answers.len()
+    );
+    // One pool per worker thread: no connection is lost between two threads.
+    assert!(
+        !gw.log().contains("failed to acquire reusable stream"),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        by_flapping > 0 && answers.len() > 100,
+        "{by_flapping} to the flapping one, {} in all",
+        answers.len()
+    );
+}

@@ -13,10 +13,10 @@
 use super::notice::Watch;
 use super::store::Store;
 use crate::error::GatewayError;
+use crate::upstream::pool::Connector;
 use crate::upstream::{exchange, Group, Server};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -58,7 +58,7 @@ pub struct Listeners {
 #[async_trait]
 impl BackgroundService for Listeners {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let connector = TransportConnector::new(None);
+        let connector = Connector::new(0);
         let mut reloads = self.reloads.clone();
         reloads.mark_unchanged();
         loop {
@@ -89,7 +89,7 @@ impl BackgroundService for Listeners {
 
 /// Listen to one server for as long as the plan stands.
 async fn keep_listening(
-    connector: &TransportConnector,
+    connector: &Connector,
     store: &Arc<Store>,
     group: &Arc<Group>,
     server: Arc<Server>,
@@ -123,7 +123,7 @@ async fn keep_listening(
 /// One listen: open it, wait for the acknowledgment, then invalidate on every
 /// notification until it ends.
 async fn listen(
-    connector: &TransportConnector,
+    connector: &Connector,
     store: &Arc<Store>,
     group: &Group,
     server: &Server,

@@ -11,12 +11,12 @@ use crate::state::virtual_servers::Member;
 use crate::state::State;
 use crate::telemetry::metrics::{self, METRICS};
 use crate::upstream::exchange::{self, Outcome, Sent};
+use crate::upstream::pool::Connector;
 use crate::upstream::server::Server;
 use crate::upstream::{Group, InFlight};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use http::{HeaderName, HeaderValue, Method};
-use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use serde_json::Value;
@@ -34,7 +34,7 @@ pub const MAX_SSE_LINE: usize = 16 << 20;
 /// What every member request of one client request shares.
 pub struct Client<'a> {
     pub state: &'a State,
-    pub connector: &'a TransportConnector,
+    pub connector: &'a Connector,
     pub identity: Option<&'a Identity>,
     pub request_id: &'a str,
     pub client_ip: Option<IpAddr>,

@@ -45,10 +45,9 @@ pub mod respond;
 pub mod transform;
 
 use crate::error::GatewayError;
+use crate::upstream::pool::Connector;
 use async_trait::async_trait;
 use ctx::RequestCtx;
-use pingora::connectors::ConnectorOptions;
-use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -58,15 +57,17 @@ use std::sync::Arc;
 pub struct Gateway {
     /// The running state; each request takes the one current when it starts.
     pub live: Arc<crate::live::Live>,
-    /// Upstream connections for the POSTs the gateway forwards itself ([`post`]).
-    pub connector: TransportConnector,
+    /// Upstream connections for the POSTs the gateway forwards itself ([`post`]), the
+    /// idle ones kept per worker thread.
+    pub connector: Connector,
 }
 
 impl Gateway {
+    /// `pool_size`: the idle upstream connections each worker thread keeps.
     pub fn new(live: Arc<crate::live::Live>, pool_size: usize) -> Self {
         Gateway {
             live,
-            connector: TransportConnector::new(Some(ConnectorOptions::new(pool_size))),
+            connector: Connector::new(pool_size),
         }
     }
 }

@@ -23,14 +23,14 @@
 //! transport stream read by its HTTP/1 client session.
 
 use super::breaker::{now_ms, State};
+use super::pool::Connector;
 use super::InFlight;
 use crate::error::GatewayError;
 use bytes::Bytes;
-use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession};
 use pingora::protocols::Stream;
-use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use std::future::Future;
 use std::time::Duration;
@@ -121,14 +121,14 @@ pub struct Timeouts {
 
 /// A connection to the chosen server; nothing sent on it yet.
 pub struct Connection<'c> {
-    connector: &'c TransportConnector,
+    connector: &'c Connector,
     stream: Stream,
     peer: Box<HttpPeer>,
 }
 
 /// Connect to a server [`Select`] chooses, failing over while nothing was sent.
 pub async fn connect<'c>(
-    connector: &'c TransportConnector,
+    connector: &'c Connector,
     servers: &mut impl Select,
     timeouts: Timeouts,
 ) -> Result<Connection<'c>, GatewayError> {
@@ -146,7 +146,7 @@ pub async fn connect<'c>(
         options.connection_timeout = timeouts.connect.or(options.connection_timeout);
         options.read_timeout = timeouts.read.or(options.read_timeout);
         options.write_timeout = timeouts.write.or(options.write_timeout);
-        match connector.get_stream(&*peer).await {
+        match connector.get(&peer).await {
             Ok((stream, _reused)) => {
                 return Ok(Connection {
                     connector,
@@ -306,7 +306,7 @@ async fn write_all(
 
 /// The final answer: its head, and its body to read.
 pub struct Response<'c> {
-    connector: &'c TransportConnector,
+    connector: &'c Connector,
     session: HttpSession,
     peer: Box<HttpPeer>,
     /// The request asked the server to close the connection.
@@ -338,8 +338,7 @@ impl Response<'_> {
         self.session.respect_keepalive();
         if let Some(stream) = self.session.reuse().await {
             let idle = self.peer.options.idle_timeout;
-            self.connector
-                .release_stream(stream, self.peer.reuse_hash(), idle);
+            self.connector.release(stream, &self.peer, idle);
         }
     }
 
@@ -419,7 +418,7 @@ mod tests {
         /// Connect and send a request with a `{}` body.
         async fn send<'c>(
             &mut self,
-            connector: &'c TransportConnector,
+            connector: &'c Connector,
             cancel: impl Future<Output = ()>,
         ) -> Result<Sent<'c>, GatewayError> {
             let conn = connect(connector, self, Timeouts::default()).await?;
@@ -503,7 +502,7 @@ mod tests {
             server(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 .await;
         let mut servers = Servers::new(vec![peer(addr), peer(refusing())]);
-        let connector = TransportConnector::new(None);
+        let connector = Connector::new(8);
         let sent = servers
             .send(&connector, std::future::pending())
             .await
@@ -537,7 +536,7 @@ mod tests {
         ] {
             let (addr, mut seen) = server(answer).await;
             let mut servers = Servers::new(vec![peer(addr), peer(addr)]);
-            let connector = TransportConnector::new(None);
+            let connector = Connector::new(8);
             let e = servers
                 .send(&connector, std::future::pending())
                 .await
@@ -555,7 +554,7 @@ mod tests {
     #[tokio::test]
     async fn the_last_connect_failure_names_the_server_and_cancel_closes_the_request() {
         let mut servers = Servers::new(vec![peer(refusing())]);
-        let connector = TransportConnector::new(None);
+        let connector = Connector::new(8);
         let e = connect(&connector, &mut servers, Timeouts::default())
             .await
             .err()

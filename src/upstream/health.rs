@@ -17,13 +17,13 @@
 //! consecutive failures to go down. The counts live in the server, so a server that a
 //! reload keeps keeps its counts (the checks restart at once, the streak does not).
 
+use super::pool::Connector;
 use super::target::Address;
 use super::{exchange, Group, Server};
 use crate::config::{HealthCheckConfig, HealthKind, ProbeMethod};
 use crate::error::GatewayError;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -88,7 +88,7 @@ pub fn plan(config: &crate::config::Config, groups: &super::Groups) -> Vec<Group
 #[async_trait]
 impl BackgroundService for Upkeep {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let connector = Arc::new(TransportConnector::new(None));
+        let connector = Arc::new(Connector::new(0));
         let mut reloads = self.reloads.clone();
         reloads.mark_unchanged();
         loop {
@@ -107,7 +107,7 @@ impl BackgroundService for Upkeep {
 }
 
 /// Check and resolve `groups` until shutdown.
-async fn run(groups: &[GroupUpkeep], connector: &Arc<TransportConnector>, shutdown: ShutdownWatch) {
+async fn run(groups: &[GroupUpkeep], connector: &Arc<Connector>, shutdown: ShutdownWatch) {
     {
         let tasks = groups.iter().filter(|g| g.needed()).map(|g| {
             let mut shutdown = shutdown.clone();
@@ -238,7 +238,7 @@ pub async fn probe(
     group: &Group,
     server: &Server,
     check: &HealthCheckConfig,
-    connector: &TransportConnector,
+    connector: &Connector,
 ) -> Result<(), String> {
     let timeout = check.timeout.0;
     match tokio::time::timeout(timeout, probe_inner(group, server, check, connector)).await {
@@ -251,7 +251,7 @@ async fn probe_inner(
     group: &Group,
     server: &Server,
     check: &HealthCheckConfig,
-    connector: &TransportConnector,
+    connector: &Connector,
 ) -> Result<(), String> {
     let address = server.address().ok_or("the host name does not resolve")?;
     match check.kind {
@@ -307,7 +307,7 @@ async fn exchange(
     group: &Group,
     server: &Server,
     check: &HealthCheckConfig,
-    connector: &TransportConnector,
+    connector: &Connector,
     method: &str,
     path: &str,
     probe: Option<ProbeMethod>,

@@ -1,12 +1,13 @@
 //! Upstream groups: the replicas of each MCP server ([`group`]), each replica's live state
 //! ([`server`]), how one is chosen, the one request-and-answer exchange with a server
-//! outside Pingora's proxy path ([`exchange`]), and the background upkeep that checks
+//! outside Pingora's proxy path ([`exchange`]) over connections kept per thread ([`pool`]), and the background upkeep that checks
 //! them ([`health`]). See docs/upstreams.md and docs/architecture.md.
 
 pub mod breaker;
 pub mod exchange;
 pub mod group;
 pub mod health;
+pub mod pool;
 pub mod server;
 pub mod target;
 

@@ -182,6 +182,10 @@ impl Upstream {
         self.addr.rsplit(':').next().unwrap().parse().unwrap()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kill the process now (its port stops accepting connections).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

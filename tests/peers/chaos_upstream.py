@@ -15,13 +15,19 @@ at the byte level:
 * ``cl_long``: ``Content-Length`` larger than the body sent, then a close;
 * ``flap``: answers 503 with ``Connection: close`` every other call.
 
-``GET /_state`` returns ``{"requests": {mode: count}}`` (what arrived, per mode: a
+``SIGUSR1`` makes the server dead (its listener closed, every open connection reset)
+or, when dead, alive again on the same port: a server that flaps between healthy and
+dead, for the health checks to notice. ``/_state`` also lists ``calls``: how many times
+each ``tools/call`` id arrived, across lives.
+
+``GET /_state`` returns ``{"requests": {mode: count}, "calls": {id: count}}`` (what arrived, per mode: a
 replayed request shows up twice). Flags: ``--port`` (0 = any). Prints
 ``listening on HOST:PORT`` when ready.
 """
 
 import argparse
 import json
+import signal
 import socket
 import socketserver
 import struct
@@ -31,7 +37,9 @@ import time
 
 LOCK = threading.Lock()
 COUNTS = {}
+CALLS = {}
 FLAP = {"n": 0}
+OPEN = set()  # the sockets of the connections being served
 
 
 def answer_json(obj, status="200 OK", extra=b""):
@@ -61,6 +69,15 @@ class Handler(socketserver.BaseRequestHandler):
         self.request.close()
 
     def handle(self):
+        with LOCK:
+            OPEN.add(self.request)
+        try:
+            self.serve()
+        finally:
+            with LOCK:
+                OPEN.discard(self.request)
+
+    def serve(self):
         f = self.request.makefile("rb")
         while True:
             req = self.read_request(f)
@@ -69,7 +86,7 @@ class Handler(socketserver.BaseRequestHandler):
             method, path, headers, body = req
             if method == "GET" and path.startswith("/_state"):
                 with LOCK:
-                    self.request.sendall(answer_json({"requests": COUNTS}))
+                    self.request.sendall(answer_json({"requests": COUNTS, "calls": CALLS}))
                 continue
             try:
                 msg = json.loads(body or b"{}")
@@ -79,6 +96,9 @@ class Handler(socketserver.BaseRequestHandler):
             mode = args.get("chaos", "ok") if isinstance(args, dict) else "ok"
             with LOCK:
                 COUNTS[mode] = COUNTS.get(mode, 0) + 1
+                if msg.get("method") == "tools/call" and "id" in msg:
+                    key = json.dumps(msg["id"])
+                    CALLS[key] = CALLS.get(key, 0) + 1
             result = {"jsonrpc": "2.0", "id": msg.get("id"),
                       "result": {"content": [{"type": "text", "text": "ok"}]}}
             s = self.request
@@ -152,8 +172,28 @@ def main():
     p.add_argument("--port", type=int, default=0)
     a = p.parse_args()
     srv = Server(("127.0.0.1", a.port), Handler)
-    print("listening on 127.0.0.1:%d" % srv.server_address[1], flush=True)
-    srv.serve_forever()
+    port = srv.server_address[1]
+    print("listening on 127.0.0.1:%d" % port, flush=True)
+    toggle = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: toggle.set())
+    while True:
+        serving = threading.Thread(target=srv.serve_forever, daemon=True)
+        serving.start()
+        toggle.wait()
+        toggle.clear()
+        # Dead: nothing listens, and what was open is reset.
+        srv.shutdown()
+        srv.server_close()
+        with LOCK:
+            for conn in list(OPEN):
+                try:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        toggle.wait()
+        toggle.clear()
+        srv = Server(("127.0.0.1", port), Handler)
 
 
 if __name__ == "__main__":
