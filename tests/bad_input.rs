@@ -78,6 +78,16 @@ fn request_line(line: &str, body: &[u8], fields: &[(&str, Option<&str>)]) -> Vec
     out
 }
 
+/// A `tools/call` whose arguments hold arrays nested `depth` deep.
+fn nested(depth: usize) -> Vec<u8> {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"deep":{}{}}}}}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    )
+    .into_bytes()
+}
+
 fn post(body: &[u8]) -> Vec<u8> {
     request("/mcp", body, &[])
 }
@@ -186,6 +196,8 @@ fn table() -> Vec<Row> {
         passed("100 kB method", post(json!({"jsonrpc": "2.0", "id": 1, "method": "m".repeat(100_000)}).to_string().as_bytes()), true),
         row("method not a string", post(br#"{"jsonrpc":"2.0","id":1,"method":5}"#), 400, inv, true),
         row("100k '['", post(&[b'['; 100_000]), 400, Some(-32700), true),
+        passed("params nested 100 deep", post(&nested(100)), true),
+        row("params nested 200 deep", post(&nested(200)), 400, Some(-32700), true),
         passed("1e999999 in arguments", post(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"n":1e999999}}}"#), true),
         row("invalid UTF-8", post(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/\xff\xfe\"}"), 400, Some(-32700), true),
         row("byte order mark", post(&[b"\xef\xbb\xbf", l].concat()), 400, Some(-32700), true),
@@ -363,4 +375,40 @@ async fn a_session_replayed_after_its_ttl_is_not_found() {
     assert_eq!(expired.status, 404);
     assert_eq!(expired.json()["error"]["code"], -32001);
     assert_eq!(up.state().await["requests"], before, "never sent upstream");
+}
+
+/// `limits.max_json_depth` is the operator's: a lower limit refuses what the default
+/// passes (and names the setting), `0` passes what the default refuses.
+#[tokio::test]
+async fn the_nesting_limit_is_the_configured_one() {
+    let body = |depth| String::from_utf8(nested(depth)).unwrap();
+    let (up, gw) = one_upstream("limits: {max_json_depth: 8}\n").await;
+    let before = up.state().await["requests"].as_u64().unwrap();
+    let r = common::post(&client(), &gw.url("/mcp"), body(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32700, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_json_depth"),
+        "{v}"
+    );
+    assert_eq!(up.state().await["requests"].as_u64().unwrap(), before);
+    let r = common::post(&client(), &gw.url("/mcp"), body(4))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (_up, gw) = one_upstream("limits: {max_json_depth: 0}\n").await;
+    let r = common::post(&client(), &gw.url("/mcp"), body(300))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

@@ -428,6 +428,9 @@ config_struct! {
         /// Longest wait between two reads of a request body; a body that stalls this
         /// long gets `408` and the connection closes.
         request_body_timeout: Dur = Dur::secs(30),
+        /// Deepest nesting of arrays and objects a request body may have (`0`: no
+        /// limit); a deeper one gets `400` (`-32700`) and reaches no upstream.
+        max_json_depth: u32 = 128,
         /// Largest message a WebSocket client may send (one JSON-RPC message); a larger
         /// one closes the socket with `1009` (unset: `max_request_body`).
         max_websocket_message: Option<ByteSize> = None,

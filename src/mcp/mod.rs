@@ -1,6 +1,7 @@
 //! The Model Context Protocol as the gateway sees it: JSON-RPC envelopes, eras,
-//! MCP headers, and sealed session ids.
+//! MCP headers, sealed session ids, and how deep a message nests.
 
+pub mod depth;
 pub mod envelope;
 pub mod headers;
 pub mod session;

@@ -491,6 +491,12 @@ async fn read_and_inspect(
             GatewayError::InvalidRequest(m)
         }
     })?;
+    if crate::mcp::depth::deeper_than(&body, state.max_json_depth) {
+        return Err(GatewayError::Parse(format!(
+            "the JSON nests deeper than {} levels (limits.max_json_depth)",
+            state.max_json_depth
+        )));
+    }
     let headers = &session.req_header().headers;
     match parsed {
         Body::Single(env) => {

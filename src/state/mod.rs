@@ -40,6 +40,8 @@ pub struct State {
     /// Trusted proxies and allowed hosts (`server.trusted_proxies`, `*.allowed_hosts`).
     pub edge: Edge,
     pub max_request_body: u64,
+    /// `limits.max_json_depth` (`0`: none).
+    pub max_json_depth: usize,
     /// `limits.request_body_timeout`: the longest wait between two reads of a body.
     pub request_body_timeout: Duration,
     pub max_request_headers: u64,
@@ -123,6 +125,7 @@ impl State {
             groups,
             sessions,
             max_request_body: config.limits.max_request_body.0,
+            max_json_depth: config.limits.max_json_depth as usize,
             request_body_timeout: config.limits.request_body_timeout.0,
             max_request_headers: config.limits.max_request_headers.0,
             timeouts: Timeouts {
