@@ -35,6 +35,16 @@ fn admin(port: u16) -> String {
     format!("admin: {{enabled: true, host: 127.0.0.1, port: {port}, token: {TOKEN}}}\n")
 }
 
+/// The gateway exits, successfully, within `limit`.
+fn exits_cleanly(mut gw: Gateway, limit: Duration) {
+    let status = gw.wait_exit(limit);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        gw.log()
+    );
+}
+
 async fn which_server(gw: &Gateway, headers: &[(&str, &str)]) -> (u16, Value) {
     let mut req = post(&client(), &gw.url("/mcp"), LIST);
     for (k, v) in headers {
@@ -301,13 +311,7 @@ async fn a_kept_alive_connection_may_send_one_last_request_after_the_handoff() {
     assert_eq!(r.status(), 200);
 
     // With no connection left, the old process exits without waiting out the linger.
-    let mut gw = gw;
-    assert!(
-        gw.wait_exit(Duration::from_secs(10))
-            .is_some_and(|s| s.success()),
-        "{}",
-        gw.log()
-    );
+    exits_cleanly(gw, Duration::from_secs(10));
     signal(new_pid, "INT");
 }
 
@@ -465,11 +469,5 @@ async fn a_long_answer_that_ends_after_the_drain_window_closes_its_connection() 
         sse_conn.closed().await,
         "the stream's connection stayed open"
     );
-    let mut gw = gw;
-    assert!(
-        gw.wait_exit(Duration::from_secs(10))
-            .is_some_and(|s| s.success()),
-        "{}",
-        gw.log()
-    );
+    exits_cleanly(gw, Duration::from_secs(10));
 }

@@ -3,6 +3,7 @@
 //! them panic, and each refusal is the documented one.
 
 use bytes::Bytes;
+use mcp_gateway::mcp::depth::deeper_than;
 use mcp_gateway::mcp::envelope::{inspect, InspectError};
 use mcp_gateway::mcp::headers::{decode_value, encode_value};
 use mcp_gateway::mcp::session::SessionKeys;
@@ -22,8 +23,43 @@ fn jsonish() -> impl Strategy<Value = String> {
     proptest::string::string_regex(r#"[\[\]{}:,"0-9a-z\\ .\-]{0,80}"#).unwrap()
 }
 
+/// Any JSON value, nested up to 16 deep, its strings full of brackets, quotes and
+/// backslashes.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| Value::from(n)),
+        r#"[\[\]{}"\\a-z ]{0,12}"#.prop_map(Value::String),
+    ];
+    leaf.prop_recursive(16, 200, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map("[\\[{a-z\"]{0,6}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// How deep a value nests arrays and objects (a scalar: 0).
+fn depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The nesting limit counts what the JSON nests, never brackets inside strings.
+    #[test]
+    fn the_nesting_limit_counts_nesting_only(value in json_value(), max in 1usize..18) {
+        let text = serde_json::to_vec(&value).unwrap();
+        prop_assert_eq!(deeper_than(&text, max), depth(&value) > max, "{}", String::from_utf8_lossy(&text));
+    }
 
     /// Not JSON is `-32700`; JSON that is not a JSON-RPC message is `-32600`.
     #[test]
