@@ -123,6 +123,8 @@ pub struct Timeouts {
 pub struct Connection<'c> {
     connector: &'c Connector,
     stream: Stream,
+    /// The peer's reuse hash, for the pool.
+    key: u64,
     peer: Box<HttpPeer>,
 }
 
@@ -147,10 +149,11 @@ pub async fn connect<'c>(
         options.read_timeout = timeouts.read.or(options.read_timeout);
         options.write_timeout = timeouts.write.or(options.write_timeout);
         match connector.get(&peer).await {
-            Ok((stream, _reused)) => {
+            Ok(pooled) => {
                 return Ok(Connection {
                     connector,
-                    stream,
+                    stream: pooled.stream,
+                    key: pooled.key,
                     peer,
                 });
             }
@@ -188,6 +191,7 @@ impl<'c> Connection<'c> {
         let Connection {
             connector,
             mut stream,
+            key,
             peer,
         } = self;
         let options = &peer.options;
@@ -246,6 +250,7 @@ impl<'c> Connection<'c> {
                 Ok(Sent::Answer(Response {
                     connector,
                     session,
+                    key,
                     peer,
                     close,
                 }))
@@ -308,6 +313,8 @@ async fn write_all(
 pub struct Response<'c> {
     connector: &'c Connector,
     session: HttpSession,
+    /// The peer's reuse hash, for the pool.
+    key: u64,
     peer: Box<HttpPeer>,
     /// The request asked the server to close the connection.
     close: bool,
@@ -338,7 +345,7 @@ impl Response<'_> {
         self.session.respect_keepalive();
         if let Some(stream) = self.session.reuse().await {
             let idle = self.peer.options.idle_timeout;
-            self.connector.release(stream, &self.peer, idle);
+            self.connector.release(stream, self.key, idle);
         }
     }
 

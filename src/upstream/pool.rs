@@ -29,6 +29,15 @@ const MAX_IDLE: Duration = Duration::from_secs(60);
 /// New and idle connections to the upstream servers.
 pub struct Connector(Arc<Inner>);
 
+/// A connection [`Connector::get`] gave.
+pub struct Pooled {
+    pub stream: Stream,
+    /// The peer's reuse hash (its address and TLS settings), to give it back under.
+    pub key: u64,
+    /// Kept idle from an earlier exchange (not a new connection).
+    pub reused: bool,
+}
+
 struct Inner {
     connect: TransportConnector,
     idle: ThreadLocal<RefCell<Idle>>,
@@ -60,12 +69,21 @@ impl Connector {
     }
 
     /// An idle connection to `peer` this thread kept (the most recent first), or a new one.
-    /// The second value says whether it was reused.
-    pub async fn get(&self, peer: &HttpPeer) -> pingora::Result<(Stream, bool)> {
-        if let Some(stream) = self.reused(peer.reuse_hash()) {
-            return Ok((stream, true));
+    pub async fn get(&self, peer: &HttpPeer) -> pingora::Result<Pooled> {
+        let key = peer.reuse_hash();
+        if let Some(stream) = self.reused(key) {
+            return Ok(Pooled {
+                stream,
+                key,
+                reused: true,
+            });
         }
-        Ok((self.0.connect.new_stream(peer).await?, false))
+        let stream = self.0.connect.new_stream(peer).await?;
+        Ok(Pooled {
+            stream,
+            key,
+            reused: false,
+        })
     }
 
     fn reused(&self, key: u64) -> Option<Stream> {
@@ -82,8 +100,9 @@ impl Connector {
     }
 
     /// Keep `stream` (an answer read to its end, both sides keeping it alive) for the
-    /// next exchange with `peer` on this thread, for at most `idle_timeout`.
-    pub fn release(&self, mut stream: Stream, peer: &HttpPeer, idle_timeout: Option<Duration>) {
+    /// next exchange with the peer of `key` ([`Pooled::key`]) on this thread, for at most
+    /// `idle_timeout`.
+    pub fn release(&self, mut stream: Stream, key: u64, idle_timeout: Option<Duration>) {
         if self.0.max_idle == 0 || !open(&mut stream) {
             return;
         }
@@ -97,7 +116,7 @@ impl Connector {
             .borrow_mut();
         if idle.count >= self.0.max_idle {
             // Full: the oldest connection to this peer makes room, else this one closes.
-            match idle.by_peer.get_mut(&peer.reuse_hash()) {
+            match idle.by_peer.get_mut(&key) {
                 Some(list) if !list.is_empty() => {
                     list.remove(0);
                     idle.count -= 1;
@@ -107,7 +126,7 @@ impl Connector {
         }
         let until = Instant::now() + idle_timeout.unwrap_or(MAX_IDLE);
         idle.by_peer
-            .entry(peer.reuse_hash())
+            .entry(key)
             .or_default()
             .push(Parked { stream, until });
         idle.count += 1;
@@ -180,21 +199,20 @@ mod tests {
     async fn a_released_connection_is_reused_and_a_closed_one_is_not() {
         let (listener, peer) = server().await;
         let pool = Connector::new(4);
-        let (stream, reused) = pool.get(&peer).await.unwrap();
-        assert!(!reused);
+        let first = pool.get(&peer).await.unwrap();
+        assert!(!first.reused);
         let (mut accepted, _) = listener.accept().await.unwrap();
-        pool.release(stream, &peer, None);
+        pool.release(first.stream, first.key, None);
         assert_eq!(pool.idle_here(), 1);
-        let (stream, reused) = pool.get(&peer).await.unwrap();
-        assert!(reused);
+        let again = pool.get(&peer).await.unwrap();
+        assert!(again.reused);
         assert_eq!(pool.idle_here(), 0);
-        pool.release(stream, &peer, None);
+        pool.release(again.stream, again.key, None);
         // The server closes it while idle: the next exchange connects anew.
         accepted.shutdown().await.unwrap();
         drop(accepted);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let (_stream, reused) = pool.get(&peer).await.unwrap();
-        assert!(!reused);
+        assert!(!pool.get(&peer).await.unwrap().reused);
         assert_eq!(pool.idle_here(), 0);
     }
 
@@ -204,22 +222,22 @@ mod tests {
         let pool = Connector::new(2);
         let (mut streams, mut accepted) = (Vec::new(), Vec::new());
         for _ in 0..3 {
-            streams.push(pool.get(&peer).await.unwrap().0);
+            streams.push(pool.get(&peer).await.unwrap());
             accepted.push(listener.accept().await.unwrap());
         }
         for s in streams {
-            pool.release(s, &peer, Some(Duration::from_millis(30)));
+            pool.release(s.stream, s.key, Some(Duration::from_millis(30)));
         }
         assert_eq!(pool.idle_here(), 2, "bounded by max_idle");
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(
-            !pool.get(&peer).await.unwrap().1,
+            !pool.get(&peer).await.unwrap().reused,
             "expired ones are not reused"
         );
         // A pool of none keeps nothing.
         let none = Connector::new(0);
-        let s = none.get(&peer).await.unwrap().0;
-        none.release(s, &peer, None);
+        let s = none.get(&peer).await.unwrap();
+        none.release(s.stream, s.key, None);
         assert_eq!(none.idle_here(), 0);
     }
 }
