@@ -30,7 +30,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| Value::from(n)),
+        any::<i64>().prop_map(Value::from),
         r#"[\[\]{}"\\a-z ]{0,12}"#.prop_map(Value::String),
     ];
     leaf.prop_recursive(16, 200, 6, |inner| {
