@@ -135,7 +135,8 @@ impl Connector {
     /// Start this thread's timer: every [`SWEEP`], close its idle connections that
     /// their server closed or that idled past their time. It runs on the calling
     /// thread's runtime (with one runtime per thread, on this thread) and ends with the
-    /// connector.
+    /// connector. With `server.work_stealing: true` the timer may move and sweep
+    /// another thread's list instead; every connection is still checked when taken.
     fn sweep_this_thread(&self) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
