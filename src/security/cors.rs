@@ -53,8 +53,8 @@ pub fn same_origin(origin: &str, scheme: &str, authority: &str) -> bool {
     }
 }
 
-/// Headers set on every answer from the proxy port (the values are static: nothing
-/// allocated for them per answer).
+/// Headers set on every answer from the proxy port (constants: nothing parsed or
+/// allocated per answer).
 pub const SECURITY_HEADERS: [(http::HeaderName, HeaderValue); 3] = [
     (
         http::header::X_CONTENT_TYPE_OPTIONS,
