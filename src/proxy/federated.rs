@@ -113,21 +113,12 @@ pub async fn answer(
             .map_err(shaping)?;
     }
     if let Some(q) = ctx.quota {
-        resp.insert_header(
-            super::respond::RATELIMIT_LIMIT,
-            http::HeaderValue::from(q.limit),
-        )
-        .map_err(shaping)?;
-        resp.insert_header(
-            super::respond::RATELIMIT_REMAINING,
-            http::HeaderValue::from(q.remaining),
-        )
-        .map_err(shaping)?;
-        resp.insert_header(
-            super::respond::RATELIMIT_RESET,
-            http::HeaderValue::from(q.reset),
-        )
-        .map_err(shaping)?;
+        resp.insert_header("ratelimit-limit", http::HeaderValue::from(q.limit))
+            .map_err(shaping)?;
+        resp.insert_header("ratelimit-remaining", http::HeaderValue::from(q.remaining))
+            .map_err(shaping)?;
+        resp.insert_header("ratelimit-reset", http::HeaderValue::from(q.reset))
+            .map_err(shaping)?;
     }
     common_headers(&mut resp, ctx).map_err(shaping)?;
     ctx.local_status = Some(status);

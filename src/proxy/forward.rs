@@ -396,18 +396,9 @@ pub fn client_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()
     resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
     super::respond::common_headers(resp, ctx)?;
     if let Some(q) = ctx.quota {
-        resp.insert_header(
-            super::respond::RATELIMIT_LIMIT,
-            http::HeaderValue::from(q.limit),
-        )?;
-        resp.insert_header(
-            super::respond::RATELIMIT_REMAINING,
-            http::HeaderValue::from(q.remaining),
-        )?;
-        resp.insert_header(
-            super::respond::RATELIMIT_RESET,
-            http::HeaderValue::from(q.reset),
-        )?;
+        resp.insert_header("ratelimit-limit", http::HeaderValue::from(q.limit))?;
+        resp.insert_header("ratelimit-remaining", http::HeaderValue::from(q.remaining))?;
+        resp.insert_header("ratelimit-reset", http::HeaderValue::from(q.reset))?;
     }
     let is_sse = resp
         .headers

@@ -3,17 +3,11 @@
 use super::ctx::RequestCtx;
 use crate::error::GatewayError;
 use bytes::Bytes;
-use http::HeaderName;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-// Header names as constants: a name given as text is parsed, and a non-standard one
-// allocated, on every insert.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+pub const REQUEST_ID: &str = "x-request-id";
 
 /// The final response header already sent to the client, if any: a `100 Continue` the
 /// gateway wrote before reading the body is not one (Pingora reports it until the
@@ -111,9 +105,9 @@ pub async fn json(
             limit, retry_after, ..
         }) => {
             resp.insert_header(http::header::RETRY_AFTER, retry_after.to_string())?;
-            resp.insert_header(RATELIMIT_LIMIT, limit.to_string())?;
-            resp.insert_header(RATELIMIT_REMAINING, http::HeaderValue::from_static("0"))?;
-            resp.insert_header(RATELIMIT_RESET, retry_after.to_string())?;
+            resp.insert_header("ratelimit-limit", limit.to_string())?;
+            resp.insert_header("ratelimit-remaining", "0")?;
+            resp.insert_header("ratelimit-reset", retry_after.to_string())?;
         }
         Some(GatewayError::Busy(_)) => {
             resp.insert_header(http::header::RETRY_AFTER, "1")?;
