@@ -57,6 +57,9 @@ pub struct Conn {
     pub id: u64,
     /// The client's address and port.
     pub client: String,
+    /// The client's address ([`crate::security::edge::peer_ip`]'s) and its text, made
+    /// once for the forwarded headers of every request on the connection.
+    pub peer_ip: Option<(std::net::IpAddr, http::HeaderValue)>,
     pub started: SystemTime,
     started_at: Instant,
     pub requests: AtomicU64,
@@ -291,9 +294,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
             true => (0, 0),
             false => (self.head_timeout_ms, self.keepalive_ms),
         };
+        let peer_ip = ip.map(crate::security::edge::canonical).and_then(|ip| {
+            http::HeaderValue::try_from(ip.to_string())
+                .ok()
+                .map(|text| (ip, text))
+        });
         let conn = Arc::new(Conn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             client,
+            peer_ip,
             started: SystemTime::now(),
             started_at: Instant::now(),
             requests: AtomicU64::new(0),

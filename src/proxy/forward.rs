@@ -234,7 +234,12 @@ fn forwarding_headers(session: &Session, req: &mut RequestHeader, ctx: &RequestC
     let edge = &ctx.state.edge;
     let trusted = edge.is_trusted(peer);
     let client = edge.client_ip(peer, &req.headers);
-    let peer_text = peer.to_string();
+    // The address's text, made once per connection.
+    let peer_text = match ctx.conn().and_then(|c| c.peer_ip.as_ref()) {
+        Some((ip, text)) if *ip == peer => text.clone(),
+        _ => http::HeaderValue::try_from(peer.to_string())
+            .map_err(|e| Error::because(ErrorType::InternalError, "the client address", e))?,
+    };
     let xff = if trusted {
         let mut chain = String::new();
         for v in req.headers.get_all(&X_FORWARDED_FOR) {
@@ -245,8 +250,9 @@ fn forwarding_headers(session: &Session, req: &mut RequestHeader, ctx: &RequestC
                 chain.push_str(", ");
             }
         }
-        chain.push_str(&peer_text);
-        chain
+        chain.push_str(peer_text.to_str().unwrap_or_default());
+        http::HeaderValue::try_from(chain)
+            .map_err(|e| Error::because(ErrorType::InternalError, "X-Forwarded-For", e))?
     } else {
         for h in present(&req.headers, &FORWARDING) {
             req.remove_header(h);
@@ -257,7 +263,8 @@ fn forwarding_headers(session: &Session, req: &mut RequestHeader, ctx: &RequestC
     let real = if client == peer {
         peer_text
     } else {
-        client.to_string()
+        http::HeaderValue::try_from(client.to_string())
+            .map_err(|e| Error::because(ErrorType::InternalError, "the client address", e))?
     };
     req.insert_header(X_REAL_IP, real)?;
     if !req.headers.contains_key(&X_FORWARDED_PROTO) {

@@ -78,7 +78,7 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
 }
 
 /// IPv4 clients of a dual-stack listener (`::ffff:a.b.c.d`) are IPv4 clients.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
