@@ -7,10 +7,11 @@
 //! with the client's subscription id. The stream ends, with the listen result, when every
 //! member's has ended; as the spec says, there is no replay: clients listen again.
 
+use super::coalesce::Coalesce;
 use super::fan::response_of;
 use super::member::{Body, Events};
 use super::names;
-use super::relay::{self, Coalesce, Stream};
+use super::relay::{self, Stream};
 use super::rewrite;
 use super::serve::{Answer, Fed, METHOD_NOT_FOUND};
 use crate::error::GatewayError;
@@ -204,7 +205,16 @@ impl ListenStream<'_> {
             return None;
         }
         loop {
-            let Some((index, mut message)) = self.parts.next().await else {
+            if let Some(message) = self.changed.due() {
+                return Some(self.event(message));
+            }
+            let Some(part) = self.changed.until_due(self.parts.next()).await else {
+                continue;
+            };
+            let Some((index, mut message)) = part else {
+                if let Some(message) = self.changed.any() {
+                    return Some(self.event(message));
+                }
                 // Every member's stream ended: so does the client's, with its result.
                 self.ended = true;
                 let end = json!({
@@ -214,23 +224,32 @@ impl ListenStream<'_> {
                 });
                 return Some(relay::event(None, &end));
             };
-            if message.get("method").is_none() || !self.changed.admit(&message) {
-                // A member's own end of stream, or a list change just sent.
+            if message.get("method").is_none() {
+                // A member's own end of stream.
                 continue;
             }
             rewrite::notification(&self.prefixes[index], &mut message);
-            let params = message
-                .as_object_mut()
-                .expect("a message with a method is an object")
-                .entry("params")
-                .or_insert_with(|| json!({}));
-            if let Some(p) = params.as_object_mut() {
-                let meta = p.entry("_meta").or_insert_with(|| json!({}));
-                if let Some(m) = meta.as_object_mut() {
-                    m.insert(SUBSCRIPTION_ID.into(), self.id.clone());
-                }
+            if !self.changed.admit(&message) {
+                // A list change of a kind just sent: held for the window's end.
+                continue;
             }
-            return Some(relay::event(None, &message));
+            return Some(self.event(message));
         }
+    }
+
+    /// A member's notification as the client's: under the client's subscription id.
+    fn event(&self, mut message: Value) -> Bytes {
+        let params = message
+            .as_object_mut()
+            .expect("a message with a method is an object")
+            .entry("params")
+            .or_insert_with(|| json!({}));
+        if let Some(p) = params.as_object_mut() {
+            let meta = p.entry("_meta").or_insert_with(|| json!({}));
+            if let Some(m) = meta.as_object_mut() {
+                m.insert(SUBSCRIPTION_ID.into(), self.id.clone());
+            }
+        }
+        relay::event(None, &message)
     }
 }

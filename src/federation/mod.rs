@@ -26,6 +26,7 @@
 
 pub mod cache;
 pub mod catalog;
+pub mod coalesce;
 pub mod fan;
 pub mod handshake;
 pub mod listen;

@@ -7,8 +7,10 @@
 //!   answering 405, are left out), each message once, under composite event ids that
 //!   hold every member's last event id, so `Last-Event-ID` resumes each member; a
 //!   member's stream that ends (polling) is opened again. `list_changed` notifications
-//!   of one kind arriving together are sent once.
+//!   of one kind arriving together are sent once (and once more when another arrived
+//!   within the window: [`super::coalesce`]).
 
+use super::coalesce::Coalesce;
 use super::member::{self, Body, Call, Events};
 use super::serve::Request;
 use super::serve::{rpc_error, Answer, Fed};
@@ -25,7 +27,7 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A member's answer to a routed call, as the client gets it.
 pub async fn answer<'a>(
@@ -284,54 +286,39 @@ pub struct GetStream<'a> {
     vs: &'a VirtualServer,
 }
 
-/// How long `list_changed` notifications of one kind are sent as one.
-const COALESCE: Duration = Duration::from_millis(500);
-
-/// Members' `list_changed` notifications of one kind arriving together, sent once.
-#[derive(Default)]
-pub struct Coalesce(BTreeMap<String, Instant>);
-
-impl Coalesce {
-    /// Is `message` to be sent (not a `list_changed` of a kind sent just now)?
-    pub fn admit(&mut self, message: &Value) -> bool {
-        let Some(method) = message.get("method").and_then(Value::as_str) else {
-            return true;
-        };
-        if !method.ends_with("/list_changed") || message.get("id").is_some() {
-            return true;
-        }
-        let now = Instant::now();
-        if self
-            .0
-            .get(method)
-            .is_some_and(|at| now.duration_since(*at) < COALESCE)
-        {
-            return false;
-        }
-        self.0.insert(method.to_string(), now);
-        true
-    }
-}
 /// How often a member's GET stream that ended is opened again, in a row.
 const REOPENS: u32 = 5;
 
 impl GetStream<'_> {
     async fn next(&mut self) -> Option<Bytes> {
         loop {
-            let (index, event_id, mut message) = self.parts.next().await?;
+            if let Some(message) = self.changed.due() {
+                return Some(self.event(&message));
+            }
+            let Some(part) = self.changed.until_due(self.parts.next()).await else {
+                continue;
+            };
+            let Some((index, event_id, mut message)) = part else {
+                return self.changed.any().map(|message| self.event(&message));
+            };
             super::cache::notified(self.state, &self.vs.members[index], &message);
             let prefix = self.prefixes[index].clone();
             if let Some(id) = event_id {
                 self.last.insert(prefix.clone(), id);
             }
+            rewrite::notification(&prefix, &mut message);
+            seal_request(&self.sealer, &prefix, &mut message);
             if !self.changed.admit(&message) {
                 continue;
             }
-            rewrite::notification(&prefix, &mut message);
-            seal_request(&self.sealer, &prefix, &mut message);
-            let id = (!self.last.is_empty()).then(|| composite(&self.last));
-            return Some(event(id.as_deref(), &message));
+            return Some(self.event(&message));
         }
+    }
+
+    /// `message` as an SSE event, under the composite id of every member's last event.
+    fn event(&self, message: &Value) -> Bytes {
+        let id = (!self.last.is_empty()).then(|| composite(&self.last));
+        event(id.as_deref(), message)
     }
 }
 
