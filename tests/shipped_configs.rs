@@ -48,7 +48,7 @@ async fn starts(config: &Path, env: &[(&str, &str)]) {
     let log_path = dir.path("gateway.log");
     for attempt in 1..=3 {
         let port = free_port();
-        let admin_port = free_port();
+        let admin_port = free_port_besides(port);
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(BIN)
             .arg("--config")

@@ -50,16 +50,27 @@ pub fn config_files() -> Vec<PathBuf> {
     files
 }
 
+/// A free port, never one this process was handed before: the kernel may hand out a
+/// port again as soon as the listener that found it is closed, so a test asking for a
+/// gateway port and a dead upstream's (or an admin port) could otherwise get the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut handed_out = HANDED_OUT.lock().unwrap();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
-/// A free port other than `taken`: the kernel may hand out a port again as soon as the
-/// listener that found it is closed, so two calls of [`free_port`] can agree.
+/// A free port other than `taken`, which may have come from outside [`free_port`] (a
+/// port given in the environment).
 pub fn free_port_besides(taken: u16) -> u16 {
     loop {
         let port = free_port();
