@@ -127,10 +127,8 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         opts.config_path.clone(),
         opts.level_override,
     ));
-    let mut proxy_app = pingora::proxy::http_proxy(
-        &server.configuration,
-        Gateway::new(live.clone(), pool_per_thread(&config)),
-    );
+    let gateway = Gateway::new(live.clone(), pool_per_thread(&config));
+    let mut proxy_app = pingora::proxy::http_proxy(&server.configuration, gateway.clone());
     let head_timeout = Some(config.limits.request_head_timeout.0).filter(|d| !d.is_zero());
     let mut options = pingora::apps::HttpServerOptions::default();
     if config.limits.requests_per_connection > 0 {
@@ -152,8 +150,14 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
     // Connections are counted, timed, tracked (and can be closed) through the admin API.
     let mut proxy = pingora::services::listening::Service::new(
         "mcp-gateway proxy".to_string(),
-        crate::proxy::connections::Tracked::new(proxy_app, head_timeout, keepalive, admission)
-            .lingering(live.clone()),
+        crate::proxy::connections::Tracked::new(
+            proxy_app,
+            gateway,
+            head_timeout,
+            keepalive,
+            admission,
+        )
+        .lingering(live.clone()),
     );
     // Each client connection's read buffer: Pingora's default (64 KiB, zero-filled when
     // the connection is accepted) is most of what an idle connection costs; a request head

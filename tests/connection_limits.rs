@@ -33,7 +33,21 @@ async fn gateway(server: &str, extra: &str) -> (Upstream, Gateway) {
 }
 
 async fn served(c: &mut Conn) -> bool {
-    c.send(&post_list()).await.is_some_and(|a| a.status == 200)
+    match c.send(&post_list()).await {
+        Some(a) if a.status == 200 => true,
+        Some(a) => {
+            eprintln!(
+                "answered {}: {}",
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            );
+            false
+        }
+        None => {
+            eprintln!("no answer");
+            false
+        }
+    }
 }
 
 #[tokio::test]

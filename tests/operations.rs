@@ -473,3 +473,37 @@ async fn a_long_answer_that_ends_after_the_drain_window_closes_its_connection() 
     );
     exits_cleanly(gw, Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn sigterm_closes_idle_kept_alive_connections_and_exits() {
+    use common::raw::Conn;
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&yaml(&[up.url()], "")).await;
+    let post = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{LIST}",
+        LIST.len()
+    );
+    // Idle between requests: one after a POST (the gateway's own loop), one after a
+    // DELETE (Pingora's app serves that connection from there), one that never sent.
+    let mut after_post = Conn::open(gw.port).await;
+    let mut after_delete = Conn::open(gw.port).await;
+    let mut silent = Conn::open(gw.port).await;
+    assert_eq!(after_post.send(post.as_bytes()).await.unwrap().status, 200);
+    let delete = b"DELETE /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    assert_eq!(after_delete.send(delete).await.unwrap().status, 200);
+    signal(gw.pid(), "TERM");
+    // Closed once the listeners stop and the drain delay (1 s) is over, well before the
+    // keep-alive timeout (75 s) or the grace period (20 s).
+    for (name, conn) in [
+        ("after a POST", &mut after_post),
+        ("after a DELETE", &mut after_delete),
+        ("silent", &mut silent),
+    ] {
+        assert!(
+            conn.closed().await,
+            "the idle connection {name} stayed open"
+        );
+    }
+    exits_cleanly(gw, Duration::from_secs(10));
+}

@@ -47,6 +47,12 @@ pub fn legacy_endpoint(path: &str, known: impl Fn(&str) -> bool) -> Option<(&str
     None
 }
 
+/// Whether a raw request path ends in a legacy SSE client's message endpoint: such a POST
+/// is taken over by the adapter through Pingora's proxy path ([`super::serve`]).
+pub fn is_legacy_message(path: &[u8]) -> bool {
+    path.ends_with(MESSAGE.as_bytes())
+}
+
 /// The checks of a request for the adapter, made before anything is handed over: the
 /// method each endpoint takes, and a WebSocket handshake the adapter can answer.
 pub fn check(req: &RequestHeader, kind: Kind) -> Result<(), GatewayError> {

@@ -1,12 +1,13 @@
 //! Client connections, tracked from accept to close, and closed on request.
 //!
 //! [`Tracked`] wraps Pingora's HTTP proxy app: for every accepted connection it registers
-//! a [`Conn`] in a lock-free skip list, runs the proxy's connection loop (all the
-//! requests of that connection) with the `Conn` in a task-local so the request hooks can
-//! update it without any lookup, and unregisters it when the connection ends. Closing a
-//! connection from the admin API wakes the wrapper, which drops the proxy's future: the
-//! client socket closes and any upstream request in progress is dropped with it (in the
-//! modern era that is the cancellation).
+//! a [`Conn`] in a lock-free skip list, runs the connection loop (all the requests of
+//! that connection: HTTP/1 in [`super::serve`], HTTP/2 in Pingora's app) with the `Conn`
+//! in a task-local so the request hooks can update it without any lookup, and
+//! unregisters it when the connection ends. Closing a connection from the admin API
+//! wakes the wrapper, which drops the connection's future: the client socket closes and
+//! any upstream request in progress is dropped with it (in the modern era that is the
+//! cancellation).
 //!
 //! The same wrapper admits connections (`server.max_connections`,
 //! `limits.max_connections_per_ip`: [`super::admission`]) and bounds how long an HTTP/1
@@ -33,6 +34,7 @@
 
 use super::admission::watched::Watched;
 use super::admission::{Admission, Refused};
+use super::Gateway;
 use crate::clock::now_ms;
 use crate::telemetry::metrics::METRICS;
 use arc_swap::ArcSwapOption;
@@ -43,6 +45,7 @@ use once_cell::sync::Lazy;
 use pingora::apps::ServerApp;
 use pingora::protocols::SocketDigest;
 use pingora::protocols::{Stream, ALPN};
+use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -204,9 +207,13 @@ pub fn of_socket(socket: &Arc<SocketDigest>) -> Option<Arc<Conn>> {
         .map(|e| e.value().clone())
 }
 
-/// Wraps a [`ServerApp`] (the HTTP proxy) to track its connections.
-pub struct Tracked<A> {
-    inner: Arc<A>,
+/// Wraps the HTTP proxy app to track its connections, and serves their HTTP/1 requests
+/// ([`super::serve`]).
+pub struct Tracked {
+    inner: Arc<HttpProxy<Gateway>>,
+    /// The proxy's hooks (sharing its state and upstream connections), for the POSTs
+    /// served by [`super::serve`].
+    gateway: Arc<Gateway>,
     /// `limits.request_head_timeout` in milliseconds (`0`: none).
     head_timeout_ms: u64,
     /// `server.keepalive_timeout` in milliseconds.
@@ -217,18 +224,20 @@ pub struct Tracked<A> {
     live: Option<Arc<crate::live::Live>>,
 }
 
-impl<A> Tracked<A> {
-    /// `head_timeout`: the longest wait for a complete HTTP/1 request head once it
-    /// started; `keepalive`: for the next request on an idle connection; `admission`:
-    /// the connection limits.
+impl Tracked {
+    /// `inner`: the proxy app of `gateway` (a clone of it); `head_timeout`: the longest
+    /// wait for a complete HTTP/1 request head once it started; `keepalive`: for the next
+    /// request on an idle connection; `admission`: the connection limits.
     pub fn new(
-        inner: A,
+        inner: HttpProxy<Gateway>,
+        gateway: Gateway,
         head_timeout: Option<Duration>,
         keepalive: Duration,
         admission: Admission,
     ) -> Self {
         Tracked {
             inner: Arc::new(inner),
+            gateway: Arc::new(gateway),
             head_timeout_ms: head_timeout.map_or(0, |d| d.as_millis().max(1) as u64),
             keepalive_ms: keepalive.as_millis().max(1) as u64,
             admission: Arc::new(admission),
@@ -270,7 +279,7 @@ impl Drop for Registered {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
+impl ServerApp for Tracked {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -329,14 +338,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
         }
         METRICS.connections_active.inc();
         let _registered = Registered(conn.clone(), socket);
-        let inner = self.inner.clone();
-        // HTTP/1: reads tell the connection when a request starts.
-        let stream: Stream = match h2 {
-            true => stream,
-            false => Box::new(Watched::new(stream, conn.clone())),
-        };
+        let app = self.clone();
+        let reads = conn.clone();
         let served = CURRENT.scope(conn.clone(), async move {
-            inner.process_new(stream, shutdown).await
+            match h2 {
+                true => app.inner.process_new(stream, shutdown).await,
+                false => {
+                    // Reads tell the connection when a request starts.
+                    let stream: Stream = Box::new(Watched::new(stream, reads));
+                    let (proxy, gateway) = (&app.inner, &app.gateway);
+                    super::serve::connection(proxy, gateway, stream, shutdown).await;
+                    None
+                }
+            }
         });
         let watched = async {
             tokio::select! {

@@ -1,6 +1,8 @@
 //! The proxy service: `impl ProxyHttp for Gateway`. Each hook calls one function.
 //!
-//! Phase order for one request:
+//! An HTTP/1 POST is served by the gateway's own connection loop ([`serve`]), which
+//! calls these same hooks without Pingora's per-request proxy future; everything else
+//! runs through Pingora's HTTP app. Phase order for one request:
 //! 0. `early_request_filter`: an HTTP/2 stream finds its client connection
 //!    ([`ctx::RequestCtx::find_conn`]).
 //! 1. `request_filter` ([`request::filter`]): health probes; route → connection fields
@@ -42,6 +44,7 @@ pub mod post;
 pub mod record;
 pub mod request;
 pub mod respond;
+pub mod serve;
 pub mod transform;
 
 use crate::error::GatewayError;
@@ -54,11 +57,12 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 
+#[derive(Clone)]
 pub struct Gateway {
     /// The running state; each request takes the one current when it starts.
     pub live: Arc<crate::live::Live>,
     /// Upstream connections for the POSTs the gateway forwards itself ([`post`]), the
-    /// idle ones kept per worker thread.
+    /// idle ones kept per worker thread (a clone shares them).
     pub connector: Connector,
 }
 

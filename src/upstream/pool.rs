@@ -26,7 +26,8 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// An idle connection's longest stay when its peer sets no idle timeout.
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
-/// New and idle connections to the upstream servers.
+/// New and idle connections to the upstream servers (a clone shares them).
+#[derive(Clone)]
 pub struct Connector(Arc<Inner>);
 
 /// A connection [`Connector::get`] gave.

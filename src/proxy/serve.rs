@@ -1,0 +1,268 @@
+//! HTTP/1 client connections: the gateway's own request loop.
+//!
+//! Pingora's HTTP app serves every request of a connection through one future holding
+//! its whole proxy state machine (cache, upstream phases, retries), built and moved
+//! into a box per request: copying it was a sixth of the instructions of a passthrough
+//! call. A POST never needs that machine: the gateway reads, checks and answers it from
+//! `request_filter` ([`super::post`], [`super::federated`], its own errors). So this
+//! loop looks at the request line of each request before anything parses it:
+//!
+//! * a POST (but a legacy SSE client's message, which the client adapter takes over
+//!   through Pingora's proxy path) is read by Pingora's own HTTP/1 session and served
+//!   here by the same hooks Pingora would call (`early_request_filter`,
+//!   `request_filter`, `logging`, and on an error `fail_to_proxy`), with nothing else
+//!   per request;
+//! * anything else (GET streams, DELETE, OPTIONS, WebSocket upgrades, a request line
+//!   longer than [`LINE`] bytes or cut short) goes to Pingora's HTTP app with the bytes
+//!   read so far as the session's first bytes (its "pipelined prefix", parsed before it
+//!   reads the socket), and the connection stays there: what that app hands back for
+//!   the next request may hold bytes it read ahead, which only it can see.
+//!
+//! Either way the request is parsed, checked and answered as before; keep-alive, the
+//! request limit per connection, pipelining and `Connection: close` on shutdown carry
+//! over as Pingora's loop carries them ([`HttpPersistentSettings`]). The wait for the
+//! next request is timed by the connection's own timer (`server.keepalive_timeout`,
+//! [`super::connections`]); it is not a request in flight, so it does not hold up the
+//! process's exit at shutdown (`lifecycle::ExitWhenIdle`).
+
+use super::Gateway;
+use bytes::BytesMut;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::proxy::{HttpProxy, ProxyHttp, Session};
+use pingora::server::ShutdownWatch;
+use pingora::{Error, ErrorType};
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+
+/// The longest request line looked at: one longer goes to Pingora's app, which refuses
+/// or serves it as it would any (Pingora's own first read is this size too).
+pub const LINE: usize = 4096;
+
+/// Pingora's keep-alive setting for a connection's first request (seconds), as its
+/// HTTP app sets it.
+const KEEPALIVE: u64 = 60;
+
+/// Serve the HTTP/1 connection `stream` until it closes.
+pub async fn connection(
+    proxy: &Arc<HttpProxy<Gateway>>,
+    gw: &Gateway,
+    mut stream: Stream,
+    shutdown: &ShutdownWatch,
+) {
+    let options = proxy.server_options();
+    // What the previous request leaves the next: keep-alive, reuses left, pipelining.
+    let mut settings: Option<HttpPersistentSettings> = None;
+    // The bytes read of the next request (read past the previous one's body, or here).
+    let mut next = BytesMut::new();
+    loop {
+        if !request_line(&mut stream, &mut next).await {
+            return;
+        }
+        if !served_here(&next) {
+            let mut session = ServerSession::new_http1(stream);
+            prepare(&mut session, settings, options, shutdown);
+            session.set_pipelined_prefix(next);
+            return pingora(proxy, session, shutdown).await;
+        }
+        let mut session = Session::new_h1(stream);
+        prepare(&mut session.downstream_session, settings, options, shutdown);
+        session.downstream_session.set_pipelined_prefix(next);
+        match request(gw, session, shutdown).await {
+            Some((s, kept, ahead)) => {
+                stream = s;
+                settings = Some(kept);
+                next = ahead.unwrap_or_default();
+            }
+            None => return,
+        }
+    }
+}
+
+/// Read until `buf` holds the request line (or [`LINE`] bytes, or the client stopped
+/// sending); false when the connection closed with nothing of a next request read.
+async fn request_line(stream: &mut Stream, buf: &mut BytesMut) -> bool {
+    if buf.capacity() == 0 {
+        buf.reserve(LINE);
+    }
+    while !buf.contains(&b'\n') && buf.len() < LINE {
+        match stream.read_buf(buf).await {
+            Ok(0) => return !buf.is_empty(),
+            Ok(_) => {}
+            Err(e) => {
+                log::debug!("client connection closed while waiting for a request: {e}");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Whether the request starting `buf` is served by this loop: a POST, but to a legacy
+/// SSE client's message endpoint. Decided on the raw request target; both paths parse
+/// and check the request the same way, so this only chooses who runs the hooks.
+pub fn served_here(buf: &[u8]) -> bool {
+    let Some(rest) = buf.strip_prefix(b"POST ") else {
+        return false;
+    };
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b' ' | b'\r' | b'\n' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    !super::clients::is_legacy_message(&rest[..end])
+}
+
+/// The settings of Pingora's HTTP app for a request: the previous request's, or for the
+/// first one its defaults; no keep-alive once shutdown has begun.
+fn prepare(
+    session: &mut ServerSession,
+    settings: Option<HttpPersistentSettings>,
+    options: Option<&HttpServerOptions>,
+    shutdown: &ShutdownWatch,
+) {
+    match settings {
+        Some(kept) => kept.apply_to_session(session),
+        None => {
+            session.set_keepalive(Some(KEEPALIVE));
+            session.set_keepalive_reuses_remaining(options.and_then(|o| o.keepalive_request_limit));
+        }
+    }
+    if *shutdown.borrow() {
+        session.set_keepalive(None);
+    }
+}
+
+/// The rest of the connection in Pingora's HTTP app, as its own loop runs it.
+async fn pingora(
+    proxy: &Arc<HttpProxy<Gateway>>,
+    session: ServerSession,
+    shutdown: &ShutdownWatch,
+) {
+    let mut served = proxy.process_new_http(session, shutdown).await;
+    while let Some((stream, settings)) = served.map(|r| r.consume()) {
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(settings) = settings {
+            settings.apply_to_session(&mut session);
+        }
+        served = proxy.process_new_http(session, shutdown).await;
+    }
+}
+
+/// The connection back, with what its next request keeps, once the request answered
+/// leaves it reusable; and the bytes read past it.
+type Reusable = (Stream, HttpPersistentSettings, Option<BytesMut>);
+
+/// One request: its head read, then the hooks Pingora's proxy calls for a request the
+/// gateway answers from `request_filter`.
+async fn request(gw: &Gateway, mut session: Session, shutdown: &ShutdownWatch) -> Option<Reusable> {
+    let downstream = &mut session.downstream_session;
+    match downstream.read_request().await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(mut e) => {
+            e.as_down();
+            if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                // The client stream's wrapper writes the gateway's JSON-RPC error
+                // instead of Pingora's empty 400 (`admission::watched`).
+                log::debug!("request head refused: {e}");
+                if let Err(e) = downstream.respond_error(400).await {
+                    log::debug!("could not send the 400: {e}");
+                }
+            } else {
+                log::warn!("could not read a request head: {e}");
+            }
+            downstream.shutdown().await;
+            return None;
+        }
+    }
+    if *shutdown.borrow() {
+        // Reading the head set keep-alive from the request's own fields.
+        session.set_keepalive(None);
+    }
+    let mut ctx = gw.new_ctx();
+    if let Err(e) = gw.early_request_filter(&mut session, &mut ctx).await {
+        return failed(gw, session, ctx, e, "Fail to early filter request:").await;
+    }
+    match gw.request_filter(&mut session, &mut ctx).await {
+        Ok(true) => {
+            gw.logging(&mut session, None, &mut ctx).await;
+            reusable(session).await
+        }
+        Ok(false) => {
+            // Every POST here is answered by the filter; one that is not cannot go on
+            // to Pingora's proxy from here.
+            let e = Error::explain(
+                ErrorType::InternalError,
+                "a POST the gateway's own loop took was left for Pingora's proxy path",
+            );
+            failed(gw, session, ctx, e, "Fail to filter request:").await
+        }
+        Err(e) => failed(gw, session, ctx, e, "Fail to filter request:").await,
+    }
+}
+
+/// An error of a hook: answered by `fail_to_proxy`, logged, counted (as Pingora's proxy
+/// handles it).
+async fn failed(
+    gw: &Gateway,
+    mut session: Session,
+    mut ctx: super::ctx::RequestCtx,
+    e: Box<Error>,
+    context: &str,
+) -> Option<Reusable> {
+    let answer = gw.fail_to_proxy(&mut session, &e, &mut ctx).await;
+    if !gw.suppress_error_log(&session, &ctx, &e) {
+        log::error!(
+            "{context} {e}, status: {}, {}",
+            answer.error_code,
+            gw.request_summary(&session, &ctx)
+        );
+    }
+    gw.logging(&mut session, Some(&e), &mut ctx).await;
+    session.downstream_session.on_proxy_failure(e);
+    match answer.can_reuse_downstream {
+        true => reusable(session).await,
+        false => None,
+    }
+}
+
+/// The answer finished; the connection back when it can be reused.
+async fn reusable(session: Session) -> Option<Reusable> {
+    let settings = HttpPersistentSettings::for_session(&session.downstream_session);
+    let stream = session.downstream_session.finish().await.ok().flatten()?;
+    let (stream, ahead) = stream.into_parts();
+    Some((stream, settings, ahead))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::served_here;
+
+    #[test]
+    fn posts_are_served_here_but_legacy_messages_and_other_methods() {
+        for line in [
+            &b"POST /mcp HTTP/1.1\r\n"[..],
+            b"POST /mcp?x=1 HTTP/1.1\r\n",
+            b"POST /mcp/files HTTP/1.1\r\nHost: a\r\n",
+            b"POST /message/x HTTP/1.1\r\n",
+            b"POST /mcp",
+        ] {
+            assert!(served_here(line), "{}", String::from_utf8_lossy(line));
+        }
+        for line in [
+            &b"GET /mcp HTTP/1.1\r\n"[..],
+            b"DELETE /mcp HTTP/1.1\r\n",
+            b"OPTIONS /mcp HTTP/1.1\r\n",
+            b"post /mcp HTTP/1.1\r\n",
+            b"POST /mcp/message HTTP/1.1\r\n",
+            b"POST /mcp/message?session_id=1 HTTP/1.1\r\n",
+            b"POST /mcp/message#x HTTP/1.1\r\n",
+            b"POST http://a/mcp/message HTTP/1.1\r\n",
+            b"\r\nPOST /mcp HTTP/1.1\r\n",
+            b"",
+        ] {
+            assert!(!served_here(line), "{}", String::from_utf8_lossy(line));
+        }
+    }
+}
