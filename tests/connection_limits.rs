@@ -2,8 +2,9 @@
 //! `limits.max_connections_per_ip` refuse new connections with a JSON-RPC `503` as
 //! they are accepted (nothing reaches the upstream, other addresses are still served,
 //! a freed slot is taken again); `server.keepalive_timeout` keeps an idle connection
-//! for its next request while `limits.request_head_timeout` times a head once it has
-//! started; a client reusing its connections across head timeouts sees no failure.
+//! for its next request (and, with no head timeout, a connection that never sent one)
+//! while `limits.request_head_timeout` times a head once it has started; a client
+//! reusing its connections across head timeouts sees no failure.
 
 mod common;
 
@@ -156,6 +157,31 @@ async fn idle_connections_wait_for_keepalive_and_started_heads_for_the_head_time
         m.contains("mcp_gateway_request_head_timeouts_total 1"),
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn without_a_head_timeout_a_silent_connection_goes_at_the_keepalive_timeout() {
+    let (_up, gw) = gateway(
+        "  keepalive_timeout: 1s\n",
+        "limits:\n  request_head_timeout: 0s\n",
+    )
+    .await;
+    // Nothing sent at all: idle from the accept.
+    let mut silent = Conn::open(gw.port).await;
+    assert!(
+        silent.closed().await,
+        "a connection that sent nothing outlived keepalive_timeout"
+    );
+    // A head that starts is not timed (no head timeout), and is served when it ends.
+    let mut slow = Conn::open(gw.port).await;
+    let request = post_list();
+    assert!(slow.write(&request[..10]).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(slow.write(&request[10..]).await);
+    let answer = slow.answer().await.expect("the slow head's answer");
+    assert_eq!(answer.status, 200);
+    let m = gw.metrics().await;
+    assert!(m.contains("mcp_gateway_keepalive_timeouts_total 1"), "{m}");
 }
 
 #[tokio::test]

@@ -13,7 +13,8 @@
 //! `limits.max_connections_per_ip`: [`super::admission`]) and bounds how long an HTTP/1
 //! connection may wait: for its next request while idle (`server.keepalive_timeout`)
 //! and for a complete request head once the head started, or from the accept for the
-//! first (`limits.request_head_timeout`, against slowloris clients). Each `Conn` holds
+//! first (`limits.request_head_timeout`, against slowloris clients; with none, a
+//! connection is idle from the accept until its first bytes). Each `Conn` holds
 //! its deadline in an atomic, set at accept, at the end of each request (keep-alive)
 //! and by the first bytes read on an idle connection (the stream is wrapped to see
 //! them), and cleared while a request is served (the request's context marks both, see
@@ -323,11 +324,15 @@ impl ServerApp for Tracked {
             session: ArcSwapOption::empty(),
             identity: ArcSwapOption::empty(),
             session_fingerprint: AtomicU64::new(0),
-            head_deadline: AtomicU64::new(match head_timeout_ms {
-                0 => SERVING,
-                t => now_ms() + t,
+            // The first request's head is due within the head timeout from the accept;
+            // with none, a connection that sends nothing is idle, kept for the
+            // keep-alive timeout.
+            head_deadline: AtomicU64::new(match (head_timeout_ms, keepalive_ms) {
+                (0, 0) => SERVING,
+                (0, k) => now_ms() + k,
+                (t, _) => now_ms() + t,
             }),
-            idle: AtomicBool::new(false),
+            idle: AtomicBool::new(head_timeout_ms == 0 && keepalive_ms > 0),
             head_timeout_ms,
             keepalive_ms,
             close,
