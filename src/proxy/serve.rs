@@ -69,7 +69,10 @@ pub async fn connection(
         let mut session = Session::new_h1(stream);
         prepare(&mut session.downstream_session, settings, options, shutdown);
         session.downstream_session.set_pipelined_prefix(next);
-        match request(gw, session, shutdown).await {
+        // Boxed: a request's state (Pingora's head parser keeps its 256 header slots,
+        // 8 KiB, in its future) is held only while a request is served, not by every
+        // connection waiting for one, or served by Pingora's app, all its life.
+        match Box::pin(request(gw, session, shutdown)).await {
             Some((s, kept, ahead)) => {
                 stream = s;
                 settings = Some(kept);
