@@ -170,7 +170,7 @@ fn window(prev: i64, curr: i64, into_ms: i64, length_ms: i64) -> Option<Sample> 
 
 /// The script's answer as [`Counts`], one per rule counted (`None` if malformed).
 fn parse(answer: &[i64]) -> Option<Vec<Counts>> {
-    if answer.is_empty() || answer.len() % 6 != 0 {
+    if answer.is_empty() || !answer.len().is_multiple_of(6) {
         return None;
     }
     answer
