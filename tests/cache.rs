@@ -357,6 +357,45 @@ async fn concurrent_misses_make_one_upstream_request() {
 }
 
 #[tokio::test]
+async fn an_sse_answer_is_kept_once_its_result_event_is_whole() {
+    let (up, gw) = one_upstream(&cache_yaml("")).await;
+    let before = upstream_requests(&up).await;
+    // The stream stays open 3 s after its result event; the client acts on the event.
+    let body = message(
+        json!(1),
+        "tools/list",
+        json!({"_meta": {"sse": true, "linger": 3}}),
+    );
+    let mut resp = post(&client(), &gw.url("/mcp"), body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&resp, "x-cache").as_deref(), Some("miss"));
+    let mut events = String::new();
+    while !events.contains("\"result\"") {
+        let chunk = resp.chunk().await.unwrap().expect("the result event");
+        events.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // The same question while that stream is still open: a hit, not a wait for it.
+    let again = message(
+        json!(2),
+        "tools/list",
+        json!({"_meta": {"sse": true, "linger": 3}}),
+    );
+    let (s, x, v) = send(&gw, None, &again).await;
+    assert_eq!((s, x.as_deref()), (200, Some("hit")), "{v}");
+    assert_eq!(v["id"], 2);
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("mcp_gateway_cache_requests_total{result=\"hit\",route=\"/mcp\"} 1")
+            && !m.contains("result=\"coalesced\""),
+        "{m}"
+    );
+    assert_eq!(upstream_requests(&up).await, before + 1);
+    drop(resp);
+}
+
+#[tokio::test]
 async fn an_upstreams_list_changed_drops_its_entries() {
     let (_up, gw) = one_upstream(&cache_yaml("")).await;
     let list = |id: i64| message(json!(id), "tools/list", json!({}));

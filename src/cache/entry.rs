@@ -152,26 +152,74 @@ pub fn json_result(body: &[u8], id: &str) -> Option<Kept> {
 /// before the result; a request of the server's (sampling, elicitation, roots) means
 /// the result depends on the client's answer, and it is not kept.
 pub async fn sse_result(body: Bytes, id: &str) -> Option<Kept> {
-    use futures::StreamExt;
-    let chunks = futures::stream::iter([Ok::<_, std::io::Error>(body)]);
-    let mut events = sse_stream::SseStream::from_bytes_stream(chunks);
-    let mut found = None;
-    while let Some(event) = events.next().await {
-        let data = event.ok()?.data.unwrap_or_default();
-        if data.trim().is_empty() {
-            continue;
+    let mut answer = SseAnswer::default();
+    answer.read(body, id).await;
+    answer.result()
+}
+
+/// An SSE answer read as its events arrive, for [`sse_result`]'s verdict as soon as its
+/// result event is whole (the client may send its next request on that event, before
+/// the stream ends).
+#[derive(Debug, Default)]
+pub struct SseAnswer {
+    found: Option<Kept>,
+    /// Not to be kept, whatever follows.
+    spoiled: bool,
+}
+
+impl SseAnswer {
+    /// Read `events`: whole events (a segment of the answer ending where an event ends).
+    pub async fn read(&mut self, events: Bytes, id: &str) {
+        use futures::StreamExt;
+        if self.spoiled {
+            return;
         }
-        let m: Message = serde_json::from_str(&data).ok()?;
-        match (m.method, m.id) {
-            // A notification: it went to the client; the result does not depend on it.
-            (Some(_), None) => continue,
-            // A request of the server's to the client.
-            (Some(_), Some(_)) => return None,
-            (None, _) if found.is_some() => return None,
-            (None, _) => found = Some(json_result(data.as_bytes(), id)?),
+        let chunks = futures::stream::iter([Ok::<_, std::io::Error>(events)]);
+        let mut events = sse_stream::SseStream::from_bytes_stream(chunks);
+        while let Some(event) = events.next().await {
+            if !self.event(event.ok().map(|e| e.data.unwrap_or_default()), id) {
+                self.spoiled = true;
+                self.found = None;
+                return;
+            }
         }
     }
-    found
+
+    /// One event's data (`None`: an event that did not parse); false when the answer is
+    /// not to be kept.
+    fn event(&mut self, data: Option<String>, id: &str) -> bool {
+        let Some(data) = data else {
+            return false;
+        };
+        if data.trim().is_empty() {
+            return true;
+        }
+        let Ok(m) = serde_json::from_str::<Message>(&data) else {
+            return false;
+        };
+        match (m.method, m.id) {
+            // A notification: it went to the client; the result does not depend on it.
+            (Some(_), None) => true,
+            // A request of the server's to the client.
+            (Some(_), Some(_)) => false,
+            (None, _) if self.found.is_some() => false,
+            (None, _) => {
+                self.found = json_result(data.as_bytes(), id);
+                self.found.is_some()
+            }
+        }
+    }
+
+    /// The result read so far, if it is to be kept.
+    pub fn result(self) -> Option<Kept> {
+        self.found.filter(|_| !self.spoiled)
+    }
+
+    /// The result event came (and was fit to keep), or the answer is not to be kept:
+    /// nothing later changes what is kept.
+    pub fn settled(&self) -> bool {
+        self.spoiled || self.found.is_some()
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +284,26 @@ mod tests {
         )
         .await
         .is_none());
+    }
+
+    #[tokio::test]
+    async fn an_sse_answer_read_event_by_event_settles_at_its_result() {
+        let progress =
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\n";
+        let result = "data: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"tools\":[]}}\n\n";
+        let asking = "data: {\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"roots/list\"}\n\n";
+        let mut a = SseAnswer::default();
+        a.read(Bytes::from(progress), "3").await;
+        assert!(!a.settled(), "a notification settles nothing");
+        a.read(Bytes::from(result), "3").await;
+        assert!(a.settled());
+        assert_eq!(&a.result().unwrap().result[..], br#"{"tools":[]}"#);
+        // A request of the server's before the result: never kept, settled at once.
+        let mut a = SseAnswer::default();
+        a.read(Bytes::from(asking), "3").await;
+        assert!(a.settled());
+        a.read(Bytes::from(result), "3").await;
+        assert!(a.result().is_none());
     }
 
     #[test]

@@ -31,11 +31,19 @@ pub const X_CACHE: &str = "x-cache";
 
 /// A led miss: what its answer must be to be kept, and the answer's bytes so far.
 pub struct Fill {
-    miss: Miss,
+    /// Taken when the result is kept.
+    miss: Option<Miss>,
     id: String,
-    /// `Some(sse)` once a `200` with a JSON or SSE body started; `None`: not kept.
+    /// `Some(sse)` once a `200` with a JSON or SSE body started; `None`: not kept (or
+    /// kept already).
     sse: Option<bool>,
+    /// The answer's bytes not read yet: a JSON answer's so far, an SSE answer's since
+    /// its last whole event.
     buf: BytesMut,
+    /// The answer's bytes so far.
+    seen: usize,
+    /// An SSE answer's events read so far.
+    events: entry::SseAnswer,
 }
 
 /// What the lookup did.
@@ -108,10 +116,12 @@ pub async fn lookup(session: &mut Session, ctx: &mut RequestCtx) -> Result<Looke
         }
         ask::Looked::Miss(miss) => {
             ctx.cache_fill = Some(Box::new(Fill {
-                miss,
+                miss: Some(miss),
                 id,
                 sse: None,
                 buf: BytesMut::new(),
+                seen: 0,
+                events: entry::SseAnswer::default(),
             }));
             Ok(Looked::Off)
         }
@@ -190,12 +200,15 @@ impl Fill {
 
     /// One chunk of the answer as the upstream sent it: what to pass on now. A JSON
     /// answer is held whole (it is small: at most `max_entry_size`, else it is passed on
-    /// and not kept) so it is kept before the client has it; an SSE answer flows on.
-    pub fn pass(&mut self, chunk: Bytes) -> Option<Bytes> {
-        let Some(sse) = self.sse else {
+    /// and not kept) so it is kept before the client has it; an SSE answer flows on, and
+    /// is kept as soon as its result event is whole, before the client has that event
+    /// (the client may send its next request on it, before the stream ends).
+    pub async fn pass(&mut self, chunk: Bytes) -> Option<Bytes> {
+        let (Some(sse), Some(miss)) = (self.sse, self.miss.as_ref()) else {
             return Some(chunk);
         };
-        if self.buf.len() + chunk.len() > self.miss.max_entry() {
+        self.seen += chunk.len();
+        if self.seen > miss.max_entry() {
             // Too large to keep: passed on (with what was held), not kept.
             self.sse = None;
             if sse {
@@ -206,24 +219,53 @@ impl Fill {
             return Some(std::mem::take(&mut self.buf).freeze());
         }
         self.buf.extend_from_slice(&chunk);
-        sse.then_some(chunk)
+        if !sse {
+            return None;
+        }
+        if ends_an_event(&self.buf) {
+            self.events.read(self.buf.split().freeze(), &self.id).await;
+            if self.events.settled() {
+                // Later events change nothing: the result went out, or is not kept.
+                self.sse = None;
+                let kept = std::mem::take(&mut self.events).result();
+                self.keep(kept);
+            }
+        }
+        Some(chunk)
     }
 
     /// The answer came whole: keep its result if it is a complete success. Returns the
     /// held JSON answer, to be passed on now.
-    pub async fn finish(self) -> Option<Bytes> {
+    pub async fn finish(mut self) -> Option<Bytes> {
         let sse = self.sse?;
-        let body = self.buf.clone().freeze();
-        let held = (!sse).then(|| body.clone());
-        let kept = match sse {
-            true => entry::sse_result(body, &self.id).await,
-            false => entry::json_result(&body, &self.id),
-        };
-        if let Some(kept) = kept {
-            self.miss.keep(kept);
+        let rest = self.buf.split().freeze();
+        if sse {
+            self.events.read(rest, &self.id).await;
+            let kept = std::mem::take(&mut self.events).result();
+            self.keep(kept);
+            return None;
         }
-        held
+        self.keep(entry::json_result(&rest, &self.id));
+        Some(rest)
     }
+
+    fn keep(&mut self, kept: Option<entry::Kept>) {
+        if let (Some(kept), Some(miss)) = (kept, self.miss.take()) {
+            miss.keep(kept);
+        }
+    }
+}
+
+/// Whether `buf` ends where an SSE event ends: a line end (CRLF, LF or CR) right after
+/// another. Only when to hand the bytes to the SSE parser: events read at a chunk's end
+/// that is an event's end; the rest are read at a later one, or when the answer ends.
+fn ends_an_event(buf: &[u8]) -> bool {
+    fn line_end(b: &[u8]) -> Option<&[u8]> {
+        b.strip_suffix(b"\r\n")
+            .or_else(|| b.strip_suffix(b"\n"))
+            .or_else(|| b.strip_suffix(b"\r"))
+    }
+    line_end(buf).and_then(line_end).is_some()
 }
 
 /// Start watching a relayed answer for invalidating notifications, on a cached route.
@@ -255,6 +297,28 @@ pub fn watch_chunk(ctx: &mut RequestCtx, chunk: &[u8]) {
                 &group.name,
                 "a list_changed or resources/updated notification",
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_an_event;
+
+    #[test]
+    fn event_ends_are_a_line_end_after_a_line_end() {
+        for end in [
+            "a\n\n",
+            "a\r\n\r\n",
+            "a\r\r",
+            "a\n\r\n",
+            "a\r\n\n",
+            "a\r\n\r",
+        ] {
+            assert!(ends_an_event(end.as_bytes()), "{end:?}");
+        }
+        for not in ["", "\n", "a", "a\n", "a\r\n", "a\r", "a\n\nb"] {
+            assert!(!ends_an_event(not.as_bytes()), "{not:?}");
         }
     }
 }

@@ -143,7 +143,7 @@ pub async fn forward(
                     }
                     // A cache miss's JSON answer is held until it is kept (below).
                     let mut chunk = match fill.as_mut() {
-                        Some(fill) => fill.pass(chunk),
+                        Some(fill) => fill.pass(chunk).await,
                         None => Some(chunk),
                     };
                     if chunk.is_none() {

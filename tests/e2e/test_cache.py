@@ -33,11 +33,6 @@ def cache_counts(admin_port: int) -> dict[str, float]:
             labels, value = line.rsplit(" ", 1)
             result = labels.split('result="')[1].split('"')[0]
             out[result] = out.get(result, 0) + float(value)
-    # A call answered by a concurrent miss's upstream request is served from the cache
-    # too: the SDK sends its next call as soon as an SSE answer's result event arrives,
-    # which may be before that answer has ended and been kept.
-    if "coalesced" in out:
-        out["hit"] = out.get("hit", 0) + out.pop("coalesced")
     return out
 
 

@@ -47,7 +47,8 @@ the gateway forwarded. Behaviour by method / tool name:
 * ``subscriptions/listen``: an SSE stream, the acknowledgment first, then a
   ``notifications/tools/list_changed`` for each ``tools/call`` of ``change_lists``
   (``listeners`` in ``GET /_state`` counts the open streams);
-* list requests as SSE (``_meta.sse``) take ``_meta.frame`` and ``_meta.ct`` the same way;
+* list requests as SSE (``_meta.sse``) take ``_meta.frame`` and ``_meta.ct`` the same way,
+  and ``_meta.linger`` (seconds the stream stays open after its result event);
   with ``_meta.gzip`` a JSON list answer comes gzip-compressed whatever was accepted;
   ``vendor/tools`` (a method of its own) answers like ``tools/list``;
 * batches: each request answered with the description, plus its list for list methods;
@@ -312,6 +313,7 @@ class Handler(BaseHTTPRequestHandler):
                     self.chunk(b"id: 1\nevent: message\ndata: %s\n\n" % json.dumps(final).encode())
                 else:
                     self.chunk(sse_frame(frame, final, "1"))
+                time.sleep(float(meta.get("linger", 0)))
                 self.chunk(b"")
                 return
             if meta.get("gzip"):
