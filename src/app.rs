@@ -41,8 +41,11 @@ fn resolve_upstreams(groups: &Groups) -> Result<(), String> {
     Ok(())
 }
 
-/// The read buffer of each client connection (bytes).
-const CLIENT_READ_BUFFER: usize = 8 * 1024;
+/// The read buffer of each client connection (bytes): none. Reads go straight into the
+/// buffer of the request being read (its head, then its body; rustls reads whole
+/// records itself), as nginx reads; a buffer here would be copied out of on every read
+/// and held, resident, by every idle connection (Pingora's default is 64 KiB).
+const CLIENT_READ_BUFFER: usize = 0;
 
 /// Pingora keeps one LRU of idle upstream connections per process, sized per worker
 /// thread: `max_idle_per_host` × servers in all, spread over the threads.
@@ -159,9 +162,7 @@ pub fn run(config: Config, opts: RunOptions, source: ConfigSource) -> Result<(),
         )
         .lingering(live.clone()),
     );
-    // Each client connection's read buffer: Pingora's default (64 KiB, zero-filled when
-    // the connection is accepted) is most of what an idle connection costs; a request head
-    // and a typical MCP message fit in this one, and larger bodies are read past it.
+    // No read buffer per client connection ([`CLIENT_READ_BUFFER`]).
     let buffers = L4BufferSettings::default().read(CLIENT_READ_BUFFER);
     let mut endpoint = ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers);
     if let Some(tls) = &tls {

@@ -34,7 +34,6 @@ use pingora::proxy::{HttpProxy, ProxyHttp, Session};
 use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorType};
 use std::sync::Arc;
-use tokio::io::AsyncReadExt;
 
 /// The longest request line looked at: one longer goes to Pingora's app, which refuses
 /// or serves it as it would any (Pingora's own first read is this size too).
@@ -93,11 +92,8 @@ fn in_box<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box
 /// Read until `buf` holds the request line (or [`LINE`] bytes, or the client stopped
 /// sending); false when the connection closed with nothing of a next request read.
 async fn request_line(stream: &mut Stream, buf: &mut BytesMut) -> bool {
-    if buf.capacity() == 0 {
-        buf.reserve(LINE);
-    }
     while !buf.contains(&b'\n') && buf.len() < LINE {
-        match stream.read_buf(buf).await {
+        match std::future::poll_fn(|cx| read_some(stream, buf, cx)).await {
             Ok(0) => return !buf.is_empty(),
             Ok(_) => {}
             Err(e) => {
@@ -107,6 +103,24 @@ async fn request_line(stream: &mut Stream, buf: &mut BytesMut) -> bool {
         }
     }
     true
+}
+
+/// One read into `buf`, whose room is allocated for the read only: while the client has
+/// sent nothing yet the buffer is given back, so a connection waiting for its next
+/// request holds no buffer (the listener's own read buffer is off, `app.rs`).
+fn read_some(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<std::io::Result<usize>> {
+    if buf.capacity() == 0 {
+        buf.reserve(LINE);
+    }
+    let read = tokio_util::io::poll_read_buf(std::pin::Pin::new(stream), cx, buf);
+    if read.is_pending() && buf.is_empty() {
+        *buf = BytesMut::new();
+    }
+    read
 }
 
 /// Whether the request starting `buf` is served by this loop: a POST, but to a legacy
@@ -247,7 +261,7 @@ async fn reusable(session: Session) -> Option<Reusable> {
 
 #[cfg(test)]
 mod tests {
-    use super::served_here;
+    use super::*;
 
     #[test]
     fn posts_are_served_here_but_legacy_messages_and_other_methods() {
@@ -274,5 +288,28 @@ mod tests {
         ] {
             assert!(!served_here(line), "{}", String::from_utf8_lossy(line));
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_next_request_holds_no_buffer() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
+        let mut buf = BytesMut::new();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // Nothing sent yet: the read waits, and the buffer it read into is given back.
+        assert!(read_some(&mut stream, &mut buf, &mut cx).is_pending());
+        assert_eq!(buf.capacity(), 0);
+        client.write_all(b"POST /mcp HTTP/1.1\r\n").await.unwrap();
+        assert!(request_line(&mut stream, &mut buf).await);
+        assert_eq!(&buf[..], b"POST /mcp HTTP/1.1\r\n");
+        // Once the client closes with nothing more sent, there is no next request.
+        drop(client);
+        let mut next = BytesMut::new();
+        assert!(!request_line(&mut stream, &mut next).await);
     }
 }
