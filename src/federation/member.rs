@@ -276,12 +276,12 @@ fn request_head(
     call: &Call<'_>,
 ) -> Result<RequestHeader, GatewayError> {
     let group = &member.group;
-    let bad =
-        |e: Box<pingora::Error>| GatewayError::Internal(format!("building a member request: {e}"));
-    let mut req = RequestHeader::build(method.clone(), server.target.path.as_bytes(), Some(16))
-        .map_err(bad)?;
-    let mut set =
-        |name: HeaderName, value: HeaderValue| req.insert_header(name, value).map_err(bad);
+    // The fields in a plain map (Pingora's `insert_header` would parse every name again).
+    let mut headers = http::HeaderMap::with_capacity(16);
+    let mut set = |name: HeaderName, value: HeaderValue| -> Result<(), GatewayError> {
+        headers.insert(name, value);
+        Ok(())
+    };
     let text = |s: &str| {
         HeaderValue::from_str(s).map_err(|_| {
             GatewayError::Internal(format!("a header value that cannot be sent: {s:?}"))
@@ -351,18 +351,26 @@ fn request_head(
     }
     // The member's `request_headers`, then the credentials, which no transform replaces.
     if let Some(t) = super::transform::of(client.state, member) {
-        t.headers(&mut req).map_err(bad)?;
+        t.headers(&mut headers);
     }
     if let Some((name, value)) = &group.upstream_auth {
-        req.insert_header(name.clone(), value.clone())
-            .map_err(bad)?;
+        headers.insert(name.clone(), value.clone());
     }
     if let (Some(fwd), Some(who)) = (&group.forward_identity, client.identity) {
         if let Some(token) = fwd.token(who, client.request_id) {
-            req.insert_header(fwd.header.clone(), token).map_err(bad)?;
+            headers.insert(fwd.header.clone(), token);
         }
     }
-    Ok(req)
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = method.clone();
+    parts.uri = http::Uri::try_from(server.target.path.as_str()).map_err(|e| {
+        GatewayError::Internal(format!(
+            "building a member request: the path {:?}: {e}",
+            server.target.path
+        ))
+    })?;
+    parts.headers = headers;
+    Ok(RequestHeader::from(parts))
 }
 
 const USER_AGENT: &str = concat!("mcp-gateway/", env!("CARGO_PKG_VERSION"));

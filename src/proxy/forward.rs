@@ -3,13 +3,13 @@
 //! (`post`) so both behave the same.
 
 use super::ctx::RequestCtx;
-use super::respond::REQUEST_ID;
+use super::respond::{edit_request, edit_response, REQUEST_ID};
 use crate::error::GatewayError;
 use crate::mcp::envelope::Era;
 use crate::mcp::headers::MCP_SESSION_ID;
 use crate::telemetry::metrics::METRICS;
 use crate::upstream::InFlight;
-use http::HeaderName;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -81,111 +81,132 @@ pub fn upstream_request(
     req: &mut RequestHeader,
     ctx: &RequestCtx,
 ) -> Result<()> {
+    if ctx.server().is_none() {
+        return Ok(());
+    }
+    edit_request(req, |parts| upstream_parts(session, parts, ctx))
+}
+
+/// [`upstream_request`] on the head's parts.
+fn upstream_parts(
+    session: &Session,
+    req: &mut http::request::Parts,
+    ctx: &RequestCtx,
+) -> Result<()> {
     let Some(server) = ctx.server() else {
         return Ok(());
     };
-    caseless_request(req);
     let target = &server.target;
+    let headers = &mut req.headers;
 
     // One HTTP/1.1 request to the upstream, whatever the client spoke; its connection
     // fields stay on its connection (`hop_by_hop`), `Expect` included.
-    req.set_version(http::Version::HTTP_11);
-    super::hop_by_hop::strip_request(req);
+    req.version = http::Version::HTTP_11;
+    super::hop_by_hop::strip_request(headers);
     // Under `preserve_host`, the client's authority: HTTP/2's `:authority` (or an
     // absolute-form target), else its `Host`. Taken before the URI is replaced.
     let preserve_host = ctx.group.as_ref().is_some_and(|g| g.preserve_host);
     let client_authority = match req.uri.authority() {
-        Some(a) if preserve_host => Some(http::HeaderValue::from_str(a.as_str()).map_err(|e| {
-            Error::because(ErrorType::InvalidHTTPHeader, "the request's authority", e)
-        })?),
+        Some(a) if preserve_host => Some(value(a.as_str(), "the request's authority")?),
         _ => None,
     };
 
     // The upstream URL's path replaces the route's; the client's query string is kept
     // unless the upstream URL has its own.
-    let client_query = req.uri.query().map(str::to_string);
-    let path_and_query = match (&client_query, target.path.contains('?')) {
-        (Some(q), false) => format!("{}?{q}", target.path),
+    let path_and_query = match req.uri.query() {
+        Some(q) if !target.path.contains('?') => format!("{}?{q}", target.path),
         _ => target.path.clone(),
     };
-    let uri = http::Uri::builder()
+    req.uri = http::Uri::builder()
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| Error::because(ErrorType::InternalError, "building the upstream URI", e))?;
-    req.set_uri(uri);
 
     if ctx.group.as_ref().is_some_and(|g| g.close_connections) {
         // Pooling is off: the upstream closes the connection after its answer.
-        req.insert_header(http::header::CONNECTION, "close")?;
+        headers.insert(http::header::CONNECTION, CLOSE);
     }
     // No token passthrough: the client's credentials are for the gateway, never for the
     // server; a group may send its own.
-    req.remove_header(&http::header::AUTHORIZATION);
+    headers.remove(http::header::AUTHORIZATION);
     // Credential headers (API keys) of the auth rules: never forwarded either.
     for h in ctx.state.auth.credential_headers.iter() {
-        req.remove_header(h);
+        headers.remove(h);
     }
     if ctx.via.is_some() {
         // The ticket of a WebSocket or legacy SSE client's message is the gateway's own.
-        req.remove_header(&crate::transport::clients::CALLER);
+        headers.remove(&crate::transport::clients::CALLER);
     }
     if let Some(group) = &ctx.group {
         if let Some((name, value)) = &group.upstream_auth {
-            req.insert_header(name.clone(), value.clone())?;
+            headers.insert(name.clone(), value.clone());
         }
         if let Some(fwd) = &group.forward_identity {
             // Only the gateway speaks for the client under this header.
-            req.remove_header(&fwd.header);
+            headers.remove(&fwd.header);
             if let Some(token) = ctx
                 .identity
                 .as_ref()
                 .and_then(|who| fwd.token(who, &ctx.request_id))
             {
-                req.insert_header(fwd.header.clone(), token)?;
+                headers.insert(fwd.header.clone(), token);
             }
         }
     }
     if !preserve_host {
-        req.insert_header(http::header::HOST, target.authority.as_str())?;
+        headers.insert(
+            http::header::HOST,
+            value(&target.authority, "the upstream's authority")?,
+        );
     } else if let Some(authority) = client_authority {
-        req.insert_header(http::header::HOST, authority)?;
+        headers.insert(http::header::HOST, authority);
     }
 
-    forwarding_headers(session, req, ctx)?;
-    req.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    forwarding_headers(session, headers, ctx)?;
+    headers.insert(REQUEST_ID_FIELD, value(&ctx.request_id, "the request id")?);
 
     match (&ctx.upstream_session, ctx.era()) {
         (Some(s), _) => {
-            req.insert_header(MCP_SESSION_ID, s.as_str())?;
+            headers.insert(SESSION_FIELD, value(s, "the upstream session")?);
         }
         (None, Some(Era::Modern)) => {
             // Ignored by modern servers; never forward a sealed id the upstream did not mint.
-            req.remove_header(MCP_SESSION_ID);
+            headers.remove(&SESSION_FIELD);
         }
         (None, _) => {}
     }
 
     if let Some(span) = &ctx.span {
         // Continue the trace through the gateway's own span.
-        req.remove_header("traceparent");
-        req.remove_header("tracestate");
-        for (name, value) in span.upstream_headers() {
-            req.insert_header(name, value)?;
+        headers.remove("traceparent");
+        headers.remove("tracestate");
+        for (name, v) in span.upstream_headers() {
+            let name = HeaderName::try_from(name)
+                .map_err(|e| Error::because(ErrorType::InternalError, "a trace field", e))?;
+            headers.insert(name, value(&v, "a trace field")?);
         }
     }
 
     if ctx.list_scope != super::list_filter::Scope::Off {
         // The answer may be filtered: it must come uncompressed.
-        req.remove_header(&http::header::ACCEPT_ENCODING);
+        headers.remove(http::header::ACCEPT_ENCODING);
     }
 
-    super::transform::upstream_headers(req, ctx)?;
+    super::transform::upstream_headers(headers, ctx);
 
     if let Some(body) = &ctx.body {
-        req.remove_header(&http::header::TRANSFER_ENCODING);
-        req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        headers.remove(http::header::TRANSFER_ENCODING);
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     Ok(())
+}
+
+/// `Connection: close`.
+const CLOSE: HeaderValue = HeaderValue::from_static("close");
+
+/// `text` as a field value; `what` names it in the error for one that cannot be.
+pub fn value(text: &str, what: &'static str) -> Result<HeaderValue> {
+    HeaderValue::from_str(text).map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, what, e))
 }
 
 /// Fields that say where a request came from: only a trusted proxy may send them.
@@ -208,32 +229,33 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// extended with its address, and its `Forwarded`, `X-Forwarded-Host`/`-Port`/`-Proto`
 /// pass. `X-Real-IP` is the client address the gateway decided on. A browser's
 /// `Origin` was checked here and is not passed on (SDK servers refuse foreign ones).
-fn forwarding_headers(session: &Session, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+fn forwarding_headers(session: &Session, headers: &mut HeaderMap, ctx: &RequestCtx) -> Result<()> {
     use super::hop_by_hop::present;
     use crate::security::edge;
-    for h in present(&req.headers, &ORIGIN) {
-        req.remove_header(h);
+    for h in present(headers, &ORIGIN) {
+        headers.remove(h);
     }
     if let Some(caller) = &ctx.via {
         // A message of a WebSocket or legacy SSE client: its address is the caller's.
-        for h in present(&req.headers, &FORWARDING) {
-            req.remove_header(h);
+        for h in present(headers, &FORWARDING) {
+            headers.remove(h);
         }
         if let Some(ip) = caller.ip {
-            req.insert_header(X_FORWARDED_FOR, ip.to_string())?;
-            req.insert_header(X_REAL_IP, ip.to_string())?;
+            let ip = value(&ip.to_string(), "the client address")?;
+            headers.insert(X_FORWARDED_FOR, ip.clone());
+            headers.insert(X_REAL_IP, ip);
         }
         return Ok(());
     }
     let Some(peer) = edge::peer_ip(session) else {
-        for h in present(&req.headers, &FORWARDING) {
-            req.remove_header(h);
+        for h in present(headers, &FORWARDING) {
+            headers.remove(h);
         }
         return Ok(());
     };
     let edge = &ctx.state.edge;
     let trusted = edge.is_trusted(peer);
-    let client = edge.client_ip(peer, &req.headers);
+    let client = edge.client_ip(peer, headers);
     // The address's text, made once per connection.
     let peer_text = match ctx.conn().and_then(|c| c.peer_ip.as_ref()) {
         Some((ip, text)) if *ip == peer => text.clone(),
@@ -242,7 +264,7 @@ fn forwarding_headers(session: &Session, req: &mut RequestHeader, ctx: &RequestC
     };
     let xff = if trusted {
         let mut chain = String::new();
-        for v in req.headers.get_all(&X_FORWARDED_FOR) {
+        for v in headers.get_all(&X_FORWARDED_FOR) {
             let v = String::from_utf8_lossy(v.as_bytes());
             let v = v.trim().trim_matches(',').trim();
             if !v.is_empty() {
@@ -254,26 +276,26 @@ fn forwarding_headers(session: &Session, req: &mut RequestHeader, ctx: &RequestC
         http::HeaderValue::try_from(chain)
             .map_err(|e| Error::because(ErrorType::InternalError, "X-Forwarded-For", e))?
     } else {
-        for h in present(&req.headers, &FORWARDING) {
-            req.remove_header(h);
+        for h in present(headers, &FORWARDING) {
+            headers.remove(h);
         }
         peer_text.clone()
     };
-    req.insert_header(X_FORWARDED_FOR, xff)?;
+    headers.insert(X_FORWARDED_FOR, xff);
     let real = if client == peer {
         peer_text
     } else {
         http::HeaderValue::try_from(client.to_string())
             .map_err(|e| Error::because(ErrorType::InternalError, "the client address", e))?
     };
-    req.insert_header(X_REAL_IP, real)?;
-    if !req.headers.contains_key(&X_FORWARDED_PROTO) {
+    headers.insert(X_REAL_IP, real);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
         let proto = if crate::security::tls::is_tls(session) {
             "https"
         } else {
             "http"
         };
-        req.insert_header(X_FORWARDED_PROTO, proto)?;
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     Ok(())
 }
@@ -343,41 +365,21 @@ pub fn filter_list(resp: &mut ResponseHeader, ctx: &mut RequestCtx, hold_json: b
     Ok(())
 }
 
-/// Headers the gateway forwards keep no record of their fields' original case: Pingora
-/// keeps a second, case-preserving map for a head it parsed, which doubles the cost of
-/// every field the gateway adds or removes. Field names are case-insensitive (RFC 9110
-/// §5.1); without the map, Pingora writes the standard ones in their usual case
-/// (`Content-Type`) and others in lower case, as HTTP/2 does. The POST exchange copies
-/// the heads without it ([`RequestHeader::as_owned_parts`]); for Pingora's proxy path
-/// these drop it in place.
-fn caseless_request(req: &mut RequestHeader) {
-    if req.has_case() {
-        let parts = http::Request::new(()).into_parts().0;
-        let had = std::mem::replace(req, RequestHeader::from(parts));
-        *req = RequestHeader::from(http::request::Parts::from(had));
-    }
-}
-
-/// [`caseless_request`] for a response.
-fn caseless_response(resp: &mut ResponseHeader) {
-    if resp.has_case() {
-        let parts = http::Response::new(()).into_parts().0;
-        let had = std::mem::replace(resp, ResponseHeader::from(parts));
-        *resp = ResponseHeader::from(http::response::Parts::from(had));
-    }
-}
-
 /// The response as the client gets it: the upstream session sealed, the request id added.
 pub fn client_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
-    caseless_response(resp);
+    edit_response(resp, |parts| client_fields(&mut parts.headers, ctx))
+}
+
+/// [`client_response`] on the answer's fields.
+fn client_fields(headers: &mut HeaderMap, ctx: &RequestCtx) -> Result<()> {
     // Never a `101` here: upstream_response_filter and the exchange refuse it.
-    super::hop_by_hop::strip_response(resp);
+    super::hop_by_hop::strip_response(headers);
     if ctx.era() == Some(Era::Modern) {
         // Sessions belong to the legacy era: an upstream's own id never reaches the
         // client unsealed (nor does the gateway seal one it would never honour).
-        resp.remove_header(MCP_SESSION_ID);
+        headers.remove(&SESSION_FIELD);
     } else if let (Some(minted), Some(group), Some(server)) = (
-        resp.headers.get(MCP_SESSION_ID),
+        headers.get(&SESSION_FIELD),
         ctx.group.as_ref(),
         ctx.server(),
     ) {
@@ -395,25 +397,32 @@ pub fn client_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()
             &minted,
             issued_at,
         );
-        resp.insert_header(MCP_SESSION_ID, sealed)?;
+        headers.insert(SESSION_FIELD, value(&sealed, "the sealed session")?);
         if ctx.mcp.method() == Some("initialize") {
             METRICS.sessions.with_label_values(&[&group.name]).inc();
         }
     }
-    resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
-    super::respond::common_headers(resp, ctx)?;
+    headers.insert(REQUEST_ID_FIELD, value(&ctx.request_id, "the request id")?);
+    super::respond::common_fields(headers, ctx);
     if let Some(q) = ctx.quota {
-        resp.insert_header("ratelimit-limit", http::HeaderValue::from(q.limit))?;
-        resp.insert_header("ratelimit-remaining", http::HeaderValue::from(q.remaining))?;
-        resp.insert_header("ratelimit-reset", http::HeaderValue::from(q.reset))?;
+        headers.insert(RATELIMIT_LIMIT, HeaderValue::from(q.limit));
+        headers.insert(RATELIMIT_REMAINING, HeaderValue::from(q.remaining));
+        headers.insert(RATELIMIT_RESET, HeaderValue::from(q.reset));
     }
-    let is_sse = resp
-        .headers
+    let is_sse = headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if is_sse {
         // Tell any buffering proxy in front of us to pass events on at once.
-        resp.insert_header("x-accel-buffering", "no")?;
+        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
     }
     Ok(())
 }
+
+/// The names of fields set on every request or answer, made once.
+const REQUEST_ID_FIELD: HeaderName = HeaderName::from_static(REQUEST_ID);
+const SESSION_FIELD: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");

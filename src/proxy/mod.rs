@@ -220,7 +220,7 @@ impl ProxyHttp for Gateway {
         }
         if resp.status.is_informational() {
             // Relayed as it is.
-            hop_by_hop::strip_response(resp);
+            respond::edit_response(resp, |parts| hop_by_hop::strip_response(&mut parts.headers));
             return Ok(());
         }
         forward::client_response(resp, ctx)?;

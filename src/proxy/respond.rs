@@ -3,7 +3,8 @@
 use super::ctx::RequestCtx;
 use crate::error::GatewayError;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use http::HeaderMap;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
@@ -21,22 +22,56 @@ pub fn final_response_written(session: &Session) -> Option<&ResponseHeader> {
 /// Headers every answer of the proxy port carries: security headers, and CORS headers
 /// when the request came from an allowed browser origin.
 pub fn common_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
-    security_headers(resp, ctx)?;
-    for (name, value) in &ctx.cors_headers {
-        resp.insert_header(name.clone(), value.clone())?;
-    }
+    edit_response(resp, |parts| common_fields(&mut parts.headers, ctx));
     Ok(())
 }
 
+/// [`common_headers`] on a head's fields.
+pub fn common_fields(headers: &mut HeaderMap, ctx: &RequestCtx) {
+    security_fields(headers, ctx);
+    for (name, value) in &ctx.cors_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
 /// The security headers (and HSTS on a TLS listener).
-fn security_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+fn security_fields(headers: &mut HeaderMap, ctx: &RequestCtx) {
     for (name, value) in crate::security::cors::SECURITY_HEADERS {
-        resp.insert_header(name, value)?;
+        headers.insert(name, value);
     }
     if let Some(hsts) = &ctx.state.hsts {
-        resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+        headers.insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
-    Ok(())
+}
+
+/// `edit` on the parts of `req`, which keeps no record of its fields' original case
+/// afterwards. Pingora's own way to change a head's fields (`insert_header`) parses the
+/// field's name again on every call, names a standard field's case by looking it up, and
+/// keeps a second, case-preserving map for a head it parsed; the parts are a plain
+/// `http` head, changed with the names and values the gateway made once. Field names
+/// are case-insensitive (RFC 9110 §5.1); without the map, Pingora writes the standard
+/// ones in their usual case (`Content-Type`) and others in lower case, as HTTP/2 does.
+pub fn edit_request<R>(
+    req: &mut RequestHeader,
+    edit: impl FnOnce(&mut http::request::Parts) -> R,
+) -> R {
+    let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(std::mem::replace(req, empty));
+    let out = edit(&mut parts);
+    *req = RequestHeader::from(parts);
+    out
+}
+
+/// [`edit_request`] for a response (its reason phrase becomes the status's own).
+pub fn edit_response<R>(
+    resp: &mut ResponseHeader,
+    edit: impl FnOnce(&mut http::response::Parts) -> R,
+) -> R {
+    let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
+    let out = edit(&mut parts);
+    *resp = ResponseHeader::from(parts);
+    out
 }
 
 /// Write an answer's head. Once the process drains, it says `Connection: close` and the
@@ -60,11 +95,11 @@ pub async fn empty(
     status: u16,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(8))?;
+    let mut resp = ResponseHeader::build_no_case(status, Some(8))?;
     for (name, value) in headers {
         resp.insert_header(name, value)?;
     }
-    security_headers(&mut resp, ctx)?;
+    edit_response(&mut resp, |parts| security_fields(&mut parts.headers, ctx));
     resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
     if !ctx.request_id.is_empty() {
         resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
@@ -81,7 +116,7 @@ pub async fn json(
     status: u16,
     body: Vec<u8>,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(12))?;
+    let mut resp = ResponseHeader::build_no_case(status, Some(12))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     if !ctx.request_id.is_empty() {

@@ -8,7 +8,7 @@ use super::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::mcp::envelope::Era;
 use crate::transform::request::Rewritten;
-use pingora::http::RequestHeader;
+use http::HeaderMap;
 
 /// The call this request makes, as the upstream must get it (`None`: as it came).
 pub fn plan(ctx: &RequestCtx) -> Result<Option<Rewritten>, GatewayError> {
@@ -51,34 +51,33 @@ pub fn apply(ctx: &mut RequestCtx, rewritten: Rewritten) {
 
 /// `request_headers`, and after a rewrite the modern era's routing headers from the
 /// new body (`Mcp-Name`, and `Mcp-Param-<argument>` of the arguments changed).
-pub fn upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+pub fn upstream_headers(headers: &mut HeaderMap, ctx: &RequestCtx) {
     let Some(t) = ctx.transforms.as_deref() else {
-        return Ok(());
+        return;
     };
-    t.headers(req)?;
+    t.headers(headers);
     let Some(changed) = &ctx.rewritten_args else {
-        return Ok(());
+        return;
     };
     if ctx.era() != Some(Era::Modern) {
-        return Ok(());
+        return;
     }
     if let Some(env) = ctx.mcp.envelope.as_ref() {
         for (name, value) in crate::mcp::headers::routing(env) {
-            req.insert_header(name, value)?;
+            headers.insert(name, value);
         }
     }
     for (header, value) in crate::transform::request::param_headers(changed) {
-        if req.headers.get(&header).is_none() {
+        if headers.get(&header).is_none() {
             continue;
         }
         match value {
             None => {
-                req.remove_header(&header);
+                headers.remove(&header);
             }
             Some(v) => {
-                req.insert_header(header, v)?;
+                headers.insert(header, v);
             }
         }
     }
-    Ok(())
 }

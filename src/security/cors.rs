@@ -54,10 +54,19 @@ pub fn same_origin(origin: &str, scheme: &str, authority: &str) -> bool {
 }
 
 /// Headers set on every answer from the proxy port.
-pub const SECURITY_HEADERS: [(&str, &str); 3] = [
-    ("x-content-type-options", "nosniff"),
-    ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
+pub const SECURITY_HEADERS: [(HeaderName, HeaderValue); 3] = [
+    (
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    ),
+    (
+        http::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    ),
+    (
+        http::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    ),
 ];
 
 fn joined(items: &[String]) -> Result<HeaderValue, String> {

@@ -315,14 +315,13 @@ impl RouteTransforms {
     }
 
     /// Apply `request_headers` to a request going upstream.
-    pub fn headers(&self, req: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
+    pub fn headers(&self, headers: &mut http::HeaderMap) {
         for name in &self.remove_headers {
-            req.remove_header(name);
+            headers.remove(name);
         }
         for (name, value) in &self.set_headers {
-            req.insert_header(name.clone(), value.clone())?;
+            headers.insert(name.clone(), value.clone());
         }
-        Ok(())
     }
 }
 
