@@ -210,6 +210,7 @@ impl Clients {
             .mode(0o700)
             .create(dir)
             .map_err(|e| format!("server.runtime_dir: cannot create {}: {e}", dir.display()))?;
+        sweep_stale(dir);
         let _ = std::fs::remove_file(&sockets.adapter);
         let listener = std::os::unix::net::UnixListener::bind(&sockets.adapter).map_err(|e| {
             format!(
@@ -237,6 +238,102 @@ impl Clients {
             }
         }
     }
+}
+
+/// How long a runtime folder must have stayed unchanged before [`sweep_stale`] looks at
+/// it: a gateway starting beside this one (tests start many in one folder) has created
+/// its folder but may not listen on its sockets yet.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Remove the runtime folders that gateways killed earlier left beside `own` (a gateway
+/// that exits removes its own): a folder `mcp-gateway-<pid>` of this user, other than
+/// this process's, unchanged for [`STALE_AFTER`], that holds only sockets and at least
+/// one, none of which anything listens on. Told by connecting, not by the pid, which
+/// may be another process's now or belong to another pid namespace sharing the folder.
+fn sweep_stale(own: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(base), Some(own_name)) = (own.parent(), own.file_name()) else {
+        return;
+    };
+    let Ok(uid) = std::fs::metadata(own).map(|m| m.uid()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_runtime = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("mcp-gateway-"))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if !is_runtime || name == own_name {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let settled = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        if !meta.is_dir() || meta.uid() != uid || !settled {
+            continue;
+        }
+        let Some(sockets) = dead_sockets(&path) else {
+            continue;
+        };
+        for socket in &sockets {
+            let _ = std::fs::remove_file(socket);
+        }
+        if std::fs::remove_dir(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        log::info!(
+            "removed {removed} runtime folder(s) of gateways that did not exit cleanly from {}",
+            base.display()
+        );
+    }
+}
+
+/// The sockets in `dir` when it holds nothing else, at least one, and every one of them
+/// refuses a connection; `None` otherwise (a live one, a file, or one that cannot be told).
+fn dead_sockets(dir: &std::path::Path) -> Option<Vec<std::path::PathBuf>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut dead = Vec::new();
+    for entry in std::fs::read_dir(dir).ok()? {
+        let entry = entry.ok()?;
+        if !entry.file_type().ok()?.is_socket() {
+            return None;
+        }
+        let path = entry.path();
+        if !refuses(&path) {
+            return None;
+        }
+        dead.push(path);
+    }
+    (!dead.is_empty()).then_some(dead)
+}
+
+/// Whether nothing listens on the Unix socket `path` (a non-blocking connect: a live
+/// listener with a full backlog answers `EAGAIN`, which counts as live).
+fn refuses(path: &std::path::Path) -> bool {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let Ok(addr) = SockAddr::unix(path) else {
+        return false;
+    };
+    let Ok(socket) = Socket::new(Domain::UNIX, Type::STREAM, None) else {
+        return false;
+    };
+    if socket.set_nonblocking(true).is_err() {
+        return false;
+    }
+    matches!(socket.connect(&addr), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
 /// One request the proxy handed over.
@@ -300,5 +397,67 @@ impl BackgroundService for Clients {
         // Shutdown (or an upgrade's handoff) has begun: every connection finishes what it
         // has in flight and closes (WebSocket: 1001), so the process can end.
         let _ = CLOSING.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    /// A folder under `base` holding a socket nothing listens on (bound, then closed),
+    /// dated `age` ago.
+    fn folder(base: &Path, name: &str, age: std::time::Duration) -> PathBuf {
+        let dir = base.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(dir.join("gateway.sock")).unwrap());
+        age_folder(&dir, age);
+        dir
+    }
+
+    fn age_folder(dir: &Path, age: std::time::Duration) {
+        let then = std::time::SystemTime::now() - age;
+        std::fs::File::open(dir)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    }
+
+    #[test]
+    fn only_settled_folders_of_dead_sockets_are_swept() {
+        let base = std::env::temp_dir().join(format!("sweep-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        let old = STALE_AFTER * 2;
+        let own = folder(&base, "mcp-gateway-1", old);
+        let stale = folder(&base, "mcp-gateway-2", old);
+        // Something listens on it: a gateway still running (or draining after an upgrade).
+        let live = base.join("mcp-gateway-3");
+        std::fs::create_dir(&live).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(live.join("clients.sock")).unwrap();
+        age_folder(&live, old);
+        // Changed lately: a gateway starting beside this one, not listening yet.
+        let fresh = folder(&base, "mcp-gateway-4", std::time::Duration::ZERO);
+        // Something else in it: not the gateway's to remove.
+        let mixed = folder(&base, "mcp-gateway-5", old);
+        std::fs::write(mixed.join("notes"), "x").unwrap();
+        age_folder(&mixed, old);
+        // Not a runtime folder's name.
+        let foreign = folder(&base, "mcp-gateway-x", old);
+        let empty = base.join("mcp-gateway-6");
+        std::fs::create_dir(&empty).unwrap();
+        age_folder(&empty, old);
+
+        sweep_stale(&own);
+
+        assert!(!stale.exists(), "a folder of dead sockets is removed");
+        for kept in [&own, &live, &fresh, &mixed, &foreign, &empty] {
+            assert!(kept.exists(), "{} is kept", kept.display());
+        }
+        assert!(
+            own.join("gateway.sock").exists(),
+            "this process's own folder is untouched"
+        );
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
