@@ -98,6 +98,8 @@ fn upstream_parts(
     };
     let target = &server.target;
     let headers = &mut req.headers;
+    // Room for the fields added below at once: the map grows (and rehashes) once.
+    headers.reserve(ADDED_FIELDS);
 
     // One HTTP/1.1 request to the upstream, whatever the client spoke; its connection
     // fields stay on its connection (`hop_by_hop`), `Expect` included.
@@ -374,6 +376,7 @@ pub fn client_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()
 fn client_fields(headers: &mut HeaderMap, ctx: &RequestCtx) -> Result<()> {
     // Never a `101` here: upstream_response_filter and the exchange refuse it.
     super::hop_by_hop::strip_response(headers);
+    headers.reserve(ADDED_FIELDS);
     if ctx.era() == Some(Era::Modern) {
         // Sessions belong to the legacy era: an upstream's own id never reaches the
         // client unsealed (nor does the gateway seal one it would never honour).
@@ -418,6 +421,9 @@ fn client_fields(headers: &mut HeaderMap, ctx: &RequestCtx) -> Result<()> {
     }
     Ok(())
 }
+
+/// About how many fields the gateway adds to a request or an answer it forwards.
+const ADDED_FIELDS: usize = 8;
 
 /// The names of fields set on every request or answer, made once.
 const REQUEST_ID_FIELD: HeaderName = HeaderName::from_static(REQUEST_ID);
