@@ -24,6 +24,7 @@ pub mod federation;
 pub mod lifecycle;
 pub mod live;
 pub mod mcp;
+pub mod prehashed;
 pub mod proxy;
 pub mod security;
 pub mod state;

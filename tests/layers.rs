@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// From the ground up; modules on one line share a layer and do not name each other.
 const LAYERS: &[&[&str]] = &[
-    &["error", "clock"],
+    &["error", "clock", "prehashed"],
     &["mcp"],
     &["config"],
     &["telemetry"],

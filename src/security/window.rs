@@ -15,9 +15,10 @@
 //! keys (it may then be over-counted, never under-counted), so memory stays bounded
 //! whatever a client sends.
 
+use crate::prehashed::BuildPrehashed;
 use dashmap::DashMap;
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -119,31 +120,13 @@ pub fn whole_seconds(wait: f64) -> u64 {
     ((wait + 0.005).ceil() as u64).max(1)
 }
 
-/// The table's keys are already hashes (of the counted key, with this process's random
-/// SipHash key): the table uses them as they are instead of hashing them again.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed here; fold anything else in rather than lose it.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// Sliding-window counters of one length, per key.
 pub struct Windows {
     length_ms: u64,
     max_keys: usize,
-    slots: DashMap<u64, Slot, BuildHasherDefault<Prehashed>>,
+    // Its keys are already hashes (of the counted key, with this process's random SipHash
+    // key): used as they are.
+    slots: DashMap<u64, Slot, BuildPrehashed>,
     hasher: RandomState,
     /// The last window in which idle keys were swept.
     swept: AtomicU64,

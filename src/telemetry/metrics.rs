@@ -9,13 +9,13 @@
 //! per upstream attempt; gauges that mirror state (server health, breaker state,
 //! in-flight requests) are read from the groups when `/metrics` is scraped.
 
+use crate::prehashed::BuildPrehashed;
 use once_cell::sync::Lazy;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// Request duration buckets, seconds: from sub-millisecond proxying to long tool calls.
 const DURATION_BUCKETS: &[f64] = &[
@@ -405,26 +405,7 @@ impl Metrics {
 
 /// Cached children by key: the label values (to tell colliding keys apart) and the child.
 /// The key is a hash already ([`key`]): the map uses it as it is, not hashed again.
-type ChildCache = HashMap<u64, Vec<(Box<[Box<str>]>, Child)>, BuildHasherDefault<KeyHasher>>;
-
-/// The hasher of [`ChildCache`]: a `u64` key is its own hash.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed here; anything else still gets a fair hash.
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100000001b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
+type ChildCache = HashMap<u64, Vec<(Box<[Box<str>]>, Child)>, BuildPrehashed>;
 
 thread_local! {
     static CHILDREN: std::cell::RefCell<ChildCache> = std::cell::RefCell::new(HashMap::default());
