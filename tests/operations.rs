@@ -507,3 +507,51 @@ async fn sigterm_closes_idle_kept_alive_connections_and_exits() {
     }
     exits_cleanly(gw, Duration::from_secs(10));
 }
+
+/// A runtime folder under `base` named `name`, holding one socket (`listening`: kept
+/// open, as a running gateway's; else closed, as a killed one leaves it), two minutes old.
+fn runtime_folder(
+    base: &TempDir,
+    name: &str,
+    listening: bool,
+) -> (std::path::PathBuf, Option<std::os::unix::net::UnixListener>) {
+    let dir = base.path(name);
+    std::fs::create_dir(&dir).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(dir.join("gateway.sock")).unwrap();
+    let then = std::time::SystemTime::now() - Duration::from_secs(120);
+    std::fs::File::open(&dir)
+        .unwrap()
+        .set_modified(then)
+        .unwrap();
+    (dir, listening.then_some(listener))
+}
+
+#[tokio::test]
+async fn a_start_removes_the_runtime_folders_killed_gateways_left() {
+    let runtime = TempDir::new("runtime");
+    let (killed, _) = runtime_folder(&runtime, "mcp-gateway-4000001", false);
+    let (running, _listener) = runtime_folder(&runtime, "mcp-gateway-4000002", true);
+    let up = Upstream::start("u");
+    let extra = format!("  runtime_dir: {}\n", runtime.0.display());
+    let gw = Gateway::start(
+        &yaml(&[up.url()], "").replace("  threads: 2\n", &format!("  threads: 2\n{extra}")),
+    )
+    .await;
+    assert!(!killed.exists(), "a killed gateway's folder is removed");
+    assert!(running.exists(), "a running gateway's folder is kept");
+    assert!(
+        gw.log().contains("removed 1 runtime folder(s)"),
+        "{}",
+        gw.log()
+    );
+    let own: Vec<_> = std::fs::read_dir(&runtime.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        own.iter()
+            .any(|n| *n == format!("mcp-gateway-{}", gw.pid())),
+        "{own:?}"
+    );
+}
