@@ -1,9 +1,10 @@
 //! Client connections, tracked from accept to close, and closed on request.
 //!
-//! [`Tracked`] wraps Pingora's HTTP proxy app: for every accepted connection it registers
-//! a [`Conn`] in a lock-free skip list, runs the connection loop (all the requests of
-//! that connection: HTTP/1 in [`super::serve`], HTTP/2 in Pingora's app) with the `Conn`
-//! in a task-local so the request hooks can update it without any lookup, and
+//! [`Tracked`] wraps Pingora's HTTP proxy app: every accepted connection gets a task of
+//! its own (Pingora's task for it ends at once, see [`Tracked::process_new`]), which
+//! registers a [`Conn`] in a lock-free skip list, runs the connection loop (all the
+//! requests of that connection: HTTP/1 in [`super::serve`], HTTP/2 in Pingora's app) with
+//! the `Conn` in a task-local so the request hooks can update it without any lookup, and
 //! unregisters it when the connection ends. Closing a connection from the admin API
 //! wakes the wrapper, which drops the connection's future: the client socket closes and
 //! any upstream request in progress is dropped with it (in the modern era that is the
@@ -281,11 +282,32 @@ impl Drop for Registered {
 
 #[async_trait]
 impl ServerApp for Tracked {
+    /// Serves the connection in a task of its own and returns at once, so Pingora's task
+    /// for the accepted connection ends here. That task is as large as its largest state,
+    /// the TLS handshake's (8.7 KB, plain connections too), and would otherwise be held,
+    /// with this future boxed beside it, by every connection for its whole life.
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let app = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { app.serve(stream, &shutdown).await });
+        None
+    }
+
+    async fn cleanup(&self) {
+        if let Some(live) = &self.live {
+            linger_after_handoff(live).await;
+        }
+        self.inner.cleanup().await;
+    }
+}
+
+impl Tracked {
+    /// The connection, admitted and registered, served until it closes or is cut.
+    async fn serve(self: Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let socket = stream.get_socket_digest();
         let peer = socket.as_ref().and_then(|d| d.peer_addr());
         let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
@@ -294,7 +316,7 @@ impl ServerApp for Tracked {
             Ok(admitted) => admitted,
             Err(why) => {
                 refuse(stream, why, h2).await;
-                return None;
+                return;
             }
         };
         let client = peer.map(|a| a.to_string()).unwrap_or_default();
@@ -343,28 +365,33 @@ impl ServerApp for Tracked {
         }
         METRICS.connections_active.inc();
         let _registered = Registered(conn.clone(), socket);
-        let app = self.clone();
         let reads = conn.clone();
-        let served = CURRENT.scope(conn.clone(), async move {
-            match h2 {
-                true => app.inner.process_new(stream, shutdown).await,
-                false => {
-                    // Reads tell the connection when a request starts.
-                    let stream: Stream = Box::new(Watched::new(stream, reads));
-                    let (proxy, gateway) = (&app.inner, &app.gateway);
-                    super::serve::connection(proxy, gateway, stream, shutdown).await;
-                    None
-                }
-            }
-        });
         let watched = async {
+            // Made here, not captured: a future an async block captures and then awaits
+            // is stored twice in the block's state (once captured, once being awaited).
+            let served = CURRENT.scope(conn.clone(), async move {
+                match h2 {
+                    true => {
+                        let mut reuse = self.inner.process_new(stream, shutdown).await;
+                        while let Some(stream) = reuse {
+                            reuse = self.inner.process_new(stream, shutdown).await;
+                        }
+                    }
+                    false => {
+                        // Reads tell the connection when a request starts.
+                        let stream: Stream = Box::new(Watched::new(stream, reads));
+                        let (proxy, gateway) = (&self.inner, &self.gateway);
+                        super::serve::connection(proxy, gateway, stream, shutdown).await;
+                    }
+                }
+            });
             tokio::select! {
-                reuse = served => Ok(reuse),
+                () = served => Ok(()),
                 cut = conn.overdue() => Err(cut),
             }
         };
         match Abortable::new(watched, registration).await {
-            Ok(Ok(reuse)) => reuse,
+            Ok(Ok(())) => {}
             Ok(Err(Cut::HeadTimeout)) => {
                 METRICS.request_head_timeouts.inc();
                 log::info!(
@@ -374,7 +401,6 @@ impl ServerApp for Tracked {
                     conn.client,
                     Duration::from_millis(conn.head_timeout_ms)
                 );
-                None
             }
             Ok(Err(Cut::KeepaliveTimeout)) => {
                 METRICS.keepalive_timeouts.inc();
@@ -384,7 +410,6 @@ impl ServerApp for Tracked {
                     conn.client,
                     Duration::from_millis(conn.keepalive_ms)
                 );
-                None
             }
             Err(Aborted) => {
                 log::info!(
@@ -392,16 +417,8 @@ impl ServerApp for Tracked {
                     conn.id,
                     conn.client
                 );
-                None
             }
         }
-    }
-
-    async fn cleanup(&self) {
-        if let Some(live) = &self.live {
-            linger_after_handoff(live).await;
-        }
-        self.inner.cleanup().await;
     }
 }
 
@@ -435,5 +452,72 @@ pub async fn linger_after_handoff(live: &crate::live::Live) {
     };
     while std::time::Instant::now() < deadline && !CONNECTIONS.is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Pingora's task for an accepted connection (as large as a TLS handshake) must not
+    /// live as long as the connection: `process_new` hands the connection to a task of
+    /// its own and returns before the client has sent anything, and the connection is
+    /// still registered and served after that.
+    #[tokio::test]
+    async fn a_connection_is_served_by_a_task_of_its_own() {
+        let yaml = "upstream:\n  groups:\n    default:\n      servers:\n        - id: a\n          url: http://127.0.0.1:9/mcp\n";
+        let config = crate::config::load_str(yaml, &|_| None).unwrap();
+        let state = crate::state::State::build(&config).unwrap();
+        let source = crate::live::ConfigSource {
+            name: "test".into(),
+            text: yaml.into(),
+        };
+        let loaded = crate::live::Loaded::new(config, source);
+        let live = Arc::new(crate::live::Live::new(state, loaded, None, None));
+        let gateway = Gateway::new(live, 1);
+        let conf = Arc::new(pingora::server::configuration::ServerConf::default());
+        let proxy = pingora::proxy::http_proxy(&conf, gateway.clone());
+        let keepalive = Duration::from_secs(60);
+        let admission = Admission::new(100, 0);
+        let tracked = Arc::new(Tracked::new(proxy, gateway, None, keepalive, admission));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
+        let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+        let before = CONNECTIONS.len();
+        // A bound on a wait that would otherwise never end (not a timing): before the
+        // change, `process_new` returned only when the connection closed.
+        let returned = tokio::time::timeout(
+            Duration::from_secs(30),
+            tracked.process_new(stream, &shutdown),
+        )
+        .await;
+        assert!(matches!(returned, Ok(None)), "process_new did not return");
+        // Registered by its own task, once that task runs.
+        while CONNECTIONS.len() == before {
+            tokio::task::yield_now().await;
+        }
+
+        client
+            .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with(br#"{"status":"ok"}"#) {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
     }
 }

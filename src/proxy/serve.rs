@@ -62,7 +62,10 @@ pub async fn connection(
         if !served_here(&next) {
             let mut session = ServerSession::new_http1(stream);
             prepare(&mut session, settings, options, shutdown);
-            session.set_pipelined_prefix(next);
+            // In a buffer of its own size: Pingora parses the head in the buffer it is
+            // given and keeps it as long as the request lasts (a GET stream: hours), and
+            // `next` has room for a [`LINE`] whether or not the read filled it.
+            session.set_pipelined_prefix(BytesMut::from(&next[..]));
             return pingora(proxy, session, shutdown).await;
         }
         let mut session = Session::new_h1(stream);
