@@ -10,11 +10,11 @@
 //! keeps the first duplicate would otherwise act on a different value than the one
 //! authorized. Such bodies are refused as invalid requests.
 
+use super::text::Text;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::borrow::Cow;
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 /// `_meta` key that carries the protocol version in the modern (stateless) era.
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
@@ -353,12 +353,12 @@ impl<'de> Deserialize<'de> for RawMessage {
                     ambiguous: None,
                 };
                 let mut keys = Keys::new(MESSAGE_KEYS);
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     if let Err(why) = keys.note(&key) {
                         out.ambiguous.get_or_insert(why);
                     }
                     match key.as_ref() {
-                        "jsonrpc" => out.jsonrpc_2_0 = map.next_value::<Cow<'de, str>>()? == "2.0",
+                        "jsonrpc" => out.jsonrpc_2_0 = map.next_value::<Text<'de>>()?.0 == "2.0",
                         "id" => {
                             let v: Box<RawValue> = map.next_value()?;
                             out.id_was_null = v.get() == "null";
@@ -413,7 +413,7 @@ impl<'de> Deserialize<'de> for Params {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params, A::Error> {
                 let mut out = Params::default();
                 let mut keys = Keys::new(PARAMS_KEYS);
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     if let Err(why) = keys.note(&key) {
                         out.ambiguous.get_or_insert(format!("in \"params\", {why}"));
                     }
@@ -519,7 +519,7 @@ impl<'de> Deserialize<'de> for RefValue {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RefValue, A::Error> {
                 let (mut kind, mut name, mut uri, mut ambiguous) = (None, None, None, None);
                 let mut keys = Keys::new(REF_KEYS);
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     if let Err(why) = keys.note(&key) {
                         ambiguous.get_or_insert(why);
                     }
@@ -573,7 +573,7 @@ impl<'de> Deserialize<'de> for Meta {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Meta, A::Error> {
                 let (mut version, mut ambiguous) = (None, None);
                 let mut keys = Keys::new(META_KEYS);
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     if let Err(why) = keys.note(&key) {
                         ambiguous.get_or_insert(why);
                     }

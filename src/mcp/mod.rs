@@ -5,3 +5,4 @@ pub mod depth;
 pub mod envelope;
 pub mod headers;
 pub mod session;
+pub mod text;

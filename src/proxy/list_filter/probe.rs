@@ -3,10 +3,10 @@
 //! key appears twice.
 
 use crate::mcp::envelope::Keys;
+use crate::mcp::text::Text;
 use crate::security::policy::ListKind;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use std::borrow::Cow;
 use std::fmt;
 
 /// The list members of a result.
@@ -67,7 +67,7 @@ impl<'de> Deserialize<'de> for Probe {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
                 let mut found = false;
                 let mut keys = Keys::new(&["result"]);
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     keys.note(&key).map_err(de::Error::custom)?;
                     if key == "result" {
                         found |= map.next_value::<ResultProbe>()?.0;
@@ -101,7 +101,7 @@ impl<'de> Deserialize<'de> for ResultProbe {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ResultProbe, A::Error> {
                 let mut found = false;
                 let mut keys = Keys::new(&LIST_KEYS);
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     keys.note(&key).map_err(de::Error::custom)?;
                     found |= LIST_KEYS.contains(&key.as_ref());
                     map.next_value::<IgnoredAny>()?;
