@@ -62,10 +62,7 @@ pub async fn connection(
         if !served_here(&next) {
             let mut session = ServerSession::new_http1(stream);
             prepare(&mut session, settings, options, shutdown);
-            // In a buffer of its own size: Pingora parses the head in the buffer it is
-            // given and keeps it as long as the request lasts (a GET stream: hours), and
-            // `next` has room for a [`LINE`] whether or not the read filled it.
-            session.set_pipelined_prefix(BytesMut::from(&next[..]));
+            session.set_pipelined_prefix(handed_over(&next));
             return pingora(proxy, session, shutdown).await;
         }
         let mut session = Session::new_h1(stream);
@@ -124,6 +121,14 @@ fn read_some(
         *buf = BytesMut::new();
     }
     read
+}
+
+/// The bytes read so far, for Pingora's app, in a buffer of their own size: Pingora
+/// parses the head in the buffer it is given and keeps it as long as the request lasts
+/// (a GET stream: hours), and `next` has room for a [`LINE`] whether or not the read
+/// filled it.
+fn handed_over(next: &BytesMut) -> BytesMut {
+    BytesMut::from(&next[..])
 }
 
 /// Whether the request starting `buf` is served by this loop: a POST, but to a legacy
@@ -291,6 +296,15 @@ mod tests {
         ] {
             assert!(!served_here(line), "{}", String::from_utf8_lossy(line));
         }
+    }
+
+    #[test]
+    fn a_request_handed_to_pingora_keeps_only_its_own_bytes() {
+        let mut next = BytesMut::with_capacity(LINE);
+        next.extend_from_slice(b"GET /mcp HTTP/1.1\r\nHost: a\r\n\r\n");
+        let prefix = handed_over(&next);
+        assert_eq!(prefix, next);
+        assert_eq!(prefix.capacity(), next.len());
     }
 
     #[tokio::test]
