@@ -47,8 +47,9 @@ fn resolve_upstreams(groups: &Groups) -> Result<(), String> {
 /// and held, resident, by every idle connection (Pingora's default is 64 KiB).
 const CLIENT_READ_BUFFER: usize = 0;
 
-/// Pingora keeps one LRU of idle upstream connections per process, sized per worker
-/// thread: `max_idle_per_host` × servers in all, spread over the threads.
+/// The idle upstream connections each worker thread keeps (the gateway's own exchange,
+/// `upstream::pool`; Pingora's own LRU, sized the same, holds only the client adapter's):
+/// `max_idle_per_host` × servers in all, spread over the threads.
 fn pool_per_thread(config: &Config) -> usize {
     let servers: usize = config
         .upstream

@@ -6,7 +6,7 @@
 //! sessions); [`config`] (the YAML contract and the checks it makes alone); [`telemetry`]
 //! (logger, metric families, tracing); [`security`] (auth, policies, rate limits, CORS,
 //! the edge, TLS files); [`upstream`] (groups, selection, health, breakers, the one
-//! exchange with a server outside Pingora's proxy path); [`state`] (the runtime state
+//! exchange with a server); [`state`] (the runtime state
 //! built from a config, and the checks that need it); [`live`] (the running state,
 //! swapped whole by a reload); [`federation`] (virtual servers: the gateway as the MCP
 //! server of many groups); [`proxy`] (the `ProxyHttp` hooks and the request path);

@@ -2,8 +2,8 @@
 //! status and code, a `Content-Length` body, and whether the connection stays usable.
 //! It does wherever the request was read to its end, or its unread body was small
 //! enough to read away; it closes after an answer to a request whose body the gateway
-//! would not read (too large, chunked, held back for `100 Continue`), after an oversized
-//! request head, and after an upstream failure on Pingora's proxy path (a GET stream).
+//! would not read (too large, chunked, held back for `100 Continue`) and after an
+//! oversized request head. An upstream failure leaves it open whatever the method.
 
 mod common;
 
@@ -141,14 +141,21 @@ async fn errors_are_jsonrpc_answers_that_keep_a_read_connection() {
             -32603,
             true,
         ),
-        // Pingora's proxy path (GET streams, DELETEs) closes the client's connection
-        // after an upstream failure; the answer says so.
+        // A GET stream and a DELETE go through the same exchange as a POST: an upstream
+        // failure leaves the client's connection open.
         (
             "the upstream of a GET stream refuses connections",
             request("GET", "/mcp/dead", &["Accept: text/event-stream"], ""),
             502,
             -32603,
-            false,
+            true,
+        ),
+        (
+            "the upstream of a DELETE refuses connections",
+            request("DELETE", "/mcp/dead", &[], ""),
+            502,
+            -32603,
+            true,
         ),
         (
             "a request head over limits.max_request_headers",

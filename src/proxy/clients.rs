@@ -53,6 +53,12 @@ pub fn is_legacy_message(path: &[u8]) -> bool {
     path.ends_with(MESSAGE.as_bytes())
 }
 
+/// Whether a raw request path ends in a legacy SSE client's stream endpoint: such a GET
+/// is taken over by the adapter through Pingora's proxy path ([`super::serve`]).
+pub fn is_legacy_stream(path: &[u8]) -> bool {
+    path.ends_with(SSE.as_bytes())
+}
+
 /// The checks of a request for the adapter, made before anything is handed over: the
 /// method each endpoint takes, and a WebSocket handshake the adapter can answer.
 pub fn check(req: &RequestHeader, kind: Kind) -> Result<(), GatewayError> {

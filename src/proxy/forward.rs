@@ -1,6 +1,6 @@
 //! Choosing the upstream server and shaping the headers that cross the gateway.
-//! Shared by Pingora's proxy path (GET streams, DELETEs) and the POST exchange
-//! (`post`) so both behave the same.
+//! Used by the gateway's own exchange for every request it forwards (`relay`: POSTs, GET
+//! streams, DELETEs), and for the client adapter's answers on Pingora's proxy path.
 
 use super::ctx::RequestCtx;
 use super::respond::{edit_request, edit_response, REQUEST_ID};

@@ -1,6 +1,6 @@
 //! The fields that describe one connection, not the message (RFC 9110 §7.6.1): what the
 //! gateway refuses, strips or rewrites between the client's connection and the
-//! upstream's, the same way on every path (Pingora's proxy path and the POST exchange).
+//! upstream's, the same way for every request the gateway forwards (`proxy::relay`).
 //!
 //! * Requests: `Upgrade` is refused on MCP routes ([`check_request`]) but a WebSocket
 //!   client's (`proxy::clients`, which the gateway answers itself); `Connection` may

@@ -1,32 +1,34 @@
 //! The proxy service: `impl ProxyHttp for Gateway`. Each hook calls one function.
 //!
-//! An HTTP/1 POST is served by the gateway's own connection loop ([`serve`]), which
-//! calls these same hooks without Pingora's per-request proxy future; everything else
-//! runs through Pingora's HTTP app. Phase order for one request:
+//! HTTP/1 POSTs, GET streams and DELETEs are served by the gateway's own connection
+//! loop ([`serve`]), which calls these same hooks without Pingora's per-request proxy
+//! future; everything else (HTTP/2, WebSocket upgrades, a legacy SSE client's
+//! endpoints, other methods) runs through Pingora's HTTP app. Phase order for one
+//! request:
 //! 0. `early_request_filter`: an HTTP/2 stream finds its client connection
 //!    ([`ctx::RequestCtx::find_conn`]).
 //! 1. `request_filter` ([`request::filter`]): health probes; route → connection fields
 //!    ([`hop_by_hop::check_request`]: no `Upgrade`) → method → `100 Continue` → body
-//!    (bounded) → JSON-RPC inspection → modern header check → sealed session. A POST,
-//!    read and checked, is then forwarded from here by [`post`] (the gateway's own
-//!    upstream exchange: head and body in one write) and its answer relayed; the
-//!    phases below are Pingora's proxy path, which carries GET streams and DELETEs.
-//!    A virtual server's requests (all methods) are answered by [`federated`] instead.
-//! 2. `upstream_peer` ([`forward::select`]): the session's server, else the group's strategy.
-//! 3. `upstream_request_filter` ([`forward::upstream_request`]): HTTP/1.1, no hop-by-hop
-//!    fields, path, `Host`, `X-Forwarded-*`, `X-Request-Id`, the upstream's own session
-//!    id.
-//!    A WebSocket or legacy SSE client's request goes, once checked, to the gateway's
-//!    own adapter instead ([`clients`]), which sends each of its messages back in as a
-//!    POST on the internal listener.
-//! 4. `upstream_response_filter`: a `101` becomes a 502 (but the adapter's to a
-//!    WebSocket client); a final answer judges the
-//!    attempt for the breaker (1xx do not). `response_filter`
-//!    ([`forward::client_response`]): no hop-by-hop fields, seal `Mcp-Session-Id`, add
-//!    the request id. Bodies (SSE included) stream through untouched, but for the lists
-//!    the caller's policies filter.
-//! 5. `fail_to_proxy`: upstream failures become JSON-RPC errors (502/503/504).
-//! 6. `logging`: the access log line.
+//!    (bounded) → JSON-RPC inspection → modern header check → sealed session. A request
+//!    read and checked (a POST, a GET stream, a DELETE) is then forwarded from here by
+//!    [`relay`] (the gateway's own upstream exchange: head and body in one write, the
+//!    server chosen by [`forward::select`], the request shaped by
+//!    [`forward::upstream_request`], the answer by [`forward::client_response`]) and its
+//!    answer relayed. A virtual server's requests (all methods) are answered by
+//!    [`federated`] instead.
+//!
+//! The phases below are Pingora's proxy path, which carries only what a WebSocket or
+//! legacy SSE client's request becomes once checked: a request to the gateway's own
+//! adapter ([`clients`]), which sends each of its messages back in as a POST on the
+//! internal listener.
+//! 2. `upstream_peer`: the adapter's socket ([`clients::peer`]).
+//! 3. `upstream_request_filter` ([`clients::adapter_request`]): the caller's ticket, no
+//!    credentials.
+//! 4. `upstream_response_filter`: a `101` becomes a 502 but the adapter's to a WebSocket
+//!    client. `response_filter` ([`forward::client_response`]): no hop-by-hop fields, the
+//!    request id.
+//! 5. `fail_to_proxy`: failures become JSON-RPC errors (502/503/504).
+//! 6. `logging`: the access log line (every request, on either path).
 
 pub mod admission;
 pub mod cache;
@@ -40,8 +42,8 @@ pub mod health;
 pub mod hop_by_hop;
 pub mod list_filter;
 pub mod outcome;
-pub mod post;
 pub mod record;
+pub mod relay;
 pub mod request;
 pub mod respond;
 pub mod serve;
@@ -61,7 +63,7 @@ use std::sync::Arc;
 pub struct Gateway {
     /// The running state; each request takes the one current when it starts.
     pub live: Arc<crate::live::Live>,
-    /// Upstream connections for the POSTs the gateway forwards itself ([`post`]), the
+    /// Upstream connections for the requests the gateway forwards itself ([`relay`]), the
     /// idle ones kept per worker thread (a clone shares them).
     pub connector: Connector,
 }
@@ -107,41 +109,29 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        if ctx.downstream.is_some() {
-            return clients::peer();
+        match ctx.downstream {
+            Some(_) => clients::peer(),
+            // Every other request is answered from `request_filter` (`relay`).
+            None => Err(Error::explain(
+                ErrorType::InternalError,
+                "a request other than the client adapter's reached Pingora's proxy path",
+            )),
         }
-        let failed = |ctx: &mut RequestCtx, e: GatewayError| {
-            let status = e.status_and_code().0;
-            ctx.error = Some(e);
-            Error::new(ErrorType::HTTPStatus(status))
-        };
-        let peer = forward::select(session, ctx).map_err(|e| failed(ctx, e))?;
-        // A GET stream holds one of its server's connections while it is open.
-        let wait = peer
-            .options
-            .connection_timeout
-            .unwrap_or(std::time::Duration::from_secs(5));
-        if let (Some(attempt), Some(group)) = (ctx.upstream.as_mut(), ctx.group.as_ref()) {
-            if let Err(e) = attempt.hold_slot(&group.name, wait).await {
-                return Err(failed(ctx, e));
-            }
-        }
-        Ok(peer)
     }
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(ticket) = &ctx.downstream {
-            return clients::adapter_request(req, ticket);
+        match &ctx.downstream {
+            Some(ticket) => clients::adapter_request(req, ticket),
+            None => Ok(()),
         }
-        forward::upstream_request(session, req, ctx)
     }
 
     async fn upstream_response_filter(
@@ -155,51 +145,17 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .is_some_and(|t| t.kind == crate::transport::clients::Kind::WebSocket);
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !websocket {
-            // Nothing asked for a protocol switch (upgrades never go upstream; a WebSocket
-            // client's goes to the gateway's own adapter): the gateway does not tunnel
-            // what it cannot inspect.
-            record::upstream_attempt(ctx, "error");
-            outcome::record(ctx, false);
+            // Only a WebSocket client's request is switched (by the gateway's own
+            // adapter): the gateway does not tunnel what it cannot inspect.
             let err = hop_by_hop::switched_protocols(ctx);
             let status = err.status_and_code().0;
             ctx.error = Some(err);
             return Err(Error::new(ErrorType::HTTPStatus(status)));
         }
-        if resp.status.is_informational() {
-            // A 1xx is not the answer: the final one judges the attempt.
-            return Ok(());
+        if !resp.status.is_informational() {
+            ctx.upstream_status = Some(resp.status.as_u16());
         }
-        ctx.upstream_status = Some(resp.status.as_u16());
-        record::upstream_attempt(ctx, record::status_class(resp.status.as_u16()));
-        // Judge the attempt as soon as the server answers, so the breaker's state is
-        // current before the client sees the response.
-        outcome::record(ctx, resp.status.as_u16() < 500);
         Ok(())
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        // Nothing was sent: another server may take the request.
-        record::upstream_attempt(ctx, "connect_error");
-        outcome::record(ctx, false);
-        match forward::failover(ctx) {
-            Err(refused) => ctx.error = Some(refused),
-            Ok(true) => {
-                log::debug!(
-                    "request {}: connecting to {} failed, trying another server: {e}",
-                    ctx.request_id,
-                    ctx.server().map(|s| s.id.as_str()).unwrap_or("?")
-                );
-                e.set_retry(true);
-            }
-            Ok(false) => {}
-        }
-        e
     }
 
     async fn response_filter(
@@ -300,12 +256,6 @@ impl ProxyHttp for Gateway {
             // An answer that began before the drain: its connection closes now rather
             // than wait for a next request the listeners no longer take.
             session.set_keepalive(None);
-        }
-        if !ctx.outcome_recorded
-            && ctx.server().is_some()
-            && e.is_some_and(|e| matches!(e.esource(), ErrorSource::Upstream))
-        {
-            record::upstream_attempt(ctx, "error");
         }
         outcome::record_end(ctx, e);
         record::request_end(session, ctx);

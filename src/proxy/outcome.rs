@@ -1,11 +1,11 @@
 //! What a request's upstream attempt tells the server's circuit breaker.
 //!
-//! One outcome per attempt: a connect failure (recorded in `fail_to_connect`, before a
+//! One outcome per attempt: a connect failure (recorded by the exchange, before a
 //! failover); else the answer's status when its header arrives (5xx: failure, anything
 //! else: success); else, at the end, an upstream error before any answer (timeout, reset)
 //! is a failure. A client that went away says nothing about the server: the attempt
 //! ([`crate::upstream::InFlight`]) is dropped unjudged, which gives a half-open probe
-//! permit back, on every path (Pingora's proxy path and the POST exchange alike).
+//! permit back.
 
 use super::ctx::RequestCtx;
 use pingora::{Error, ErrorSource};

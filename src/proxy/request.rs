@@ -1,14 +1,15 @@
 //! The request phase: route → method → body → JSON-RPC inspection → session.
 //!
-//! Returns `Ok(true)` when the gateway answered itself (an error, a health probe, or a
-//! POST it forwarded through [`post`]), `Ok(false)` to let Pingora proxy the request (a
-//! GET stream, a DELETE).
+//! Returns `Ok(true)` when the gateway answered itself (an error, a health probe, a
+//! virtual server's answer, or a request it forwarded through [`relay`]: every POST, GET
+//! stream and DELETE), `Ok(false)` to let Pingora proxy the request to the client adapter
+//! (a WebSocket or legacy SSE client's).
 
 use super::ctx::RequestCtx;
 use super::framing;
 use super::list_filter::Scope;
 use super::record;
-use super::{post, respond, Gateway};
+use super::{relay, respond, Gateway};
 use crate::error::GatewayError;
 use crate::mcp::envelope::{self, Body, Era, InspectError};
 use crate::mcp::headers::{self, MCP_SESSION_ID};
@@ -409,10 +410,20 @@ async fn check(
         if let Some(r) = rewritten {
             super::transform::apply(ctx, r);
         }
-        post::forward(gw, session, ctx).await?;
-        return Ok(Next::Answered);
+    } else if !session.is_body_done() {
+        // A GET or DELETE with a body (MCP sends none): read whole, bounded as a POST's,
+        // and sent on with it.
+        let limit = state.max_request_body;
+        let declared = framing::declared_length(&session.req_header().headers);
+        if declared.is_some_and(|n| n > limit) {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
+        let timeout = state.request_body_timeout;
+        ctx.body = Some(framing::read_body(session, limit, declared, timeout).await?);
     }
-    Ok(Next::Proxy)
+    // The gateway sends the request itself (a GET stream and a DELETE as a POST).
+    relay::forward(gw, session, ctx).await?;
+    Ok(Next::Answered)
 }
 
 /// May the caller send this message (`None`: a GET or a DELETE)?

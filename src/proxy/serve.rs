@@ -3,20 +3,22 @@
 //! Pingora's HTTP app serves every request of a connection through one future holding
 //! its whole proxy state machine (cache, upstream phases, retries), built and moved
 //! into a box per request: copying it was a sixth of the instructions of a passthrough
-//! call. A POST never needs that machine: the gateway reads, checks and answers it from
-//! `request_filter` ([`super::post`], [`super::federated`], its own errors). So this
-//! loop looks at the request line of each request before anything parses it:
+//! call, and a GET stream held it (17 KB) for as long as it was open. The gateway needs
+//! that machine only for the client adapter: it reads, checks and answers every POST,
+//! GET stream and DELETE from `request_filter` ([`super::relay`], [`super::federated`],
+//! its own errors). So this loop looks at each request before anything parses it:
 //!
-//! * a POST (but a legacy SSE client's message, which the client adapter takes over
-//!   through Pingora's proxy path) is read by Pingora's own HTTP/1 session and served
-//!   here by the same hooks Pingora would call (`early_request_filter`,
-//!   `request_filter`, `logging`, and on an error `fail_to_proxy`), with nothing else
-//!   per request;
-//! * anything else (GET streams, DELETE, OPTIONS, WebSocket upgrades, a request line
-//!   longer than [`LINE`] bytes or cut short) goes to Pingora's HTTP app with the bytes
-//!   read so far as the session's first bytes (its "pipelined prefix", parsed before it
-//!   reads the socket), and the connection stays there: what that app hands back for
-//!   the next request may hold bytes it read ahead, which only it can see.
+//! * a POST (but a legacy SSE client's message), decided on its request line, and a
+//!   GET or DELETE, decided on its whole head ([`taken`]: not a WebSocket upgrade or a
+//!   legacy SSE client's stream, which the client adapter takes over through Pingora's
+//!   proxy path), is read by Pingora's own HTTP/1 session and served here by the same
+//!   hooks Pingora would call (`early_request_filter`, `request_filter`, `logging`, and
+//!   on an error `fail_to_proxy`), with nothing else per request;
+//! * anything else (those, OPTIONS, a request line longer than [`LINE`] bytes or a GET
+//!   head longer than [`HEAD`], a head cut short) goes to Pingora's HTTP app with the
+//!   bytes read so far as the session's first bytes (its "pipelined prefix", parsed
+//!   before it reads the socket), and the connection stays there: what that app hands
+//!   back for the next request may hold bytes it read ahead, which only it can see.
 //!
 //! Either way the request is parsed, checked and answered as before; keep-alive, the
 //! request limit per connection, pipelining and `Connection: close` on shutdown carry
@@ -59,7 +61,16 @@ pub async fn connection(
         if !request_line(&mut stream, &mut next).await {
             return;
         }
-        if !served_here(&next) {
+        let mut taken = taken(&next);
+        while taken == Taken::NeedsHead {
+            // A GET or DELETE is decided on its whole head (an `Upgrade` goes to the
+            // adapter through Pingora's proxy path).
+            taken = match read_more(&mut stream, &mut next).await {
+                true => self::taken(&next),
+                false => Taken::Pingora,
+            };
+        }
+        if taken == Taken::Pingora {
             let mut session = ServerSession::new_http1(stream);
             prepare(&mut session, settings, options, shutdown);
             session.set_pipelined_prefix(handed_over(&next));
@@ -67,7 +78,13 @@ pub async fn connection(
         }
         let mut session = Session::new_h1(stream);
         prepare(&mut session.downstream_session, settings, options, shutdown);
-        session.downstream_session.set_pipelined_prefix(next);
+        // Pingora's session keeps the head's buffer for as long as the request lasts: a
+        // GET stream's (hours) holds only its own bytes.
+        let prefix = match next.starts_with(b"POST ") {
+            true => next,
+            false => handed_over(&next),
+        };
+        session.downstream_session.set_pipelined_prefix(prefix);
         // Boxed: a request's state (Pingora's head parser keeps its 256 header slots,
         // 8 KiB, in its future) is held only while a request is served, not by every
         // connection waiting for one, or served by Pingora's app, all its life.
@@ -87,6 +104,18 @@ pub async fn connection(
 /// about 10,000 instructions per request (`Box::write`: Rust 1.87).
 fn in_box<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
+/// Read more of a head whose request line `buf` holds: false when the client closed (or
+/// the read failed) first, or the head is longer than [`HEAD`] bytes.
+async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> bool {
+    if buf.len() >= HEAD {
+        return false;
+    }
+    matches!(
+        std::future::poll_fn(|cx| read_some(stream, buf, cx)).await,
+        Ok(n) if n > 0
+    )
 }
 
 /// Read until `buf` holds the request line (or [`LINE`] bytes, or the client stopped
@@ -113,7 +142,7 @@ fn read_some(
     buf: &mut BytesMut,
     cx: &mut std::task::Context<'_>,
 ) -> std::task::Poll<std::io::Result<usize>> {
-    if buf.capacity() == 0 {
+    if buf.capacity() == buf.len() {
         buf.reserve(LINE);
     }
     let read = tokio_util::io::poll_read_buf(std::pin::Pin::new(stream), cx, buf);
@@ -131,19 +160,67 @@ fn handed_over(next: &BytesMut) -> BytesMut {
     BytesMut::from(&next[..])
 }
 
-/// Whether the request starting `buf` is served by this loop: a POST, but to a legacy
-/// SSE client's message endpoint. Decided on the raw request target; both paths parse
-/// and check the request the same way, so this only chooses who runs the hooks.
-pub fn served_here(buf: &[u8]) -> bool {
-    let Some(rest) = buf.strip_prefix(b"POST ") else {
-        return false;
-    };
-    let end = rest
-        .iter()
-        .position(|b| matches!(b, b' ' | b'\r' | b'\n' | b'?' | b'#'))
-        .unwrap_or(rest.len());
-    !super::clients::is_legacy_message(&rest[..end])
+/// Who serves the request starting `buf` ([`taken`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// This loop.
+    Here,
+    /// Pingora's HTTP app, for the rest of the connection.
+    Pingora,
+    /// A GET or DELETE whose head is not all read yet.
+    NeedsHead,
 }
+
+/// Who serves the request starting `buf`: this loop serves POSTs (but to a legacy SSE
+/// client's message endpoint), GET streams and DELETEs; Pingora's app what the client
+/// adapter takes over through Pingora's proxy path (a WebSocket upgrade, a legacy SSE
+/// client's endpoints) and anything else (OPTIONS, a head this loop does not read whole).
+/// Decided on the raw head; both paths parse and check the request the same way, so
+/// this only chooses who runs the hooks.
+pub fn taken(buf: &[u8]) -> Taken {
+    if let Some(rest) = buf.strip_prefix(b"POST ") {
+        let target = &rest[..target_end(rest)];
+        return match super::clients::is_legacy_message(target) {
+            true => Taken::Pingora,
+            false => Taken::Here,
+        };
+    }
+    if !buf.starts_with(b"GET ") && !buf.starts_with(b"DELETE ") {
+        return Taken::Pingora;
+    }
+    let mut fields = [httparse::EMPTY_HEADER; FIELDS];
+    let mut head = httparse::Request::new(&mut fields);
+    match head.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) if buf.len() < HEAD => return Taken::NeedsHead,
+        // Too long, too many fields, or not a head Pingora would parse: its answer.
+        _ => return Taken::Pingora,
+    }
+    let path = head.path.unwrap_or_default().as_bytes();
+    let adapter = super::clients::is_legacy_stream(&path[..target_end(path)])
+        || head
+            .headers
+            .iter()
+            .any(|f| f.name.eq_ignore_ascii_case("upgrade"));
+    match adapter {
+        true => Taken::Pingora,
+        false => Taken::Here,
+    }
+}
+
+/// The request target's path: up to its query, fragment or the end of the line.
+fn target_end(rest: &[u8]) -> usize {
+    rest.iter()
+        .position(|b| matches!(b, b' ' | b'\r' | b'\n' | b'?' | b'#'))
+        .unwrap_or(rest.len())
+}
+
+/// The longest GET or DELETE head this loop reads to decide ([`taken`]); a longer one
+/// goes to Pingora's app, which serves it the same way.
+pub const HEAD: usize = 16 << 10;
+
+/// The most fields a GET or DELETE head this loop decides on may have.
+const FIELDS: usize = 64;
 
 /// The settings of Pingora's HTTP app for a request: the previous request's, or for the
 /// first one its defaults; no keep-alive once shutdown has begun.
@@ -222,11 +299,11 @@ async fn request(gw: &Gateway, mut session: Session, shutdown: &ShutdownWatch) -
             reusable(session).await
         }
         Ok(false) => {
-            // Every POST here is answered by the filter; one that is not cannot go on
-            // to Pingora's proxy from here.
+            // Every request here is answered by the filter (only the client adapter's
+            // go on to Pingora's proxy, and `taken` leaves those to Pingora's app).
             let e = Error::explain(
                 ErrorType::InternalError,
-                "a POST the gateway's own loop took was left for Pingora's proxy path",
+                "a request the gateway's own loop took was left for Pingora's proxy path",
             );
             failed(gw, session, ctx, e, "Fail to filter request:").await
         }
@@ -272,21 +349,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn posts_are_served_here_but_legacy_messages_and_other_methods() {
-        for line in [
+    fn posts_get_streams_and_deletes_are_served_here_but_the_adapters_and_other_methods() {
+        let is = |head: &[u8], want: Taken| {
+            assert_eq!(taken(head), want, "{}", String::from_utf8_lossy(head));
+        };
+        for head in [
             &b"POST /mcp HTTP/1.1\r\n"[..],
             b"POST /mcp?x=1 HTTP/1.1\r\n",
             b"POST /mcp/files HTTP/1.1\r\nHost: a\r\n",
             b"POST /message/x HTTP/1.1\r\n",
             b"POST /mcp",
+            b"GET /mcp HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n",
+            b"GET /mcp/sse/x?a=/sse HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /liveness HTTP/1.1\r\n\r\n",
+            b"DELETE /mcp HTTP/1.1\r\nHost: a\r\nMcp-Session-Id: s\r\n\r\n",
+            b"DELETE /mcp HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
         ] {
-            assert!(served_here(line), "{}", String::from_utf8_lossy(line));
+            is(head, Taken::Here);
         }
-        for line in [
+        for head in [
             &b"GET /mcp HTTP/1.1\r\n"[..],
-            b"DELETE /mcp HTTP/1.1\r\n",
+            b"GET /mcp HTTP/1.1\r\nHost: a\r\n",
+            b"DELETE /mcp HTTP/1.1\r\nHost: a\r\n\r",
+        ] {
+            is(head, Taken::NeedsHead);
+        }
+        let long = [&b"GET /mcp HTTP/1.1\r\nX: "[..], &[b'a'; HEAD]].concat();
+        let many = [
+            &b"GET /mcp HTTP/1.1\r\n"[..],
+            &b"X: 1\r\n".repeat(FIELDS + 1),
+            b"\r\n",
+        ]
+        .concat();
+        for head in [
+            &b"GET /mcp HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"[..],
+            b"GET /mcp HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
+            b"GET /mcp/sse HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /mcp/sse?x=1 HTTP/1.1\r\n\r\n",
+            b"DELETE /mcp/sse HTTP/1.1\r\n\r\n",
+            b"GET /mcp HTTP/1.1\r\nBad Field: x\r\n\r\n",
+            &long,
+            &many,
             b"OPTIONS /mcp HTTP/1.1\r\n",
             b"post /mcp HTTP/1.1\r\n",
+            b"get /mcp HTTP/1.1\r\n\r\n",
             b"POST /mcp/message HTTP/1.1\r\n",
             b"POST /mcp/message?session_id=1 HTTP/1.1\r\n",
             b"POST /mcp/message#x HTTP/1.1\r\n",
@@ -294,7 +400,7 @@ mod tests {
             b"\r\nPOST /mcp HTTP/1.1\r\n",
             b"",
         ] {
-            assert!(!served_here(line), "{}", String::from_utf8_lossy(line));
+            is(head, Taken::Pingora);
         }
     }
 

@@ -1,8 +1,9 @@
 //! One request to an upstream server over a pooled connection, its answer streamed back:
 //! the failover rule, timeouts, the attempt's outcome and the error that names the server.
 //!
-//! Every client of the upstreams outside Pingora's proxy path sends through here (every
-//! POST, the health checks). An exchange has two steps, and the rule that a request is
+//! Every client of the upstreams sends through here (every POST, GET stream and DELETE a
+//! client sends, the health checks, virtual servers' members); Pingora's proxy path
+//! carries only the client adapter's requests. An exchange has two steps, and the rule that a request is
 //! never sent twice is in their types:
 //! 1. [`connect`] asks the caller's [`Select`] for a server and connects; a connect failure
 //!    (nothing sent) is recorded and, if the caller allows it ([`Select::failover`]),

@@ -1,6 +1,6 @@
 //! Upstream groups: the replicas of each MCP server ([`group`]), each replica's live state
 //! ([`server`]), how one is chosen, the one request-and-answer exchange with a server
-//! outside Pingora's proxy path ([`exchange`]) over connections kept per thread ([`pool`]), and the background upkeep that checks
+//! ([`exchange`]) over connections kept per thread ([`pool`]), and the background upkeep that checks
 //! them ([`health`]). See docs/upstreams.md and docs/architecture.md.
 
 pub mod breaker;

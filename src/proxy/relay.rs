@@ -1,4 +1,5 @@
-//! A POST's upstream exchange, done by the gateway itself.
+//! A request's upstream exchange, done by the gateway itself: every POST, GET stream and
+//! DELETE (the client adapter's requests are the only ones Pingora's proxy path carries).
 //!
 //! The gateway reads every POST body before it chooses a server (to inspect, authorize
 //! and rate-limit it), so it sends the request itself through the upstream exchange
@@ -8,12 +9,15 @@
 //! `Content-Length` one stays length-delimited), but for small JSON answers (64 KiB),
 //! held until complete and sent with their head in one write, so an upstream failing in
 //! the middle of one costs the client a JSON-RPC error rather than a cut body. An SSE
-//! answer whose upstream fails ends with the request's JSON-RPC error as its last event. It shapes headers and filters lists
-//! exactly as Pingora's proxy path does for GET streams and DELETEs (`forward`,
-//! `hop_by_hop`, `list_filter`). Like Pingora's proxy path it watches the client while
-//! the upstream is silent: a client that leaves closes the upstream request (the modern
-//! cancellation). Bodies of any size take this path: nothing depends on Pingora's 64 KiB
-//! retry buffer.
+//! answer whose upstream fails ends with the request's JSON-RPC error as its last event.
+//! A GET stream (the server's standing SSE stream) and a DELETE (the end of a session)
+//! go the same way with no body: the stream is read with `timeouts.stream_idle` between
+//! events ([`forward::select`]) and relayed event by event for as long as both sides
+//! keep it, without Pingora's per-request proxy state. Headers are shaped
+//! (`forward`, `hop_by_hop`) and lists filtered (`list_filter`) here for every request.
+//! The client is watched while the upstream is silent: a client that leaves closes the
+//! upstream request (the modern cancellation; a GET stream's end). Bodies of any size
+//! take this path: nothing depends on Pingora's 64 KiB retry buffer.
 //!
 //! Upstream failures here are answered by the caller (`request::filter`) as JSON-RPC
 //! errors with a `Content-Length`, so the client's connection stays open: its request was
