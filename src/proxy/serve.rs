@@ -291,7 +291,7 @@ async fn request(gw: &Gateway, mut session: Session, shutdown: &ShutdownWatch) -
     }
     let mut ctx = gw.new_ctx();
     if let Err(e) = gw.early_request_filter(&mut session, &mut ctx).await {
-        return failed(gw, session, ctx, e, "Fail to early filter request:").await;
+        return Box::pin(failed(gw, session, ctx, e, "Fail to early filter request:")).await;
     }
     match gw.request_filter(&mut session, &mut ctx).await {
         Ok(true) => {
@@ -305,14 +305,16 @@ async fn request(gw: &Gateway, mut session: Session, shutdown: &ShutdownWatch) -
                 ErrorType::InternalError,
                 "a request the gateway's own loop took was left for Pingora's proxy path",
             );
-            failed(gw, session, ctx, e, "Fail to filter request:").await
+            Box::pin(failed(gw, session, ctx, e, "Fail to filter request:")).await
         }
-        Err(e) => failed(gw, session, ctx, e, "Fail to filter request:").await,
+        Err(e) => Box::pin(failed(gw, session, ctx, e, "Fail to filter request:")).await,
     }
 }
 
 /// An error of a hook: answered by `fail_to_proxy`, logged, counted (as Pingora's proxy
-/// handles it).
+/// handles it). Its callers box it (8 KB, with the session and context it takes): an
+/// error's path pays the allocation, and every request's future (which a GET stream holds
+/// for hours) stays the size of the success path's.
 async fn failed(
     gw: &Gateway,
     mut session: Session,

@@ -79,7 +79,10 @@ impl Connector {
                 reused: true,
             });
         }
-        let stream = self.0.connect.new_stream(peer).await?;
+        // Boxed: Pingora's connect future (8.3 KB, sized by its TLS handshake) would
+        // otherwise be part of every request's future for as long as the request lasts
+        // (an SSE stream: hours), though only a new connection ever awaits it.
+        let stream = Box::pin(self.0.connect.new_stream(peer)).await?;
         Ok(Pooled {
             stream,
             key,
