@@ -73,17 +73,12 @@ pub async fn connection(
         if taken == Taken::Pingora {
             let mut session = ServerSession::new_http1(stream);
             prepare(&mut session, settings, options, shutdown);
-            session.set_pipelined_prefix(handed_over(&next));
+            session.set_pipelined_prefix(handed_over(&std::mem::take(&mut next)));
             return pingora(proxy, session, shutdown).await;
         }
         let mut session = Session::new_h1(stream);
         prepare(&mut session.downstream_session, settings, options, shutdown);
-        // Pingora's session keeps the head's buffer for as long as the request lasts: a
-        // GET stream's (hours) holds only its own bytes.
-        let prefix = match next.starts_with(b"POST ") {
-            true => next,
-            false => handed_over(&next),
-        };
+        let prefix = first_bytes(std::mem::take(&mut next));
         session.downstream_session.set_pipelined_prefix(prefix);
         // Boxed: a request's state (Pingora's head parser keeps its 256 header slots,
         // 8 KiB, in its future) is held only while a request is served, not by every
@@ -158,6 +153,17 @@ fn read_some(
 /// filled it.
 fn handed_over(next: &BytesMut) -> BytesMut {
     BytesMut::from(&next[..])
+}
+
+/// The bytes read of a request this loop serves, for Pingora's session, which keeps the
+/// head's buffer for as long as the request lasts: a POST's as read, a GET stream's
+/// (hours) in a buffer of its own size. `read` is taken, not borrowed: the loop's read
+/// buffer (4 KiB) would otherwise wait in the connection's future for the stream's end.
+fn first_bytes(read: BytesMut) -> BytesMut {
+    match read.starts_with(b"POST ") {
+        true => read,
+        false => handed_over(&read),
+    }
 }
 
 /// Who serves the request starting `buf` ([`taken`]).
@@ -275,7 +281,8 @@ async fn request(gw: &Gateway, mut session: Session, shutdown: &ShutdownWatch) -
                 // The client stream's wrapper writes the gateway's JSON-RPC error
                 // instead of Pingora's empty 400 (`admission::watched`).
                 log::debug!("request head refused: {e}");
-                if let Err(e) = downstream.respond_error(400).await {
+                // Boxed, as the other error paths (`failed`): 1.3 KB.
+                if let Err(e) = Box::pin(downstream.respond_error(400)).await {
                     log::debug!("could not send the 400: {e}");
                 }
             } else {
@@ -296,7 +303,11 @@ async fn request(gw: &Gateway, mut session: Session, shutdown: &ShutdownWatch) -
     match gw.request_filter(&mut session, &mut ctx).await {
         Ok(true) => {
             gw.logging(&mut session, None, &mut ctx).await;
-            reusable(session).await
+            // Boxed (4.5 KB: Pingora's `finish`, which drains what is left of the
+            // request): inline, every request's future would be that much larger for as
+            // long as the request lasts (a GET stream: hours), for a step only its end
+            // takes.
+            in_box(|| reusable(session)).await
         }
         Ok(false) => {
             // Every request here is answered by the filter (only the client adapter's
@@ -413,6 +424,27 @@ mod tests {
         let prefix = handed_over(&next);
         assert_eq!(prefix, next);
         assert_eq!(prefix.capacity(), next.len());
+    }
+
+    #[test]
+    fn a_stream_keeps_only_its_own_bytes_and_a_post_the_buffer_as_read() {
+        for (head, own) in [
+            (&b"GET /mcp HTTP/1.1\r\nHost: a\r\n\r\n"[..], true),
+            (b"DELETE /mcp HTTP/1.1\r\nHost: a\r\n\r\n", true),
+            (b"POST /mcp HTTP/1.1\r\nHost: a\r\n", false),
+        ] {
+            let mut read = BytesMut::with_capacity(LINE);
+            read.extend_from_slice(head);
+            let prefix = first_bytes(read);
+            assert_eq!(&prefix[..], head);
+            let capacity = if own { head.len() } else { LINE };
+            assert_eq!(
+                prefix.capacity(),
+                capacity,
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
     }
 
     #[tokio::test]
