@@ -396,9 +396,9 @@ async fn check(
     }
     if let Some(vs) = virtual_server {
         // The gateway is the MCP server here.
-        // Boxed: its future (6.5 KB) would otherwise be part of every request's,
-        // passthrough streams' included, for as long as they last.
-        Box::pin(super::federated::answer(gw, session, ctx, &vs, ip)).await?;
+        // Boxed, built in its box: its future (6.5 KB) would otherwise be part of every
+        // request's, passthrough streams' included, for as long as they last.
+        super::serve::in_box(|| super::federated::answer(gw, session, ctx, &vs, ip)).await?;
         return Ok(Next::Answered);
     }
     if ctx.body.is_some() {

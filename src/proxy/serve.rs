@@ -73,12 +73,12 @@ pub async fn connection(
         if taken == Taken::Pingora {
             let mut session = ServerSession::new_http1(stream);
             prepare(&mut session, settings, options, shutdown);
-            session.set_pipelined_prefix(handed_over(&std::mem::take(&mut next)));
+            session.set_pipelined_prefix(handed_over(&mut next));
             return pingora(proxy, session, shutdown).await;
         }
         let mut session = Session::new_h1(stream);
         prepare(&mut session.downstream_session, settings, options, shutdown);
-        let prefix = first_bytes(std::mem::take(&mut next));
+        let prefix = first_bytes(&mut next);
         session.downstream_session.set_pipelined_prefix(prefix);
         // Boxed: a request's state (Pingora's head parser keeps its 256 header slots,
         // 8 KiB, in its future) is held only while a request is served, not by every
@@ -97,7 +97,7 @@ pub async fn connection(
 /// The future `make` builds, built in its heap allocation: `Box::pin(future)` builds it
 /// on the stack and copies all of it (10 KiB, most of it not yet used) into the box,
 /// about 10,000 instructions per request (`Box::write`: Rust 1.87).
-fn in_box<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+pub(super) fn in_box<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
@@ -147,22 +147,22 @@ fn read_some(
     read
 }
 
-/// The bytes read so far, for Pingora's app, in a buffer of their own size: Pingora
-/// parses the head in the buffer it is given and keeps it as long as the request lasts
-/// (a GET stream: hours), and `next` has room for a [`LINE`] whether or not the read
-/// filled it.
-fn handed_over(next: &BytesMut) -> BytesMut {
-    BytesMut::from(&next[..])
+/// The bytes read so far, taken out of `next`, for Pingora's app, in a buffer of their
+/// own size: Pingora parses the head in the buffer it is given and keeps it as long as
+/// the request lasts (a GET stream, a WebSocket: hours), and `next` has room for a
+/// [`LINE`] whether or not the read filled it. Taken, not copied: the loop's buffer
+/// would otherwise wait in the connection's future until the request ends.
+fn handed_over(next: &mut BytesMut) -> BytesMut {
+    BytesMut::from(&std::mem::take(next)[..])
 }
 
-/// The bytes read of a request this loop serves, for Pingora's session, which keeps the
-/// head's buffer for as long as the request lasts: a POST's as read, a GET stream's
-/// (hours) in a buffer of its own size. `read` is taken, not borrowed: the loop's read
-/// buffer (4 KiB) would otherwise wait in the connection's future for the stream's end.
-fn first_bytes(read: BytesMut) -> BytesMut {
-    match read.starts_with(b"POST ") {
-        true => read,
-        false => handed_over(&read),
+/// The bytes read of a request this loop serves, taken out of `next`, for Pingora's
+/// session: a POST's buffer as read, a GET stream's or DELETE's bytes
+/// [`handed_over`] in a buffer of their own size.
+fn first_bytes(next: &mut BytesMut) -> BytesMut {
+    match next.starts_with(b"POST ") {
+        true => std::mem::take(next),
+        false => handed_over(next),
     }
 }
 
@@ -419,11 +419,14 @@ mod tests {
 
     #[test]
     fn a_request_handed_to_pingora_keeps_only_its_own_bytes() {
+        let head = &b"GET /mcp HTTP/1.1\r\nHost: a\r\n\r\n"[..];
         let mut next = BytesMut::with_capacity(LINE);
-        next.extend_from_slice(b"GET /mcp HTTP/1.1\r\nHost: a\r\n\r\n");
-        let prefix = handed_over(&next);
-        assert_eq!(prefix, next);
-        assert_eq!(prefix.capacity(), next.len());
+        next.extend_from_slice(head);
+        let prefix = handed_over(&mut next);
+        assert_eq!(&prefix[..], head);
+        assert_eq!(prefix.capacity(), head.len());
+        // The loop keeps no buffer while Pingora's app serves the connection.
+        assert_eq!(next.capacity(), 0);
     }
 
     #[test]
@@ -433,10 +436,12 @@ mod tests {
             (b"DELETE /mcp HTTP/1.1\r\nHost: a\r\n\r\n", true),
             (b"POST /mcp HTTP/1.1\r\nHost: a\r\n", false),
         ] {
-            let mut read = BytesMut::with_capacity(LINE);
-            read.extend_from_slice(head);
-            let prefix = first_bytes(read);
+            let mut next = BytesMut::with_capacity(LINE);
+            next.extend_from_slice(head);
+            let prefix = first_bytes(&mut next);
             assert_eq!(&prefix[..], head);
+            // The loop keeps no buffer while the request is served (a stream: hours).
+            assert_eq!(next.capacity(), 0, "{}", String::from_utf8_lossy(head));
             let capacity = if own { head.len() } else { LINE };
             assert_eq!(
                 prefix.capacity(),
