@@ -155,12 +155,11 @@ async fn listen(
             std::future::pending(),
         )
         .await;
-    let mut answer = match sent {
-        Ok(exchange::Sent::Answer(a)) => a,
+    let (h, mut answer) = match sent {
+        Ok(exchange::Sent::Answer(h, a)) => (h, a),
         Ok(exchange::Sent::Cancelled) => return Ended::Failed("cancelled".into()),
         Err(e) => return failed(e),
     };
-    let h = answer.header();
     let sse = h
         .headers
         .get(http::header::CONTENT_TYPE)

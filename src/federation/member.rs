@@ -159,14 +159,13 @@ pub async fn send<'c>(
         .map(|a| a.server().clone())
         .ok_or_else(|| GatewayError::Internal("an exchange without an attempt".into()))?;
     let head = request_head(client, member, &server, &method, &call)?;
-    let answer = match up
+    let (head, answer) = match up
         .send(&mut pick, Box::new(head), call.body, std::future::pending())
         .await?
     {
-        Sent::Answer(answer) => answer,
+        Sent::Answer(head, answer) => (head, answer),
         Sent::Cancelled => return Err(GatewayError::ClientClosed),
     };
-    let head = answer.header();
     let status = head.status.as_u16();
     let session = head
         .headers

@@ -51,11 +51,11 @@ pub async fn forward(
     let client_left = async {
         let _ = session.read_body_or_idle(true).await;
     };
-    let mut up = match up
+    let (mut resp, mut up) = match up
         .send(&mut Recording(ctx), Box::new(req), body, client_left)
         .await?
     {
-        Sent::Answer(answer) => answer,
+        Sent::Answer(head, answer) => (head, answer),
         Sent::Cancelled => {
             log::debug!(
                 "request {}: the client went away before the upstream answered",
@@ -67,7 +67,7 @@ pub async fn forward(
         }
     };
 
-    let mut resp = ResponseHeader::from(up.header().as_owned_parts());
+    // The answer's head as read: no case-preserving map (`forward` would drop it).
     forward::client_response(&mut resp, ctx).map_err(|e| shaping_failure(ctx, &e))?;
     ctx.local_status = Some(resp.status.as_u16());
     ctx.upstream_status = Some(resp.status.as_u16());

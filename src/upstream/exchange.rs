@@ -20,16 +20,18 @@
 //! ([`Response::finish`]). Errors name the group and server; Pingora's text (with internal
 //! addresses) is the log-only detail ([`GatewayError::detail`]).
 //!
-//! Upstreams speak HTTP/1.1 (peers are built without ALPN), so the connection is Pingora's
-//! transport stream read by its HTTP/1 client session.
+//! Upstreams speak HTTP/1.1 (peers are built without ALPN): the connection is Pingora's
+//! transport stream, the request written with Pingora's `http_req_header_to_wire`, the
+//! answer read by [`answer`] (which holds no buffer while a stream's server is silent).
 
+use super::answer;
 use super::breaker::{now_ms, State};
 use super::pool::Connector;
 use super::InFlight;
 use crate::error::GatewayError;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession};
+use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
@@ -173,7 +175,7 @@ pub async fn connect<'c>(
 #[allow(clippy::large_enum_variant)]
 pub enum Sent<'c> {
     /// The final answer's head arrived (and was recorded); its body is to be read.
-    Answer(Response<'c>),
+    Answer(ResponseHeader, Response<'c>),
     /// `cancel` finished first: the upstream request was closed (in the modern era that
     /// is the cancellation) and the attempt left unjudged (it says nothing of the server).
     Cancelled,
@@ -196,48 +198,24 @@ impl<'c> Connection<'c> {
             peer,
         } = self;
         let options = &peer.options;
-        // A request that asks the server to close is never pooled afterwards (without its
-        // head, the client session below judges keep-alive by the answer alone).
-        let close = head
-            .headers
-            .get(http::header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let asked = answer::Asked {
+            head: head.method == http::Method::HEAD,
+            // A request that asks the server to close is never pooled afterwards.
+            close: head
+                .headers
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close")),
+        };
         let exchange = async {
-            let mut session = if body.is_empty() || head.method == http::Method::HEAD {
-                // Nothing to join the head with (or an answer without a body to expect):
-                // the client session writes the head itself.
-                let mut session = HttpSession::new_with_options(stream, &*peer);
-                session.write_timeout = options.write_timeout;
-                session
-                    .write_request_header(head)
-                    .await
-                    .map_err(|e| ("send", e))?;
-                session
-            } else {
-                let wire = one_write(&head, &body).map_err(|e| ("send", e))?;
-                write_all(&mut stream, &wire, options.write_timeout)
-                    .await
-                    .map_err(|e| ("send", e))?;
-                HttpSession::new_with_options(stream, &*peer)
-            };
-            session.read_timeout = options.read_timeout;
-            // Skip informational (1xx) answers to the final one; a 101 is refused.
-            loop {
-                session.read_response().await.map_err(|e| ("read", e))?;
-                match session.get_status() {
-                    Some(s) if s == http::StatusCode::SWITCHING_PROTOCOLS => {
-                        return Ok((session, None));
-                    }
-                    Some(s) if s.is_informational() => continue,
-                    Some(s) => return Ok((session, Some(s.as_u16()))),
-                    None => {
-                        return Err((
-                            "read",
-                            Error::explain(ErrorType::InvalidHTTPHeader, "no response header"),
-                        ))
-                    }
-                }
-            }
+            let wire = one_write(&head, &body).map_err(|e| ("send", e))?;
+            drop(head);
+            write_all(&mut stream, &wire, options.write_timeout)
+                .await
+                .map_err(|e| ("send", e))?;
+            drop(wire);
+            answer::read_head(stream, asked, options.read_timeout)
+                .await
+                .map_err(|e| ("read", e))
         };
         let answer = tokio::select! {
             biased;
@@ -246,19 +224,23 @@ impl<'c> Connection<'c> {
             () = cancel => return Ok(Sent::Cancelled),
         };
         match answer {
-            Ok((session, Some(status))) => {
-                attempt.record(Outcome::Answered(status));
-                Ok(Sent::Answer(Response {
-                    connector,
-                    session,
-                    key,
-                    peer,
-                    close,
-                }))
+            Ok((head, body)) if head.status != http::StatusCode::SWITCHING_PROTOCOLS => {
+                attempt.record(Outcome::Answered(head.status.as_u16()));
+                Ok(Sent::Answer(
+                    head,
+                    Response {
+                        connector,
+                        body,
+                        key,
+                        peer,
+                    },
+                ))
             }
-            Ok((mut session, None)) => {
+            Ok((_, body)) => {
                 attempt.record(Outcome::Failed);
-                session.shutdown().await;
+                if let Err(mut stream) = body.reusable() {
+                    let _ = stream.shutdown().await;
+                }
                 let (group, server) = attempt.names();
                 Err(GatewayError::UpstreamSwitchedProtocols {
                     group: group.to_string(),
@@ -310,50 +292,40 @@ async fn write_all(
     })
 }
 
-/// The final answer: its head, and its body to read.
+/// The final answer's body to read, and the connection it came on.
 pub struct Response<'c> {
     connector: &'c Connector,
-    session: HttpSession,
+    body: answer::Body,
     /// The peer's reuse hash, for the pool.
     key: u64,
     peer: Box<HttpPeer>,
-    /// The request asked the server to close the connection.
-    close: bool,
 }
 
 impl Response<'_> {
-    pub fn header(&self) -> &ResponseHeader {
-        self.session
-            .resp_header()
-            .expect("send returns only once the head arrived")
-    }
-
-    /// The next chunk of the body; `None` at its end.
+    /// The next piece of the body; `None` at its end.
     pub async fn read(&mut self) -> pingora::Result<Option<Bytes>> {
-        if self.session.is_body_done() {
-            return Ok(None);
-        }
-        self.session.read_body_bytes().await
+        self.body.read().await
     }
 
     /// Done with the answer: its connection goes back to the pool if it was read to its
     /// end and both sides keep it alive.
-    pub async fn finish(mut self) {
-        if !self.session.is_body_done() || self.close {
-            self.session.shutdown().await;
-            return;
-        }
-        self.session.respect_keepalive();
-        if let Some(stream) = self.session.reuse().await {
-            let idle = self.peer.options.idle_timeout;
-            self.connector.release(stream, self.key, idle);
+    pub async fn finish(self) {
+        match self.body.reusable() {
+            Ok(stream) => {
+                let idle = self.peer.options.idle_timeout;
+                self.connector.release(stream, self.key, idle);
+            }
+            Err(mut stream) => {
+                let _ = stream.shutdown().await;
+            }
         }
     }
 
     /// Close the upstream request (a client that went away, a relay that failed: in the
     /// modern era that is the cancellation).
-    pub async fn close(mut self) {
-        self.session.shutdown().await;
+    pub async fn close(self) {
+        let (Ok(mut stream) | Err(mut stream)) = self.body.reusable();
+        let _ = stream.shutdown().await;
     }
 }
 
@@ -515,10 +487,10 @@ mod tests {
             .send(&connector, std::future::pending())
             .await
             .unwrap();
-        let Sent::Answer(mut answer) = sent else {
+        let Sent::Answer(head, mut answer) = sent else {
             panic!("cancelled")
         };
-        assert_eq!(answer.header().status, 200);
+        assert_eq!(head.status, 200);
         assert_eq!(answer.read().await.unwrap().as_deref(), Some(&b"ok"[..]));
         assert_eq!(answer.read().await.unwrap(), None);
         answer.finish().await;

@@ -375,10 +375,10 @@ async fn exchange(
         )
         .await
         .map_err(why)?;
-    let exchange::Sent::Answer(mut answer) = sent else {
+    let exchange::Sent::Answer(head, mut answer) = sent else {
         return Err("cancelled".into());
     };
-    let status = answer.header().status.as_u16();
+    let status = head.status.as_u16();
     let mut buf = BytesMut::new();
     if probe.is_some() {
         // Stop at the first complete JSON-RPC message: an SSE answer may stay open.

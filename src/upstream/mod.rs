@@ -3,6 +3,7 @@
 //! ([`exchange`]) over connections kept per thread ([`pool`]), and the background upkeep that checks
 //! them ([`health`]). See docs/upstreams.md and docs/architecture.md.
 
+pub mod answer;
 pub mod breaker;
 pub mod exchange;
 pub mod group;
