@@ -129,22 +129,16 @@ async fn request_line(stream: &mut Stream, buf: &mut BytesMut) -> bool {
     true
 }
 
-/// One read into `buf`, whose room is allocated for the read only: while the client has
-/// sent nothing yet the buffer is given back, so a connection waiting for its next
-/// request holds no buffer (the listener's own read buffer is off, `app.rs`).
+/// One read into `buf`, whose room ([`LINE`]) is allocated for the read only: while the
+/// client has sent nothing yet the buffer is given back, so a connection waiting for its
+/// next request holds no buffer (the listener's own read buffer is off, `app.rs`). The
+/// upstream's answer is read the same way.
 fn read_some(
     stream: &mut Stream,
     buf: &mut BytesMut,
     cx: &mut std::task::Context<'_>,
 ) -> std::task::Poll<std::io::Result<usize>> {
-    if buf.capacity() == buf.len() {
-        buf.reserve(LINE);
-    }
-    let read = tokio_util::io::poll_read_buf(std::pin::Pin::new(stream), cx, buf);
-    if read.is_pending() && buf.is_empty() {
-        *buf = BytesMut::new();
-    }
-    read
+    crate::upstream::answer::read_some(stream, buf, LINE, cx)
 }
 
 /// The bytes read so far, taken out of `next`, for Pingora's app, in a buffer of their

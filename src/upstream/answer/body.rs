@@ -174,7 +174,8 @@ fn bad_chunk(what: &str) -> Box<Error> {
 
 /// One read into `buf` (with `room` reserved when it is full); while the read waits and
 /// nothing is buffered, `buf` gives its allocation back (a silent stream holds none).
-fn read_some(
+/// The client connection loop reads its requests the same way (`proxy/serve.rs`).
+pub fn read_some(
     stream: &mut Stream,
     buf: &mut BytesMut,
     room: usize,

@@ -14,8 +14,8 @@ mod body;
 #[cfg(test)]
 mod tests;
 
-pub use body::Body;
 use body::Framing;
+pub use body::{read_some, Body};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
