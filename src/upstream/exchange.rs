@@ -238,9 +238,7 @@ impl<'c> Connection<'c> {
             }
             Ok((_, body)) => {
                 attempt.record(Outcome::Failed);
-                if let Err(mut stream) = body.reusable() {
-                    let _ = stream.shutdown().await;
-                }
+                let _ = body.into_stream().shutdown().await;
                 let (group, server) = attempt.names();
                 Err(GatewayError::UpstreamSwitchedProtocols {
                     group: group.to_string(),
@@ -324,8 +322,7 @@ impl Response<'_> {
     /// Close the upstream request (a client that went away, a relay that failed: in the
     /// modern era that is the cancellation).
     pub async fn close(self) {
-        let (Ok(mut stream) | Err(mut stream)) = self.body.reusable();
-        let _ = stream.shutdown().await;
+        let _ = self.body.into_stream().shutdown().await;
     }
 }
 

@@ -135,6 +135,11 @@ impl Body {
         }
     }
 
+    /// The connection, whatever state the answer is in (to close it).
+    pub fn into_stream(self) -> Stream {
+        self.stream
+    }
+
     /// [`fill`](Self::fill), where the server closing the connection is an error: the
     /// body is not complete.
     async fn fill_some(&mut self, what: &str) -> Result<()> {
