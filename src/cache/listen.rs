@@ -16,7 +16,7 @@ use crate::error::GatewayError;
 use crate::upstream::pool::Connector;
 use crate::upstream::{exchange, Group, Server};
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -147,14 +147,11 @@ async fn listen(
         Ok(h) => h,
         Err(e) => return Ended::Failed(e.to_string()),
     };
-    let sent = up
-        .send(
-            &mut one,
-            Box::new(head),
-            Bytes::from_static(BODY.as_bytes()),
-            std::future::pending(),
-        )
-        .await;
+    let request = match exchange::Request::new(&head, BODY.as_bytes()) {
+        Ok(r) => r,
+        Err(e) => return Ended::Failed(e.to_string()),
+    };
+    let sent = up.send(&mut one, request, std::future::pending()).await;
     let (h, mut answer) = match sent {
         Ok(exchange::Sent::Answer(h, a)) => (h, a),
         Ok(exchange::Sent::Cancelled) => return Ended::Failed("cancelled".into()),

@@ -160,7 +160,12 @@ pub async fn send<'c>(
         .ok_or_else(|| GatewayError::Internal("an exchange without an attempt".into()))?;
     let head = request_head(client, member, &server, &method, &call)?;
     let (head, answer) = match up
-        .send(&mut pick, Box::new(head), call.body, std::future::pending())
+        .send(
+            &mut pick,
+            exchange::Request::new(&head, &call.body)
+                .map_err(|e| GatewayError::Internal(format!("the member's request: {e}")))?,
+            std::future::pending(),
+        )
         .await?
     {
         Sent::Answer(head, answer) => (head, answer),
@@ -350,7 +355,7 @@ fn request_head(
     }
     // The member's `request_headers`, then the credentials, which no transform replaces.
     if let Some(t) = super::transform::of(client.state, member) {
-        t.headers(&mut headers);
+        crate::upstream::head::request_headers(&mut headers, t);
     }
     if let Some((name, value)) = &group.upstream_auth {
         headers.insert(name.clone(), value.clone());

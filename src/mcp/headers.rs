@@ -11,6 +11,16 @@ pub const MCP_METHOD: &str = "mcp-method";
 pub const MCP_NAME: &str = "mcp-name";
 pub const LAST_EVENT_ID: &str = "last-event-id";
 
+/// The names as `HeaderName`s, for lookups on the request path: a lookup by `&str`
+/// parses and checks the name again on every call (about 400 instructions).
+pub mod names {
+    use http::HeaderName;
+    pub const SESSION_ID: HeaderName = HeaderName::from_static(super::MCP_SESSION_ID);
+    pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static(super::MCP_PROTOCOL_VERSION);
+    pub const METHOD: HeaderName = HeaderName::from_static(super::MCP_METHOD);
+    pub const NAME: HeaderName = HeaderName::from_static(super::MCP_NAME);
+}
+
 /// Methods whose `Mcp-Name` header carries `params.name` or `params.uri`.
 fn has_name_header(method: &str) -> bool {
     matches!(method, "tools/call" | "prompts/get" | "resources/read")
@@ -79,7 +89,7 @@ pub fn encode_value(s: &str) -> http::HeaderValue {
 /// The error text says which header and what the body says, for the `-32020` message.
 pub fn check_modern(env: &Envelope, headers: &HeaderMap) -> Result<(), String> {
     let body_version = env.protocol_version.as_deref().unwrap_or_default();
-    match headers.get(MCP_PROTOCOL_VERSION) {
+    match headers.get(&names::PROTOCOL_VERSION) {
         None => {
             return Err(format!(
                 "the MCP-Protocol-Version header is required and must be {body_version:?} (the body's _meta protocol version)"
@@ -97,7 +107,10 @@ pub fn check_modern(env: &Envelope, headers: &HeaderMap) -> Result<(), String> {
         return Ok(());
     }
     let method = env.method.as_deref().unwrap_or_default();
-    match headers.get(MCP_METHOD).map(|h| decode_value(h.as_bytes())) {
+    match headers
+        .get(&names::METHOD)
+        .map(|h| decode_value(h.as_bytes()))
+    {
         None => {
             return Err(format!(
                 "the Mcp-Method header is required and must be {method:?}"
@@ -113,7 +126,10 @@ pub fn check_modern(env: &Envelope, headers: &HeaderMap) -> Result<(), String> {
     }
     if has_name_header(method) {
         let name = env.name.as_deref().unwrap_or_default();
-        match headers.get(MCP_NAME).map(|h| decode_value(h.as_bytes())) {
+        match headers
+            .get(&names::NAME)
+            .map(|h| decode_value(h.as_bytes()))
+        {
             None => {
                 return Err(format!(
                     "the Mcp-Name header is required for {method} and must be {name:?}"
@@ -144,7 +160,7 @@ fn undecodable(header: &str) -> String {
 /// Whether a batch body is allowed: only when the negotiated version is 2025-03-26
 /// (an absent `MCP-Protocol-Version` header means 2025-03-26).
 pub fn batch_allowed(headers: &HeaderMap) -> bool {
-    match headers.get(MCP_PROTOCOL_VERSION) {
+    match headers.get(&names::PROTOCOL_VERSION) {
         None => true,
         Some(v) => v.as_bytes() == super::envelope::BATCH_VERSION.as_bytes(),
     }

@@ -3,14 +3,16 @@
 //! streams, DELETEs), and for the client adapter's answers on Pingora's proxy path.
 
 use super::ctx::RequestCtx;
-use super::respond::{edit_request, edit_response, REQUEST_ID};
+use super::respond::{edit_response, REQUEST_ID_FIELD};
 use crate::error::GatewayError;
 use crate::mcp::envelope::Era;
 use crate::mcp::headers::MCP_SESSION_ID;
 use crate::telemetry::metrics::METRICS;
+use crate::upstream::exchange::Request;
+use crate::upstream::head::{Fields, Head};
 use crate::upstream::InFlight;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
@@ -72,57 +74,39 @@ pub fn failover(ctx: &RequestCtx) -> Result<bool, GatewayError> {
     }))
 }
 
-/// The request as the upstream gets it: HTTP/1.1, its own path and authority, no
-/// connection fields of the client's (see `hop_by_hop`), forwarding headers, the unsealed
-/// session id, and an exact `Content-Length` for the body we read. Both paths (Pingora's
-/// and the POST exchange) send exactly this.
-pub fn upstream_request(
-    session: &Session,
-    req: &mut RequestHeader,
-    ctx: &RequestCtx,
-) -> Result<()> {
-    if ctx.server().is_none() {
-        return Ok(());
-    }
-    edit_request(req, |parts| upstream_parts(session, parts, ctx))
-}
-
-/// [`upstream_request`] on the head's parts.
-fn upstream_parts(
-    session: &Session,
-    req: &mut http::request::Parts,
-    ctx: &RequestCtx,
-) -> Result<()> {
+/// The request as the upstream gets it, head and body in one buffer: HTTP/1.1, its own
+/// path and authority, no connection fields of the client's (see `hop_by_hop`),
+/// forwarding headers, the unsealed session id, and an exact `Content-Length` for the
+/// body we read. The client's fields are written from its head, not copied
+/// ([`crate::upstream::head`]).
+pub fn upstream_request(session: &Session, ctx: &RequestCtx) -> Result<Request> {
     let Some(server) = ctx.server() else {
-        return Ok(());
+        return Err(Error::explain(
+            ErrorType::InternalError,
+            "a request shaped before its server was chosen",
+        ));
     };
     let target = &server.target;
-    let headers = &mut req.headers;
-    // Room for the fields added below at once: the map grows (and rehashes) once.
-    headers.reserve(ADDED_FIELDS);
+    let client = session.req_header();
+    let mut headers = Head::new(&client.headers);
 
     // One HTTP/1.1 request to the upstream, whatever the client spoke; its connection
     // fields stay on its connection (`hop_by_hop`), `Expect` included.
-    req.version = http::Version::HTTP_11;
-    super::hop_by_hop::strip_request(headers);
+    super::hop_by_hop::strip_request(&mut headers);
     // Under `preserve_host`, the client's authority: HTTP/2's `:authority` (or an
-    // absolute-form target), else its `Host`. Taken before the URI is replaced.
+    // absolute-form target), else its `Host`.
     let preserve_host = ctx.group.as_ref().is_some_and(|g| g.preserve_host);
-    let client_authority = match req.uri.authority() {
+    let client_authority = match client.uri.authority() {
         Some(a) if preserve_host => Some(value(a.as_str(), "the request's authority")?),
         _ => None,
     };
 
     // The upstream URL's path replaces the route's; the client's query string is kept
     // unless the upstream URL has its own.
-    let path_and_query = match req.uri.query() {
-        Some(q) if !target.path.contains('?') => format!("{}?{q}", target.path),
-        _ => target.path.clone(),
+    let request_target = match client.uri.query() {
+        Some(q) if !target.path.contains('?') => [target.path.as_str(), "?", q],
+        _ => [target.path.as_str(), "", ""],
     };
-    req.uri = http::Uri::builder()
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| Error::because(ErrorType::InternalError, "building the upstream URI", e))?;
 
     if ctx.group.as_ref().is_some_and(|g| g.close_connections) {
         // Pooling is off: the upstream closes the connection after its answer.
@@ -130,7 +114,7 @@ fn upstream_parts(
     }
     // No token passthrough: the client's credentials are for the gateway, never for the
     // server; a group may send its own.
-    headers.remove(http::header::AUTHORIZATION);
+    headers.remove(&http::header::AUTHORIZATION);
     // Credential headers (API keys) of the auth rules: never forwarded either.
     for h in ctx.state.auth.credential_headers.iter() {
         headers.remove(h);
@@ -164,7 +148,7 @@ fn upstream_parts(
         headers.insert(http::header::HOST, authority);
     }
 
-    forwarding_headers(session, headers, ctx)?;
+    forwarding_headers(session, &mut headers, ctx)?;
     headers.insert(REQUEST_ID_FIELD, value(&ctx.request_id, "the request id")?);
 
     match (&ctx.upstream_session, ctx.era()) {
@@ -180,8 +164,8 @@ fn upstream_parts(
 
     if let Some(span) = &ctx.span {
         // Continue the trace through the gateway's own span.
-        headers.remove("traceparent");
-        headers.remove("tracestate");
+        headers.remove(&TRACEPARENT);
+        headers.remove(&TRACESTATE);
         for (name, v) in span.upstream_headers() {
             let name = HeaderName::try_from(name)
                 .map_err(|e| Error::because(ErrorType::InternalError, "a trace field", e))?;
@@ -191,16 +175,20 @@ fn upstream_parts(
 
     if ctx.list_scope != super::list_filter::Scope::Off {
         // The answer may be filtered: it must come uncompressed.
-        headers.remove(http::header::ACCEPT_ENCODING);
+        headers.remove(&http::header::ACCEPT_ENCODING);
     }
 
-    super::transform::upstream_headers(headers, ctx);
+    super::transform::upstream_headers(&mut headers, ctx);
 
-    if let Some(body) = &ctx.body {
-        headers.remove(http::header::TRANSFER_ENCODING);
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    }
-    Ok(())
+    let body = match &ctx.body {
+        Some(body) => {
+            headers.remove(&http::header::TRANSFER_ENCODING);
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            &body[..]
+        }
+        None => &[],
+    };
+    headers.request(&client.method, &request_target, body)
 }
 
 /// `Connection: close`.
@@ -224,6 +212,8 @@ static ORIGIN: [HeaderName; 1] = [http::header::ORIGIN];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// What the upstream learns of the client (docs/security.md#client-addresses): from a
 /// client that is not a trusted proxy, `X-Forwarded-For` is its address alone and the
@@ -231,15 +221,15 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// extended with its address, and its `Forwarded`, `X-Forwarded-Host`/`-Port`/`-Proto`
 /// pass. `X-Real-IP` is the client address the gateway decided on. A browser's
 /// `Origin` was checked here and is not passed on (SDK servers refuse foreign ones).
-fn forwarding_headers(session: &Session, headers: &mut HeaderMap, ctx: &RequestCtx) -> Result<()> {
+fn forwarding_headers(session: &Session, headers: &mut Head, ctx: &RequestCtx) -> Result<()> {
     use super::hop_by_hop::present;
     use crate::security::edge;
-    for h in present(headers, &ORIGIN) {
+    for h in present(headers.client(), &ORIGIN) {
         headers.remove(h);
     }
     if let Some(caller) = &ctx.via {
         // A message of a WebSocket or legacy SSE client: its address is the caller's.
-        for h in present(headers, &FORWARDING) {
+        for h in present(headers.client(), &FORWARDING) {
             headers.remove(h);
         }
         if let Some(ip) = caller.ip {
@@ -250,14 +240,14 @@ fn forwarding_headers(session: &Session, headers: &mut HeaderMap, ctx: &RequestC
         return Ok(());
     }
     let Some(peer) = edge::peer_ip(session) else {
-        for h in present(headers, &FORWARDING) {
+        for h in present(headers.client(), &FORWARDING) {
             headers.remove(h);
         }
         return Ok(());
     };
     let edge = &ctx.state.edge;
     let trusted = edge.is_trusted(peer);
-    let client = edge.client_ip(peer, headers);
+    let client = edge.client_ip(peer, headers.client());
     // The address's text, made once per connection.
     let peer_text = match ctx.conn().and_then(|c| c.peer_ip.as_ref()) {
         Some((ip, text)) if *ip == peer => text.clone(),
@@ -266,7 +256,7 @@ fn forwarding_headers(session: &Session, headers: &mut HeaderMap, ctx: &RequestC
     };
     let xff = if trusted {
         let mut chain = String::new();
-        for v in headers.get_all(&X_FORWARDED_FOR) {
+        for v in headers.client().get_all(&X_FORWARDED_FOR) {
             let v = String::from_utf8_lossy(v.as_bytes());
             let v = v.trim().trim_matches(',').trim();
             if !v.is_empty() {
@@ -278,7 +268,7 @@ fn forwarding_headers(session: &Session, headers: &mut HeaderMap, ctx: &RequestC
         http::HeaderValue::try_from(chain)
             .map_err(|e| Error::because(ErrorType::InternalError, "X-Forwarded-For", e))?
     } else {
-        for h in present(headers, &FORWARDING) {
+        for h in present(headers.client(), &FORWARDING) {
             headers.remove(h);
         }
         peer_text.clone()
@@ -426,7 +416,6 @@ fn client_fields(headers: &mut HeaderMap, ctx: &RequestCtx) -> Result<()> {
 const ADDED_FIELDS: usize = 8;
 
 /// The names of fields set on every request or answer, made once.
-const REQUEST_ID_FIELD: HeaderName = HeaderName::from_static(REQUEST_ID);
 const SESSION_FIELD: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");

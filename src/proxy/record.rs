@@ -46,7 +46,7 @@ pub fn request_end(session: &Session, ctx: &RequestCtx) {
         }
         if let Some(sid) = req
             .headers
-            .get(crate::mcp::headers::MCP_SESSION_ID)
+            .get(&crate::mcp::headers::names::SESSION_ID)
             .and_then(|v| v.to_str().ok())
         {
             // Hash (SHA-256) only when the session changed on this connection.
@@ -110,7 +110,7 @@ pub fn span_request(session: &Session, ctx: &mut RequestCtx) {
     let session_id = session
         .req_header()
         .headers
-        .get(crate::mcp::headers::MCP_SESSION_ID)
+        .get(&crate::mcp::headers::names::SESSION_ID)
         .and_then(|v| v.to_str().ok())
         .map(crate::telemetry::tracing::session_handle);
     let identity = ctx.identity.as_ref().map(|i| i.subject.clone());

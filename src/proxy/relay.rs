@@ -28,7 +28,7 @@ use super::record;
 use super::{forward, Gateway};
 use crate::error::GatewayError;
 use crate::upstream::exchange::{self, Outcome, Record, Sent};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
@@ -42,19 +42,13 @@ pub async fn forward(
     let timeouts = exchange::Timeouts::default(); // the peer's: `forward::select` sets them
     let up = exchange::connect(&gw.connector, &mut Choosing { session, ctx }, timeouts).await?;
 
-    // A copy of the head without Pingora's case-preserving map (`forward` drops it on
-    // Pingora's path too).
-    let mut req = RequestHeader::from(session.req_header().as_owned_parts());
-    forward::upstream_request(session, &mut req, ctx).map_err(|e| shaping_failure(ctx, &e))?;
-    let body = ctx.body.clone().unwrap_or_default();
+    // Written from the client's head, with the body (`forward`).
+    let request = forward::upstream_request(session, ctx).map_err(|e| shaping_failure(ctx, &e))?;
     // Watch the client while the upstream is silent, as Pingora's proxy path does.
     let client_left = async {
         let _ = session.read_body_or_idle(true).await;
     };
-    let (mut resp, mut up) = match up
-        .send(&mut Recording(ctx), Box::new(req), body, client_left)
-        .await?
-    {
+    let (mut resp, mut up) = match up.send(&mut Recording(ctx), request, client_left).await? {
         Sent::Answer(head, answer) => (head, answer),
         Sent::Cancelled => {
             log::debug!(
@@ -111,7 +105,7 @@ pub async fn forward(
     let relay = async {
         let mut resp = Some(resp);
         // What a held answer will send, once whole.
-        let mut out = bytes::BytesMut::new();
+        let mut out = Held::default();
         if !whole {
             if let Some(r) = resp.take() {
                 super::respond::head(session, live, r, false).await?;
@@ -180,12 +174,15 @@ pub async fn forward(
         if let Some(mut r) = resp.take() {
             // The held head: the filtered body's length, then head and body.
             if let Some(l) = last.take() {
-                out.extend_from_slice(&l);
+                out.push(l);
             }
             r.remove_header(&http::header::TRANSFER_ENCODING);
-            r.insert_header(http::header::CONTENT_LENGTH, out.len().to_string())?;
+            r.insert_header(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from(out.len()),
+            )?;
             super::respond::head(session, live, r, false).await?;
-            last = Some(out.freeze());
+            last = Some(out.into_bytes());
         }
         session.write_response_body(last, true).await?;
         Ok::<_, Box<Error>>(())
@@ -243,15 +240,48 @@ fn small_json(resp: &ResponseHeader) -> bool {
 async fn emit(
     session: &mut Session,
     whole: bool,
-    out: &mut bytes::BytesMut,
+    out: &mut Held,
     chunk: Option<bytes::Bytes>,
 ) -> pingora::Result<()> {
     match (whole, chunk) {
-        (true, Some(c)) => out.extend_from_slice(&c),
+        (true, Some(c)) => out.push(c),
         (false, Some(c)) => session.write_response_body(Some(c), false).await?,
         (_, None) => {}
     }
     Ok(())
+}
+
+/// A held answer's body: its one piece as read (most answers: no copy), or its pieces
+/// joined.
+#[derive(Default)]
+struct Held {
+    one: Option<bytes::Bytes>,
+    joined: bytes::BytesMut,
+}
+
+impl Held {
+    fn push(&mut self, piece: bytes::Bytes) {
+        if self.one.is_none() && self.joined.is_empty() {
+            self.one = Some(piece);
+            return;
+        }
+        if let Some(first) = self.one.take() {
+            self.joined.reserve(first.len() + piece.len());
+            self.joined.extend_from_slice(&first);
+        }
+        self.joined.extend_from_slice(&piece);
+    }
+
+    fn len(&self) -> usize {
+        self.one.as_ref().map_or(0, |b| b.len()) + self.joined.len()
+    }
+
+    fn into_bytes(self) -> bytes::Bytes {
+        match self.one {
+            Some(one) => one,
+            None => self.joined.freeze(),
+        }
+    }
 }
 
 /// The request's servers, chosen as on the proxy path (`forward::select`).
@@ -322,4 +352,27 @@ fn shaping_failure(ctx: &mut RequestCtx, e: &Error) -> GatewayError {
     Recording(ctx).record(Outcome::Failed);
     let (group, server) = names(ctx);
     exchange::failure_named(group, server, e, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Held;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_held_body_is_its_one_piece_or_its_pieces_joined() {
+        let one = Bytes::from_static(b"{\"a\":1}");
+        let mut held = Held::default();
+        held.push(one.clone());
+        assert_eq!(held.len(), 7);
+        let out = held.into_bytes();
+        assert_eq!(out, one);
+        assert_eq!(out.as_ptr(), one.as_ptr(), "one piece is not copied");
+        let mut held = Held::default();
+        for p in ["{\"a\"", "", ":1", "}"] {
+            held.push(Bytes::from_static(p.as_bytes()));
+        }
+        assert_eq!(held.len(), 7);
+        assert_eq!(held.into_bytes(), one);
+    }
 }

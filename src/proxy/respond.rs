@@ -4,11 +4,13 @@ use super::ctx::RequestCtx;
 use crate::error::GatewayError;
 use bytes::Bytes;
 use http::HeaderMap;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
 pub const REQUEST_ID: &str = "x-request-id";
+/// [`REQUEST_ID`] as a name made once.
+pub const REQUEST_ID_FIELD: http::HeaderName = http::HeaderName::from_static(REQUEST_ID);
 
 /// The final response header already sent to the client, if any: a `100 Continue` the
 /// gateway wrote before reading the body is not one (Pingora reports it until the
@@ -44,25 +46,14 @@ fn security_fields(headers: &mut HeaderMap, ctx: &RequestCtx) {
     }
 }
 
-/// `edit` on the parts of `req`, which keeps no record of its fields' original case
-/// afterwards. Pingora's own way to change a head's fields (`insert_header`) parses the
-/// field's name again on every call, names a standard field's case by looking it up, and
-/// keeps a second, case-preserving map for a head it parsed; the parts are a plain
-/// `http` head, changed with the names and values the gateway made once. Field names
-/// are case-insensitive (RFC 9110 §5.1); without the map, Pingora writes the standard
-/// ones in their usual case (`Content-Type`) and others in lower case, as HTTP/2 does.
-pub fn edit_request<R>(
-    req: &mut RequestHeader,
-    edit: impl FnOnce(&mut http::request::Parts) -> R,
-) -> R {
-    let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
-    let mut parts = http::request::Parts::from(std::mem::replace(req, empty));
-    let out = edit(&mut parts);
-    *req = RequestHeader::from(parts);
-    out
-}
-
-/// [`edit_request`] for a response (its reason phrase becomes the status's own).
+/// `edit` on the parts of `resp`, which keeps no record of its fields' original case
+/// afterwards (and its reason phrase becomes the status's own). Pingora's own way to
+/// change a head's fields (`insert_header`) parses the field's name again on every
+/// call, names a standard field's case by looking it up, and keeps a second,
+/// case-preserving map for a head it parsed; the parts are a plain `http` head, changed
+/// with the names and values the gateway made once. Field names are case-insensitive
+/// (RFC 9110 §5.1); without the map, Pingora writes the standard ones in their usual
+/// case (`Content-Type`) and others in lower case, as HTTP/2 does.
 pub fn edit_response<R>(
     resp: &mut ResponseHeader,
     edit: impl FnOnce(&mut http::response::Parts) -> R,

@@ -8,7 +8,7 @@ use super::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::mcp::envelope::Era;
 use crate::transform::request::Rewritten;
-use http::HeaderMap;
+use crate::upstream::head::Fields;
 
 /// The call this request makes, as the upstream must get it (`None`: as it came).
 pub fn plan(ctx: &RequestCtx) -> Result<Option<Rewritten>, GatewayError> {
@@ -51,11 +51,11 @@ pub fn apply(ctx: &mut RequestCtx, rewritten: Rewritten) {
 
 /// `request_headers`, and after a rewrite the modern era's routing headers from the
 /// new body (`Mcp-Name`, and `Mcp-Param-<argument>` of the arguments changed).
-pub fn upstream_headers(headers: &mut HeaderMap, ctx: &RequestCtx) {
+pub fn upstream_headers(headers: &mut impl Fields, ctx: &RequestCtx) {
     let Some(t) = ctx.transforms.as_deref() else {
         return;
     };
-    t.headers(headers);
+    crate::upstream::head::request_headers(headers, t);
     let Some(changed) = &ctx.rewritten_args else {
         return;
     };

@@ -313,16 +313,6 @@ impl RouteTransforms {
     pub fn markers(&self) -> impl Iterator<Item = &str> {
         self.redact.iter().map(|r| r.with.as_str())
     }
-
-    /// Apply `request_headers` to a request going upstream.
-    pub fn headers(&self, headers: &mut http::HeaderMap) {
-        for name in &self.remove_headers {
-            headers.remove(name);
-        }
-        for (name, value) in &self.set_headers {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
 }
 
 #[cfg(test)]

@@ -21,8 +21,9 @@
 //! addresses) is the log-only detail ([`GatewayError::detail`]).
 //!
 //! Upstreams speak HTTP/1.1 (peers are built without ALPN): the connection is Pingora's
-//! transport stream, the request written with Pingora's `http_req_header_to_wire`, the
-//! answer read by [`answer`] (which holds no buffer while a stream's server is silent).
+//! transport stream, the request written by [`super::head`] (a client's, forwarded) or
+//! Pingora's `http_req_header_to_wire` ([`Request::new`]), the answer read by [`answer`]
+//! (which holds no buffer while a stream's server is silent).
 
 use super::answer;
 use super::breaker::{now_ms, State};
@@ -187,8 +188,7 @@ impl<'c> Connection<'c> {
     pub async fn send(
         self,
         attempt: &mut impl Record,
-        head: Box<RequestHeader>,
-        body: Bytes,
+        request: Request,
         cancel: impl Future<Output = ()>,
     ) -> Result<Sent<'c>, GatewayError> {
         let Connection {
@@ -198,17 +198,8 @@ impl<'c> Connection<'c> {
             peer,
         } = self;
         let options = &peer.options;
-        let asked = answer::Asked {
-            head: head.method == http::Method::HEAD,
-            // A request that asks the server to close is never pooled afterwards.
-            close: head
-                .headers
-                .get(http::header::CONNECTION)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close")),
-        };
+        let Request { wire, asked } = request;
         let exchange = async {
-            let wire = one_write(&head, &body).map_err(|e| ("send", e))?;
-            drop(head);
             write_all(&mut stream, &wire, options.write_timeout)
                 .await
                 .map_err(|e| ("send", e))?;
@@ -254,16 +245,48 @@ impl<'c> Connection<'c> {
     }
 }
 
-/// The request's head and body as one buffer: what one `write` hands the kernel.
-fn one_write(head: &RequestHeader, body: &[u8]) -> pingora::Result<bytes::BytesMut> {
-    let mut wire = http_req_header_to_wire(head).ok_or_else(|| {
-        Error::explain(
-            ErrorType::InvalidHTTPHeader,
-            "request-line contains forbidden delimiter bytes or unsupported HTTP version",
-        )
-    })?;
-    wire.extend_from_slice(body);
-    Ok(wire)
+/// A request's head and body as one buffer (what one `write` hands the kernel), and
+/// what it implies for its answer.
+pub struct Request {
+    wire: bytes::BytesMut,
+    asked: answer::Asked,
+}
+
+impl Request {
+    /// `head` (written by Pingora's `http_req_header_to_wire`) followed by `body`.
+    pub fn new(head: &RequestHeader, body: &[u8]) -> pingora::Result<Self> {
+        let mut wire = http_req_header_to_wire(head).ok_or_else(|| {
+            Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "request-line contains forbidden delimiter bytes or unsupported HTTP version",
+            )
+        })?;
+        wire.extend_from_slice(body);
+        let close = head
+            .headers
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        Ok(Self::wire(wire, head.method == http::Method::HEAD, close))
+    }
+
+    /// A request already written (`wire`): a `HEAD` request's (`head`), or one that asks
+    /// the server to close the connection (`close`: it is never pooled afterwards).
+    pub fn wire(wire: bytes::BytesMut, head: bool, close: bool) -> Self {
+        Request {
+            wire,
+            asked: answer::Asked { head, close },
+        }
+    }
+
+    /// The bytes sent.
+    pub fn bytes(&self) -> &[u8] {
+        &self.wire
+    }
+
+    /// What the request implies for its answer.
+    pub fn asked(&self) -> answer::Asked {
+        self.asked
+    }
 }
 
 /// Write `buf` and flush, within `limit` (the peer's write timeout) if there is one.
@@ -399,8 +422,7 @@ mod tests {
             cancel: impl Future<Output = ()>,
         ) -> Result<Sent<'c>, GatewayError> {
             let conn = connect(connector, self, Timeouts::default()).await?;
-            conn.send(self, request(), Bytes::from_static(b"{}"), cancel)
-                .await
+            conn.send(self, request(), cancel).await
         }
     }
 
@@ -466,11 +488,11 @@ mod tests {
         (addr, rx)
     }
 
-    fn request() -> Box<RequestHeader> {
+    fn request() -> Request {
         let mut h = RequestHeader::build("POST", b"/mcp", None).unwrap();
         h.insert_header("host", "x").unwrap();
         h.insert_header("content-length", "2").unwrap();
-        Box::new(h)
+        Request::new(&h, b"{}").unwrap()
     }
 
     #[tokio::test]

@@ -369,8 +369,7 @@ async fn exchange(
     let sent = up
         .send(
             &mut one,
-            Box::new(req),
-            body.unwrap_or_default(),
+            exchange::Request::new(&req, &body.unwrap_or_default()).map_err(|e| e.to_string())?,
             std::future::pending(),
         )
         .await

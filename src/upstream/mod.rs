@@ -7,6 +7,7 @@ pub mod answer;
 pub mod breaker;
 pub mod exchange;
 pub mod group;
+pub mod head;
 pub mod health;
 pub mod pool;
 pub mod server;

@@ -83,6 +83,11 @@ pub async fn read_head(
     }
 }
 
+/// Room in an answer's map for the fields the gateway adds to an answer it forwards (its
+/// request id, security fields, then Pingora's `Date` and `Connection`): set at once,
+/// they would grow the map (a rehash of every field) on every answer.
+const ROOM: usize = 8;
+
 /// A complete head at the start of `buf` and its length; `None`: not complete yet.
 fn parse_head(buf: &[u8]) -> Result<Option<(ResponseHeader, usize)>> {
     if buf.is_empty() {
@@ -113,7 +118,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(ResponseHeader, usize)>> {
     // (with the body read along with the head) is not held by them.
     let copy = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + ROOM);
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| invalid("a field name of the answer's head is not a token"))?;
