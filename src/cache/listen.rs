@@ -205,7 +205,7 @@ async fn listen(
 
 fn head(group: &Group, server: &Server) -> pingora::Result<RequestHeader> {
     let mut req = RequestHeader::build("POST", server.target.path.as_bytes(), None)?;
-    req.insert_header("host", server.target.authority.as_str())?;
+    req.insert_header("host", server.target.authority.clone())?;
     req.insert_header("content-type", "application/json")?;
     req.insert_header("accept", "application/json, text/event-stream")?;
     req.insert_header("content-length", BODY.len().to_string())?;

@@ -291,7 +291,7 @@ fn request_head(
             GatewayError::Internal(format!("a header value that cannot be sent: {s:?}"))
         })
     };
-    set(http::header::HOST, text(&server.target.authority)?)?;
+    set(http::header::HOST, server.target.authority.clone())?;
     set(
         http::header::USER_AGENT,
         HeaderValue::from_static(USER_AGENT),

@@ -140,10 +140,7 @@ pub fn upstream_request(session: &Session, ctx: &RequestCtx) -> Result<Request> 
         }
     }
     if !preserve_host {
-        headers.insert(
-            http::header::HOST,
-            value(&target.authority, "the upstream's authority")?,
-        );
+        headers.insert(http::header::HOST, target.authority.clone());
     } else if let Some(authority) = client_authority {
         headers.insert(http::header::HOST, authority);
     }

@@ -262,10 +262,7 @@ impl Request {
             )
         })?;
         wire.extend_from_slice(body);
-        let close = head
-            .headers
-            .get(http::header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let close = asks_close(head.headers.get(http::header::CONNECTION));
         Ok(Self::wire(wire, head.method == http::Method::HEAD, close))
     }
 
@@ -287,6 +284,11 @@ impl Request {
     pub fn asked(&self) -> answer::Asked {
         self.asked
     }
+}
+
+/// Whether a request's `Connection` field asks the server to close after its answer.
+pub fn asks_close(connection: Option<&http::HeaderValue>) -> bool {
+    connection.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// Write `buf` and flush, within `limit` (the peer's write timeout) if there is one.

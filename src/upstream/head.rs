@@ -117,9 +117,7 @@ impl<'a> Head<'a> {
         }
         wire.put_slice(b"\r\n");
         wire.put_slice(body);
-        let close = self
-            .get(&header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let close = super::exchange::asks_close(self.get(&header::CONNECTION));
         Ok(Request::wire(wire, method == http::Method::HEAD, close))
     }
 

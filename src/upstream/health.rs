@@ -335,7 +335,8 @@ async fn exchange(
     let insert = |req: &mut RequestHeader, k: &'static str, v: String| {
         req.insert_header(k, v).map_err(|e| err("request", e))
     };
-    insert(&mut req, "host", server.target.authority.clone())?;
+    req.insert_header("host", server.target.authority.clone())
+        .map_err(|e| err("request", e))?;
     insert(
         &mut req,
         "user-agent",

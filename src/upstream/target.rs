@@ -39,8 +39,9 @@ pub enum Endpoint {
 pub struct Target {
     pub endpoint: Endpoint,
     pub tls: bool,
-    /// `host[:port]` as written in the URL: sent as `Host` unless the group preserves the client's.
-    pub authority: String,
+    /// `host[:port]` as written in the URL: sent as `Host` unless the group preserves the
+    /// client's (made into a field value once, not on every request).
+    pub authority: http::HeaderValue,
     /// The host name (no port), used for SNI and certificate verification.
     pub host: String,
     /// The upstream's request path (and query), which replaces the route's path.
@@ -65,7 +66,7 @@ impl Target {
             return Ok(Target {
                 endpoint: Endpoint::Unix(sock),
                 tls: false,
-                authority: "localhost".into(),
+                authority: http::HeaderValue::from_static("localhost"),
                 host: "localhost".into(),
                 path: "/mcp".into(),
             });
@@ -83,7 +84,7 @@ impl Target {
             return Ok(Target {
                 endpoint: Endpoint::Unix(PathBuf::from(sock)),
                 tls: false,
-                authority: "localhost".into(),
+                authority: http::HeaderValue::from_static("localhost"),
                 host: "localhost".into(),
                 path: path.to_string(),
             });
@@ -125,7 +126,8 @@ impl Target {
                 port,
             },
             tls,
-            authority: auth.as_str().to_string(),
+            authority: http::HeaderValue::from_str(auth.as_str())
+                .map_err(|_| format!("{url:?}: the host cannot be sent as a Host field"))?,
             host,
             path,
         })

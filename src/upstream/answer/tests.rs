@@ -32,6 +32,14 @@ async fn answer(parts: &[&[u8]], hold: bool) -> Stream {
     Box::new(pingora::protocols::l4::stream::Stream::from(tcp))
 }
 
+/// The head of what a server holding its connection open sends in `parts`, for a request
+/// that asked `asked`, read with no timeout.
+async fn held(parts: &[&[u8]], asked: Asked) -> (ResponseHeader, Body) {
+    read_head(answer(parts, true).await, asked, None)
+        .await
+        .unwrap()
+}
+
 async fn whole(body: &mut Body) -> Result<Vec<u8>> {
     let mut all = vec![];
     while let Some(piece) = body.read().await? {
@@ -111,13 +119,7 @@ async fn each_framing_reads_to_its_end_and_says_whether_the_connection_is_kept()
 
 #[tokio::test]
 async fn informational_answers_are_skipped_and_bodyless_answers_have_no_body() {
-    let (head, mut body) = read_head(
-        answer(&[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: x\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n"], true).await,
-        GET,
-        None,
-    )
-    .await
-    .unwrap();
+    let (head, mut body) = held(&[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: x\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n"], GET).await;
     assert_eq!(head.status, 204);
     assert_eq!(whole(&mut body).await.unwrap(), b"");
     assert!(body.reusable().is_ok());
@@ -127,17 +129,11 @@ async fn informational_answers_are_skipped_and_bodyless_answers_have_no_body() {
         head: true,
         close: false,
     };
-    let (_, mut body) = read_head(
-        answer(
-            &[b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nextra"],
-            true,
-        )
-        .await,
+    let (_, mut body) = held(
+        &[b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nextra"],
         asked,
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(whole(&mut body).await.unwrap(), b"");
     assert!(body.reusable().is_err(), "bytes beyond the answer");
 
@@ -146,30 +142,14 @@ async fn informational_answers_are_skipped_and_bodyless_answers_have_no_body() {
         head: false,
         close: true,
     };
-    let (_, mut body) = read_head(
-        answer(&[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"], true).await,
-        asked,
-        None,
-    )
-    .await
-    .unwrap();
+    let (_, mut body) = held(&[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"], asked).await;
     whole(&mut body).await.unwrap();
     assert!(body.reusable().is_err());
 }
 
 #[tokio::test]
 async fn the_head_keeps_its_fields_in_its_own_copy_and_unfolds_folded_values() {
-    let (head, mut body) = read_head(
-        answer(
-            &[b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n  b\r\nX-Two: 1\r\nx-two: 2\r\nContent-Length: 2, 2\r\n\r\nok"],
-            true,
-        )
-        .await,
-        GET,
-        None,
-    )
-    .await
-    .unwrap();
+    let (head, mut body) = held(&[b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n  b\r\nX-Two: 1\r\nx-two: 2\r\nContent-Length: 2, 2\r\n\r\nok"], GET).await;
     assert_eq!(head.headers["x-folded"], "a    b");
     let two: Vec<_> = head.headers.get_all("x-two").iter().collect();
     assert_eq!(two, ["1", "2"]);
