@@ -1,9 +1,9 @@
-//! Request-path pieces beside envelope inspection: opening and sealing a session id
-//! (one AEAD operation each), and evaluating policies for a `tools/call` (allowed by a
+//! Request-path pieces beside envelope inspection: opening a session id the first time
+//! (one AEAD operation) and again (the thread's table of ids it opened), sealing one, and evaluating policies for a `tools/call` (allowed by a
 //! late rule, denied by none) and filtering a `tools/list` answer. Run:
 //! `cargo bench --bench request_path`.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use mcp_gateway::mcp::session::{Owner, SessionKeys};
 use mcp_gateway::security::auth::Identity;
 use mcp_gateway::security::policy::{Action, Policies};
@@ -23,7 +23,15 @@ fn sessions(c: &mut Criterion) {
     let upstream_id = "2c9f6a0e-5b1d-4f7e-9a63-0c1d2e3f4a5b";
     let sealed = keys.seal("files", owner, "files-1", upstream_id, 1_700_000_000);
     let mut g = c.benchmark_group("session");
-    g.bench_function("open", |b| {
+    g.bench_function("open/first", |b| {
+        // A fresh id each time (its nonce is random): never in the thread's table.
+        b.iter_batched(
+            || keys.seal("files", owner, "files-1", upstream_id, 1_700_000_000),
+            |sealed| keys.open(black_box("files"), owner, &sealed).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("open/again", |b| {
         b.iter(|| {
             keys.open(black_box("files"), owner, black_box(&sealed))
                 .unwrap()

@@ -6,7 +6,8 @@
 //! the point is to make the upstream as cheap as possible so that a benchmark measures
 //! the proxy in front of it. Other requests get `404`, except `GET /mcp` (below). An
 //! `initialize` also gets an `Mcp-Session-Id` (`fast-session`), so the gateway's
-//! sealed-session path can be measured too.
+//! sealed-session path can be measured too, and a request carrying one gets it back on
+//! its answer, as the MCP SDKs' servers send their session id on every answer.
 //!
 //! The requests a virtual server of the gateway sends its members on its own
 //! (`initialize`, the lists, `ping`) carry string ids `"mcp-gateway-…"` and are matched to
@@ -106,6 +107,7 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Answer>, Infallible> 
         *res.status_mut() = StatusCode::NOT_FOUND;
         return Ok(res);
     }
+    let session = req.headers().get("mcp-session-id").cloned();
     // Read the whole request body, as a real server does. Answering before it arrived
     // would make hyper close the connection afterwards (it does not wait to drain a body
     // that is still on its way), and a proxy that sends headers and body in separate
@@ -136,6 +138,8 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Answer>, Infallible> 
     if body.windows(12).any(|w| w == b"\"initialize\"") {
         res.headers_mut()
             .insert("mcp-session-id", HeaderValue::from_static("fast-session"));
+    } else if let Some(session) = session {
+        res.headers_mut().insert("mcp-session-id", session);
     }
     Ok(res)
 }

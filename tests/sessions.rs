@@ -204,15 +204,15 @@ async fn a_session_follows_its_identity_across_gateways_sharing_a_key() {
 
 #[tokio::test]
 async fn the_session_ttl_counts_from_initialize_however_busy_the_session() {
-    // The upstream sends its session id back on every answer, so the gateway re-seals
-    // it each time; a client uses the id it got last.
+    // The upstream sends its session id back on every answer, and the gateway sends the
+    // client's own id back (sealing it again would not move its start either); a client
+    // uses the id it got last.
     let up = Upstream::start_with("u", &["--echo-session"]);
     let gw = Gateway::start(&config_for(&[up.url()], "sessions:\n  ttl: 2s\n")).await;
     let c = client();
     let resp = post(&c, &gw.url("/mcp"), INIT).send().await.unwrap();
     let first = header(&resp, "mcp-session-id").unwrap();
     let mut sid = first.clone();
-    let mut resealed = false;
     let deadline = Instant::now() + Duration::from_secs(10);
     let expired = loop {
         assert!(
@@ -227,13 +227,12 @@ async fn the_session_ttl_counts_from_initialize_however_busy_the_session() {
         if resp.status() == 404 {
             break resp;
         }
-        let next = header(&resp, "mcp-session-id").expect("the session id, re-sealed");
-        resealed |= next != first;
+        let next = header(&resp, "mcp-session-id").expect("the session id, sent back");
+        assert_eq!(next, first, "the client's own id back");
         received(resp).await;
         sid = next;
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(resealed, "the gateway re-sealed the echoed id");
     expect_error(expired, 404, -32001).await;
     // The first id (same start) is refused too; a new session starts afresh.
     expect_no_session(post(&c, &gw.url("/mcp"), LIST).header("mcp-session-id", &first)).await;
@@ -247,6 +246,41 @@ async fn the_session_ttl_counts_from_initialize_however_busy_the_session() {
             .unwrap(),
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_echoed_session_goes_back_as_it_came_unless_an_older_key_sealed_it() {
+    const NEW_KEY: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+    let up = Upstream::start_with("u", &["--echo-session"]);
+    let keys = |k: &[&str]| format!("sessions:\n  keys: {k:?}\n");
+    let c = client();
+    let list =
+        |gw: &Gateway, sid: &str| post(&c, &gw.url("/mcp"), LIST).header("mcp-session-id", sid);
+    let gw = Gateway::start(&config_for(&[up.url()], &keys(&[KEY]))).await;
+    let resp = post(&c, &gw.url("/mcp"), INIT).send().await.unwrap();
+    let sid = header(&resp, "mcp-session-id").unwrap();
+    received(resp).await;
+    // The server answers with the session the client's id carries: that id comes back.
+    for _ in 0..2 {
+        let resp = list(&gw, &sid).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "mcp-session-id").as_deref(), Some(&*sid));
+        received(resp).await;
+    }
+    // A new key put first: an id the old key sealed is sealed anew by the new one (same
+    // session), which opens once the old key is retired; the old id then does not.
+    let rotated = Gateway::start(&config_for(&[up.url()], &keys(&[NEW_KEY, KEY]))).await;
+    let resp = list(&rotated, &sid).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let fresh = header(&resp, "mcp-session-id").unwrap();
+    assert_ne!(fresh, sid, "sealed anew by the first key");
+    received(resp).await;
+    let retired = Gateway::start(&config_for(&[up.url()], &keys(&[NEW_KEY]))).await;
+    let resp = list(&retired, &fresh).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "mcp-session-id").as_deref(), Some(&*fresh));
+    received(resp).await;
+    expect_no_session(list(&retired, &sid)).await;
 }
 
 #[tokio::test]

@@ -87,6 +87,10 @@ pub struct RequestCtx {
     /// When that session was first sealed: re-sealing keeps it, so `sessions.ttl` counts
     /// from the session's start, not from its last use.
     pub session_issued_at: Option<u64>,
+    /// The client's `Mcp-Session-Id` as it came, when it opened with the key that seals
+    /// now: what the gateway sends back when the server answers with the same session
+    /// (sealing it again would give an id carrying the same, at the cost of a seal).
+    pub session_sealed: Option<http::HeaderValue>,
     /// The server chosen for this request, counted as in flight until the request ends;
     /// it holds the breaker's permit (a half-open probe's goes back if it ends unjudged).
     pub upstream: Option<InFlight>,
@@ -181,6 +185,7 @@ impl RequestCtx {
             pinned: None,
             upstream_session: None,
             session_issued_at: None,
+            session_sealed: None,
             upstream: None,
             error: None,
             local_status: None,

@@ -374,20 +374,31 @@ fn client_fields(headers: &mut HeaderMap, ctx: &RequestCtx) -> Result<()> {
         ctx.server(),
     ) {
         let minted = String::from_utf8_lossy(minted.as_bytes());
-        // The session the request carried keeps its start (`sessions.ttl` does not
-        // slide); an id the upstream mints anew starts now.
-        let issued_at = match (&ctx.upstream_session, ctx.session_issued_at) {
-            (Some(current), Some(at)) if *current == minted => at,
-            _ => crate::mcp::session::now(),
+        let carried = ctx.upstream_session.as_deref() == Some(&*minted);
+        let sealed = match (carried, &ctx.session_sealed, ctx.session_issued_at) {
+            // The session the request carried (servers send it back on every answer),
+            // from the server it pins: the client's own id carries exactly what sealing
+            // it again would, group, identity and start (`sessions.ttl` does not slide)
+            // included, so it goes back as it came.
+            (true, Some(theirs), _) => theirs.clone(),
+            (carried, _, at) => {
+                // Sealed by an older key (sealed anew by the current one, with the
+                // session's start), or an id the upstream mints anew (starting now).
+                let issued_at = match (carried, at) {
+                    (true, Some(at)) => at,
+                    _ => crate::mcp::session::now(),
+                };
+                let sealed = ctx.state.sessions.seal(
+                    &group.name,
+                    ctx.session_owner(),
+                    &server.id,
+                    &minted,
+                    issued_at,
+                );
+                value(&sealed, "the sealed session")?
+            }
         };
-        let sealed = ctx.state.sessions.seal(
-            &group.name,
-            ctx.session_owner(),
-            &server.id,
-            &minted,
-            issued_at,
-        );
-        headers.insert(SESSION_FIELD, value(&sealed, "the sealed session")?);
+        headers.insert(SESSION_FIELD, sealed);
         if ctx.mcp.method() == Some("initialize") {
             METRICS.sessions.with_label_values(&[&group.name]).inc();
         }

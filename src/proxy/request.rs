@@ -278,8 +278,8 @@ async fn check(
     // Sessions belong to the legacy era; modern servers ignore the header, so do we. (A
     // virtual server opens its own sessions.)
     if let (Some(group), false, None) = (&group, ctx.era() == Some(Era::Modern), kind) {
-        if let Some(sealed) = session.req_header().headers.get(&names::SESSION_ID) {
-            let sealed = sealed.to_str().map_err(|_| GatewayError::SessionNotFound)?;
+        if let Some(field) = session.req_header().headers.get(&names::SESSION_ID) {
+            let sealed = field.to_str().map_err(|_| GatewayError::SessionNotFound)?;
             // Opens only for the identity it was issued to (anonymous: no identity).
             let opened = state
                 .sessions
@@ -297,6 +297,9 @@ async fn check(
             ctx.pinned = Some(server.clone());
             ctx.upstream_session = Some(opened.upstream_session);
             ctx.session_issued_at = Some(opened.issued_at);
+            if opened.by_first_key {
+                ctx.session_sealed = Some(field.clone());
+            }
         }
     }
 

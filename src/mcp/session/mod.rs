@@ -8,15 +8,22 @@
 //! that request, so an id presented by anyone but the client it was issued to does not
 //! open. It then routes to that server and forwards `X`. Any gateway replica holding the
 //! key can do this, so no session table is shared or kept. Keys rotate: the first key
-//! seals, every key opens.
+//! seals, every key opens. Each worker thread remembers the ids it opened lately
+//! ([`recent`]), so a client's next request with its id costs a lookup, not a decryption.
+
+mod recent;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
+use recent::Recent;
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+use thread_local::ThreadLocal;
 
 /// 2: the associated data binds the owner's identity (1 bound the group only; such ids
 /// no longer open).
@@ -39,22 +46,30 @@ pub struct Owner<'a> {
 }
 
 /// What a sealed id carries.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened {
     pub server_id: String,
     pub upstream_session: String,
     /// Seconds since the Unix epoch when the session was sealed.
     pub issued_at: u64,
+    /// Sealed with the first key, the one that seals now: sealing what it carries again
+    /// gives an id just as good as it (see `proxy::forward::client_fields`).
+    pub by_first_key: bool,
 }
 
+/// The configured keys; a clone shares them and the ids each thread opened with them.
 #[derive(Clone)]
-pub struct SessionKeys {
+pub struct SessionKeys(Arc<Keys>);
+
+struct Keys {
     ciphers: Vec<XChaCha20Poly1305>,
+    /// The ids each thread opened with these keys ([`recent`]).
+    recent: ThreadLocal<RefCell<Recent>>,
 }
 
 impl std::fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SessionKeys({} keys)", self.ciphers.len())
+        write!(f, "SessionKeys({} keys)", self.0.ciphers.len())
     }
 }
 
@@ -119,7 +134,8 @@ impl SessionKeys {
             .iter()
             .map(|k| XChaCha20Poly1305::new(k.into()))
             .collect();
-        Ok((SessionKeys { ciphers }, generated))
+        let recent = ThreadLocal::new();
+        Ok((SessionKeys(Arc::new(Keys { ciphers, recent })), generated))
     }
 
     /// Seal an upstream session id minted by `server_id` of `group` for `owner` (`None`:
@@ -146,9 +162,27 @@ impl SessionKeys {
 
     /// Open a sealed id presented for `group` by `owner`; `None` if forged, tampered, for
     /// another group, issued to another identity, or sealed with a key no longer
-    /// configured.
+    /// configured. An id this thread opened for the same group and owner before is
+    /// answered from its table ([`recent`]).
     pub fn open(&self, group: &str, owner: Option<Owner<'_>>, token: &str) -> Option<Opened> {
-        let plain = self.open_raw(&associated_data(group, owner), token)?;
+        let recent = self.0.recent.get_or(|| RefCell::new(Recent::new()));
+        if let Some(opened) = recent.borrow().get(group, owner, token) {
+            return Some(opened);
+        }
+        let opened = self.open_sealed(group, owner, token)?;
+        recent.borrow_mut().put(group, owner, token, &opened);
+        Some(opened)
+    }
+
+    /// How many ids this thread's table keeps (tests).
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.0.recent.get().map_or(0, |r| r.borrow().len())
+    }
+
+    /// [`SessionKeys::open`] by decryption.
+    fn open_sealed(&self, group: &str, owner: Option<Owner<'_>>, token: &str) -> Option<Opened> {
+        let (plain, key) = self.open_raw(&associated_data(group, owner), token)?;
         if plain.len() < 10 || plain[0] != VERSION {
             return None;
         }
@@ -163,6 +197,7 @@ impl SessionKeys {
             server_id: std::str::from_utf8(id).ok()?.to_string(),
             upstream_session: std::str::from_utf8(session).ok()?.to_string(),
             issued_at,
+            by_first_key: key == 0,
         })
     }
 }
@@ -190,7 +225,7 @@ impl SessionKeys {
         owner: Option<Owner<'_>>,
         token: &str,
     ) -> Option<Vec<u8>> {
-        let mut plain = self.open_raw(&associated_data(domain, owner), token)?;
+        let (mut plain, _) = self.open_raw(&associated_data(domain, owner), token)?;
         if plain.first() != Some(&PAYLOAD_VERSION) {
             return None;
         }
@@ -202,7 +237,7 @@ impl SessionKeys {
     fn seal_raw(&self, aad: &[u8], plain: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let sealed = self.ciphers[0]
+        let sealed = self.0.ciphers[0]
             .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
             .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
         let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
@@ -211,16 +246,18 @@ impl SessionKeys {
         URL_SAFE_NO_PAD.encode(out)
     }
 
-    /// Decrypt a token of [`SessionKeys::seal_raw`] with any configured key.
-    fn open_raw(&self, aad: &[u8], token: &str) -> Option<Vec<u8>> {
+    /// Decrypt a token of [`SessionKeys::seal_raw`] with any configured key: the plain
+    /// text and the index of the key that opened it.
+    fn open_raw(&self, aad: &[u8], token: &str) -> Option<(Vec<u8>, usize)> {
         let raw = URL_SAFE_NO_PAD.decode(token.as_bytes()).ok()?;
         if raw.len() <= NONCE_LEN {
             return None;
         }
         let (nonce, sealed) = raw.split_at(NONCE_LEN);
-        self.ciphers.iter().find_map(|c| {
+        self.0.ciphers.iter().enumerate().find_map(|(i, c)| {
             c.decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
                 .ok()
+                .map(|plain| (plain, i))
         })
     }
 }
@@ -350,11 +387,73 @@ mod tests {
     }
 
     #[test]
+    fn an_id_opened_again_is_answered_from_the_thread_table_for_its_binding_only() {
+        let k = keys(&[K1]);
+        let alice = who("jwt", "idp", "alice");
+        let t = k.seal("g", Some(alice), "s", "x", 42);
+        assert_eq!(k.kept(), 0);
+        let first = k.open("g", Some(alice), &t).unwrap();
+        assert_eq!(k.kept(), 1, "what opened is kept");
+        assert_eq!(k.open("g", Some(alice), &t).unwrap(), first);
+        // A kept id opens for no other binding, and a tampered one not at all.
+        assert!(k.open("g", Some(who("jwt", "idp", "bob")), &t).is_none());
+        assert!(k.open("g", None, &t).is_none());
+        assert!(k.open("h", Some(alice), &t).is_none());
+        let mut b = t.clone().into_bytes();
+        b[30] = if b[30] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(b).unwrap();
+        assert!(k.open("g", Some(alice), &tampered).is_none());
+        assert!(k.open("g", Some(alice), "not-a-session").is_none());
+        assert_eq!(k.kept(), 1, "what did not open is not kept");
+        // A clone shares the keys and their tables; other keys have their own, and so
+        // has every other thread.
+        assert_eq!(k.clone().kept(), 1);
+        let rotated = keys(&[K2]);
+        assert!(rotated.open("g", Some(alice), &t).is_none());
+        assert_eq!(rotated.kept(), 0);
+        let shared = k.clone();
+        std::thread::spawn(move || assert_eq!(shared.kept(), 0))
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_kept_id_is_answered_without_decryption() {
+        let k = keys(&[K1]);
+        let t = k.seal("g", None, "s", "x", 42);
+        assert!(k.open("g", None, &t).is_some());
+        // What the table holds is what opens: put there under an id that decrypts to
+        // something else, it is what the id opens to (for its binding only).
+        let other = Opened {
+            server_id: "kept".into(),
+            upstream_session: "from the table".into(),
+            issued_at: 7,
+            by_first_key: true,
+        };
+        let recent = k.0.recent.get().unwrap();
+        recent.borrow_mut().put("g", None, &t, &other);
+        assert_eq!(k.open("g", None, &t).unwrap(), other);
+        assert!(k.open("g", Some(who("jwt", "idp", "alice")), &t).is_none());
+    }
+
+    #[test]
+    fn long_ids_open_but_are_not_kept() {
+        let k = keys(&[K1]);
+        let long = "u".repeat(recent::LONGEST);
+        let t = k.seal("g", None, "s", &long, 42);
+        assert_eq!(k.open("g", None, &t).unwrap().upstream_session, long);
+        assert_eq!(k.kept(), 0);
+    }
+
+    #[test]
     fn rotation_opens_with_previous_key() {
         let old = keys(&[K1]);
         let t = old.seal("g", None, "s", "x", now());
         let rotated = keys(&[K2, K1]);
-        assert_eq!(rotated.open("g", None, &t).unwrap().upstream_session, "x");
+        let opened = rotated.open("g", None, &t).unwrap();
+        assert_eq!(opened.upstream_session, "x");
+        assert!(!opened.by_first_key, "opened by the second key");
+        assert!(old.open("g", None, &t).unwrap().by_first_key);
         assert!(keys(&[K2]).open("g", None, &t).is_none());
     }
 
