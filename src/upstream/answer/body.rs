@@ -103,20 +103,17 @@ impl Body {
                     }
                     _ => return Err(bad_chunk("a chunk's data is longer than its size")),
                 },
-                Framing::Trailers => {
-                    let mut fields = [httparse::EMPTY_HEADER; 64];
-                    match httparse::parse_headers(&self.buf, &mut fields) {
-                        Ok(httparse::Status::Complete((len, _))) => {
-                            self.buf.advance(len);
-                            self.framing = Framing::Done;
-                            return Ok(None);
-                        }
-                        Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => {
-                            self.fill_some("the answer's trailers").await?;
-                        }
-                        _ => return Err(bad_chunk("the answer's trailers are not valid")),
+                Framing::Trailers => match trailers_end(&self.buf) {
+                    Ok(Some(len)) => {
+                        self.buf.advance(len);
+                        self.framing = Framing::Done;
+                        return Ok(None);
                     }
-                }
+                    Ok(None) if self.buf.len() < MAX_HEAD => {
+                        self.fill_some("the answer's trailers").await?;
+                    }
+                    _ => return Err(bad_chunk("the answer's trailers are not valid")),
+                },
             }
         }
     }
@@ -170,6 +167,18 @@ impl Body {
             None => read.await,
         };
         read.map_err(|e| Error::because(ErrorType::ReadError, format!("reading {what}"), e))
+    }
+}
+
+/// Where the trailers starting `buf` end (`None`: not all read yet). Their 64 field
+/// slots (2 KiB) live in this call only: parsed inside [`Body::read`] they were kept
+/// across its wait for more bytes, in every read's future, which a relay holds for as
+/// long as the answer lasts (an SSE stream: hours).
+fn trailers_end(buf: &[u8]) -> std::result::Result<Option<usize>, httparse::Error> {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    match httparse::parse_headers(buf, &mut fields)? {
+        httparse::Status::Complete((len, _)) => Ok(Some(len)),
+        httparse::Status::Partial => Ok(None),
     }
 }
 
