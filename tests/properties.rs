@@ -99,8 +99,8 @@ proptest! {
         prop_assert!(k.open("default", None, &forged).is_none());
         let sealed = k.seal("default", None, &server, &sid, 1);
         let opened = k.open("default", None, &sealed).expect("opens");
-        prop_assert_eq!(opened.server_id, server);
-        prop_assert_eq!(opened.upstream_session, sid);
+        prop_assert_eq!(&*opened.server_id, server.as_str());
+        prop_assert_eq!(&*opened.upstream_session, sid.as_str());
         prop_assert!(k.open("other", None, &sealed).is_none(), "bound to its group");
     }
 

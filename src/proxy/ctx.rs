@@ -83,7 +83,7 @@ pub struct RequestCtx {
     /// The server a sealed session pins this request to.
     pub pinned: Option<Arc<Server>>,
     /// The upstream's own session id, unsealed from the client's `Mcp-Session-Id`.
-    pub upstream_session: Option<String>,
+    pub upstream_session: Option<std::sync::Arc<str>>,
     /// When that session was first sealed: re-sealing keeps it, so `sessions.ttl` counts
     /// from the session's start, not from its last use.
     pub session_issued_at: Option<u64>,

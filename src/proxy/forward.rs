@@ -375,17 +375,17 @@ fn client_fields(headers: &mut HeaderMap, ctx: &RequestCtx) -> Result<()> {
     ) {
         let minted = String::from_utf8_lossy(minted.as_bytes());
         let carried = ctx.upstream_session.as_deref() == Some(&*minted);
-        let sealed = match (carried, &ctx.session_sealed, ctx.session_issued_at) {
+        let sealed = match &ctx.session_sealed {
             // The session the request carried (servers send it back on every answer),
             // from the server it pins: the client's own id carries exactly what sealing
             // it again would, group, identity and start (`sessions.ttl` does not slide)
             // included, so it goes back as it came.
-            (true, Some(theirs), _) => theirs.clone(),
-            (carried, _, at) => {
+            Some(theirs) if carried => theirs.clone(),
+            _ => {
                 // Sealed by an older key (sealed anew by the current one, with the
                 // session's start), or an id the upstream mints anew (starting now).
-                let issued_at = match (carried, at) {
-                    (true, Some(at)) => at,
+                let issued_at = match ctx.session_issued_at {
+                    Some(at) if carried => at,
                     _ => crate::mcp::session::now(),
                 };
                 let sealed = ctx.state.sessions.seal(

@@ -293,7 +293,7 @@ async fn check(
             }
             let server = group
                 .server_by_id(&opened.server_id)
-                .ok_or_else(|| GatewayError::SessionServerGone(opened.server_id.clone()))?;
+                .ok_or_else(|| GatewayError::SessionServerGone(opened.server_id.to_string()))?;
             ctx.pinned = Some(server.clone());
             ctx.upstream_session = Some(opened.upstream_session);
             ctx.session_issued_at = Some(opened.issued_at);

@@ -45,11 +45,12 @@ pub struct Owner<'a> {
     pub client_id: Option<&'a str>,
 }
 
-/// What a sealed id carries.
+/// What a sealed id carries (shared text: an id a thread's table answers is handed out
+/// without a copy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened {
-    pub server_id: String,
-    pub upstream_session: String,
+    pub server_id: Arc<str>,
+    pub upstream_session: Arc<str>,
     /// Seconds since the Unix epoch when the session was sealed.
     pub issued_at: u64,
     /// Sealed with the first key, the one that seals now: sealing what it carries again
@@ -194,8 +195,8 @@ impl SessionKeys {
         }
         let (id, session) = rest.split_at(id_len);
         Some(Opened {
-            server_id: std::str::from_utf8(id).ok()?.to_string(),
-            upstream_session: std::str::from_utf8(session).ok()?.to_string(),
+            server_id: std::str::from_utf8(id).ok()?.into(),
+            upstream_session: std::str::from_utf8(session).ok()?.into(),
             issued_at,
             by_first_key: key == 0,
         })
@@ -320,8 +321,8 @@ mod tests {
         let t = k.seal("files", None, "files-1", "abc-123", 1234);
         assert!(t.bytes().all(|b| (0x21..=0x7e).contains(&b)));
         let o = k.open("files", None, &t).unwrap();
-        assert_eq!(o.server_id, "files-1");
-        assert_eq!(o.upstream_session, "abc-123");
+        assert_eq!(&*o.server_id, "files-1");
+        assert_eq!(&*o.upstream_session, "abc-123");
         assert_eq!(o.issued_at, 1234);
     }
 
@@ -346,7 +347,10 @@ mod tests {
         let k = keys(&[K1]);
         let alice = who("jwt", "idp", "alice");
         let t = k.seal("g", Some(alice), "s", "x", now());
-        assert_eq!(k.open("g", Some(alice), &t).unwrap().upstream_session, "x");
+        assert_eq!(
+            &*k.open("g", Some(alice), &t).unwrap().upstream_session,
+            "x"
+        );
         let others = [
             who("jwt", "idp", "bob"),
             who("jwt", "other-rule", "alice"),
@@ -441,7 +445,7 @@ mod tests {
         let k = keys(&[K1]);
         let long = "u".repeat(recent::LONGEST);
         let t = k.seal("g", None, "s", &long, 42);
-        assert_eq!(k.open("g", None, &t).unwrap().upstream_session, long);
+        assert_eq!(*k.open("g", None, &t).unwrap().upstream_session, *long);
         assert_eq!(k.kept(), 0);
     }
 
@@ -451,7 +455,7 @@ mod tests {
         let t = old.seal("g", None, "s", "x", now());
         let rotated = keys(&[K2, K1]);
         let opened = rotated.open("g", None, &t).unwrap();
-        assert_eq!(opened.upstream_session, "x");
+        assert_eq!(&*opened.upstream_session, "x");
         assert!(!opened.by_first_key, "opened by the second key");
         assert!(old.open("g", None, &t).unwrap().by_first_key);
         assert!(keys(&[K2]).open("g", None, &t).is_none());

@@ -1,8 +1,9 @@
 //! Sealed ids a worker thread opened lately: a client sends its session id on every
-//! request, and opening it (SHA-256 of the binding, XChaCha20-Poly1305, base64) is a
-//! sixth of a passthrough call's instructions. Each thread keeps the ids it opened in a
-//! table of [`SLOTS`] entries, one slot per id by a keyed hash of it; the same id
-//! presented again for the same group and identity is answered from its slot.
+//! request, and opening it (SHA-256 of the binding, XChaCha20-Poly1305, base64) was a
+//! sixth of the instructions of a call carrying one. Each thread keeps the ids it opened
+//! in a table of [`SLOTS`] entries, one slot per id by a keyed hash of it; the same id
+//! presented again for the same group and identity is answered from its slot, and what
+//! it carries is shared, not copied.
 //!
 //! Only what opened is kept, with the group and identity it opened for: an id presented
 //! for any other binding (another identity holding a stolen id) is looked up, does not
